@@ -1,0 +1,27 @@
+# Quick start: `make setup` (virtualenv + every dependency, torch pinned by constraints.txt),
+# `make test` (pytest suite), then `dvc repro` inside the virtualenv (or `make repro`).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TORCH_DEVICE_BACKEND_AUTOLOAD ?= 0
+export DVC_NO_ANALYTICS ?= 1
+
+.PHONY: setup test lint repro clean
+
+setup:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade -c constraints.txt "pip>=24"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "import torch, transformers, faiss, k_means_constrained, mlflow, optuna, peft, accelerate; print('torch', torch.__version__)"
+
+test:
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check sidrec_core bench tests && $(BIN)/ruff format --check sidrec_core bench tests
+
+repro:
+	$(BIN)/dvc repro
+
+clean:
+	rm -rf metrics data/prepared data/embeddings.npy

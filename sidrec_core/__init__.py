@@ -1,0 +1,1 @@
+"""sidrec: semantic-ID generative recommendation benchmark harness."""

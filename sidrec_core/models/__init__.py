@@ -1,0 +1,1 @@
+"""Recommenders sharing one contract (:class:`sidrec_core.models.base.Recommender`)."""

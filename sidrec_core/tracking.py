@@ -1,0 +1,170 @@
+"""The only MLflow import. One run per stage execution, nested runs per study trial.
+
+Default tracking URI is ``sqlite:///mlflow.db`` in the project root (``MLFLOW_TRACKING_URI``
+overrides). Each stage writes ``metrics/<stage>.json`` with its metrics and the MLflow run id so
+``dvc.lock`` and MLflow point at each other. ``SIDREC_TRACKING=0`` (or ``enabled=False``) turns
+MLflow off, e.g. in unit tests; the metrics JSON is still written.
+
+Metric keys are ``{split}/{metric}@{k}`` everywhere; MLflow forbids ``@`` in names, so in MLflow
+(only) the key reads ``{split}/{metric}_at_{k}`` (:func:`mlflow_key`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sidrec_core.config import flatten, params_hash
+from sidrec_core.io import write_json
+from sidrec_core.utils import peak_accelerator_mb, peak_rss_mb
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = "sidrec"
+
+
+def mlflow_key(key: str) -> str:
+    """``test/ndcg@10`` -> ``test/ndcg_at_10`` (MLflow's allowed characters)."""
+    return key.replace("@", "_at_")
+
+
+def tracking_enabled() -> bool:
+    return os.environ.get("SIDREC_TRACKING", "1") not in ("0", "false", "False", "off")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+            text=True, timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Run:
+    """A tracked run; a thin wrapper so the rest of the code never imports mlflow."""
+
+    def __init__(self, stage: str, mlflow_run: Any | None, device: torch.device | None):
+        self.stage = stage
+        self._run = mlflow_run
+        self.device = device
+        self.metrics: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.info.run_id if self._run is not None else None
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log numeric metrics; non-finite or non-numeric values are kept in JSON only."""
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        if step is None:
+            self.metrics.update(clean)
+        if self._run is not None and clean:
+            import mlflow
+
+            finite = {mlflow_key(k): v for k, v in clean.items() if math.isfinite(v)}
+            mlflow.log_metrics(finite, step=step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self._run is not None:
+            import mlflow
+
+            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+            items = list(flat.items())
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i : i + 100]))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self._run is not None:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._run is not None and Path(path).exists():
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def record(self, **values: Any) -> None:
+        """Non-metric values (lists, strings) for the metrics JSON, e.g. per-level utilisation."""
+        self.extra.update(values)
+        numeric = {k: v for k, v in values.items() if _is_number(v)}
+        self.log_metrics(numeric)
+        for key, value in values.items():
+            if isinstance(value, (list, tuple)):
+                self.log_metrics({f"{key}/{i}": v for i, v in enumerate(value) if _is_number(v)})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@contextlib.contextmanager
+def start_run(
+    stage: str,
+    params: dict[str, Any],
+    *,
+    dataset: str,
+    profile: str = "full",
+    metrics_dir: str | Path | None = "metrics",
+    device: torch.device | None = None,
+    nested: bool = False,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    enabled: bool | None = None,
+) -> Iterator[Run]:
+    """Open a tracked run for ``stage``; on exit log wall time and peak memory and write
+    ``<metrics_dir>/<stage>.json`` (set ``metrics_dir=None`` to skip the JSON)."""
+    enabled = tracking_enabled() if enabled is None else enabled
+    mlflow_run = None
+    if enabled:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri())
+        if not nested:
+            mlflow.set_experiment(os.environ.get("SIDREC_EXPERIMENT", EXPERIMENT))
+        mlflow_run = mlflow.start_run(run_name=run_name or stage, nested=nested)
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run = Run(stage, mlflow_run, device)
+    status = "FAILED"
+    try:
+        run.set_tags(
+            {"stage": stage, "dataset": dataset, "profile": profile, "git_commit": git_commit(),
+             "params_hash": params_hash(params), "synthetic": dataset == "synthetic",
+             **(tags or {})}
+        )
+        run.log_params(params)
+        yield run
+        status = "FINISHED"
+    finally:
+        run.log_metrics({"wall_seconds": time.perf_counter() - run.started,
+                         "peak_rss_mb": peak_rss_mb()})
+        if device is not None and (acc := peak_accelerator_mb(device)) is not None:
+            run.log_metrics({"peak_cuda_mb": acc})
+        if metrics_dir is not None and status == "FINISHED":
+            payload = {**run.extra, **run.metrics, "mlflow_run_id": run.run_id,
+                       "dataset": dataset, "profile": profile}
+            write_json(Path(metrics_dir) / f"{stage}.json", payload)
+        if mlflow_run is not None:
+            import mlflow
+
+            mlflow.end_run(status=status)

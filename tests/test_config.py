@@ -1,0 +1,97 @@
+"""Strict config loading, overrides, device and seeds."""
+
+import dataclasses
+from typing import Literal
+
+import pytest
+import torch
+
+from sidrec_core.config import (
+    BaseConfig,
+    ConfigError,
+    apply_overrides,
+    build,
+    load_params,
+)
+from sidrec_core.data.dataset import DataConfig
+from sidrec_core.evaluate import EvalConfig
+from sidrec_core.train import TrainConfig
+from sidrec_core.utils import resolve_device, seed_everything
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    loss: Literal["bce", "ce"] = "bce"
+    dim: int = 8
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def test_defaults_and_overrides():
+    cfg = build(_Model, {"loss": "ce", "train": {"lr": 0.01}}, "sasrec")
+    assert cfg.loss == "ce" and cfg.dim == 8 and cfg.train.lr == 0.01 and cfg.train.epochs == 200
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.dim = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "section, needle",
+    [
+        ({"los": "ce"}, "sasrec.los"),
+        ({"loss": "mse"}, "sasrec.loss: expected one of ['bce', 'ce']"),
+        ({"dim": "8"}, "sasrec.dim: expected an integer"),
+        ({"dim": True}, "sasrec.dim: expected an integer"),
+        ({"train": {"lr": "fast"}}, "sasrec.train.lr: expected a number"),
+        ({"train": {"epochs": 0}}, "train.epochs must be >= 1"),
+        ({"train": {"bogus": 1}}, "sasrec.train.bogus"),
+    ],
+)
+def test_strict_errors_name_the_key(section, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        build(_Model, section, "sasrec")
+
+
+def test_tuple_and_optional_fields():
+    ev = build(EvalConfig, {"ks": [5, 10], "max_valid_users": None}, "eval")
+    assert ev.ks == (5, 10)
+    with pytest.raises(ConfigError, match="eval.ks"):
+        build(EvalConfig, {"ks": 10}, "eval")
+    with pytest.raises(ConfigError, match="data"):
+        build(DataConfig, {"max_history": 0}, "data")
+
+
+def test_load_params_and_set_overrides(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("base:\n  seed: 3\ndata:\n  name: beauty\n")
+    params = apply_overrides(load_params(p), ["data.max_history=50", "base.device=cpu", "eval.ks=[5,10]"])
+    assert params["data"] == {"name": "beauty", "max_history": 50}
+    assert params["eval"]["ks"] == [5, 10]
+    assert build(BaseConfig, params["base"], "base").seed == 3
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(params, ["data.name"])
+    with pytest.raises(ConfigError, match="section.key"):
+        apply_overrides(params, ["name=x"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2]\n")
+    with pytest.raises(ConfigError, match="section 'data' must be a mapping"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_seed_zero_is_seeded_and_reproducible():
+    seed_everything(0)
+    a = torch.rand(3)
+    seed_everything(0)
+    assert torch.equal(a, torch.rand(3))
+    seed_everything(1)
+    assert not torch.equal(a, torch.rand(3))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="base.device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            resolve_device("cuda")

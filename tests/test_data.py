@@ -1,0 +1,187 @@
+"""Loaders (synthetic and real Beauty), leave-one-out split, item text, bad input, atomic writes."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from sidrec_core.data.csv_import import import_csv
+from sidrec_core.data.dataset import (
+    DataConfig,
+    DataError,
+    load_dataset,
+    load_dataset_dir,
+    load_prepared,
+    resolve_dataset_dir,
+    save_prepared,
+)
+from sidrec_core.data.embeddings import check_embeddings, load_precomputed
+from sidrec_core.data.split import leave_one_out, pad_left
+from sidrec_core.data.synthetic import planted_successor
+from sidrec_core.data.text import item_text
+from sidrec_core.io import atomic_path, write_json
+
+
+def _write(dirpath, seqs: str, items: list[dict] | str | None = None):
+    dirpath.mkdir(parents=True, exist_ok=True)
+    (dirpath / "sequences.txt").write_text(seqs)
+    if items is not None:
+        text = items if isinstance(items, str) else "\n".join(json.dumps(i) for i in items) + "\n"
+        (dirpath / "items.jsonl").write_text(text)
+    return dirpath
+
+
+ITEMS = [{"asin": a, "title": f"T {a}"} for a in "ABCDEF"]
+
+
+def test_load_remaps_ids_in_first_appearance_order(tmp_path):
+    d = _write(tmp_path / "ds", "u1 C A B D\nu2 A E F B\n", ITEMS)
+    ds = load_dataset_dir(d, DataConfig())
+    assert ds.item_keys == ["<pad>", "C", "A", "B", "D", "E", "F"]
+    np.testing.assert_array_equal(ds.sequences[1], [2, 5, 6, 3])
+    assert (ds.num_users, ds.num_items, ds.num_interactions) == (2, 6, 8)
+    assert ds.item_meta[1]["title"] == "T C"
+
+
+def test_short_sequences_dropped_and_counted(tmp_path, caplog):
+    d = _write(tmp_path / "ds", "u1 A B\nu2 A B C\n")
+    ds = load_dataset_dir(d, DataConfig())
+    assert ds.num_users == 1 and ds.dropped["short_sequences"] == 1
+    assert "dropped 1 users" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "seqs, items, needle",
+    [
+        ("u1 A B C\n\nu2 A B C\n", None, "sequences.txt:2: empty line"),
+        ("u1 A B C\nu2\n", None, "sequences.txt:2: malformed line"),
+        ("u1 A B C\nu1 A B D\n", None, "sequences.txt:2: user 'u1' listed twice (first on line 1)"),
+        ("u1 A B Z\n", ITEMS, "missing from items.jsonl, e.g. ['Z']"),
+        ("u1 A B C\n", '{"asin": "A"}\n{"asin": "B",\n', "items.jsonl:2: invalid JSON"),
+        ("u1 A B C\n", '{"asin": "A"}\n{"title": "x"}\n', "items.jsonl:2: key 'asin' missing"),
+        ("u1 A B C\n", '{"asin": "A"}\n{"asin": "A"}\n', "items.jsonl:2: asin 'A' already listed on line 1"),
+    ],
+)
+def test_bad_input_names_file_and_line(tmp_path, seqs, items, needle):
+    d = _write(tmp_path / "ds", seqs, items)
+    with pytest.raises(DataError) as err:
+        load_dataset_dir(d, DataConfig())
+    assert needle in str(err.value)
+
+
+def test_trailing_blank_lines_and_gzip_are_fine(tmp_path):
+    d = tmp_path / "gz"
+    d.mkdir()
+    with gzip.open(d / "sequences.txt.gz", "wt") as f:
+        f.write("u1 A B C\nu2 B C D\n\n")
+    assert load_dataset_dir(d, DataConfig()).num_users == 2
+
+
+def test_unknown_dataset_lists_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIDREC_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError) as err:
+        resolve_dataset_dir("nope")
+    msg = str(err.value)
+    assert "dataset 'nope' not found" in msg and str(tmp_path / "nope") in msg and "data/raw/nope" in msg
+
+
+def test_data_dir_env_takes_precedence(monkeypatch, tmp_path):
+    _write(tmp_path / "beauty", "u1 A B C\n")
+    monkeypatch.setenv("SIDREC_DATA_DIR", str(tmp_path))
+    assert load_dataset(DataConfig(name="beauty")).num_users == 1
+
+
+def test_leave_one_out_split(tmp_path):
+    d = _write(tmp_path / "ds", "u1 A B C D E\nu2 C D E\n")
+    loo = leave_one_out(load_dataset_dir(d, DataConfig()))
+    test, valid = loo.split("test", 3), loo.split("valid", 3)
+    np.testing.assert_array_equal(test.targets, [5, 5])
+    np.testing.assert_array_equal(test.histories, [[2, 3, 4], [0, 3, 4]])
+    np.testing.assert_array_equal(valid.targets, [4, 4])
+    np.testing.assert_array_equal(valid.histories, [[1, 2, 3], [0, 0, 3]])
+    np.testing.assert_array_equal(loo.train_sequences[0], [1, 2, 3])
+    counts = loo.train_item_counts()
+    assert counts[0] == 0 and counts[3] == 2 and counts[5] == 0  # test/valid targets are not counted
+
+
+def test_pad_left_history_50():
+    out = pad_left([np.arange(1, 80), np.array([7])], 50)
+    assert out.shape == (2, 50) and out[0, -1] == 79 and out[0, 0] == 30 and out[1, -1] == 7
+    assert (out[1, :-1] == 0).all()
+
+
+def test_synthetic_is_seeded_labelled_and_planted(syn_cfg):
+    a, b = load_dataset(syn_cfg, seed=0), load_dataset(syn_cfg, seed=0)
+    assert a.synthetic and a.name == "synthetic"
+    assert all(np.array_equal(x, y) for x, y in zip(a.sequences, b.sequences, strict=True))
+    c = load_dataset(syn_cfg, seed=1)
+    assert not all(np.array_equal(x, y) for x, y in zip(a.sequences, c.sequences, strict=True))
+    # the planted successor explains most transitions
+    succ = planted_successor(syn_cfg.synthetic_items, syn_cfg.synthetic_clusters, 0)
+    key_of = {i: int(k[3:]) for i, k in enumerate(a.item_keys) if i}
+    pairs = [(key_of[x], key_of[y]) for s in a.sequences for x, y in zip(s[:-1], s[1:], strict=True)]
+    assert np.mean([succ[x] == y for x, y in pairs]) > 0.7
+
+
+def test_prepared_roundtrip(tmp_path, syn_ds):
+    save_prepared(syn_ds, tmp_path / "p")
+    back = load_prepared(tmp_path / "p")
+    assert back.counts() == syn_ds.counts() and back.item_keys == syn_ds.item_keys
+    assert np.array_equal(back.sequences[3], syn_ds.sequences[3])
+
+
+def test_item_text_template():
+    meta = {"title": "Freeman Charcoal &amp; Black Sugar", "brand": "Freeman",
+            "categories": [["Beauty", "Skin Care"], ["Beauty", "Masks"]], "price": 7.5}
+    assert item_text(meta) == ("Title: Freeman Charcoal & Black Sugar. Brand: Freeman. "
+                               "Categories: Beauty > Skin Care; Beauty > Masks. Price: $7.50.")
+    assert item_text({"title": None, "brand": "Unknown", "categories": None, "price": None}) == "Unknown item."
+
+
+def test_precomputed_embeddings_checked(tmp_path):
+    good = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    np.save(tmp_path / "g.npy", good)
+    out = load_precomputed(tmp_path / "g.npy", 4)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(DataError, match=r"expected shape \[5, D\]"):
+        load_precomputed(tmp_path / "g.npy", 5)
+    good[2, 1] = np.nan
+    with pytest.raises(DataError, match="NaN/inf .*row 2 = item id 3"):
+        check_embeddings(good, 4, "x.npy")
+    with pytest.raises(DataError, match="does not exist"):
+        load_precomputed(tmp_path / "missing.npy", 4)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"a": 2, "trunc')
+            raise RuntimeError("crash mid-write")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_csv_import(tmp_path):
+    (tmp_path / "i.csv").write_text("user,item,timestamp\nu1,B,20\nu1,A,10\nu2,C,5\nu1,C,30\nu2,A,6\nu2,B,7\n")
+    (tmp_path / "items.csv").write_text("item,title,price,categories\nA,Alpha,1.5,Beauty|Nails\nB,Beta,,\nC,Gamma,3,\n")
+    counts = import_csv(tmp_path / "i.csv", tmp_path / "ds", tmp_path / "items.csv")
+    assert counts["num_users"] == 2 and counts["num_interactions"] == 6
+    ds = load_dataset_dir(tmp_path / "ds", DataConfig())
+    assert [ds.item_keys[i] for i in ds.sequences[0]] == ["A", "B", "C"]
+    assert ds.item_meta[1]["categories"] == [["Beauty", "Nails"]] and ds.item_meta[2]["price"] is None
+    (tmp_path / "bad.csv").write_text("user,item\nu1,A\n")
+    with pytest.raises(DataError, match="missing column"):
+        import_csv(tmp_path / "bad.csv", tmp_path / "ds2")
+
+
+@pytest.mark.slow
+def test_real_beauty_counts():
+    ds = load_dataset(DataConfig(name="beauty"))
+    assert (ds.num_users, ds.num_items, ds.num_interactions) == (22363, 12101, 198502)
+    assert ds.dropped["short_sequences"] == 0
+    assert sum(1 for m in ds.item_meta[1:] if m.get("title")) == 12094
+    loo = leave_one_out(ds)
+    assert loo.split("test", 20).histories.shape == (22363, 20)
