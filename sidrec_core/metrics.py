@@ -67,11 +67,12 @@ def bootstrap_ci(
     if values.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    # Resample counts instead of indices: O(U) memory per draw whatever num_samples is.
-    means = np.empty(num_samples)
-    for i in range(num_samples):
-        counts = rng.multinomial(values.size, np.full(values.size, 1.0 / values.size))
-        means[i] = counts @ values / values.size
+    # Resample in chunks of draws so memory stays ~ chunk x U whatever num_samples is.
+    chunk = max(1, min(num_samples, 2_000_000 // values.size))
+    means = np.concatenate([
+        values[rng.integers(0, values.size, size=(min(chunk, num_samples - i), values.size))].mean(1)
+        for i in range(0, num_samples, chunk)
+    ])
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
