@@ -13,10 +13,15 @@ from typing import Any
 from sidrec_core.config import ConfigError, load_from_args, stage_parser
 
 
-def main(stage_fn: Callable[[dict[str, Any]], dict[str, Any]], description: str,
-         argv: list[str] | None = None) -> int:
+def main(
+    stage_fn: Callable[[dict[str, Any]], dict[str, Any]],
+    description: str,
+    argv: list[str] | None = None,
+) -> int:
     args = stage_parser(description).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         params = load_from_args(args)
         result = stage_fn(params)

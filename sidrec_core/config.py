@@ -35,10 +35,14 @@ def load_params(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at top level, got {type(data).__name__}"
+        )
     for key, value in data.items():
         if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{path}: section '{key}' must be a mapping, got {type(value).__name__}")
+            raise ConfigError(
+                f"{path}: section '{key}' must be a mapping, got {type(value).__name__}"
+            )
     return data
 
 
@@ -66,7 +70,10 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; return it (tuples from lists). Raise naming ``key``."""
+    """Check ``value`` against annotation ``tp``; return it (lists become tuples where typed so).
+
+    Errors name the dotted ``key``.
+    """
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -121,7 +128,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def build(cls: type[T], section: dict[str, Any] | None, prefix: str) -> T:
-    """Build frozen dataclass ``cls`` from ``section`` (overrides only); strict on keys and types."""
+    """Build frozen dataclass ``cls`` from ``section`` (overrides only), strict on keys/types."""
     section = section or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {section!r}")
@@ -181,14 +188,18 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params YAML file")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a param, e.g. --set sasrec.loss=ce (repeatable)",
     )
     return parser
 
 
 def load_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Params dict from ``--params`` and ``--set`` (missing params.yaml is allowed: all defaults)."""
+    """Params from ``--params`` and ``--set`` (a missing default params.yaml = all defaults)."""
     path = Path(args.params)
     params = load_params(path) if path.exists() or args.params != "params.yaml" else {}
     return apply_overrides(params, args.sets)

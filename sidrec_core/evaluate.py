@@ -61,8 +61,13 @@ def _drop_seen(ids: torch.Tensor, scores: torch.Tensor, history: torch.Tensor, k
 
 
 def evaluate(
-    recommender: Any, split: Split, cfg: EvalConfig = EvalConfig(), device: torch.device | str = "cpu",
-    num_items: int | None = None, bootstrap: bool = True, users: np.ndarray | None = None,
+    recommender: Any,
+    split: Split,
+    cfg: EvalConfig = EvalConfig(),
+    device: torch.device | str = "cpu",
+    num_items: int | None = None,
+    bootstrap: bool = True,
+    users: np.ndarray | None = None,
 ) -> EvalResult:
     """Score ``recommender`` on ``split`` (optionally only the rows ``users``).
 
@@ -88,8 +93,10 @@ def evaluate(
             want = k + history.shape[1] if cfg.exclude_seen else k
             ids, scores = recommender.recommend(batch, want)
             if ids.shape != (len(idx), want):
-                raise ValueError(f"recommend(batch, {want}) returned ids of shape {tuple(ids.shape)}, "
-                                 f"expected {(len(idx), want)}")
+                raise ValueError(
+                    f"recommend(batch, {want}) returned ids of shape {tuple(ids.shape)}, "
+                    f"expected {(len(idx), want)}"
+                )
             if cfg.exclude_seen:
                 ids, scores = _drop_seen(ids, scores, history, k)
             all_ids.append(ids.cpu().numpy())
@@ -105,8 +112,11 @@ def evaluate(
     metrics[f"{split.name}/users_per_second"] = len(rows) / max(seconds, 1e-9)
     stats = getattr(recommender, "candidate_stats", None) or {}
     diag = candidate_diagnostics(
-        item_ids, num_items or int(max(split.targets.max(), 1)),
-        stats.get("generated"), stats.get("invalid"), stats.get("duplicate"),
+        item_ids,
+        num_items or int(max(split.targets.max(), 1)),
+        stats.get("generated"),
+        stats.get("invalid"),
+        stats.get("duplicate"),
     )
     metrics.update({f"{split.name}/{key}": value for key, value in diag.items()})
     return EvalResult(metrics, per_user, item_ids, scores)

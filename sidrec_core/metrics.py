@@ -21,7 +21,9 @@ def target_ranks(item_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
     item_ids = np.asarray(item_ids)
     targets = np.asarray(targets)
     if item_ids.ndim != 2 or targets.shape != (item_ids.shape[0],):
-        raise ValueError(f"expected item_ids [U, K] and targets [U], got {item_ids.shape} and {targets.shape}")
+        raise ValueError(
+            f"expected item_ids [U, K] and targets [U], got {item_ids.shape} and {targets.shape}"
+        )
     hit = (item_ids == targets[:, None]) & (targets[:, None] > 0)
     first = hit.argmax(axis=1).astype(np.float64)
     first[~hit.any(axis=1)] = np.inf
@@ -69,10 +71,14 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     # Resample in chunks of draws so memory stays ~ chunk x U whatever num_samples is.
     chunk = max(1, min(num_samples, 2_000_000 // values.size))
-    means = np.concatenate([
-        values[rng.integers(0, values.size, size=(min(chunk, num_samples - i), values.size))].mean(1)
-        for i in range(0, num_samples, chunk)
-    ])
+    means = np.concatenate(
+        [
+            values[
+                rng.integers(0, values.size, size=(min(chunk, num_samples - i), values.size))
+            ].mean(1)
+            for i in range(0, num_samples, chunk)
+        ]
+    )
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -81,7 +87,7 @@ def bootstrap_ci(
 def summarize(
     per_user: dict[str, np.ndarray], split: str, num_bootstrap: int = 0, seed: int = 0
 ) -> dict[str, float]:
-    """Mean of each per-user metric as ``{split}/{metric}@{k}``; with bootstrap, ``..._ci_lo/_ci_hi``."""
+    """Mean of each per-user metric as ``{split}/{metric}@{k}`` (+ ``_ci_lo``/``_ci_hi``)."""
     out: dict[str, float] = {}
     for key, values in per_user.items():
         out[f"{split}/{key}"] = float(np.mean(values)) if len(values) else float("nan")

@@ -39,7 +39,12 @@ def syn_params(tmp_path, syn_cfg):
     """A params dict for the synthetic corpus with every output under tmp_path."""
     prepared = tmp_path / "prepared"
     return {
-        "base": {"seed": 0, "device": "cpu", "profile": "test", "metrics_dir": str(tmp_path / "metrics")},
+        "base": {
+            "seed": 0,
+            "device": "cpu",
+            "profile": "test",
+            "metrics_dir": str(tmp_path / "metrics"),
+        },
         "data": {**SYN, "prepared_dir": str(prepared)},
         "embed": {"model": "synthetic", "output": str(tmp_path / "embeddings.npy")},
         "eval": {"bootstrap": 0},

@@ -9,8 +9,18 @@ from sidrec_core.data.stages import run_prepare
 def test_stage_cli_with_overrides(tmp_path, capsys):
     params = tmp_path / "p.yaml"
     params.write_text("data:\n  name: synthetic\n  synthetic_users: 30\n")
-    rc = main(run_prepare, "prepare", ["--params", str(params), "--set", f"data.prepared_dir={tmp_path}/prep",
-                                       "--set", f"base.metrics_dir={tmp_path}/m"])
+    rc = main(
+        run_prepare,
+        "prepare",
+        [
+            "--params",
+            str(params),
+            "--set",
+            f"data.prepared_dir={tmp_path}/prep",
+            "--set",
+            f"base.metrics_dir={tmp_path}/m",
+        ],
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["num_users"] == 30 and out["synthetic"] is True

@@ -62,7 +62,9 @@ def test_tuple_and_optional_fields():
 def test_load_params_and_set_overrides(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("base:\n  seed: 3\ndata:\n  name: beauty\n")
-    params = apply_overrides(load_params(p), ["data.max_history=50", "base.device=cpu", "eval.ks=[5,10]"])
+    params = apply_overrides(
+        load_params(p), ["data.max_history=50", "base.device=cpu", "eval.ks=[5,10]"]
+    )
     assert params["data"] == {"name": "beauty", "max_history": 50}
     assert params["eval"]["ks"] == [5, 10]
     assert build(BaseConfig, params["base"], "base").seed == 3

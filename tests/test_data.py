@@ -60,7 +60,11 @@ def test_short_sequences_dropped_and_counted(tmp_path, caplog):
         ("u1 A B Z\n", ITEMS, "missing from items.jsonl, e.g. ['Z']"),
         ("u1 A B C\n", '{"asin": "A"}\n{"asin": "B",\n', "items.jsonl:2: invalid JSON"),
         ("u1 A B C\n", '{"asin": "A"}\n{"title": "x"}\n', "items.jsonl:2: key 'asin' missing"),
-        ("u1 A B C\n", '{"asin": "A"}\n{"asin": "A"}\n', "items.jsonl:2: asin 'A' already listed on line 1"),
+        (
+            "u1 A B C\n",
+            '{"asin": "A"}\n{"asin": "A"}\n',
+            "items.jsonl:2: asin 'A' already listed on line 1",
+        ),
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path, seqs, items, needle):
@@ -83,7 +87,11 @@ def test_unknown_dataset_lists_where_it_looked(monkeypatch, tmp_path):
     with pytest.raises(DataError) as err:
         resolve_dataset_dir("nope")
     msg = str(err.value)
-    assert "dataset 'nope' not found" in msg and str(tmp_path / "nope") in msg and "data/raw/nope" in msg
+    assert (
+        "dataset 'nope' not found" in msg
+        and str(tmp_path / "nope") in msg
+        and "data/raw/nope" in msg
+    )
 
 
 def test_data_dir_env_takes_precedence(monkeypatch, tmp_path):
@@ -102,7 +110,9 @@ def test_leave_one_out_split(tmp_path):
     np.testing.assert_array_equal(valid.histories, [[1, 2, 3], [0, 0, 3]])
     np.testing.assert_array_equal(loo.train_sequences[0], [1, 2, 3])
     counts = loo.train_item_counts()
-    assert counts[0] == 0 and counts[3] == 2 and counts[5] == 0  # test/valid targets are not counted
+    assert (
+        counts[0] == 0 and counts[3] == 2 and counts[5] == 0
+    )  # test/valid targets are not counted
 
 
 def test_pad_left_history_50():
@@ -120,7 +130,9 @@ def test_synthetic_is_seeded_labelled_and_planted(syn_cfg):
     # the planted successor explains most transitions
     succ = planted_successor(syn_cfg.synthetic_items, syn_cfg.synthetic_clusters, 0)
     key_of = {i: int(k[3:]) for i, k in enumerate(a.item_keys) if i}
-    pairs = [(key_of[x], key_of[y]) for s in a.sequences for x, y in zip(s[:-1], s[1:], strict=True)]
+    pairs = [
+        (key_of[x], key_of[y]) for s in a.sequences for x, y in zip(s[:-1], s[1:], strict=True)
+    ]
     assert np.mean([succ[x] == y for x, y in pairs]) > 0.7
 
 
@@ -132,11 +144,20 @@ def test_prepared_roundtrip(tmp_path, syn_ds):
 
 
 def test_item_text_template():
-    meta = {"title": "Freeman Charcoal &amp; Black Sugar", "brand": "Freeman",
-            "categories": [["Beauty", "Skin Care"], ["Beauty", "Masks"]], "price": 7.5}
-    assert item_text(meta) == ("Title: Freeman Charcoal & Black Sugar. Brand: Freeman. "
-                               "Categories: Beauty > Skin Care; Beauty > Masks. Price: $7.50.")
-    assert item_text({"title": None, "brand": "Unknown", "categories": None, "price": None}) == "Unknown item."
+    meta = {
+        "title": "Freeman Charcoal &amp; Black Sugar",
+        "brand": "Freeman",
+        "categories": [["Beauty", "Skin Care"], ["Beauty", "Masks"]],
+        "price": 7.5,
+    }
+    assert item_text(meta) == (
+        "Title: Freeman Charcoal & Black Sugar. Brand: Freeman. "
+        "Categories: Beauty > Skin Care; Beauty > Masks. Price: $7.50."
+    )
+    assert (
+        item_text({"title": None, "brand": "Unknown", "categories": None, "price": None})
+        == "Unknown item."
+    )
 
 
 def test_precomputed_embeddings_checked(tmp_path):
@@ -165,13 +186,19 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 def test_csv_import(tmp_path):
-    (tmp_path / "i.csv").write_text("user,item,timestamp\nu1,B,20\nu1,A,10\nu2,C,5\nu1,C,30\nu2,A,6\nu2,B,7\n")
-    (tmp_path / "items.csv").write_text("item,title,price,categories\nA,Alpha,1.5,Beauty|Nails\nB,Beta,,\nC,Gamma,3,\n")
+    (tmp_path / "i.csv").write_text(
+        "user,item,timestamp\nu1,B,20\nu1,A,10\nu2,C,5\nu1,C,30\nu2,A,6\nu2,B,7\n"
+    )
+    (tmp_path / "items.csv").write_text(
+        "item,title,price,categories\nA,Alpha,1.5,Beauty|Nails\nB,Beta,,\nC,Gamma,3,\n"
+    )
     counts = import_csv(tmp_path / "i.csv", tmp_path / "ds", tmp_path / "items.csv")
     assert counts["num_users"] == 2 and counts["num_interactions"] == 6
     ds = load_dataset_dir(tmp_path / "ds", DataConfig())
     assert [ds.item_keys[i] for i in ds.sequences[0]] == ["A", "B", "C"]
-    assert ds.item_meta[1]["categories"] == [["Beauty", "Nails"]] and ds.item_meta[2]["price"] is None
+    assert (
+        ds.item_meta[1]["categories"] == [["Beauty", "Nails"]] and ds.item_meta[2]["price"] is None
+    )
     (tmp_path / "bad.csv").write_text("user,item\nu1,A\n")
     with pytest.raises(DataError, match="missing column"):
         import_csv(tmp_path / "bad.csv", tmp_path / "ds2")

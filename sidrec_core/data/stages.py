@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sidrec_core.config import BaseConfig, build, to_dict
-from sidrec_core.data.dataset import DataConfig, load_dataset, load_prepared, prepared_texts, save_prepared
+from sidrec_core.data.dataset import (
+    DataConfig,
+    load_dataset,
+    load_prepared,
+    prepared_texts,
+    save_prepared,
+)
 from sidrec_core.data.embeddings import EmbedConfig, encode_texts, load_precomputed
 from sidrec_core.io import save_npy
 from sidrec_core.tracking import start_run
@@ -22,8 +28,13 @@ def run_prepare(params: dict[str, Any]) -> dict[str, Any]:
     base = build(BaseConfig, params.get("base"), "base")
     data = build(DataConfig, params.get("data"), "data")
     seed_everything(base.seed)
-    with start_run("prepare", {"base": to_dict(base), "data": to_dict(data)}, dataset=data.name,
-                   profile=base.profile, metrics_dir=base.metrics_dir) as run:
+    with start_run(
+        "prepare",
+        {"base": to_dict(base), "data": to_dict(data)},
+        dataset=data.name,
+        profile=base.profile,
+        metrics_dir=base.metrics_dir,
+    ) as run:
         ds = load_dataset(data, seed=base.seed)
         save_prepared(ds, data.prepared_dir)
         run.record(**ds.counts(), **{f"dropped_{k}": v for k, v in ds.dropped.items()})
@@ -37,9 +48,14 @@ def run_embed(params: dict[str, Any]) -> dict[str, Any]:
     cfg = build(EmbedConfig, params.get("embed"), "embed")
     seed_everything(base.seed)
     device = resolve_device(base.device)
-    with start_run("embed", {"base": to_dict(base), "data": to_dict(data), "embed": to_dict(cfg)},
-                   dataset=data.name, profile=base.profile, metrics_dir=base.metrics_dir,
-                   device=device) as run:
+    with start_run(
+        "embed",
+        {"base": to_dict(base), "data": to_dict(data), "embed": to_dict(cfg)},
+        dataset=data.name,
+        profile=base.profile,
+        metrics_dir=base.metrics_dir,
+        device=device,
+    ) as run:
         texts = prepared_texts(data.prepared_dir)
         start = time.perf_counter()
         if cfg.precomputed:
@@ -53,6 +69,10 @@ def run_embed(params: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         save_npy(Path(cfg.output), vectors)
         log.info("embedded %d items -> %s in %.1fs", len(vectors), cfg.output, seconds)
-        run.record(num_items=int(vectors.shape[0]), dim=int(vectors.shape[1]),
-                   embed_seconds=seconds, items_per_second=len(vectors) / max(seconds, 1e-9))
+        run.record(
+            num_items=int(vectors.shape[0]),
+            dim=int(vectors.shape[1]),
+            embed_seconds=seconds,
+            items_per_second=len(vectors) / max(seconds, 1e-9),
+        )
         return dict(run.metrics, **run.extra)

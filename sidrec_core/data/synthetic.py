@@ -15,8 +15,20 @@ import numpy as np
 from sidrec_core.data.dataset import DataConfig, Dataset, build_dataset
 
 ADJECTIVES = ["gentle", "vivid", "matte", "daily", "intense", "classic", "fresh", "silky"]
-CATEGORIES = ["Nail Polish", "Shampoo", "Face Cream", "Lipstick", "Perfume", "Hair Dryer",
-              "Eye Liner", "Body Lotion", "Sunscreen", "Face Mask", "Razor", "Toner"]
+CATEGORIES = [
+    "Nail Polish",
+    "Shampoo",
+    "Face Cream",
+    "Lipstick",
+    "Perfume",
+    "Hair Dryer",
+    "Eye Liner",
+    "Body Lotion",
+    "Sunscreen",
+    "Face Mask",
+    "Razor",
+    "Toner",
+]
 
 
 def _item_table(num_items: int, num_clusters: int) -> tuple[np.ndarray, list[dict]]:
@@ -25,9 +37,15 @@ def _item_table(num_items: int, num_clusters: int) -> tuple[np.ndarray, list[dic
     for i in range(num_items):
         c = int(cluster[i])
         cat = CATEGORIES[c % len(CATEGORIES)] + ("" if c < len(CATEGORIES) else f" {c}")
-        meta.append({"asin": f"SYN{i:06d}", "title": f"{ADJECTIVES[i % len(ADJECTIVES)].title()} "
-                     f"{cat} no. {i}", "brand": f"Brand{c}",
-                     "categories": [["Beauty", cat]], "price": float(5 + (i * 7) % 40)})
+        meta.append(
+            {
+                "asin": f"SYN{i:06d}",
+                "title": f"{ADJECTIVES[i % len(ADJECTIVES)].title()} {cat} no. {i}",
+                "brand": f"Brand{c}",
+                "categories": [["Beauty", cat]],
+                "price": float(5 + (i * 7) % 40),
+            }
+        )
     return cluster, meta
 
 
@@ -70,7 +88,9 @@ def make_synthetic(cfg: DataConfig, seed: int) -> Dataset:
     return build_dataset("synthetic", users, seqs, items, cfg, source="synthetic", synthetic=True)
 
 
-def synthetic_embeddings(ds: Dataset, dim: int = 32, noise: float = 0.3, seed: int = 0) -> np.ndarray:
+def synthetic_embeddings(
+    ds: Dataset, dim: int = 32, noise: float = 0.3, seed: int = 0
+) -> np.ndarray:
     """Item vectors [N, dim] around category centres (float32, L2-normalised), by item id order."""
     rng = np.random.default_rng(seed + 2)
     cats = [m["categories"][0][-1] for m in ds.item_meta[1:]]

@@ -30,7 +30,7 @@ class Recommender(nn.Module, abc.ABC):
 
 
 def topk_items(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k over item scores [B, N + 1] where column 0 is padding -> (ids [B, k], scores [B, k])."""
+    """Top-k over item scores [B, N + 1] (column 0 = padding) -> (ids [B, k], scores [B, k])."""
     scores = scores.clone()
     scores[:, 0] = float("-inf")
     k_eff = min(k, scores.shape[1] - 1)
@@ -38,5 +38,7 @@ def topk_items(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if k_eff < k:
         pad = k - k_eff
         top_ids = torch.cat([top_ids, top_ids.new_zeros(top_ids.shape[0], pad)], dim=1)
-        top_scores = torch.cat([top_scores, top_scores.new_full((top_scores.shape[0], pad), float("-inf"))], 1)
+        top_scores = torch.cat(
+            [top_scores, top_scores.new_full((top_scores.shape[0], pad), float("-inf"))], 1
+        )
     return top_ids, top_scores

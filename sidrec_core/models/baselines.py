@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,14 +50,27 @@ def run_baselines(params: dict[str, Any]) -> dict[str, Any]:
     cfgs = {"base": to_dict(base), "data": to_dict(data), "eval": to_dict(ev)}
     loo = leave_one_out(load_prepared(data.prepared_dir))
     out: dict[str, Any] = {}
-    with start_run("baselines", cfgs, dataset=data.name, profile=base.profile,
-                   metrics_dir=base.metrics_dir) as parent:
-        for name, rec in (("mostpop", MostPop(loo)), ("random", RandomRec(loo.num_items, base.seed))):
-            with start_run(f"baselines/{name}", cfgs, dataset=data.name, profile=base.profile,
-                           metrics_dir=None, nested=True, tags={"model": name}) as run:
+    with start_run(
+        "baselines", cfgs, dataset=data.name, profile=base.profile, metrics_dir=base.metrics_dir
+    ) as parent:
+        for name, rec in (
+            ("mostpop", MostPop(loo)),
+            ("random", RandomRec(loo.num_items, base.seed)),
+        ):
+            with start_run(
+                f"baselines/{name}",
+                cfgs,
+                dataset=data.name,
+                profile=base.profile,
+                metrics_dir=None,
+                nested=True,
+                tags={"model": name},
+            ) as run:
                 metrics: dict[str, float] = {}
                 for split in ("valid", "test"):
-                    res = evaluate(rec, loo.split(split, data.max_history), ev, num_items=loo.num_items)
+                    res = evaluate(
+                        rec, loo.split(split, data.max_history), ev, num_items=loo.num_items
+                    )
                     metrics.update(res.metrics)
                 run.log_metrics(metrics)
                 out[name] = metrics

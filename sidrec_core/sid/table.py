@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidrec_core.io import write_json, save_npy
+from sidrec_core.io import save_npy, write_json
 
 LEVEL_LETTERS = string.ascii_lowercase
 
@@ -34,7 +34,9 @@ class SIDTable:
     def __post_init__(self) -> None:
         self.codes = np.asarray(self.codes, dtype=np.int64)
         if self.codes.ndim != 2 or self.codes.shape[1] != len(self.codebook_sizes):
-            raise ValueError(f"codes must be [N + 1, {len(self.codebook_sizes)}], got {self.codes.shape}")
+            raise ValueError(
+                f"codes must be [N + 1, {len(self.codebook_sizes)}], got {self.codes.shape}"
+            )
         body = self.codes[1:]
         if body.size and (body.min() < 0 or (body >= np.asarray(self.codebook_sizes)).any()):
             raise ValueError("SID codes out of range of their level's codebook size")
@@ -56,19 +58,31 @@ class SIDTable:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         save_npy(directory / "codes.npy", self.codes)
-        write_json(directory / "sids.json", {str(i): self.tokens(i) for i in range(1, self.num_items + 1)})
-        write_json(directory / "meta.json", {"codebook_sizes": list(self.codebook_sizes),
-                                             "num_items": self.num_items, "num_levels": self.num_levels})
+        write_json(
+            directory / "sids.json", {str(i): self.tokens(i) for i in range(1, self.num_items + 1)}
+        )
+        write_json(
+            directory / "meta.json",
+            {
+                "codebook_sizes": list(self.codebook_sizes),
+                "num_items": self.num_items,
+                "num_levels": self.num_levels,
+            },
+        )
 
     @classmethod
     def load(cls, directory: str | Path, num_items: int | None = None) -> SIDTable:
-        """Load a saved table; with ``num_items``, fail clearly when it does not match the dataset."""
+        """Load a saved table; with ``num_items``, fail clearly if it does not match the dataset."""
         directory = Path(directory)
         if not (directory / "codes.npy").exists():
-            raise FileNotFoundError(f"{directory / 'codes.npy'} not found: run the build_sids stage first")
+            raise FileNotFoundError(
+                f"{directory / 'codes.npy'} not found: run the build_sids stage first"
+            )
         meta = json.loads((directory / "meta.json").read_text())
         table = cls(np.load(directory / "codes.npy"), tuple(meta["codebook_sizes"]))
         if num_items is not None and table.num_items != num_items:
-            raise ValueError(f"SID table {directory} covers {table.num_items} items but the dataset has "
-                             f"{num_items}: rebuild it (dvc repro build_sids)")
+            raise ValueError(
+                f"SID table {directory} covers {table.num_items} items but the dataset has "
+                f"{num_items}: rebuild it (dvc repro build_sids)"
+            )
         return table
