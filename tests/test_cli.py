@@ -35,5 +35,6 @@ def test_stage_cli_bad_input_exits_2(tmp_path, capsys, monkeypatch):
     p.write_text("data:\n  nme: beauty\n")
     assert main(run_prepare, "prepare", ["--params", str(p)]) == 2
     assert "unknown key(s) data.nme" in capsys.readouterr().err
-    assert main(run_prepare, "prepare", ["--params", str(p), "--set", "data={name: nope}"]) == 2
+    p.write_text("data:\n  name: beauty\n")
+    assert main(run_prepare, "prepare", ["--params", str(p), "--set", "data.name=nope"]) == 2
     assert "dataset 'nope' not found" in capsys.readouterr().err
