@@ -15,7 +15,7 @@ setup:
 	$(BIN)/python -c "import torch, transformers, faiss, k_means_constrained, mlflow, optuna, peft, accelerate; print('torch', torch.__version__)"
 
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 lint:
 	$(BIN)/ruff check sidrec_core bench tests && $(BIN)/ruff format --check sidrec_core bench tests
