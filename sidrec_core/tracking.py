@@ -48,8 +48,11 @@ def tracking_uri() -> str:
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-            text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -130,39 +133,66 @@ def start_run(
     run_name: str | None = None,
     tags: dict[str, Any] | None = None,
     enabled: bool | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Run]:
     """Open a tracked run for ``stage``; on exit log wall time and peak memory and write
-    ``<metrics_dir>/<stage>.json`` (set ``metrics_dir=None`` to skip the JSON)."""
+    ``<metrics_dir>/<stage>.json`` (set ``metrics_dir=None`` to skip the JSON).
+
+    A run opened while another is active in this process nests under it (a stage called inside
+    an ablation trial becomes the trial run's child); ``parent_run_id`` nests under a run opened
+    by another process (study workers); ``run_id`` reopens an existing run (a resumed study)."""
     enabled = tracking_enabled() if enabled is None else enabled
     mlflow_run = None
     if enabled:
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri())
-        if not nested:
+        active = mlflow.active_run() is not None
+        if not active:
             mlflow.set_experiment(os.environ.get("SIDREC_EXPERIMENT", EXPERIMENT))
-        mlflow_run = mlflow.start_run(run_name=run_name or stage, nested=nested)
+        nested = nested or active or parent_run_id is not None
+        mlflow_run = mlflow.start_run(
+            run_id=run_id,
+            run_name=None if run_id else run_name or stage,
+            nested=nested,
+            parent_run_id=parent_run_id,
+        )
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = Run(stage, mlflow_run, device)
     status = "FAILED"
     try:
         run.set_tags(
-            {"stage": stage, "dataset": dataset, "profile": profile, "git_commit": git_commit(),
-             "params_hash": params_hash(params), "synthetic": dataset == "synthetic",
-             **(tags or {})}
+            {
+                "stage": stage,
+                "dataset": dataset,
+                "profile": profile,
+                "git_commit": git_commit(),
+                "params_hash": params_hash(params),
+                "synthetic": dataset == "synthetic",
+                **(tags or {}),
+            }
         )
-        run.log_params(params)
+        if run_id is None:  # a reopened run keeps the params it was started with
+            run.log_params(params)
         yield run
         status = "FINISHED"
     finally:
-        run.log_metrics({"wall_seconds": time.perf_counter() - run.started,
-                         "peak_rss_mb": peak_rss_mb()})
+        # A caller that measured its own cost (an ablation trial: peak since the trial began,
+        # not the worker process's lifetime peak) keeps its figures.
+        cost = {"wall_seconds": time.perf_counter() - run.started, "peak_rss_mb": peak_rss_mb()}
+        run.log_metrics({k: v for k, v in cost.items() if k not in run.metrics})
         if device is not None and (acc := peak_accelerator_mb(device)) is not None:
             run.log_metrics({"peak_cuda_mb": acc})
         if metrics_dir is not None and status == "FINISHED":
-            payload = {**run.extra, **run.metrics, "mlflow_run_id": run.run_id,
-                       "dataset": dataset, "profile": profile}
+            payload = {
+                **run.extra,
+                **run.metrics,
+                "mlflow_run_id": run.run_id,
+                "dataset": dataset,
+                "profile": profile,
+            }
             write_json(Path(metrics_dir) / f"{stage}.json", payload)
         if mlflow_run is not None:
             import mlflow

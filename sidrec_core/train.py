@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,9 @@ def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+    }
 
 
 def fit(
@@ -86,11 +88,14 @@ def fit(
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable[[Batch], Tensor] | None = None,
+    backward: Callable[[Tensor], None] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``loss_fn`` (default ``model.loss``) on ``batches(epoch)``.
 
     ``validate()`` returns metrics that include ``cfg.monitor`` (higher is better).
     ``epoch_metrics()`` adds per-epoch figures (e.g. learned fusion weights) to the run's curves.
+    ``backward(loss)`` replaces ``loss.backward()`` (e.g. ``accelerator.backward`` for loss scaling
+    and gradient sync across processes).
     """
     loss_fn = loss_fn or model.loss  # type: ignore[assignment]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -98,7 +103,9 @@ def fit(
     total_steps = (steps_per_epoch or 0) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps) if total_steps else cfg.max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total_steps, cfg)
+    )
     best, best_epoch, best_state = -math.inf, 0, None
     bad_evals, step, history, epoch_times = 0, 0, [], []
     epoch = 0
@@ -108,7 +115,10 @@ def fit(
         for batch in batches(epoch):
             loss = loss_fn(to_device(batch, device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if backward is None:
+                loss.backward()
+            else:
+                backward(loss)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -119,22 +129,36 @@ def fit(
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         epoch_times.append(time.perf_counter() - start)
-        record = {"train/loss": loss_sum / max(num_batches, 1), "train/lr": scheduler.get_last_lr()[0],
-                  "train/epoch_seconds": epoch_times[-1]}
+        record = {
+            "train/loss": loss_sum / max(num_batches, 1),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/epoch_seconds": epoch_times[-1],
+        }
         if epoch_metrics is not None:
             record.update(epoch_metrics())
         stop = bool(cfg.max_steps and step >= cfg.max_steps)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or stop:
             record.update(validate())
             if cfg.monitor not in record:
-                raise KeyError(f"train.monitor {cfg.monitor!r} not in validation metrics {sorted(record)}")
+                raise KeyError(
+                    f"train.monitor {cfg.monitor!r} not in validation metrics {sorted(record)}"
+                )
             if record[cfg.monitor] > best:
                 best, best_epoch, bad_evals = record[cfg.monitor], epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_state = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                )
             else:
                 bad_evals += 1
-            log.info("epoch %d loss %.4f %s %.4f (best %.4f @ %d)", epoch, record["train/loss"],
-                     cfg.monitor, record[cfg.monitor], best, best_epoch)
+            log.info(
+                "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
+                epoch,
+                record["train/loss"],
+                cfg.monitor,
+                record[cfg.monitor],
+                best,
+                best_epoch,
+            )
         history.append({"epoch": epoch, **record})
         if run is not None:
             run.log_metrics(record, step=epoch)
@@ -144,4 +168,6 @@ def fit(
         model.load_state_dict(best_state)
         if checkpoint is not None:
             save_torch(checkpoint, best_state)
-    return FitResult(best, best_epoch, epoch, step, sum(epoch_times) / max(len(epoch_times), 1), history)
+    return FitResult(
+        best, best_epoch, epoch, step, sum(epoch_times) / max(len(epoch_times), 1), history
+    )

@@ -1,0 +1,104 @@
+"""Training batches for next-item models trained on every position (SASRec, Kang & McAuley, 2018).
+
+From a user's training sequence s_1..s_m (:attr:`LeaveOneOut.train_sequences`, i.e. without the
+validation and test targets), the input is s_1..s_{m-1} and the target at each position is the
+next item s_2..s_m, both capped at the ``max_history`` most recent positions and left-padded with
+0 like the evaluation histories. Users whose training sequence has a single item give no target
+and are skipped (the data layer already dropped sequences shorter than 3).
+
+Most sequences are far shorter than ``max_history`` (Beauty: ~6 targets per user against a cap of
+50), so padding would dominate the compute. With ``bucket_window`` > 0, each window of that many
+batches is sorted by length before it is cut into batches, and the batch order is shuffled (the
+"bucketing" of NMT batchers, e.g. fairseq); batches are then cropped to their longest row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sidrec_core.data.split import pad_left
+from sidrec_core.models.negatives import NegativeSampler, shared_negatives
+
+NegativesMode = Literal["none", "per_position", "shared"]
+
+
+class TrainBatches:
+    """``batches(epoch)`` -> shuffled batch dicts with
+
+    ``history`` [B, L] input items, ``targets`` [B, L] next items (0 = no target), ``user`` [B]
+    user rows (for excluding a user's positives), and, by ``negatives_mode``, ``negatives``
+    [B, L, K] (``per_position``) or ``negatives`` [K] + ``negative_valid`` [B, K] (``shared``).
+    """
+
+    def __init__(
+        self,
+        train_sequences: list[np.ndarray],
+        max_history: int,
+        batch_size: int,
+        seed: int = 0,
+        sampler: NegativeSampler | None = None,
+        negatives_mode: NegativesMode = "none",
+        num_negatives: int = 1,
+        bucket_window: int = 0,
+    ):
+        if negatives_mode != "none" and sampler is None:
+            raise ValueError(f"negatives_mode={negatives_mode!r} needs a NegativeSampler")
+        rows = np.flatnonzero([len(s) >= 2 for s in train_sequences])
+        self.users = rows.astype(np.int64)
+        self.histories = pad_left([train_sequences[u][:-1] for u in rows], max_history)
+        self.targets = pad_left([train_sequences[u][1:] for u in rows], max_history)
+        self.lengths = (self.targets > 0).sum(axis=1)
+        self.batch_size, self.seed, self.bucket_window = batch_size, seed, bucket_window
+        self.sampler, self.negatives_mode, self.num_negatives = (
+            sampler,
+            negatives_mode,
+            num_negatives,
+        )
+
+    @property
+    def num_positions(self) -> int:
+        return int((self.targets > 0).sum())
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def batch_rows(self, epoch: int) -> list[np.ndarray]:
+        """Row indices of each batch of ``epoch`` (seeded by seed and epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.users))
+        if self.bucket_window > 0:
+            window = self.bucket_window * self.batch_size
+            order = np.concatenate(
+                [
+                    chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                    for chunk in np.split(order, range(window, len(order), window))
+                ]
+            )
+        rows = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.bucket_window > 0:
+            rows = [rows[i] for i in rng.permutation(len(rows))]
+        return rows
+
+    def __call__(self, epoch: int) -> Iterator[dict[str, Tensor]]:
+        for idx in self.batch_rows(epoch):
+            history, targets = self.histories[idx], self.targets[idx]
+            # drop columns that are padding in every row: attention cost follows the batch
+            width = int((targets > 0).sum(axis=1).max())
+            batch = {
+                "history": torch.from_numpy(history[:, -width:].copy()),
+                "targets": torch.from_numpy(targets[:, -width:].copy()),
+                "user": torch.from_numpy(self.users[idx]),
+            }
+            if self.negatives_mode == "per_position":
+                neg = self.sampler.sample(self.users[idx], (width, self.num_negatives))
+                batch["negatives"] = torch.from_numpy(neg)
+            elif self.negatives_mode == "shared":
+                neg, valid = shared_negatives(self.sampler, self.users[idx], self.num_negatives)
+                batch["negatives"] = torch.from_numpy(neg)
+                batch["negative_valid"] = torch.from_numpy(valid)
+            yield batch

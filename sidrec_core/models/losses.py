@@ -1,0 +1,83 @@
+"""Next-item losses for SASRec, computed on the non-padded positions only (P of them).
+
+- ``bce``: binary cross-entropy of the positive against sampled negatives, as in SASRec
+  (Kang & McAuley, 2018).
+- ``infonce``: InfoNCE / in-batch softmax (Oord et al., 2018; Yi et al., 2019): the other targets
+  of the batch are the negatives, divided by a temperature.
+- ``ce``: full softmax over the catalogue, the strong SASRec variant of Klenitskiy & Vasilev
+  (2023, "Turning Dross Into Gold Loss"); logits are chunked over positions when asked so
+  [P, N] never sits in memory whole.
+- ``sampled_softmax``: softmax over the target and negatives shared by the batch
+  (Jean et al., 2015).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from sidrec_core.models.similarity import Similarity
+
+LOSSES = ("bce", "infonce", "ce", "sampled_softmax")
+NEG_INF = float("-inf")
+
+
+def bce_loss(sim: Similarity, h: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """h [P, D], positive items [P, D], negatives [P, K, D] -> scalar.
+
+    Per position: -log sigmoid(s+) - mean_k log(1 - sigmoid(s-_k)); with K = 1 this is SASRec's.
+    """
+    pos_score = sim(h, pos[:, None, :])[:, 0]
+    neg_score = sim(h, neg)
+    return (F.softplus(-pos_score) + F.softplus(neg_score).mean(dim=1)).mean()
+
+
+def infonce_loss(
+    sim: Similarity, h: Tensor, pos: Tensor, targets: Tensor, users: Tensor, temperature: float
+) -> Tensor:
+    """h [P, D], positives [P, D], target ids [P], user rows [P] -> scalar.
+
+    Row i's positive is column i. A column is no negative of row i when it holds the same item
+    (a repeated target would be a false negative) or belongs to the same user (the user's own
+    other positives).
+    """
+    logits = sim(h, pos) / temperature
+    not_negative = (targets[:, None] == targets[None, :]) | (users[:, None] == users[None, :])
+    not_negative.fill_diagonal_(False)
+    logits = logits.masked_fill(not_negative, NEG_INF)
+    labels = torch.arange(len(targets), device=h.device)
+    return F.cross_entropy(logits, labels)
+
+
+def _ce_sum(sim: Similarity, h: Tensor, items: Tensor, targets: Tensor) -> Tensor:
+    # score items 1..N only (row 0 is the padding id), so targets shift down by one
+    return F.cross_entropy(sim(h, items[1:]), targets - 1, reduction="sum")
+
+
+def ce_loss(sim: Similarity, h: Tensor, items: Tensor, targets: Tensor, chunk: int = 0) -> Tensor:
+    """h [P, D], all item representations [N + 1, D] (row 0 = pad), targets [P] -> scalar.
+
+    With ``chunk`` > 0 and P > chunk, logits are built ``chunk`` positions at a time and
+    recomputed in the backward pass (activation checkpointing), so peak memory is
+    O(chunk x N) instead of O(P x N).
+    """
+    if chunk <= 0 or len(targets) <= chunk or not torch.is_grad_enabled():
+        return _ce_sum(sim, h, items, targets) / len(targets)
+    total = h.new_zeros(())
+    for start in range(0, len(targets), chunk):
+        part = slice(start, start + chunk)
+        total = total + checkpoint(_ce_sum, sim, h[part], items, targets[part], use_reentrant=False)
+    return total / len(targets)
+
+
+def sampled_softmax_loss(
+    sim: Similarity, h: Tensor, pos: Tensor, neg: Tensor, neg_valid: Tensor
+) -> Tensor:
+    """h [P, D], positives [P, D], shared negatives [K, D], neg_valid [P, K] (False where the
+    negative is one of the row's user's positives) -> scalar."""
+    pos_score = sim(h, pos[:, None, :])
+    neg_score = sim(h, neg).masked_fill(~neg_valid, NEG_INF)
+    logits = torch.cat([pos_score, neg_score], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device))

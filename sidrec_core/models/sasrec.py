@@ -1,0 +1,276 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+Item embeddings + learned absolute positions, causal self-attention blocks (pre- or post-LayerNorm
+by ``norm_first``; Xiong et al., 2020 on why pre-LN trains more easily), dropout, and a next-item
+loss on every position of the sequence. Input and output item representations are tied, as in the
+paper. ``recommend`` ranks the whole catalogue with the configured similarity.
+
+Optional SID features (``sid_features``): each item's representation adds (``sum``) or
+concatenates and projects (``concat``) one learned embedding per SID level of its code, so items
+sharing a code prefix share parameters (the semantic-ID idea of TIGER, Rajput et al., 2023).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sidrec_core.models.base import Recommender, topk_items
+from sidrec_core.models.losses import (
+    LOSSES,
+    bce_loss,
+    ce_loss,
+    infonce_loss,
+    sampled_softmax_loss,
+)
+from sidrec_core.models.negatives import NEGATIVES
+from sidrec_core.models.similarity import SIMILARITIES, Similarity
+from sidrec_core.sid.table import SIDTable
+from sidrec_core.train import TrainConfig
+
+log = logging.getLogger(__name__)
+SID_FEATURES = ("none", "sum", "concat")
+DEFAULT_NUM_NEGATIVES = {"bce": 1, "sampled_softmax": 256}
+_WARNED_MISSING: set[str] = set()
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"sasrec.{name}: unknown {value!r}; valid choices: {', '.join(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    """``sasrec`` section."""
+
+    hidden_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    ffn_dim: int = 256
+    dropout: float = 0.5  # Beauty is sparse; the SASRec paper uses 0.5 on it
+    norm_first: bool = True
+    max_history: int = 50  # the SASRec literature's cap (training inputs and evaluation histories)
+    loss: str = "ce"  # one of LOSSES
+    similarity: str = "dot"  # one of SIMILARITIES
+    negatives: str = "uniform"  # one of NEGATIVES (bce and sampled_softmax only)
+    num_negatives: int = (
+        0  # 0 = the loss's default: 1 per position (bce), 256 shared (sampled_softmax)
+    )
+    popularity_alpha: float = 1.0  # popular negatives ~ train frequency ** alpha
+    popular_ratio: float = 0.3  # share of popular draws in ``mixed``
+    temperature: float = 0.1  # infonce logits are divided by it
+    ce_chunk: int = 0  # positions per logits chunk for ``ce`` (0 = all at once)
+    sid_features: str = "none"  # one of SID_FEATURES; reads the table at sid.output_dir
+    bucket_window: int = 50  # batches per length-sorted window (0 = plain shuffle); see batching
+    checkpoint: str = "models/sasrec/model.pt"
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, LOSSES)
+        _choice("similarity", self.similarity, SIMILARITIES)
+        _choice("negatives", self.negatives, NEGATIVES)
+        _choice("sid_features", self.sid_features, SID_FEATURES)
+        for name in ("hidden_dim", "num_blocks", "num_heads", "ffn_dim", "max_history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"sasrec.hidden_dim ({self.hidden_dim}) must be divisible by "
+                f"sasrec.num_heads ({self.num_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"sasrec.dropout must be in [0, 1), got {self.dropout}")
+        if self.bucket_window < 0:
+            raise ValueError(f"sasrec.bucket_window must be >= 0, got {self.bucket_window}")
+        if self.num_negatives < 0:
+            raise ValueError(f"sasrec.num_negatives must be >= 0, got {self.num_negatives}")
+        if self.temperature <= 0:
+            raise ValueError(f"sasrec.temperature must be > 0, got {self.temperature}")
+
+    @property
+    def negatives_per_step(self) -> int:
+        """Negatives drawn for the loss (0 for losses that sample none)."""
+        if self.loss not in DEFAULT_NUM_NEGATIVES:
+            return 0
+        return self.num_negatives or DEFAULT_NUM_NEGATIVES[self.loss]
+
+
+def load_sid_features(cfg: SASRecConfig, sid_dir: str | Path, num_items: int) -> SIDTable | None:
+    """The SID table for ``sid_features``; a missing table warns once and returns None, a table
+    built for another item set raises ValueError."""
+    if cfg.sid_features == "none":
+        return None
+    if not (Path(sid_dir) / "codes.npy").exists():
+        if str(sid_dir) not in _WARNED_MISSING:
+            _WARNED_MISSING.add(str(sid_dir))
+            log.warning(
+                "sasrec.sid_features=%s but no SID table at %s (run build_sids): "
+                "training without SID features",
+                cfg.sid_features,
+                sid_dir,
+            )
+        return None
+    return SIDTable.load(sid_dir, num_items=num_items)
+
+
+class Block(nn.Module):
+    """Causal multi-head self-attention + position-wise feed-forward, pre- or post-LN."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.num_heads, self.dropout, self.norm_first = num_heads, dropout, norm_first
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+        )
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def attend(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B, L, D], mask [B, 1, L, L] (True = may attend) -> [B, L, D]."""
+        b, length, dim = x.shape
+        q, k, v = (
+            self.qkv(x)
+            .view(b, length, 3, self.num_heads, dim // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(out.transpose(1, 2).reshape(b, length, dim))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.norm_first:
+            x = x + self.drop(self.attend(self.norm1(x), mask))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop(self.attend(x, mask)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class SASRec(Recommender):
+    """SASRec over item ids 1..N (0 = padding). Batches: ``history`` [B, L] left-padded (L <=
+    ``max_history``), for ``loss`` also ``targets`` [B, L], ``user`` [B] and the negatives of the
+    loss (see :class:`sidrec_core.data.batching.TrainBatches`)."""
+
+    def __init__(self, cfg: SASRecConfig, num_items: int, sid_table: SIDTable | None = None):
+        super().__init__()
+        self.cfg, self.num_items = cfg, num_items
+        dim = cfg.hidden_dim
+        self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_history, dim)
+        self.emb_norm, self.emb_drop = nn.LayerNorm(dim), nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.num_heads, cfg.ffn_dim, cfg.dropout, cfg.norm_first)
+            for _ in range(cfg.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(dim) if cfg.norm_first else nn.Identity()
+        self.similarity = Similarity(cfg.similarity, dim)
+        self.sid_mode = "none" if sid_table is None else cfg.sid_features
+        if sid_table is not None:
+            self._init_sid(sid_table)
+        self.apply(self._init_weights)
+
+    def _init_sid(self, table: SIDTable) -> None:
+        if table.num_items != self.num_items:
+            raise ValueError(
+                f"SID table covers {table.num_items} items but the model has "
+                f"{self.num_items}: rebuild the SID table for this dataset"
+            )
+        offsets = torch.tensor([0, *table.codebook_sizes[:-1]]).cumsum(0)
+        codes = torch.as_tensor(table.codes)
+        # one row per (level, code), shifted by 1 so the padding item's -1 codes map to row 0
+        index = torch.where(codes >= 0, codes + offsets + 1, torch.zeros_like(codes))
+        self.register_buffer("sid_index", index, persistent=False)
+        self.sid_emb = nn.Embedding(
+            sum(table.codebook_sizes) + 1, self.cfg.hidden_dim, padding_idx=0
+        )
+        if self.sid_mode == "concat":
+            self.sid_proj = nn.Linear(
+                (table.num_levels + 1) * self.cfg.hidden_dim, self.cfg.hidden_dim
+            )
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # small normal init (as in RecBole/BERT): dot-product logits start near 0
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def item_table(self) -> Tensor:
+        """Every item's representation [N + 1, D] (row 0 = padding), tied for input and output."""
+        table = self.item_emb.weight
+        if self.sid_mode == "sum":
+            table = table + self.sid_emb(self.sid_index).sum(dim=1)
+        elif self.sid_mode == "concat":
+            codes = self.sid_emb(self.sid_index).flatten(1)  # [N + 1, M * D]
+            table = self.sid_proj(torch.cat([table, codes], dim=1))
+        return table
+
+    def encode(self, history: Tensor, table: Tensor | None = None) -> Tensor:
+        """history [B, L] -> states [B, L, D]; state t summarises items up to t."""
+        table = self.item_table() if table is None else table
+        b, length = history.shape
+        if length > self.cfg.max_history:
+            raise ValueError(
+                f"history length {length} exceeds sasrec.max_history {self.cfg.max_history}"
+            )
+        valid = history > 0
+        # the most recent item always takes the last position, however wide the batch is
+        positions = torch.arange(
+            self.cfg.max_history - length, self.cfg.max_history, device=history.device
+        )
+        x = F.embedding(history, table) + self.pos_emb(positions)
+        x = self.emb_drop(self.emb_norm(x)) * valid[..., None]
+        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=history.device)
+        # padding keys are hidden; the diagonal stays open so padding queries have a key (no NaN)
+        mask = ((causal & valid[:, None, :]) | eye)[:, None]
+        for block in self.blocks:
+            x = block(x, mask) * valid[..., None]
+        return self.final_norm(x)
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Next-item loss over the non-padded positions of ``targets`` [B, L]."""
+        table = self.item_table()
+        states = self.encode(batch["history"], table)
+        targets = batch["targets"]
+        valid = targets > 0
+        h, t = states[valid], targets[valid]  # [P, D], [P]
+        name = self.cfg.loss
+        if name == "ce":
+            return ce_loss(self.similarity, h, table, t, self.cfg.ce_chunk)
+        if name == "infonce":
+            users = batch["user"][:, None].expand_as(targets)[valid]
+            return infonce_loss(self.similarity, h, table[t], t, users, self.cfg.temperature)
+        if name == "bce":
+            return bce_loss(self.similarity, h, table[t], table[batch["negatives"][valid]])
+        neg_valid = batch["negative_valid"][:, None, :].expand(-1, targets.shape[1], -1)[valid]
+        return sampled_softmax_loss(
+            self.similarity, h, table[t], table[batch["negatives"]], neg_valid
+        )
+
+    def score_all(self, history: Tensor) -> Tensor:
+        """history [B, L] -> scores over every item id [B, N + 1] (column 0 = padding)."""
+        table = self.item_table()
+        # leading columns that are padding in every row change nothing: skip their compute
+        width = max(int((history > 0).sum(dim=1).max()), 1)
+        return self.similarity(self.encode(history[:, -width:], table)[:, -1], table)
+
+    @torch.no_grad()
+    def recommend(self, batch: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
+        """Full ranking over all N items -> (item_ids [B, k], scores [B, k])."""
+        return topk_items(self.score_all(batch["history"]), k)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Per-epoch figures for the run's curves: the adaptive similarity's weights."""
+        return self.similarity.weights()

@@ -1,0 +1,322 @@
+"""Generative recommender: a decoder-only causal LM (Qwen2 architecture) over SID tokens.
+
+The model reads a user's history as SID tokens and generates the next item's SID, as TIGER
+(Rajput et al., 2023) does with an encoder-decoder and al_sid / MiniOneRec do with decoder-only
+LMs. Generation goes through the batched beam module (:mod:`sidrec_core.models.beam`); the SIDs it
+returns map back to items through the SID table, so the shared evaluator scores this model like
+any other :class:`~sidrec_core.models.base.Recommender`.
+
+Load modes (``sidlm.load``): ``scratch`` (a fresh Qwen2 sized by params), ``dense`` (a local
+checkpoint with the SID tokens added; only the new embedding rows train, old rows are masked out
+of the gradient), ``pretrained`` (full fine-tune of a local checkpoint), ``lora`` (peft LoRA on
+q/k/v/o plus trainable SID token rows).
+
+LM-head slicing: the training loss only needs logits from the first labelled position on, so the
+vocabulary projection skips the prompt (``logits_to_keep``); for SFT with left padding that is
+almost the whole sequence. The loss is identical to the full-logits loss.
+
+Empty history: the prompt is the bare prefix (``<bos>``, or the chat template with an empty user
+turn) and the model recommends from its learned unconditional next-item distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, collate
+from sidrec_core.io import write_json
+from sidrec_core.models.base import Recommender
+from sidrec_core.models.beam import DecodingConfig, PrefixTable, candidates_to_items, generate_sids
+from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
+from sidrec_core.sid.table import SIDTable
+from sidrec_core.train import TrainConfig
+
+META_FILE = "sidlm_meta.json"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class SIDLMConfig:
+    """``sidlm`` section; ``train`` and ``decoding`` are nested subsections."""
+
+    task: Literal["pretrain", "sft"] = "pretrain"
+    load: Literal["scratch", "dense", "pretrained", "lora"] = "scratch"
+    checkpoint: str | None = None  # local HF checkpoint folder (dense / pretrained / lora)
+    # scratch model size (Qwen2Config)
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 512
+    attention_dropout: float = 0.0
+    rope_theta: float = 10000.0
+    max_positions: int = 1024
+    # lora
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lm_head_slicing: bool = True
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # data / artifacts
+    sid_dir: str = "data/sids"
+    output_dir: str = "models/sidlm"
+    predictions_dir: str = "data/predictions/sidlm"
+    predict_split: Literal["valid", "test"] = "test"
+    shuffle_buffer: int = 20000
+    length_group: int = 50  # batches per length-sorted window (0 = no length grouping)
+    # validation users during training (seeded subset; None = eval.max_valid_users): beam search
+    # over every user costs about half a training epoch on CPU
+    max_valid_users: int | None = None
+    # auto = bf16 on accelerators; fp16 is not offered (fit clips gradients before unscaling)
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    decoding: DecodingConfig = dataclasses.field(default_factory=DecodingConfig)
+
+    def __post_init__(self) -> None:
+        if self.load != "scratch" and not self.checkpoint:
+            raise ValueError(
+                f"sidlm.checkpoint: load mode {self.load!r} needs a local checkpoint path"
+            )
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "lora_r",
+            "lora_alpha",
+            "max_positions",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sidlm.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"sidlm.hidden_size ({self.hidden_size}) must divide by sidlm.num_heads "
+                f"({self.num_heads}), which must divide by sidlm.num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+
+
+def table_fingerprint(table: SIDTable) -> str:
+    return hashlib.sha256(np.ascontiguousarray(table.codes).tobytes()).hexdigest()[:16]
+
+
+def _check_checkpoint(path: str | None) -> Path:
+    if not path or not Path(path).exists():
+        raise FileNotFoundError(
+            f"sidlm.checkpoint: local checkpoint path {path!r} does not exist "
+            "(nothing is downloaded; save a model there with save_pretrained)"
+        )
+    return Path(path)
+
+
+def scratch_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> Qwen2ForCausalLM:
+    tok = vocab.tokenizer
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        attention_dropout=cfg.attention_dropout,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _mask_rows(weight: nn.Parameter, num_old: int) -> None:
+    """Zero the gradient of rows ``< num_old`` so only the new (SID) token rows learn."""
+    weight.requires_grad_(True)
+    weight.register_hook(lambda g: torch.cat([torch.zeros_like(g[:num_old]), g[num_old:]]))
+
+
+def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
+    """The causal LM for ``cfg.load`` with its vocabulary covering ``vocab`` (see module doc)."""
+    if cfg.load == "scratch":
+        return scratch_lm(cfg, vocab)
+    path = _check_checkpoint(cfg.checkpoint)
+    lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    num_old = lm.get_input_embeddings().num_embeddings
+    if len(vocab) > num_old:
+        lm.resize_token_embeddings(len(vocab))
+    if cfg.load == "dense":
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        emb, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+        _mask_rows(emb, num_old)
+        if head is not emb:
+            _mask_rows(head, num_old)
+    elif cfg.load == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        new_ids = list(range(num_old, len(vocab)))
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(LORA_TARGETS),
+            task_type="CAUSAL_LM",
+            trainable_token_indices={"embed_tokens": new_ids} if new_ids else None,
+        )
+        lm = get_peft_model(lm, lora)
+    return lm
+
+
+def build_sidlm(cfg: SIDLMConfig, table: SIDTable, max_history: int) -> SIDLM:
+    """An untrained SID LM for ``cfg.load`` over the SID tokens of ``table``."""
+    checkpoint = None if cfg.load == "scratch" else cfg.checkpoint
+    vocab = SIDVocab.build(table.codebook_sizes, checkpoint, cfg.system_prompt)
+    return SIDLM(build_lm(cfg, vocab), vocab, table, cfg, max_history)
+
+
+class SIDLM(Recommender):
+    """Causal LM over SID tokens behind the shared recommender contract.
+
+    Training batches carry ``input_ids``, ``attention_mask``, ``position_ids``, ``labels`` [B, T];
+    ``recommend`` reads ``history`` [B, L] (left-padded item ids) and beam-searches SIDs.
+    """
+
+    def __init__(
+        self, lm: nn.Module, vocab: SIDVocab, table: SIDTable, cfg: SIDLMConfig, max_history: int
+    ):
+        super().__init__()
+        vocab.check_table(table)
+        rows = int(lm.config.vocab_size)
+        if rows < len(vocab):
+            raise ValueError(
+                f"sidlm.checkpoint: model has {rows} embedding rows but the SID tokenizer "
+                f"has {len(vocab)} tokens; the model and tokenizer do not match"
+            )
+        self.lm, self.vocab, self.table, self.cfg = lm, vocab, table, cfg
+        self.fmt = PromptFormat.for_task(vocab.tokenizer, cfg.task, cfg.system_prompt)
+        self.encoder = ExampleEncoder(vocab.item_token_ids(table), self.fmt, cfg.task, max_history)
+        self.prefix_table = PrefixTable.from_codes(table.codes[1:], table.codebook_sizes)
+        self.level_token_ids = vocab.level_token_ids
+        self.pad_id = vocab.tokenizer.pad_token_id
+        self.reset_candidate_stats()
+
+    # -- training ---------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """``forward`` is the loss so data-parallel wrappers (DDP via accelerate) sync gradients."""
+        return self.loss(batch)
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean next-token cross-entropy over labelled positions (float32)."""
+        labels = batch["labels"]
+        seq_len = labels.shape[1]
+        start = first_label_index(labels) if self.cfg.lm_head_slicing else 1
+        # logits_to_keep = T - start + 1 keeps the hidden states at positions start-1 .. T-1;
+        # position t predicts label t + 1, so drop the last one.
+        out = self.lm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch.get("position_ids"),
+            use_cache=False,
+            logits_to_keep=seq_len - start + 1,
+        )
+        logits = out.logits[:, :-1].float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, start:].reshape(-1), ignore_index=IGNORE
+        )
+
+    # -- recommendation ---------------------------------------------------------------------
+    def reset_candidate_stats(self) -> None:
+        self.candidate_stats = {"generated": 0, "invalid": 0, "duplicate": 0}
+
+    def prompts(self, history: Tensor) -> dict[str, Tensor]:
+        """``history`` [B, L] left-padded item ids -> left-padded prompt batch [B, T]."""
+        rows = [[int(x) for x in h if x > 0] for h in history.cpu().numpy()]
+        return collate([{"input_ids": self.encoder.prompt(r)} for r in rows], self.pad_id, "left")
+
+    @torch.no_grad()
+    def recommend(self, batch: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
+        device = batch["history"].device
+        prompt = self.prompts(batch["history"])
+        out = generate_sids(
+            self.lm,
+            prompt["input_ids"].to(device),
+            prompt["attention_mask"].to(device),
+            [t.to(device) for t in self.level_token_ids],
+            self.cfg.decoding,
+            self.prefix_table,
+        )
+        ids, scores, stats = candidates_to_items(out, self.prefix_table, k)
+        for key in self.candidate_stats:
+            self.candidate_stats[key] += int(stats.get(key, 0))
+        return ids.to(device), scores.to(device)
+
+    # -- persistence ------------------------------------------------------------------------
+    def export_lm(self) -> PreTrainedModel:
+        """A plain HF model (LoRA adapters and trainable token rows merged in) for saving."""
+        if hasattr(self.lm, "merge_and_unload"):
+            self.lm = self.lm.merge_and_unload()
+        return self.lm
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.export_lm().save_pretrained(str(directory))
+        self.vocab.save(directory)
+        write_json(
+            directory / META_FILE,
+            {
+                "task": self.cfg.task,
+                "load": self.cfg.load,
+                "sid_table": table_fingerprint(self.table),
+                "max_history": self.encoder.max_history,
+            },
+        )
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, table: SIDTable, cfg: SIDLMConfig, max_history: int
+    ) -> SIDLM:
+        """Load a model saved by :meth:`save`; fail when ``table`` is not the one it trained on."""
+        directory = Path(directory)
+        if not (directory / META_FILE).exists():
+            raise FileNotFoundError(
+                f"sidlm.output_dir: {directory} holds no trained sidlm model "
+                "(run the train_sidlm stage first)"
+            )
+        meta = json.loads((directory / META_FILE).read_text())
+        vocab = SIDVocab.load(directory)
+        vocab.check_table(table)
+        if meta["sid_table"] != table_fingerprint(table):
+            raise ValueError(
+                f"sidlm.sid_dir: the SID table in {cfg.sid_dir} is not the one the model "
+                f"in {directory} was trained on; retrain or point at the right table"
+            )
+        if meta["task"] != cfg.task:
+            raise ValueError(
+                f"sidlm.task: model was trained with task {meta['task']!r}, params say {cfg.task!r}"
+            )
+        lm = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+        return cls(lm, vocab, table, cfg, max_history)
+
+
+def first_label_index(labels: Tensor) -> int:
+    """Min over the batch of each row's first non-ignored label index (>= 1; 1 if none)."""
+    has = labels != IGNORE
+    if not bool(has.any()):
+        return 1
+    first = torch.where(
+        has.any(1),
+        has.float().argmax(1),
+        torch.full_like(has[:, 0], labels.shape[1], dtype=torch.long),
+    )
+    return max(1, int(first.min()))

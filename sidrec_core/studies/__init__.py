@@ -1,0 +1,1 @@
+"""Ablation bench: study registry, Optuna runner, MLflow trial runs, reports."""

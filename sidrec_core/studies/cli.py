@@ -1,0 +1,118 @@
+"""``bench/ablate.py``: list, run, resume and report the ablation studies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sidrec_core.config import ConfigError
+from sidrec_core.studies.profiles import dvc_set_args
+from sidrec_core.studies.registry import STUDIES, describe, get_study
+from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
+from sidrec_core.studies.stages import StageUnavailable
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--list", action="store_true", help="print every study, factor and levels")
+    p.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="study to run (repeatable; 'all' = every study)",
+    )
+    p.add_argument("--profile", default="dev", help="smoke | dev | full (experiments/profiles)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna RDB URL (default sqlite:///experiments/optuna.db; "
+        "postgresql://... to share a study between machines)",
+    )
+    p.add_argument("--n-seeds", type=int, default=3, help="seeds per level (default 3)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this study")
+    p.add_argument(
+        "--max-trials",
+        type=int,
+        default=None,
+        help="stop each worker after this many trials (resume later)",
+    )
+    p.add_argument("--out", default=str(EXPERIMENTS_DIR), help="reports, trials, cache root")
+    p.add_argument("--params", default="params.yaml", help="params file under the profile")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override on top of the profile (repeatable)",
+    )
+    p.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="do not re-queue grid points whose trial failed",
+    )
+    p.add_argument("--report-only", action="store_true", help="rewrite reports, run nothing")
+    p.add_argument(
+        "--dvc-args",
+        action="store_true",
+        help="print the profile as -S flags: dvc exp run $(... --dvc-args)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.dvc_args:
+            print(" ".join(dvc_set_args(args.profile)))
+            return 0
+        if args.list:
+            for study in STUDIES.values():
+                print(describe(study))
+            return 0
+        if not args.study:
+            print("error: give --study NAME (or --list)", file=sys.stderr)
+            return 2
+        names = list(STUDIES) if "all" in args.study else args.study
+        for name in names:
+            get_study(name)  # unknown names fail before any work
+        opts = StudyOptions(
+            profile=args.profile,
+            storage=args.storage,
+            n_seeds=args.n_seeds,
+            workers=args.workers,
+            max_trials=args.max_trials,
+            out_dir=args.out,
+            params_file=args.params,
+            sets=args.sets,
+            retry_failed=not args.no_retry_failed,
+        )
+        status = 0
+        for name in names:
+            if args.report_only:
+                from sidrec_core.studies.report import write_index, write_study_report
+
+                paths = write_study_report(get_study(name), opts.storage_url, Path(opts.out_dir))
+                write_index(opts.storage_url, Path(opts.out_dir))
+                print(json.dumps({"study": name, "report": str(paths[0])}))
+                continue
+            try:
+                summary = run_study(name, opts)
+            except StageUnavailable as exc:
+                print(f"error: study {name}: {exc}", file=sys.stderr)
+                status = 2
+                continue
+            print(json.dumps(summary, indent=2))
+            if summary["remaining_after"] and args.max_trials is None:
+                status = 1  # some grid points failed: see the report's failed-trials list
+        return status
+    except (ConfigError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,342 @@
+"""The study registry: one entry per ablated factor (adding a study is adding one entry).
+
+A study varies one factor over its levels with everything else at the defaults, over several
+seeds, and says which stages each trial re-runs (``run``) and which upstream artifacts it reuses
+(``reuse``, built once per seed at the default configuration and cached): the beam-width study
+loads a trained SID LM and only re-runs evaluation (STYLE.md, "Experiments").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sidrec_core.studies.stages import STAGES
+
+VALID_NDCG = "valid/ndcg@10"
+TEST_KEYS = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
+COST_KEYS = ("wall_seconds", "peak_rss_mb")
+# every SID quality metric of the build_sids stage (issue 3); lists are per level
+SID_QUALITY = (
+    "utilization",
+    "perplexity",
+    "collision_rate_before",
+    "collision_rate_after",
+    "max_bucket",
+    "gini",
+    "recon_mse",
+    "fit_seconds",
+)
+GEN_KEYS = ("test/invalid_rate", "test/duplicate_rate", "test/users_per_second")
+TOKENIZER_PIPELINE = dict(
+    run=("build_sids", "train_sidlm", "eval_sidlm"), reuse=("prepare", "embed")
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One setting of the factor: a label and the dotted params keys it sets."""
+
+    label: str
+    overrides: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """An ablation of one factor.
+
+    ``fixed`` overrides hold for every level and for the reused upstream stages (the study's
+    context, e.g. ``sid.method=rqvae`` for the RQ-VAE technique flags).
+    """
+
+    name: str
+    factor: str
+    levels: tuple[Level, ...]
+    default: str
+    run: tuple[str, ...]
+    reuse: tuple[str, ...] = ()
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    objective: str = VALID_NDCG
+    direction: str = "maximize"
+    secondary: tuple[str, ...] = TEST_KEYS + COST_KEYS
+    group: str = ""
+    # "module:function(params, out_dir) -> overrides" for inputs no stage makes (a checkpoint)
+    setup: str | None = None
+
+    def __post_init__(self) -> None:
+        labels = [lv.label for lv in self.levels]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"study {self.name}: needs >= 2 distinct level labels, got {labels}")
+        if self.default not in labels:
+            raise ValueError(f"study {self.name}: default level {self.default!r} not in {labels}")
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"study {self.name}: direction must be maximize|minimize")
+        if not self.run:
+            raise ValueError(f"study {self.name}: 'run' must name at least one stage")
+        known = set(self.run) | set(self.reuse)
+        for name in (*self.run, *self.reuse):
+            if name not in STAGES:
+                raise ValueError(f"study {self.name}: unknown stage {name!r}")
+            missing = set(STAGES[name].deps) - known
+            if missing:
+                raise ValueError(
+                    f"study {self.name}: stage {name} needs {sorted(missing)} in run or reuse"
+                )
+        if set(self.run) & set(self.reuse):
+            raise ValueError(f"study {self.name}: a stage cannot be both run and reused")
+
+    @property
+    def labels(self) -> list[str]:
+        return [lv.label for lv in self.levels]
+
+    def level(self, label: str) -> Level:
+        for lv in self.levels:
+            if lv.label == label:
+                return lv
+        raise KeyError(f"study {self.name}: no level {label!r}; levels: {self.labels}")
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted({k for lv in self.levels for k in lv.overrides})
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
+    """Levels for a factor that is a single params key."""
+    return tuple(Level(_label(v), {key: v}) for v in values)
+
+
+def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
+    """An on/off study of one boolean flag."""
+    return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
+
+
+_RQVAE = {"sid.method": "rqvae"}
+_BEAMS = (5, 10, 20)
+# return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
+_EVERY_BEAM = {"sidlm.decoding.num_return_sequences": None}
+
+STUDY_LIST: list[Study] = [
+    # --- tokenizer techniques (issue 3): downstream SID-LM quality + every SID quality metric
+    flag(
+        "sinkhorn",
+        "sid.sinkhorn",
+        False,
+        "RQ-VAE Sinkhorn balanced assignment",
+        fixed=_RQVAE,
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    flag(
+        "restart",
+        "sid.restart_unused",
+        True,
+        "RQ-VAE dead-code restart",
+        fixed=_RQVAE,
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    flag(
+        "ema",
+        "sid.ema",
+        True,
+        "RQ-VAE EMA codebook updates",
+        fixed=_RQVAE,
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    flag(
+        "kmeans_init",
+        "sid.kmeans_init",
+        True,
+        "RQ-VAE residual k-means initialisation",
+        fixed=_RQVAE,
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    flag(
+        "clip",
+        "sid.clip",
+        False,
+        "RQ-VAE CLIP co-purchase contrastive loss",
+        fixed=_RQVAE,
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    Study(
+        "collision",
+        "collision resolution (with max_per_bucket)",
+        (
+            Level("knn", {"sid.collision": "knn", "sid.max_per_bucket": 1}),
+            Level("random", {"sid.collision": "random", "sid.max_per_bucket": 1}),
+            Level("suffix", {"sid.collision": "suffix"}),
+            Level("knn-mpb2", {"sid.collision": "knn", "sid.max_per_bucket": 2}),
+        ),
+        "knn",
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    Study(
+        "tokenizer",
+        "SID tokenizer method",
+        one_key("sid.method", ["rqvae", "rqkmeans", "rqkmeans_plus", "rqkmeans_constrained"]),
+        "rqkmeans",
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+        **TOKENIZER_PIPELINE,
+    ),
+    # --- generation (issue 5): evaluation-only factors reuse the trained SID LM
+    Study(
+        "beam_width",
+        "beam width of constrained decoding (returning every beam)",
+        tuple(
+            Level(str(b), {"sidlm.decoding.beam_width": b, **_EVERY_BEAM})
+            for b in (5, 10, 20, 50, 100)
+        ),
+        "20",
+        run=("eval_sidlm",),
+        reuse=("prepare", "embed", "build_sids", "train_sidlm"),
+        secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
+        group="generation",
+    ),
+    Study(
+        "dynamic_beam",
+        "al_sid widening beam (off/on) x beam width B",
+        tuple(
+            Level(
+                f"{name}-B{b}",
+                {
+                    "sidlm.decoding.strategy": strategy,
+                    "sidlm.decoding.beam_width": b,
+                    **_EVERY_BEAM,
+                },
+            )
+            for name, strategy in (("off", "constrained"), ("on", "dynamic"))
+            for b in _BEAMS
+        ),
+        "off-B20",
+        run=("eval_sidlm",),
+        reuse=("prepare", "embed", "build_sids", "train_sidlm"),
+        secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
+        group="generation",
+    ),
+    Study(
+        "decoding",
+        "decoding strategy",
+        tuple(
+            Level(v, {"sidlm.decoding.strategy": v, **_EVERY_BEAM})
+            for v in ("beam", "constrained", "dynamic")
+        ),
+        "constrained",
+        run=("eval_sidlm",),
+        reuse=("prepare", "embed", "build_sids", "train_sidlm"),
+        secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
+        group="generation",
+    ),
+    flag(
+        "lm_head_slicing",
+        "sidlm.lm_head_slicing",
+        True,
+        "LM-head slicing from the first labelled position (memory, speed)",
+        run=("train_sidlm", "eval_sidlm"),
+        reuse=("prepare", "embed", "build_sids"),
+        secondary=TEST_KEYS + ("seconds_per_epoch", "peak_rss_mb", "wall_seconds"),
+        group="generation",
+    ),
+    Study(
+        "load_mode",
+        "SID-LM initialisation (sidlm.load)",
+        one_key("sidlm.load", ["scratch", "dense", "pretrained", "lora"]),
+        "scratch",
+        run=("train_sidlm", "eval_sidlm"),
+        reuse=("prepare", "embed", "build_sids"),
+        secondary=TEST_KEYS + COST_KEYS,
+        group="generation",
+        setup="sidrec_core.studies.fixtures:local_base_checkpoint",
+    ),
+    # --- baselines (issue 4): SASRec family, ranking over all items
+    Study(
+        "sasrec_loss",
+        "SASRec training loss",
+        one_key("sasrec.loss", ["bce", "infonce", "ce", "sampled_softmax"]),
+        "ce",
+        run=("train_sasrec",),
+        reuse=("prepare",),
+        group="baselines",
+        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+    ),
+    Study(
+        "similarity",
+        "SASRec similarity function",
+        one_key("sasrec.similarity", ["dot", "cosine", "scaled", "bilinear", "adaptive"]),
+        "dot",
+        run=("train_sasrec",),
+        reuse=("prepare",),
+        group="baselines",
+        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+    ),
+    Study(
+        "negatives",
+        "SASRec negative sampler (BCE loss)",
+        one_key("sasrec.negatives", ["uniform", "popular", "mixed"]),
+        "uniform",
+        fixed={"sasrec.loss": "bce"},
+        run=("train_sasrec",),
+        reuse=("prepare",),
+        group="baselines",
+        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+    ),
+    Study(
+        "sid_features",
+        "SASRec + per-level SID code embeddings (sum / concat+projection)",
+        one_key("sasrec.sid_features", ["none", "sum", "concat"]),
+        "none",
+        run=("train_sasrec",),
+        reuse=("prepare", "embed", "build_sids"),
+        group="baselines",
+        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+    ),
+    # --- evaluation protocol: runs on the foundation stages alone (MostPop)
+    flag(
+        "exclude_seen",
+        "eval.exclude_seen",
+        False,
+        "evaluation protocol: drop history items from the ranking (MostPop)",
+        run=("baselines",),
+        reuse=("prepare",),
+        objective="mostpop/valid/ndcg@10",
+        secondary=("mostpop/test/ndcg@10", "mostpop/test/hr@10", "random/valid/ndcg@10")
+        + COST_KEYS,
+        group="protocol",
+    ),
+]
+
+STUDIES: dict[str, Study] = {s.name: s for s in STUDY_LIST}
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise KeyError(f"unknown study '{name}'; known: {', '.join(STUDIES)}")
+    return STUDIES[name]
+
+
+def describe(study: Study) -> str:
+    """One ``--list`` line: name, factor, levels (default starred), stages."""
+    levels = ", ".join(f"{lv}*" if lv == study.default else lv for lv in study.labels)
+    reuse = f"; reuses {'+'.join(study.reuse)}" if study.reuse else ""
+    return (
+        f"{study.name:<16} {study.factor} [{', '.join(study.keys)}]\n"
+        f"{'':<16} levels: {levels}\n{'':<16} runs {'+'.join(study.run)}{reuse}; "
+        f"objective {study.objective}"
+    )

@@ -1,0 +1,303 @@
+"""Study reports: per level, mean +- 95% CI over seeds of the objective and key secondary figures,
+a paired t-test of each level against the default (paired over seeds: trials with the same seed
+share upstream artifacts and initialisation), PNG plots, and ``experiments/README.md`` indexing
+every study. A single-seed difference is not a finding (STYLE.md, "Experiments").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from scipy import stats
+
+from sidrec_core.io import atomic_path, write_text
+from sidrec_core.studies.registry import STUDIES, Study
+
+PROFILE_ORDER = ("full", "dev", "smoke")
+# the figures worth a panel when a study has them: quality, the factor's own cost, SID quality
+PLOT_KEYS = (
+    "test/ndcg@10",
+    "test/hr@10",
+    "collision_rate_before",
+    "utilization/0",
+    "gini",
+    "test/invalid_rate",
+    "test/users_per_second",
+    "seconds_per_epoch",
+    "wall_seconds",
+    "peak_rss_mb",
+)
+ALPHA = 0.05
+
+
+@dataclasses.dataclass
+class Cell:
+    """One (level, metric): values per seed and their summary."""
+
+    values: dict[int, float]
+    mean: float
+    half_width: float  # 95% CI half-width (t distribution over seeds); nan with one seed
+    p_value: float | None = None  # paired t-test vs the default level over shared seeds
+    diff: float | None = None  # mean paired difference level - default
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% CI half-width of ``values`` (Student t, n-1 dof)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    if arr.size == 1:
+        return float(arr[0]), float("nan")
+    sem = arr.std(ddof=1) / math.sqrt(arr.size)
+    return float(arr.mean()), float(stats.t.ppf(0.975, arr.size - 1) * sem)
+
+
+def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[float | None, float | None]:
+    """Paired t-test of a vs b over the seeds both have -> (mean diff, two-sided p).
+
+    Fewer than 2 shared seeds: (diff, None). Identical differences on every seed (zero variance):
+    p = 1.0 when they are all 0, else 0.0 (a constant shift on every seed)."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None, None
+    d = np.array([a[s] - b[s] for s in shared])
+    if len(shared) < 2:
+        return float(d.mean()), None
+    if np.allclose(d, d[0]):
+        return float(d.mean()), 1.0 if abs(d[0]) < 1e-12 else 0.0
+    return float(d.mean()), float(
+        stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue
+    )
+
+
+def _scalar_attrs(attrs: dict[str, Any]) -> dict[str, float]:
+    """User attrs as scalars; lists (per-level SID figures) become ``key/i``."""
+    out: dict[str, float] = {}
+    attrs = {**(attrs.get("metrics") or {}), **attrs}
+    for k, v in attrs.items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+            out.update({f"{k}/{i}": float(x) for i, x in enumerate(v)})
+    return out
+
+
+def metric_columns(study: Study, rows: list[dict[str, float]]) -> list[str]:
+    """The objective, then each secondary figure present (lists expanded per level)."""
+    present = set().union(*rows) if rows else set()
+    cols = [study.objective]
+    for key in study.secondary:
+        if key in present:
+            cols.append(key)
+        per_level = [c for c in present if c.startswith(f"{key}/") and c[len(key) + 1 :].isdigit()]
+        cols += sorted(per_level, key=lambda c: int(c.rsplit("/", 1)[1]))
+    return [c for c in dict.fromkeys(cols) if c in present or c == study.objective]
+
+
+def summarize_trials(
+    study: Study, trials: list[optuna.trial.FrozenTrial]
+) -> tuple[list[str], dict[str, dict[str, Cell]], dict[str, int]]:
+    """-> (metric columns, {level: {metric: Cell}}, counts by state)."""
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    per_level: dict[str, dict[int, dict[str, float]]] = {lv: {} for lv in study.labels}
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.params.get("level") not in per_level:
+            continue
+        row = _scalar_attrs(t.user_attrs)
+        row[study.objective] = float(t.value)
+        per_level[t.params["level"]][int(t.params["seed"])] = row
+    rows = [r for lv in per_level.values() for r in lv.values()]
+    cols = metric_columns(study, rows)
+    table: dict[str, dict[str, Cell]] = {}
+    for lv, by_seed in per_level.items():
+        table[lv] = {}
+        for col in cols:
+            vals = {s: r[col] for s, r in by_seed.items() if col in r and math.isfinite(r[col])}
+            mean, hw = mean_ci(list(vals.values()))
+            table[lv][col] = Cell(vals, mean, hw)
+    for lv in study.labels:
+        for col in cols:
+            if lv != study.default:
+                cell = table[lv][col]
+                cell.diff, cell.p_value = paired_test(cell.values, table[study.default][col].values)
+    return cols, table, counts
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _cell_text(c: Cell) -> str:
+    if not c.values:
+        return "—"
+    return _fmt(c.mean) if math.isnan(c.half_width) else f"{_fmt(c.mean)} ± {_fmt(c.half_width)}"
+
+
+def plot_levels(
+    study: Study, profile: str, cols: list[str], table: dict[str, dict[str, Cell]], path: Path
+) -> Path:
+    """Error-bar plot (mean ± 95% CI over seeds, dots = seeds) of the objective and the key
+    secondary figures (:data:`PLOT_KEYS`), one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in cols if c in PLOT_KEYS or c == study.objective]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), squeeze=False)
+    x = np.arange(len(study.labels))
+    for ax, col in zip(axes[0], shown, strict=True):
+        means = [table[lv][col].mean for lv in study.labels]
+        errs = [
+            0.0 if math.isnan(table[lv][col].half_width) else table[lv][col].half_width
+            for lv in study.labels
+        ]
+        colors = ["tab:orange" if lv == study.default else "tab:blue" for lv in study.labels]
+        ax.bar(x, means, yerr=errs, color=colors, alpha=0.6, capsize=3)
+        for i, lv in enumerate(study.labels):
+            vals = list(table[lv][col].values.values())
+            ax.scatter([i] * len(vals), vals, s=8, color="k", zorder=3)
+        ax.set_xticks(x, study.labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(col, fontsize=8)
+    fig.suptitle(
+        f"{study.name} ({profile}): mean ± 95% CI over seeds; orange = default", fontsize=9
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path) -> list[str]:
+    trials = ostudy.get_trials(deepcopy=False)
+    cols, table, counts = summarize_trials(study, trials)
+    seeds = ostudy.user_attrs.get("seeds", [])
+    lines = [
+        f"## Profile `{profile}`",
+        "",
+        f"Optuna study `{ostudy.study_name}`; seeds {seeds}; trials: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        + ".",
+        "",
+    ]
+    header = ["level", *cols]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lv in study.labels:
+        name = f"**{lv}** (default)" if lv == study.default else lv
+        lines.append("| " + " | ".join([name] + [_cell_text(table[lv][c]) for c in cols]) + " |")
+    lines += [
+        "",
+        f"Paired t-test of each level against the default `{study.default}` over the "
+        f"seeds both completed (significant at p < {ALPHA}):",
+        "",
+        "| level | metric | mean diff | p | significant |",
+        "|---|---|---|---|---|",
+    ]
+    tested = [c for c in cols if c == study.objective or c in PLOT_KEYS][:5]
+    for lv in study.labels:
+        if lv == study.default:
+            continue
+        if not table[lv][study.objective].values:
+            lines.append(f"| {lv} | (no completed trial) | | | |")
+            continue
+        for col in tested:
+            c = table[lv][col]
+            sig = "n/a" if c.p_value is None else ("yes" if c.p_value < ALPHA else "no")
+            lines.append(f"| {lv} | {col} | {_fmt(c.diff)} | {_fmt(c.p_value, 3)} | {sig} |")
+    done = {
+        (t.params.get("level"), t.params.get("seed"))
+        for t in trials
+        if t.state == TrialState.COMPLETE
+    }
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    open_ = [t for t in failed if (t.params.get("level"), t.params.get("seed")) not in done]
+    if len(failed) > len(open_):
+        lines += [
+            "",
+            f"{len(failed) - len(open_)} failed or interrupted attempt(s) were retried "
+            "and completed in a later launch.",
+        ]
+    if open_:
+        lines += ["", "Failed trials (grid points without a complete trial):", ""]
+        lines += [
+            f"- #{t.number} {t.params.get('level')} seed {t.params.get('seed')}: "
+            f"{t.user_attrs.get('error', 'no error recorded')}"
+            for t in open_[:10]
+        ]
+    if any(table[lv][cols[0]].values for lv in study.labels):
+        png = plot_levels(study, profile, cols, table, out / f"{profile}.png")
+        lines += ["", f"![{study.name} {profile}]({png.name})"]
+    return lines + [""]
+
+
+def write_study_report(study: Study, storage: str, out_dir: Path) -> list[Path]:
+    """``<out_dir>/<study>/report.md`` (+ one PNG per profile) from every profile of the study
+    found in ``storage``. Returns the written paths (report first)."""
+    out = out_dir / study.name
+    names = set(optuna.get_all_study_names(storage))
+    profiles = [n.removeprefix(f"{study.name}-") for n in names if n.startswith(f"{study.name}-")]
+    profiles.sort(key=lambda p: (PROFILE_ORDER.index(p) if p in PROFILE_ORDER else 9, p))
+    lines = [
+        f"# Study `{study.name}`: {study.factor}",
+        "",
+        f"Factor keys: {', '.join(f'`{k}`' for k in study.keys)}; levels: "
+        + ", ".join(f"`{lv}`" for lv in study.labels)
+        + f" (default `{study.default}`).",
+        f"Each trial re-runs {', '.join(study.run)}"
+        + (
+            f" and reuses {', '.join(study.reuse)} (built once per seed at the defaults)"
+            if study.reuse
+            else ""
+        )
+        + f". Objective `{study.objective}` "
+        f"({study.direction}); cells are mean ± 95% CI (Student t) over seeds.",
+        "",
+    ]
+    written: list[Path] = []
+    for profile in profiles:
+        ostudy = optuna.load_study(study_name=f"{study.name}-{profile}", storage=storage)
+        lines += profile_section(study, profile, ostudy, out)
+        if (out / f"{profile}.png").exists():
+            written.append(out / f"{profile}.png")
+    report = out / "report.md"
+    write_text(report, "\n".join(lines))
+    return [report, *written]
+
+
+def write_index(storage: str, out_dir: Path) -> Path:
+    """``<out_dir>/README.md``: every registered study, its factor, levels and report."""
+    names = set(optuna.get_all_study_names(storage))
+    lines = [
+        "# Ablation studies",
+        "",
+        "Generated by `python bench/ablate.py` (`--list` shows the registry). Each study "
+        "varies one factor with everything else at the defaults, over >= 3 seeds; reports "
+        "give mean ± 95% CI over seeds and a paired t-test (over seeds) against the default.",
+        "",
+        "| study | group | factor | levels (default) | profiles run | report |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in STUDIES.values():
+        ran = [p for p in PROFILE_ORDER if f"{s.name}-{p}" in names]
+        has_report = (out_dir / s.name / "report.md").exists()
+        report = f"[report]({s.name}/report.md)" if has_report else "—"
+        lines.append(
+            f"| `{s.name}` | {s.group} | {s.factor} | {', '.join(s.labels)} "
+            f"(`{s.default}`) | {', '.join(ran) or '—'} | {report} |"
+        )
+    path = out_dir / "README.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,145 @@
+"""SID tokenizers: determinism, checkpoint round trip, constrained sizes, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sidrec_core.config import ConfigError, build
+from sidrec_core.sid.build import SIDConfig
+from sidrec_core.sid.registry import make_tokenizer
+from sidrec_core.sid.rqkmeans import RQKMeans, RQKMeansConstrained
+from sidrec_core.sid.rqvae import RQVAE, RQKMeansPlus
+from sidrec_core.sid.tokenizer import load_tokenizer
+
+SMALL = dict(num_levels=2, codebook_size=8)
+LEARNED = dict(hidden_dims=(16,), latent_dim=4, epochs=3, batch_size=64)
+
+
+def _x(n: int = 200, dim: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, dim)) * 2
+    return (centres[rng.integers(6, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def _tokenizer(method: str, seed: int = 0, **extra):
+    cfg = SIDConfig(
+        method=method, **SMALL, **(LEARNED if "rqv" in method or "plus" in method else {}), **extra
+    )
+    return make_tokenizer(cfg, dim=8, seed=seed)
+
+
+METHODS = ["rqkmeans", "rqkmeans_constrained", "rqvae", "rqkmeans_plus"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_sids(method):
+    x = _x()
+    a = _tokenizer(method, seed=3).fit(x)
+    b = _tokenizer(method, seed=3).fit(x)
+    assert a.shape == (200, 2) and a.dtype == np.int64
+    assert np.array_equal(a, b)
+    assert a.min() >= 0 and a.max() < 8
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_saved_tokenizer_reloads_and_encodes_identically(method, tmp_path):
+    x, new = _x(), _x(50, seed=9)
+    tok = _tokenizer(method)
+    tok.fit(x)
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert type(again) is type(tok)
+    assert np.array_equal(again.encode(new), tok.encode(new))
+    codes = tok.encode(x)
+    np.testing.assert_allclose(again.decode(codes), tok.decode(codes), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["rqkmeans", "rqvae", "rqkmeans_plus"])
+def test_fit_codes_are_the_encoding_and_decode_reconstructs(method):
+    x = _x()
+    tok = _tokenizer(method)
+    codes = tok.fit(x)
+    assert np.array_equal(codes, tok.encode(x))
+    if method == "rqkmeans":  # the learned ones are barely trained here
+        assert tok.reconstruction_mse(x, codes) < float(np.mean((x - x.mean(0)) ** 2))
+    dist = tok.last_level_distances(x, codes)
+    assert dist.shape == (200, 8)
+    assert np.array_equal(dist.argmin(1), codes[:, -1])  # the chosen code is the nearest
+
+
+def test_rqkmeans_plus_starts_as_rqkmeans():
+    """Zero-initialised residual encoder: before training the codes are RQ-KMeans' codes."""
+    x = _x()
+    plus = RQKMeansPlus(8, **SMALL, hidden_dims=[16], epochs=1)
+    plain = RQKMeans(8, **SMALL, normalize_residuals=False)
+    ref = plain.fit(x)
+    plus.quantizer.init_from_data(plus.latents(x).numpy(), batch_size=64)
+    assert np.array_equal(plus.encode(x), ref)
+
+
+def test_constrained_cluster_sizes_stay_in_band():
+    x = _x(240)
+    tok = RQKMeansConstrained(8, **SMALL, size_band=0.25)
+    codes = tok.fit(x)
+    for level in range(2):
+        sizes = np.bincount(codes[:, level], minlength=8)
+        assert sizes.min() >= 22 and sizes.max() <= 38  # 30 * (1 -/+ 0.25)
+    plain = RQKMeans(8, **SMALL).fit(x)
+    assert np.bincount(plain[:, 0]).std() >= np.bincount(codes[:, 0]).std()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_embeddings_fail(bad):
+    x = _x()
+    x[5, 2] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
+        RQKMeans(8, **SMALL).fit(x)
+
+
+def test_fewer_items_than_codes_fails_naming_codebook_size():
+    with pytest.raises(ValueError, match="sid.codebook_size"):
+        RQKMeans(8, num_levels=2, codebook_size=16).fit(_x(10))
+
+
+def test_infeasible_constrained_band_fails():
+    with pytest.raises(ValueError, match="infeasible"):
+        RQKMeansConstrained(8, **SMALL, size_min=30).fit(_x(200))  # 8 * 30 > 200
+    with pytest.raises(ValueError, match="infeasible"):
+        RQKMeansConstrained(8, **SMALL, size_max=20).fit(_x(200))  # 8 * 20 < 200
+
+
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        ({"ema": True, "codebook_weight": 1.0}, "sid.codebook_weight"),
+        ({"ema_decay": 1.5}, "sid.ema_decay"),
+        ({"sinkhorn": True, "sinkhorn_epsilon": 0.0}, "sid.sinkhorn_epsilon"),
+        ({"clip": True, "clip_weight": 0.0}, "sid.clip_weight"),
+        ({"restart_unused": True, "restart_threshold": -1.0}, "sid.restart_threshold"),
+    ],
+)
+def test_nonsensical_flags_fail_at_construction(flags, name):
+    with pytest.raises(ValueError, match=name):
+        RQVAE(8, **SMALL, **flags)
+    with pytest.raises(ConfigError, match=name):
+        build(SIDConfig, {"method": "rqvae", **flags}, "sid")
+
+
+def test_rqkmeans_plus_without_kmeans_init_fails():
+    with pytest.raises(ValueError, match="sid.kmeans_init"):
+        RQKMeansPlus(8, **SMALL, kmeans_init=False)
+
+
+def test_gradient_codebook_accepts_codebook_weight():
+    tok = RQVAE(8, **SMALL, ema=False, codebook_weight=0.5)
+    assert "codebooks" in dict(tok.quantizer.named_parameters())
+
+
+def test_sid_config_is_strict():
+    with pytest.raises(ConfigError, match="sid.methd"):
+        build(SIDConfig, {"methd": "rqvae"}, "sid")
+    with pytest.raises(ConfigError, match="sid.collision"):
+        build(SIDConfig, {"collision": "nearest"}, "sid")
+    with pytest.raises(ConfigError, match="max_per_bucket"):
+        build(SIDConfig, {"max_per_bucket": 0}, "sid")

@@ -1,0 +1,246 @@
+"""Ablation bench: registry, grid coverage over seeds, resume after a kill, parallel workers,
+nested MLflow runs, reports — on the smoke profile (synthetic corpus, MostPop study)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sidrec_core.studies import registry
+from sidrec_core.studies.cli import main as ablate_main
+from sidrec_core.studies.profiles import dvc_set_args, load_profile
+from sidrec_core.studies.registry import SID_QUALITY, STUDIES, Level, Study
+from sidrec_core.studies.report import mean_ci, paired_test
+from sidrec_core.studies.runner import StudyOptions, open_study, run_study, seeds_for
+from sidrec_core.studies.stages import STAGES, StageSpec, StageUnavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def opts(tmp_path: Path, **kw) -> StudyOptions:
+    kw.setdefault("n_seeds", 2)
+    return StudyOptions(
+        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
+    )
+
+
+def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=f"{name}-smoke", storage=o.storage_url).get_trials()
+
+
+def complete_points(trials) -> list[tuple[str, int]]:
+    return sorted(
+        (t.params["level"], t.params["seed"]) for t in trials if t.state == TrialState.COMPLETE
+    )
+
+
+def test_registry_is_well_formed_and_listed(capsys):
+    for s in STUDIES.values():
+        assert s.default in s.labels and len(s.labels) >= 2
+        assert all(lv.overrides for lv in s.levels), s.name
+        assert set(s.run) <= set(STAGES) and set(s.reuse) <= set(STAGES)
+        if s.group == "tokenizer":
+            assert set(SID_QUALITY) <= set(s.secondary) and "build_sids" in s.run
+        if s.group != "protocol":
+            assert s.objective == "valid/ndcg@10"
+    assert STUDIES["beam_width"].run == ("eval_sidlm",)  # reuses the trained SID LM
+    assert "train_sidlm" in STUDIES["beam_width"].reuse
+    assert ablate_main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for s in STUDIES.values():
+        assert s.name in out and s.factor in out
+    assert "5, 10, 20*, 50, 100" in out
+    with pytest.raises(ValueError, match="needs"):
+        Study(
+            "bad",
+            "x",
+            registry.one_key("eval.exclude_seen", [False, True]),
+            "off",
+            run=("eval_sidlm",),
+        )
+
+
+def test_profiles_set_their_name_and_dvc_args():
+    params = load_profile("smoke", {"data": {"name": "beauty", "max_history": 20}})
+    assert params["base"]["profile"] == "smoke" and params["data"]["name"] == "synthetic"
+    assert params["data"]["max_history"] == 20  # untouched keys survive the merge
+    args = dvc_set_args("smoke")
+    assert args[0] == "-S" and "base.profile=smoke" in args and "data.name=synthetic" in args
+
+
+def test_grid_coverage_with_seeds_report_and_cache(tmp_path):
+    o = opts(tmp_path, n_seeds=3)
+    summary = run_study("exclude_seen", o)
+    trials = trials_of(o, "exclude_seen")
+    assert complete_points(trials) == [(lv, s) for lv in ("off", "on") for s in (0, 1, 2)]
+    assert summary["remaining_after"] == 0 and summary["failed"] == 0
+    t = next(t for t in trials if t.state == TrialState.COMPLETE)
+    assert t.value == t.user_attrs["metrics"]["mostpop/valid/ndcg@10"]
+    assert t.user_attrs["peak_rss_mb"] > 0 and "baselines/wall_seconds" in t.user_attrs
+    assert (Path(t.user_attrs["trial_dir"]) / "metrics" / "baselines.json").exists()
+    # upstream prepare built once per seed, shared by both levels
+    assert len(list((tmp_path / "exp" / "cache").glob("prepare-*/done.json"))) == 3
+    report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
+    assert "Profile `smoke`" in report and "**off** (default)" in report and "| on |" in report
+    assert "Paired t-test" in report and " ± " in report
+    assert (tmp_path / "exp" / "exclude_seen" / "smoke.png").stat().st_size > 1000
+    index = (tmp_path / "exp" / "README.md").read_text()
+    assert "[report](exclude_seen/report.md)" in index and "`beam_width`" in index
+    # a second launch has nothing left to do
+    again = run_study("exclude_seen", o)
+    assert again["remaining_before"] == 0 and len(trials_of(o, "exclude_seen")) == len(trials)
+
+
+def test_resume_after_kill_runs_only_remaining(tmp_path):
+    o = opts(tmp_path, n_seeds=2, max_trials=2, report=False)
+    run_study("exclude_seen", o)
+    first = {t.number: t.datetime_complete for t in trials_of(o, "exclude_seen")}
+    assert len(first) == 2
+    # a worker killed mid-trial: its trial stays RUNNING, owned by a pid that no longer exists
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = STUDIES["exclude_seen"]
+    ostudy = open_study(study, o, seeds_for({}, 2))
+    zombie = ostudy.ask()
+    point = (
+        zombie.suggest_categorical("level", study.labels),
+        zombie.suggest_categorical("seed", [0, 1]),
+    )
+    zombie.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    o.max_trials, o.report = None, True
+    summary = run_study("exclude_seen", o)
+    trials = trials_of(o, "exclude_seen")
+    assert summary["interrupted"] == 1 and summary["remaining_after"] == 0
+    assert complete_points(trials) == [(lv, s) for lv in ("off", "on") for s in (0, 1)]
+    for t in trials:  # finished trials were not redone
+        if t.number in first:
+            assert t.datetime_complete == first[t.number]
+    z = next(t for t in trials if t.number == zombie.number)
+    assert z.state == TrialState.FAIL and "interrupted" in z.user_attrs["error"]
+    assert point in complete_points(trials)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # nothing ran twice
+
+
+def test_two_workers_never_duplicate_grid_points(tmp_path):
+    o = opts(tmp_path, n_seeds=2, workers=2, report=False)
+    run_study("exclude_seen", o)
+    points = complete_points(trials_of(o, "exclude_seen"))
+    assert points == sorted(set(points)) and len(points) == 4
+
+
+def test_failed_trials_record_the_error_and_missing_stage_fails_clearly(
+    tmp_path, monkeypatch, capsys
+):
+    broken = Study(
+        "broken",
+        "objective key that no stage writes",
+        registry.one_key("eval.exclude_seen", [False, True]),
+        "off",
+        run=("baselines",),
+        reuse=("prepare",),
+        objective="nope/ndcg@10",
+    )
+    monkeypatch.setitem(STUDIES, "broken", broken)  # adding a study = one registry entry
+    o = opts(tmp_path, n_seeds=1)
+    summary = run_study("broken", o)
+    assert summary["failed"] == 2 and summary["remaining_after"] == 2
+    t = trials_of(o, "broken")[0]
+    assert "objective 'nope/ndcg@10' missing" in t.user_attrs["error"]
+    assert "Failed trials (grid points" in (tmp_path / "exp" / "broken" / "report.md").read_text()
+    # not landed: fails before any trial, naming the module
+    monkeypatch.setitem(
+        STAGES,
+        "baselines",
+        StageSpec("baselines", "sidrec_core.not_landed", "run_x", ("base",), deps=("prepare",)),
+    )
+    with pytest.raises(StageUnavailable, match="sidrec_core.not_landed"):
+        run_study("exclude_seen", o)
+    assert (
+        ablate_main(
+            ["--study", "exclude_seen", "--profile", "smoke", "--out", str(tmp_path / "exp")]
+        )
+        == 2
+    )
+    assert "sidrec_core.not_landed" in capsys.readouterr().err
+
+
+def test_nested_mlflow_runs_with_metric_keys(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("SIDREC_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SIDREC_EXPERIMENT", "studies-test")
+    run_study("exclude_seen", opts(tmp_path, n_seeds=1))
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["studies-test"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("stage") == "study/exclude_seen"]
+    assert len(parents) == 1 and parents[0].data.tags["profile"] == "smoke"
+    pid = parents[0].info.run_id
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid]
+    assert sorted(r.data.tags["level"] for r in trials) == ["off", "on"]
+    for r in trials:
+        assert {
+            "mostpop/valid/ndcg_at_10",
+            "mostpop/test/hr_at_10",
+            "wall_seconds",
+            "peak_rss_mb",
+        } <= set(r.data.metrics)
+        assert r.data.tags["profile"] == "smoke" and r.data.params["eval.exclude_seen"]
+    children = {
+        r.data.tags.get("mlflow.parentRunId")
+        for r in runs
+        if r.data.tags.get("stage") == "baselines"
+    }
+    assert children <= {r.info.run_id for r in trials}  # stage runs nest under trial runs
+    artifacts = mlflow.MlflowClient().list_artifacts(pid, "report")
+    assert any(a.path.endswith("report.md") for a in artifacts)
+
+
+def test_mean_ci_and_paired_test_on_hand_values():
+    mean, hw = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and hw == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-5)
+    diff, p = paired_test({0: 2.0, 1: 3.0, 2: 4.5}, {0: 1.0, 1: 2.5, 2: 3.0})
+    assert diff == pytest.approx(1.0) and p == pytest.approx(0.07418, abs=1e-4)
+    assert paired_test({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}) == (0.0, 1.0)
+    assert paired_test({0: 1.0}, {1: 1.0}) == (None, None)
+    lv = Level("x", {"a.b": 1})
+    assert lv.overrides == {"a.b": 1}
+
+
+def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
+    from sidrec_core.io import write_json
+    from sidrec_core.models.baselines import run_baselines
+    from sidrec_core.studies.pipeline_report import run_report
+
+    run_baselines(syn_prepared)
+    metrics_dir = Path(syn_prepared["base"]["metrics_dir"])
+    write_json(
+        metrics_dir / "build_sids.json",
+        {
+            "utilization": [0.75, 0.5, 0.25],
+            "perplexity": [6.0, 3.5, 2.0],
+            "collision_rate_before": 0.02,
+            "collision_rate_after": 0.0,
+            "gini": 0.3,
+        },
+    )
+    params = {
+        **syn_prepared,
+        "report": {"output": str(tmp_path / "r.md"), "plot_data": str(tmp_path / "h.csv")},
+    }
+    out = run_report(params)
+    assert out["num_models"] == 2 and out["has_sid_metrics"] == 1
+    text = (tmp_path / "r.md").read_text()
+    assert "| MostPop |" in text and "| TIGER |" in text and "0.0605" in text
+    assert "| collision rate before resolution | 2.00% | 3.35% |" in text
+    assert "| level-1 utilisation | 0.7500 | 0.7695 (197/256) |" in text
+    assert "Profile `test`" in text and "`synthetic`" in text
+    csv = (tmp_path / "h.csv").read_text().splitlines()
+    assert csv[0] == "model,hr_at_10,ndcg_at_10" and csv[1].startswith('"MostPop",')
+    assert (metrics_dir / "report.json").exists()
