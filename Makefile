@@ -21,7 +21,7 @@ lint:
 	$(BIN)/ruff check sidrec_core bench tests && $(BIN)/ruff format --check sidrec_core bench tests
 
 repro:
-	$(BIN)/dvc repro
+	PATH=$(abspath $(BIN)):$$PATH dvc repro
 
 clean:
 	rm -rf metrics data/prepared data/embeddings.npy
