@@ -16,7 +16,7 @@ from sidrec_core.studies import registry
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import SID_QUALITY, STUDIES, Level, Study
-from sidrec_core.studies.report import mean_ci, paired_test
+from sidrec_core.studies.report import mean_ci, paired_test, write_index, write_study_report
 from sidrec_core.studies.runner import StudyOptions, open_study, run_study, seeds_for
 from sidrec_core.studies.stages import STAGES, StageSpec, StageUnavailable
 
@@ -244,3 +244,18 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
     csv = (tmp_path / "h.csv").read_text().splitlines()
     assert csv[0] == "model,hr_at_10,ndcg_at_10" and csv[1].startswith('"MostPop",')
     assert (metrics_dir / "report.json").exists()
+
+
+def test_report_keeps_sections_of_profiles_run_against_another_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    optuna.storages.RDBStorage(url)  # creates the tables; no study in it
+    out = tmp_path / "exp"
+    (out / "exclude_seen").mkdir(parents=True)
+    dev = "## Profile `dev`\n\nOptuna study `exclude_seen-dev`; an earlier run's table.\n"
+    (out / "exclude_seen" / "report.md").write_text("# old header\n\n" + dev)
+    write_study_report(STUDIES["exclude_seen"], url, out)
+    report = (out / "exclude_seen" / "report.md").read_text()
+    assert report.startswith("# Study `exclude_seen`") and "an earlier run's table." in report
+    index = write_index(url, out).read_text()
+    row = next(line for line in index.splitlines() if line.startswith("| `exclude_seen`"))
+    assert "| dev |" in row and "[report](exclude_seen/report.md)" in row

@@ -20,6 +20,7 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.registry import STUDIES, Study
 
 PROFILE_ORDER = ("full", "dev", "smoke")
+SECTION_PREFIX = "## Profile `"
 # the figures worth a panel when a study has them: quality, the factor's own cost, SID quality
 PLOT_KEYS = (
     "test/ndcg@10",
@@ -186,7 +187,7 @@ def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path)
     cols, table, counts = summarize_trials(study, trials)
     seeds = ostudy.user_attrs.get("seeds", [])
     lines = [
-        f"## Profile `{profile}`",
+        f"{SECTION_PREFIX}{profile}`",
         "",
         f"Optuna study `{ostudy.study_name}`; seeds {seeds}; trials: "
         + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
@@ -243,13 +244,28 @@ def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path)
     return lines + [""]
 
 
+def _profile_key(profile: str) -> tuple[int, str]:
+    return (PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else 9, profile)
+
+
+def report_sections(report: Path) -> dict[str, str]:
+    """``## Profile `<name>` `` sections of an existing study report -> {profile: section text}."""
+    if not report.exists():
+        return {}
+    sections: dict[str, str] = {}
+    for chunk in report.read_text().split(SECTION_PREFIX)[1:]:
+        name = chunk.split("`", 1)[0]
+        sections[name] = SECTION_PREFIX + chunk
+    return sections
+
+
 def write_study_report(study: Study, storage: str, out_dir: Path) -> list[Path]:
     """``<out_dir>/<study>/report.md`` (+ one PNG per profile) from every profile of the study
     found in ``storage``. Returns the written paths (report first)."""
     out = out_dir / study.name
     names = set(optuna.get_all_study_names(storage))
     profiles = [n.removeprefix(f"{study.name}-") for n in names if n.startswith(f"{study.name}-")]
-    profiles.sort(key=lambda p: (PROFILE_ORDER.index(p) if p in PROFILE_ORDER else 9, p))
+    profiles.sort(key=_profile_key)
     lines = [
         f"# Study `{study.name}`: {study.factor}",
         "",
@@ -266,13 +282,19 @@ def write_study_report(study: Study, storage: str, out_dir: Path) -> list[Path]:
         f"({study.direction}); cells are mean ± 95% CI (Student t) over seeds.",
         "",
     ]
+    report = out / "report.md"
+    # profiles run against another storage (another machine, a deleted optuna.db) keep the
+    # section their run wrote
+    kept = {p: text for p, text in report_sections(report).items() if p not in profiles}
     written: list[Path] = []
-    for profile in profiles:
+    for profile in sorted([*profiles, *kept], key=_profile_key):
+        if profile in kept:
+            lines += kept[profile].rstrip("\n").split("\n") + [""]
+            continue
         ostudy = optuna.load_study(study_name=f"{study.name}-{profile}", storage=storage)
         lines += profile_section(study, profile, ostudy, out)
         if (out / f"{profile}.png").exists():
             written.append(out / f"{profile}.png")
-    report = out / "report.md"
     write_text(report, "\n".join(lines))
     return [report, *written]
 
@@ -291,7 +313,8 @@ def write_index(storage: str, out_dir: Path) -> Path:
         "|---|---|---|---|---|---|",
     ]
     for s in STUDIES.values():
-        ran = [p for p in PROFILE_ORDER if f"{s.name}-{p}" in names]
+        sections = report_sections(out_dir / s.name / "report.md")
+        ran = [p for p in PROFILE_ORDER if f"{s.name}-{p}" in names or p in sections]
         has_report = (out_dir / s.name / "report.md").exists()
         report = f"[report]({s.name}/report.md)" if has_report else "—"
         lines.append(
