@@ -21,15 +21,11 @@ import time
 
 import numpy as np
 
-from sidrec_core.config import BaseConfig, apply_overrides, build, load_params
-from sidrec_core.data.dataset import DataConfig, load_prepared
-from sidrec_core.data.split import leave_one_out
-from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.config import apply_overrides, load_params
+from sidrec_core.evaluate import evaluate
 from sidrec_core.io import write_json, write_text
 from sidrec_core.models.beam import DecodingConfig
-from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
-from sidrec_core.sid.table import SIDTable
-from sidrec_core.utils import resolve_device, seed_everything, set_threads
+from sidrec_core.models.sidlm_runner import setup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,17 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/perf/sidlm_decoding.json")
     args = parser.parse_args(argv)
     params = apply_overrides(load_params(args.params), args.sets)
-    base = build(BaseConfig, params.get("base"), "base")
-    data = build(DataConfig, params.get("data"), "data")
-    eval_cfg = build(EvalConfig, params.get("eval"), "eval")
-    cfg = build(SIDLMConfig, params.get("sidlm"), "sidlm")
-    seed_everything(base.seed)
-    set_threads(base.num_threads)
-    device = resolve_device(base.device)
-    ds = load_prepared(data.prepared_dir)
-    loo = leave_one_out(ds)
-    table = SIDTable.load(cfg.sid_dir, num_items=ds.num_items)
-    model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
+    s = setup(params)
+    base, data, eval_cfg, cfg, device, ds, loo = (
+        s.base,
+        s.data,
+        s.eval,
+        s.cfg,
+        s.device,
+        s.ds,
+        s.loo,
+    )
+    model = s.load_model()
     test = loo.split("test", data.max_history)
     users = None
     if args.max_users and args.max_users < len(test):

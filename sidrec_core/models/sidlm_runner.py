@@ -12,6 +12,7 @@ Prediction writes one JSONL shard per process, ``part-<rank>-of-<world>.jsonl``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from accelerate import Accelerator
 from transformers.utils import logging as hf_logging
 
 from sidrec_core.config import BaseConfig, build, to_dict
-from sidrec_core.data.dataset import DataConfig, load_prepared
+from sidrec_core.data.dataset import DataConfig, Dataset, load_prepared
 from sidrec_core.data.sid_examples import (
     JsonlExamples,
     collate,
@@ -36,7 +37,7 @@ from sidrec_core.data.sid_examples import (
     training_rows,
     write_rows,
 )
-from sidrec_core.data.split import leave_one_out
+from sidrec_core.data.split import LeaveOneOut, leave_one_out
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_jsonl
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_sidlm
@@ -48,6 +49,46 @@ from sidrec_core.utils import resolve_device, seed_everything, set_threads
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # per-file load/save bars flood the stage logs
 EVAL_KEYS = ("invalid_rate", "duplicate_rate", "users_per_second")
+
+
+@dataclasses.dataclass(frozen=True)
+class SIDLMSetup:
+    """What every SID-LM entry point builds first: configs, device, split and SID table."""
+
+    base: BaseConfig
+    data: DataConfig
+    eval: EvalConfig
+    cfg: SIDLMConfig
+    device: torch.device
+    ds: Dataset
+    loo: LeaveOneOut
+    table: SIDTable
+
+    def load_model(self) -> SIDLM:
+        """The trained model saved at ``sidlm.output_dir``, on the resolved device."""
+        return SIDLM.load(self.cfg.output_dir, self.table, self.cfg, self.data.max_history).to(
+            self.device
+        )
+
+
+def setup(params: dict[str, Any]) -> SIDLMSetup:
+    """Build the configs from ``params``, seed, set threads, resolve the device, load the split."""
+    base = build(BaseConfig, params.get("base"), "base")
+    data = build(DataConfig, params.get("data"), "data")
+    cfg = build(SIDLMConfig, params.get("sidlm"), "sidlm")
+    seed_everything(base.seed)
+    set_threads(base.num_threads)
+    ds = load_prepared(data.prepared_dir)
+    return SIDLMSetup(
+        base=base,
+        data=data,
+        eval=build(EvalConfig, params.get("eval"), "eval"),
+        cfg=cfg,
+        device=resolve_device(base.device),
+        ds=ds,
+        loo=leave_one_out(ds),
+        table=SIDTable.load(cfg.sid_dir, num_items=ds.num_items),
+    )
 
 
 def make_accelerator(cfg: SIDLMConfig, device: torch.device) -> Accelerator:
@@ -227,18 +268,10 @@ def run_sidlm(
     params: dict[str, Any], *, do_train: bool, do_eval: bool, do_predict: bool, stage: str
 ) -> dict[str, Any]:
     """Train and/or evaluate and/or predict with the SID LM; returns the flat metrics."""
-    base = build(BaseConfig, params.get("base"), "base")
-    data = build(DataConfig, params.get("data"), "data")
-    eval_cfg = build(EvalConfig, params.get("eval"), "eval")
-    cfg = build(SIDLMConfig, params.get("sidlm"), "sidlm")
-    seed_everything(base.seed)
-    set_threads(base.num_threads)
-    device = resolve_device(base.device)
-    acc = make_accelerator(cfg, device)
+    s = setup(params)
+    base, data, eval_cfg, cfg, ds, loo, table = s.base, s.data, s.eval, s.cfg, s.ds, s.loo, s.table
+    acc = make_accelerator(cfg, s.device)
     device = acc.device
-    ds = load_prepared(data.prepared_dir)
-    loo = leave_one_out(ds)
-    table = SIDTable.load(cfg.sid_dir, num_items=ds.num_items)
     configs = {
         "base": to_dict(base),
         "data": to_dict(data),

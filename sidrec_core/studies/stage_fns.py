@@ -16,15 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from sidrec_core.config import BaseConfig, build, to_dict
-from sidrec_core.data.dataset import DataConfig, load_prepared
-from sidrec_core.data.split import leave_one_out
-from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
-from sidrec_core.models.sidlm_runner import EVAL_KEYS, run_eval_sidlm
-from sidrec_core.sid.table import SIDTable
+from sidrec_core.config import build, to_dict
+from sidrec_core.evaluate import evaluate
+from sidrec_core.models.sidlm_runner import EVAL_KEYS, run_eval_sidlm, setup
 from sidrec_core.tracking import start_run
-from sidrec_core.utils import resolve_device, seed_everything, set_threads
 
 VALID_KEY = "valid/ndcg@10"
 SUBSAMPLE_SEED = 0  # fixed: every level and seed scores the same users
@@ -55,17 +50,9 @@ def run_eval_sidlm_with_valid(params: dict[str, Any]) -> dict[str, Any]:
         out = dict(run_eval_sidlm(params))
         if VALID_KEY in out:
             return out
-    base = build(BaseConfig, params.get("base"), "base")
-    data = build(DataConfig, params.get("data"), "data")
-    ev = build(EvalConfig, params.get("eval"), "eval")
-    cfg = build(SIDLMConfig, params.get("sidlm"), "sidlm")
-    seed_everything(base.seed)
-    set_threads(base.num_threads)
-    device = resolve_device(base.device)
-    ds = load_prepared(data.prepared_dir)
-    loo = leave_one_out(ds)
-    table = SIDTable.load(cfg.sid_dir, num_items=ds.num_items)
-    model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
+    s = setup(params)
+    base, data, ev, cfg, device, ds, loo = s.base, s.data, s.eval, s.cfg, s.device, s.ds, s.loo
+    model = s.load_model()
     valid = loo.split("valid", data.max_history)
     if bench.max_eval_users is None:  # full test already scored by the DVC stage above
         users = _rows(len(valid), ev.max_valid_users, base.seed)
