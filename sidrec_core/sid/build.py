@@ -3,7 +3,8 @@ tokenizer checkpoint and SID quality metrics (``metrics/build_sids.json``).
 
 ``SIDConfig`` is the ``sid`` params section. Technique flags are flat keys (``sid.sinkhorn``,
 ``sid.ema``...) so an ablation overrides one key; they only apply to the learned methods
-(``rqvae``, ``rqkmeans_plus``) and are validated together by :func:`check_rqvae_flags`.
+(``rqvae``, ``rqkmeans_plus``) and are validated together by
+:class:`~sidrec_core.sid.rqvae.RQVAEFlags`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sidrec_core.sid.collisions import resolve
 from sidrec_core.sid.kmeans import check_vectors, set_faiss_threads
 from sidrec_core.sid.quality import sid_quality
 from sidrec_core.sid.registry import make_tokenizer
-from sidrec_core.sid.rqvae import check_rqvae_flags
+from sidrec_core.sid.rqvae import RQVAEFlags
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.tracking import start_run
 from sidrec_core.utils import peak_rss_mb, resolve_device, seed_everything, set_threads
@@ -90,24 +91,11 @@ class SIDConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.method in LEARNED:
-            check_rqvae_flags(**self.rqvae_flags())
+            RQVAEFlags(**self.rqvae_flags())
 
     def rqvae_flags(self) -> dict[str, Any]:
         """The technique flags and their knobs, as RQVAE constructor kwargs."""
-        names = (
-            "sinkhorn",
-            "sinkhorn_epsilon",
-            "sinkhorn_iters",
-            "restart_unused",
-            "restart_threshold",
-            "ema",
-            "ema_decay",
-            "codebook_weight",
-            "kmeans_init",
-            "clip",
-            "clip_weight",
-            "clip_temperature",
-        )
+        names = [f.name for f in dataclasses.fields(RQVAEFlags)]
         return {n: getattr(self, n) for n in names}
 
 

@@ -13,6 +13,7 @@ Shapes: x [N, D] item embeddings, z [B, E] latents, codes [N, M].
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -28,43 +29,46 @@ from sidrec_core.train import TrainConfig, fit
 from sidrec_core.utils import no_grad_eval
 
 
-def check_rqvae_flags(
-    *,
-    sinkhorn: bool = False,
-    sinkhorn_epsilon: float = 0.05,
-    sinkhorn_iters: int = 5,
-    restart_unused: bool = True,
-    restart_threshold: float = 1.0,
-    ema: bool = True,
-    ema_decay: float = 0.99,
-    codebook_weight: float | None = None,
-    kmeans_init: bool = True,
-    clip: bool = False,
-    clip_weight: float = 0.1,
-    clip_temperature: float = 0.07,
-) -> None:
-    """Reject nonsensical technique settings, naming the parameter."""
-    if ema and codebook_weight is not None:
-        raise ValueError(
-            "sid.codebook_weight applies to gradient-learned codebooks only; with sid.ema=true "
-            "the codebook follows exponential moving averages: unset one of them"
-        )
-    if codebook_weight is not None and codebook_weight < 0:
-        raise ValueError(f"sid.codebook_weight must be >= 0, got {codebook_weight}")
-    if not 0.0 < ema_decay < 1.0:
-        raise ValueError(f"sid.ema_decay must be in (0, 1), got {ema_decay}")
-    if sinkhorn and (sinkhorn_epsilon <= 0 or sinkhorn_iters < 1):
-        raise ValueError(
-            f"sid.sinkhorn_epsilon must be > 0 and sid.sinkhorn_iters >= 1, got "
-            f"{sinkhorn_epsilon}, {sinkhorn_iters}"
-        )
-    if restart_unused and restart_threshold <= 0:
-        raise ValueError(f"sid.restart_threshold must be > 0, got {restart_threshold}")
-    if clip and (clip_weight <= 0 or clip_temperature <= 0):
-        raise ValueError(
-            f"sid.clip=true needs sid.clip_weight > 0 and sid.clip_temperature > 0, got "
-            f"{clip_weight}, {clip_temperature}"
-        )
+@dataclasses.dataclass(frozen=True)
+class RQVAEFlags:
+    """The RQ-VAE technique flags and their knobs (``sid.*``), validated together."""
+
+    sinkhorn: bool = False
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 5
+    restart_unused: bool = True
+    restart_threshold: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.99
+    codebook_weight: float | None = None
+    kmeans_init: bool = True
+    clip: bool = False
+    clip_weight: float = 0.1
+    clip_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        """Reject nonsensical technique settings, naming the parameter."""
+        if self.ema and self.codebook_weight is not None:
+            raise ValueError(
+                "sid.codebook_weight applies to gradient-learned codebooks only; with sid.ema=true "
+                "the codebook follows exponential moving averages: unset one of them"
+            )
+        if self.codebook_weight is not None and self.codebook_weight < 0:
+            raise ValueError(f"sid.codebook_weight must be >= 0, got {self.codebook_weight}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"sid.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.sinkhorn and (self.sinkhorn_epsilon <= 0 or self.sinkhorn_iters < 1):
+            raise ValueError(
+                f"sid.sinkhorn_epsilon must be > 0 and sid.sinkhorn_iters >= 1, got "
+                f"{self.sinkhorn_epsilon}, {self.sinkhorn_iters}"
+            )
+        if self.restart_unused and self.restart_threshold <= 0:
+            raise ValueError(f"sid.restart_threshold must be > 0, got {self.restart_threshold}")
+        if self.clip and (self.clip_weight <= 0 or self.clip_temperature <= 0):
+            raise ValueError(
+                f"sid.clip=true needs sid.clip_weight > 0 and sid.clip_temperature > 0, got "
+                f"{self.clip_weight}, {self.clip_temperature}"
+            )
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -110,34 +114,9 @@ class RQVAE(SIDTokenizer):
         batch_size: int = 1024,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        sinkhorn: bool = False,
-        sinkhorn_epsilon: float = 0.05,
-        sinkhorn_iters: int = 5,
-        restart_unused: bool = True,
-        restart_threshold: float = 1.0,
-        ema: bool = True,
-        ema_decay: float = 0.99,
-        codebook_weight: float | None = None,
-        kmeans_init: bool = True,
-        clip: bool = False,
-        clip_weight: float = 0.1,
-        clip_temperature: float = 0.07,
+        **flags: Any,
     ) -> None:
-        flags = dict(
-            sinkhorn=sinkhorn,
-            sinkhorn_epsilon=sinkhorn_epsilon,
-            sinkhorn_iters=sinkhorn_iters,
-            restart_unused=restart_unused,
-            restart_threshold=restart_threshold,
-            ema=ema,
-            ema_decay=ema_decay,
-            codebook_weight=codebook_weight,
-            kmeans_init=kmeans_init,
-            clip=clip,
-            clip_weight=clip_weight,
-            clip_temperature=clip_temperature,
-        )
-        check_rqvae_flags(**flags)
+        f = RQVAEFlags(**flags)  # a technique name the flags lack fails here, naming it
         if num_levels < 1 or codebook_size < 2:
             raise ValueError(
                 f"sid.num_levels must be >= 1 and sid.codebook_size >= 2, got {num_levels}, "
@@ -157,7 +136,7 @@ class RQVAE(SIDTokenizer):
             batch_size=batch_size,
             lr=lr,
             weight_decay=weight_decay,
-            **flags,
+            **dataclasses.asdict(f),
         )
         torch.manual_seed(seed)  # the same seed builds the same initial weights
         self.encoder, self.decoder, latent = self._build_coders(dim, hidden_dims, latent_dim)
@@ -165,13 +144,13 @@ class RQVAE(SIDTokenizer):
             num_levels,
             codebook_size,
             latent,
-            ema=ema,
-            ema_decay=ema_decay,
-            restart_unused=restart_unused,
-            restart_threshold=restart_threshold,
-            sinkhorn=sinkhorn,
-            sinkhorn_epsilon=sinkhorn_epsilon,
-            sinkhorn_iters=sinkhorn_iters,
+            ema=f.ema,
+            ema_decay=f.ema_decay,
+            restart_unused=f.restart_unused,
+            restart_threshold=f.restart_threshold,
+            sinkhorn=f.sinkhorn,
+            sinkhorn_epsilon=f.sinkhorn_epsilon,
+            sinkhorn_iters=f.sinkhorn_iters,
         )
         self._generator: torch.Generator | None = None
 
