@@ -1,4 +1,4 @@
-"""DVC stage `baselines`: thin wrapper around `sidrec_core.models.baselines.run_baselines`.
+"""DVC stage `baselines`: thin wrapper around `sidrec_core.stages.baselines.run`.
 
 Usage: python bench/baselines.py [--params params.yaml] [--set section.key=value ...]
 """
@@ -6,7 +6,7 @@ Usage: python bench/baselines.py [--params params.yaml] [--set section.key=value
 import sys
 
 from sidrec_core.cli import main
-from sidrec_core.models.baselines import run_baselines
+from sidrec_core.stages.baselines import run
 
 if __name__ == "__main__":
-    sys.exit(main(run_baselines, __doc__))
+    sys.exit(main(run, __doc__))

@@ -1,4 +1,4 @@
-"""DVC stage `embed`: thin wrapper around `sidrec_core.data.stages.run_embed`.
+"""DVC stage `embed`: thin wrapper around `sidrec_core.stages.embed.run`.
 
 Usage: python bench/embed.py [--params params.yaml] [--set section.key=value ...]
 """
@@ -6,7 +6,7 @@ Usage: python bench/embed.py [--params params.yaml] [--set section.key=value ...
 import sys
 
 from sidrec_core.cli import main
-from sidrec_core.data.stages import run_embed
+from sidrec_core.stages.embed import run
 
 if __name__ == "__main__":
-    sys.exit(main(run_embed, __doc__))
+    sys.exit(main(run, __doc__))

@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: thin wrapper around `sidrec_core.data.stages.run_prepare`.
+"""DVC stage `prepare`: thin wrapper around `sidrec_core.stages.prepare.run`.
 
 Usage: python bench/prepare.py [--params params.yaml] [--set section.key=value ...]
 """
@@ -6,7 +6,7 @@ Usage: python bench/prepare.py [--params params.yaml] [--set section.key=value .
 import sys
 
 from sidrec_core.cli import main
-from sidrec_core.data.stages import run_prepare
+from sidrec_core.stages.prepare import run
 
 if __name__ == "__main__":
-    sys.exit(main(run_prepare, __doc__))
+    sys.exit(main(run, __doc__))

@@ -1,4 +1,4 @@
-"""DVC stage `report`: thin wrapper around `sidrec_core.studies.pipeline_report.run_report`.
+"""DVC stage `report`: thin wrapper around `sidrec_core.stages.report.run`.
 
 Usage: python bench/report.py [--params params.yaml] [--set section.key=value ...]
 """
@@ -6,7 +6,7 @@ Usage: python bench/report.py [--params params.yaml] [--set section.key=value ..
 import sys
 
 from sidrec_core.cli import main
-from sidrec_core.studies.pipeline_report import run_report
+from sidrec_core.stages.report import run
 
 if __name__ == "__main__":
-    sys.exit(main(run_report, __doc__))
+    sys.exit(main(run, __doc__))

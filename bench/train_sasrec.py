@@ -1,4 +1,4 @@
-"""DVC stage `train_sasrec`: thin wrapper around `sidrec_core.models.sasrec_stage.run_train_sasrec`.
+"""DVC stage `train_sasrec`: thin wrapper around `sidrec_core.stages.train_sasrec.run`.
 
 Usage: python bench/train_sasrec.py [--params params.yaml] [--set section.key=value ...]
 """
@@ -6,7 +6,7 @@ Usage: python bench/train_sasrec.py [--params params.yaml] [--set section.key=va
 import sys
 
 from sidrec_core.cli import main
-from sidrec_core.models.sasrec_stage import run_train_sasrec
+from sidrec_core.stages.train_sasrec import run
 
 if __name__ == "__main__":
-    sys.exit(main(run_train_sasrec, __doc__))
+    sys.exit(main(run, __doc__))

@@ -3,7 +3,7 @@
 import json
 
 from sidrec_core.cli import main
-from sidrec_core.data.stages import run_prepare
+from sidrec_core.stages.prepare import run as run_prepare
 
 
 def test_stage_cli_with_overrides(tmp_path, capsys):

@@ -115,8 +115,9 @@ def test_fit_learns_planted_transitions_and_keeps_best(syn_loo, tmp_path):
 
 
 def test_prepare_embed_baselines_stages(syn_params, tmp_path):
-    from sidrec_core.data.stages import run_embed, run_prepare
-    from sidrec_core.models.baselines import run_baselines
+    from sidrec_core.stages.baselines import run as run_baselines
+    from sidrec_core.stages.embed import run as run_embed
+    from sidrec_core.stages.prepare import run as run_prepare
 
     prep = run_prepare(syn_params)
     assert prep["num_users"] == 200 and prep["synthetic"] is True

@@ -12,14 +12,14 @@ import torch
 
 from sidrec_core.config import ConfigError, build
 from sidrec_core.data.batching import TrainBatches
+from sidrec_core.data.negatives import NegativeSampler, shared_negatives
 from sidrec_core.data.synthetic import planted_successor
 from sidrec_core.models.losses import ce_loss, infonce_loss
-from sidrec_core.models.negatives import NegativeSampler, shared_negatives
-from sidrec_core.models.registry import RECOMMENDERS, get_recommender
 from sidrec_core.models.sasrec import SASRec, SASRecConfig, load_sid_features
-from sidrec_core.models.sasrec_stage import make_batches, run_train_sasrec
+from sidrec_core.models.sasrec import training_batches as make_batches
 from sidrec_core.models.similarity import Similarity
 from sidrec_core.sid.table import SIDTable
+from sidrec_core.stages.train_sasrec import run as run_train_sasrec
 from sidrec_core.train import TrainConfig, fit
 
 SMALL = {
@@ -191,8 +191,6 @@ def test_bad_names_list_the_valid_choices(syn_loo):
         SASRecConfig(negatives="hard")
     with pytest.raises(ValueError, match="none, sum, concat"):
         SASRecConfig(sid_features="mean")
-    with pytest.raises(ValueError, match="mostpop, random, sasrec"):
-        get_recommender("bert4rec", syn_loo)
 
 
 def test_num_negatives_larger_than_catalogue_fails(syn_loo):
@@ -228,14 +226,6 @@ def test_missing_sid_table_warns_once_and_mismatch_fails(syn_loo, tmp_path, capl
     _sid_table(syn_loo.num_items - 1).save(tmp_path / "sids")
     with pytest.raises(ValueError, match="covers .* items but the dataset has"):
         load_sid_features(cfg, tmp_path / "sids", syn_loo.num_items)
-
-
-def test_registry_builds_every_recommender(syn_loo):
-    params = {"sasrec": SMALL}
-    for name in ("mostpop", "random", "sasrec"):
-        rec = RECOMMENDERS[name](syn_loo, params)
-        ids, _ = rec.recommend({"history": torch.as_tensor(syn_loo.split("test", 16).histories)}, 5)
-        assert ids.shape == (len(syn_loo.train_sequences), 5)
 
 
 def test_stage_writes_metrics_curves_and_checkpoint(syn_prepared, tmp_path):

@@ -11,14 +11,14 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from sidrec_core.config import ConfigError, build
 from sidrec_core.data.sid_examples import JsonlExamples, collate, training_rows, write_rows
+from sidrec_core.io import write_jsonl
+from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sid_tokenizer import SIDVocab, _scratch_base
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm, first_label_index
-from sidrec_core.models.sidlm_runner import (
-    run_eval_sidlm,
-    run_train_sidlm,
-    write_prediction_shard,
-)
 from sidrec_core.sid.table import SIDTable
+from sidrec_core.stages.eval_sidlm import reportable_ks
+from sidrec_core.stages.eval_sidlm import run as run_eval_sidlm
+from sidrec_core.stages.train_sidlm import run as run_train_sidlm
 
 TINY = {
     "hidden_size": 32,
@@ -171,10 +171,10 @@ def _runner_params(syn_prepared, tmp_path, table, **sidlm):
             "predictions_dir": str(tmp_path / "pred"),
             "shuffle_buffer": 64,
             "train": {"epochs": 1, "batch_size": 64, "lr": 0.01},
-            "decoding": {"strategy": "constrained", "beam_width": 5, "num_return_sequences": 5},
             **sidlm,
         },
-        "eval": {"bootstrap": 0, "ks": [1, 5, 10], "max_valid_users": 50},
+        "decoding": {"strategy": "constrained", "beam_width": 10, "num_return_sequences": 10},
+        "eval": {"bootstrap": 0, "ks": [1, 5, 10, 20], "max_valid_users": 50},
     }
 
 
@@ -185,19 +185,33 @@ def test_runner_trains_evaluates_predicts(syn_prepared, tmp_path, table, syn_ds)
     res = run_eval_sidlm(params)
     assert res["invalid_rate"] == 0.0 and 0.0 <= res["test/hr@10"] <= 1.0
     assert res["users_per_second"] > 0
+    # valid (the fixed 50-user subsample) and test come from one pass each, both saved
     saved = json.loads((tmp_path / "metrics" / "eval_sidlm.json").read_text())
-    assert saved["test/ndcg@10"] == res["test/ndcg@10"]
+    assert saved["test/ndcg@10"] == res["test/ndcg@10"] and "valid/ndcg@10" in saved
+    assert saved["valid_users"] == 50 and saved["test_users"] == syn_ds.num_users
+    # 10 candidates per user: @20 is not reported as if it were a cut-off of its own
+    assert "test/hr@20" not in saved and "test/hr@10" in saved
     rows = [json.loads(x) for x in (tmp_path / "pred" / "part-00000-of-00001.jsonl").open()]
     assert len(rows) == syn_ds.num_users
     assert {"user", "user_index", "history", "target", "candidates", "scores"} <= set(rows[0])
     assert all(len(r["candidates"]) == len(r["scores"]) > 0 for r in rows)
+    # the predictions are the scored candidates: HR@10 recomputed from them matches
+    hits = [r["target"] in r["candidates"][:10] for r in rows]
+    assert np.mean(hits) == pytest.approx(res["test/hr@10"])
 
 
-def test_prediction_shard_complete_after_interrupted_write(tmp_path):
+def test_reportable_ks_refuses_cutoffs_beyond_the_candidates():
+    assert reportable_ks((1, 5, 10, 20, 50), 20) == (1, 5, 10, 20)
+    with pytest.raises(ValueError, match="decoding.beam_width"):
+        reportable_ks((10,), 5)
+
+
+def test_prediction_file_complete_after_interrupted_write(tmp_path):
     good = [{"user": "u1", "candidates": [1, 2], "scores": [-0.1, -0.2]}]
-    path = write_prediction_shard(tmp_path, good, 0, 1)
+    path = tmp_path / "part-00000-of-00001.jsonl"
+    write_jsonl(path, good)
     with pytest.raises(TypeError):  # dies mid-write on an unserialisable row
-        write_prediction_shard(tmp_path, good * 50 + [{"user": object()}], 0, 1)
+        write_jsonl(path, good * 50 + [{"user": object()}])
     assert [json.loads(x) for x in path.open()] == good
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
 
@@ -213,8 +227,8 @@ def test_bad_input_errors(tmp_path, syn_loo, table, syn_prepared):
         build(SIDLMConfig, {"load": "dense"}, "sidlm")
     with pytest.raises(FileNotFoundError, match="sidlm.checkpoint"):
         _model(table, load="pretrained", checkpoint=str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="sidlm.decoding.num_return_sequences"):
-        build(SIDLMConfig, {"decoding": {"beam_width": 5, "num_return_sequences": 10}}, "sidlm")
+    with pytest.raises(ConfigError, match="decoding.num_return_sequences"):
+        build(DecodingConfig, {"beam_width": 5, "num_return_sequences": 10}, "decoding")
     other = SIDTable(table.codes, (4, 4, 8))
     model = _model(table)
     with pytest.raises(ValueError, match="sidlm.sid_dir"):

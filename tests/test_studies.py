@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sidrec_core.studies.stages import STAGES, StageSpec, StageUnavailable
 
 from sidrec_core.studies import registry
 from sidrec_core.studies.cli import main as ablate_main
@@ -18,7 +19,6 @@ from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import SID_QUALITY, STUDIES, Level, Study
 from sidrec_core.studies.report import mean_ci, paired_test, write_index, write_study_report
 from sidrec_core.studies.runner import StudyOptions, open_study, run_study, seeds_for
-from sidrec_core.studies.stages import STAGES, StageSpec, StageUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,9 +214,10 @@ def test_mean_ci_and_paired_test_on_hand_values():
 
 
 def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
+    from sidrec_core.studies.pipeline_report import run_report
+
     from sidrec_core.io import write_json
     from sidrec_core.models.baselines import run_baselines
-    from sidrec_core.studies.pipeline_report import run_report
 
     run_baselines(syn_prepared)
     metrics_dir = Path(syn_prepared["base"]["metrics_dir"])

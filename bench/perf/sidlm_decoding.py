@@ -19,13 +19,16 @@ import json
 import sys
 import time
 
-import numpy as np
-
-from sidrec_core.config import apply_overrides, load_params
-from sidrec_core.evaluate import evaluate
+from sidrec_core.config import BaseConfig, apply_overrides, load_params
+from sidrec_core.data.dataset import DataConfig
+from sidrec_core.data.split import subsample_rows
+from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json, write_text
 from sidrec_core.models.beam import DecodingConfig
-from sidrec_core.models.sidlm_runner import setup
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
+from sidrec_core.models.sidlm_train import load_inputs
+from sidrec_core.stages.context import build_configs
+from sidrec_core.utils import resolve_device, set_threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,28 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/perf/sidlm_decoding.json")
     args = parser.parse_args(argv)
     params = apply_overrides(load_params(args.params), args.sets)
-    s = setup(params)
-    base, data, eval_cfg, cfg, device, ds, loo = (
-        s.base,
-        s.data,
-        s.eval,
-        s.cfg,
-        s.device,
-        s.ds,
-        s.loo,
+    cfgs = build_configs(
+        params, {"base": BaseConfig, "data": DataConfig, "eval": EvalConfig, "sidlm": SIDLMConfig}
     )
-    model = s.load_model()
+    base, data, eval_cfg, cfg = cfgs["base"], cfgs["data"], cfgs["eval"], cfgs["sidlm"]
+    set_threads(base.num_threads)
+    device = resolve_device(base.device)
+    ds, loo, table = load_inputs(data, cfg)
+    model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
     test = loo.split("test", data.max_history)
-    users = None
-    if args.max_users and args.max_users < len(test):
-        rng = np.random.default_rng(base.seed)
-        users = np.sort(rng.choice(len(test), args.max_users, replace=False))
+    users = subsample_rows(len(test), args.max_users)
     eval_cfg = dataclasses.replace(eval_cfg, ks=(5, 10, 20))
     rows = []
     for strategy in args.strategies:
         for width in args.widths:
             dec = DecodingConfig(strategy=strategy, beam_width=width)
-            model.cfg = dataclasses.replace(cfg, decoding=dec)
+            model.decoding = dec
             start = time.perf_counter()
             res = evaluate(
                 model, test, eval_cfg, device, num_items=ds.num_items, bootstrap=False, users=users

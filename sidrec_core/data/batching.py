@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sidrec_core.data.negatives import NegativeSampler, shared_negatives
 from sidrec_core.data.split import pad_left
-from sidrec_core.models.negatives import NegativeSampler, shared_negatives
 
 NegativesMode = Literal["none", "per_position", "shared"]
 

@@ -66,6 +66,16 @@ class LeaveOneOut:
         return counts
 
 
+SUBSAMPLE_SEED = 0  # fixed: every model, seed and trial scores the same validation users
+
+
+def subsample_rows(n: int, limit: int | None, seed: int = SUBSAMPLE_SEED) -> np.ndarray | None:
+    """Sorted rows of a seeded sample of ``limit`` out of ``n`` users; None = every user."""
+    if not limit or limit >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def leave_one_out(ds: Dataset) -> LeaveOneOut:
     short = [i for i, s in enumerate(ds.sequences) if len(s) < 3]
     if short:

@@ -1,20 +1,14 @@
-"""Reference recommenders: MostPop (training-split popularity) and Random (seeded). Neither
-is trained by gradient, so they implement only ``recommend``; ``run_baselines`` is the
-``baselines`` pipeline stage."""
+"""Reference recommenders: MostPop (training-split popularity) and Random (seeded). Neither is
+trained by gradient, so they implement only ``recommend`` (the ``baselines`` stage scores them).
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from sidrec_core.config import BaseConfig, build, to_dict
-from sidrec_core.data.dataset import DataConfig, load_prepared
-from sidrec_core.data.split import LeaveOneOut, leave_one_out
-from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.data.split import LeaveOneOut
 from sidrec_core.models.base import topk_items
-from sidrec_core.tracking import start_run
 
 
 class MostPop:
@@ -40,39 +34,3 @@ class RandomRec:
         scores = torch.rand(b, self.num_items + 1, generator=self.generator)
         ids, s = topk_items(scores, k)
         return ids.to(batch["history"].device), s.to(batch["history"].device)
-
-
-def run_baselines(params: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate MostPop and Random on valid and test -> ``metrics/baselines.json``."""
-    base = build(BaseConfig, params.get("base"), "base")
-    data = build(DataConfig, params.get("data"), "data")
-    ev = build(EvalConfig, params.get("eval"), "eval")
-    cfgs = {"base": to_dict(base), "data": to_dict(data), "eval": to_dict(ev)}
-    loo = leave_one_out(load_prepared(data.prepared_dir))
-    out: dict[str, Any] = {}
-    with start_run(
-        "baselines", cfgs, dataset=data.name, profile=base.profile, metrics_dir=base.metrics_dir
-    ) as parent:
-        for name, rec in (
-            ("mostpop", MostPop(loo)),
-            ("random", RandomRec(loo.num_items, base.seed)),
-        ):
-            with start_run(
-                f"baselines/{name}",
-                cfgs,
-                dataset=data.name,
-                profile=base.profile,
-                metrics_dir=None,
-                nested=True,
-                tags={"model": name},
-            ) as run:
-                metrics: dict[str, float] = {}
-                for split in ("valid", "test"):
-                    res = evaluate(
-                        rec, loo.split(split, data.max_history), ev, num_items=loo.num_items
-                    )
-                    metrics.update(res.metrics)
-                run.log_metrics(metrics)
-                out[name] = metrics
-        parent.record(**out)
-    return {f"{m}/{k}": v for m, d in out.items() for k, v in d.items()}

@@ -10,7 +10,7 @@ the generated tokens per beam, reordered with one ``index_select`` per step; the
 ``LogitsProcessor`` (MiniOneRec's ``LogitProcessor.py`` walks a trie per beam in Python inside
 the generate loop: the anti-pattern this module replaces).
 
-Strategies (``sidlm.decoding.strategy``):
+Strategies (``decoding.strategy``):
 
 - ``beam``: standard beam search with ``beam_width`` W beams. Position ``l`` may only emit a code
   token of level ``l`` (so the output always parses as a SID) but the SID need not exist in the
@@ -63,7 +63,7 @@ NEG_INF = float("-inf")
 
 @dataclasses.dataclass(frozen=True)
 class DecodingConfig:
-    """``sidlm.decoding`` subsection.
+    """``decoding`` section (read by ``eval_sidlm`` only, so a change re-runs evaluation alone).
 
     strategy: ``beam`` | ``constrained`` | ``dynamic`` (see module docstring).
     beam_width: W for beam/constrained, the base B of the dynamic schedule.
@@ -88,24 +88,23 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         if self.beam_width < 1:
-            raise ValueError(f"sidlm.decoding.beam_width must be >= 1, got {self.beam_width}")
+            raise ValueError(f"decoding.beam_width must be >= 1, got {self.beam_width}")
         if self.dynamic_num_eos_tokens < 0:
             raise ValueError(
-                "sidlm.decoding.dynamic_num_eos_tokens must be >= 0, got "
-                f"{self.dynamic_num_eos_tokens}"
+                f"decoding.dynamic_num_eos_tokens must be >= 0, got {self.dynamic_num_eos_tokens}"
             )
         nrs = self.num_return_sequences
         if self.strategy == "dynamic":
             if nrs is not None:
                 raise ValueError(
-                    "sidlm.decoding.num_return_sequences: the dynamic beam returns every kept "
+                    "decoding.num_return_sequences: the dynamic beam returns every kept "
                     f"candidate ({4 * max(2, 1 + self.dynamic_num_eos_tokens)} x beam_width for 3+ "
                     "levels) and cannot truncate; leave it unset (null)"
                 )
         elif nrs is not None and not 1 <= nrs <= self.beam_width:
             raise ValueError(
-                f"sidlm.decoding.num_return_sequences ({nrs}) must be between 1 and "
-                f"sidlm.decoding.beam_width ({self.beam_width}): a beam of width "
+                f"decoding.num_return_sequences ({nrs}) must be between 1 and "
+                f"decoding.beam_width ({self.beam_width}): a beam of width "
                 f"{self.beam_width} cannot return more sequences than it has beams"
             )
 
@@ -172,7 +171,7 @@ def _check_inputs(
     if cfg.constrained:
         if prefix_table is None:
             raise ValueError(
-                f"sidlm.decoding.strategy={cfg.strategy!r} (constrained) needs a "
+                f"decoding.strategy={cfg.strategy!r} (constrained) needs a "
                 "PrefixTable built from the SID table"
             )
         sizes = tuple(int(t.numel()) for t in level_token_ids)

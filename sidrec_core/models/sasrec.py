@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sidrec_core.data.batching import TrainBatches
+from sidrec_core.data.negatives import NEGATIVES, NegativeSampler
+from sidrec_core.data.split import LeaveOneOut
 from sidrec_core.models.base import Recommender, topk_items
 from sidrec_core.models.losses import (
     LOSSES,
@@ -28,7 +31,6 @@ from sidrec_core.models.losses import (
     infonce_loss,
     sampled_softmax_loss,
 )
-from sidrec_core.models.negatives import NEGATIVES
 from sidrec_core.models.similarity import SIMILARITIES, Similarity
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.train import TrainConfig
@@ -65,7 +67,8 @@ class SASRecConfig:
     popular_ratio: float = 0.3  # share of popular draws in ``mixed``
     temperature: float = 0.1  # infonce logits are divided by it
     ce_chunk: int = 0  # positions per logits chunk for ``ce`` (0 = all at once)
-    sid_features: str = "none"  # one of SID_FEATURES; reads the table at sid.output_dir
+    sid_features: str = "none"  # one of SID_FEATURES; reads the SID table at sid_dir
+    sid_dir: str = "data/sids"
     bucket_window: int = 50  # batches per length-sorted window (0 = plain shuffle); see batching
     checkpoint: str = "models/sasrec/model.pt"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -274,3 +277,35 @@ class SASRec(Recommender):
     def epoch_metrics(self) -> dict[str, float]:
         """Per-epoch figures for the run's curves: the adaptive similarity's weights."""
         return self.similarity.weights()
+
+
+def build_sasrec(cfg: SASRecConfig, loo: LeaveOneOut) -> SASRec:
+    """An untrained SASRec for ``loo``'s catalogue, with SID features when configured."""
+    return SASRec(cfg, loo.num_items, load_sid_features(cfg, cfg.sid_dir, loo.num_items))
+
+
+def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBatches:
+    """Training batches with the negatives ``cfg.loss`` needs (none for ce and infonce)."""
+    k = cfg.negatives_per_step
+    sampler = None
+    if k:
+        sampler = NegativeSampler(
+            cfg.negatives,
+            loo.train_item_counts(),
+            loo.train_sequences,
+            num_negatives=k,
+            alpha=cfg.popularity_alpha,
+            popular_ratio=cfg.popular_ratio,
+            seed=seed,
+        )
+    mode = {"bce": "per_position", "sampled_softmax": "shared"}.get(cfg.loss, "none")
+    return TrainBatches(
+        loo.train_sequences,
+        cfg.max_history,
+        cfg.train.batch_size,
+        seed=seed,
+        sampler=sampler,
+        negatives_mode=mode,
+        num_negatives=k,
+        bucket_window=cfg.bucket_window,
+    )

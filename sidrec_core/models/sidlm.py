@@ -36,7 +36,13 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwe
 from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, collate
 from sidrec_core.io import write_json
 from sidrec_core.models.base import Recommender
-from sidrec_core.models.beam import DecodingConfig, PrefixTable, candidates_to_items, generate_sids
+from sidrec_core.models.beam import (
+    DecodingConfig,
+    PrefixTable,
+    candidates_to_items,
+    generate_sids,
+    schedule,
+)
 from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.train import TrainConfig
@@ -47,7 +53,8 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @dataclasses.dataclass(frozen=True)
 class SIDLMConfig:
-    """``sidlm`` section; ``train`` and ``decoding`` are nested subsections."""
+    """``sidlm`` section; ``train`` is a nested subsection. Decoding is its own section
+    (:class:`~sidrec_core.models.beam.DecodingConfig`), set on the model as ``model.decoding``."""
 
     task: Literal["pretrain", "sft"] = "pretrain"
     load: Literal["scratch", "dense", "pretrained", "lora"] = "scratch"
@@ -71,7 +78,6 @@ class SIDLMConfig:
     sid_dir: str = "data/sids"
     output_dir: str = "models/sidlm"
     predictions_dir: str = "data/predictions/sidlm"
-    predict_split: Literal["valid", "test"] = "test"
     shuffle_buffer: int = 20000
     length_group: int = 50  # batches per length-sorted window (0 = no length grouping)
     # validation users during training (seeded subset; None = eval.max_valid_users): beam search
@@ -80,7 +86,6 @@ class SIDLMConfig:
     # auto = bf16 on accelerators; fp16 is not offered (fit clips gradients before unscaling)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    decoding: DecodingConfig = dataclasses.field(default_factory=DecodingConfig)
 
     def __post_init__(self) -> None:
         if self.load != "scratch" and not self.checkpoint:
@@ -209,7 +214,13 @@ class SIDLM(Recommender):
         self.prefix_table = PrefixTable.from_codes(table.codes[1:], table.codebook_sizes)
         self.level_token_ids = vocab.level_token_ids
         self.pad_id = vocab.tokenizer.pad_token_id
+        # training-time validation decodes with the defaults; eval_sidlm sets the decoding section
+        self.decoding = DecodingConfig()
         self.reset_candidate_stats()
+
+    def num_candidates(self) -> int:
+        """SIDs (hence items, at most) returned per user under ``self.decoding``."""
+        return schedule(self.decoding, self.table.num_levels)[-1][1]
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -253,7 +264,7 @@ class SIDLM(Recommender):
             prompt["input_ids"].to(device),
             prompt["attention_mask"].to(device),
             [t.to(device) for t in self.level_token_ids],
-            self.cfg.decoding,
+            self.decoding,
             self.prefix_table,
         )
         ids, scores, stats = candidates_to_items(out, self.prefix_table, k)

@@ -21,3 +21,41 @@ def stage_function(name: str) -> StageFn:
             raise
         raise KeyError(f"stage '{name}' has no module sidrec_core/stages/{name}.py") from exc
     return module.run
+
+
+def section_configs() -> dict[str, type]:
+    """Every params section -> its frozen config dataclass (defaults live in these classes)."""
+    from sidrec_core.config import BaseConfig
+    from sidrec_core.data.dataset import DataConfig
+    from sidrec_core.data.embeddings import EmbedConfig
+    from sidrec_core.evaluate import EvalConfig
+    from sidrec_core.models.beam import DecodingConfig
+    from sidrec_core.models.sasrec import SASRecConfig
+    from sidrec_core.models.sidlm import SIDLMConfig
+    from sidrec_core.pipeline_report import ReportConfig
+    from sidrec_core.sid.build import SIDConfig
+
+    return {
+        "base": BaseConfig,
+        "data": DataConfig,
+        "embed": EmbedConfig,
+        "eval": EvalConfig,
+        "sid": SIDConfig,
+        "sidlm": SIDLMConfig,
+        "decoding": DecodingConfig,
+        "sasrec": SASRecConfig,
+        "report": ReportConfig,
+    }
+
+
+def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with every section's defaults filled in (validated, strict on keys/types)."""
+    from sidrec_core.config import ConfigError, build, to_dict
+
+    configs = section_configs()
+    unknown = sorted(set(params) - set(configs))
+    if unknown:
+        raise ConfigError(
+            f"unknown params section(s) {', '.join(unknown)}; known: {', '.join(configs)}"
+        )
+    return {name: to_dict(build(cls, params.get(name), name)) for name, cls in configs.items()}

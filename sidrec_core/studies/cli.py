@@ -12,7 +12,6 @@ from sidrec_core.config import ConfigError
 from sidrec_core.studies.profiles import dvc_set_args
 from sidrec_core.studies.registry import STUDIES, describe, get_study
 from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
-from sidrec_core.studies.stages import StageUnavailable
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,16 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.report_only:
                 from sidrec_core.studies.report import write_index, write_study_report
 
-                paths = write_study_report(get_study(name), opts.storage_url, Path(opts.out_dir))
-                write_index(opts.storage_url, Path(opts.out_dir))
+                storage = opts.storage_url_for(name)
+                paths = write_study_report(get_study(name), storage, Path(opts.out_dir))
+                write_index(Path(opts.out_dir))
                 print(json.dumps({"study": name, "report": str(paths[0])}))
                 continue
-            try:
-                summary = run_study(name, opts)
-            except StageUnavailable as exc:
-                print(f"error: study {name}: {exc}", file=sys.stderr)
-                status = 2
-                continue
+            summary = run_study(name, opts)
             print(json.dumps(summary, indent=2))
             if summary["remaining_after"] and args.max_trials is None:
                 status = 1  # some grid points failed: see the report's failed-trials list

@@ -1,9 +1,10 @@
 """Running the stages of one ablation trial: reused upstream stages from a content-addressed
-cache, the factor's stages into the trial's own folder.
+cache, the factor's stages into the trial's own folder. The stage graph, what each stage reads
+and what it writes all come from ``dvc.yaml`` (:mod:`sidrec_core.studies.pipeline`).
 
-Cache key of a stage = the params sections it reads (locations excluded) + its module's source
-+ the keys of the stages it consumes, like DVC's stage hash: a study whose factor does not touch
-a stage finds that stage's artifacts already built (per seed) and shares them across studies.
+Cache key of a stage = the params it reads (locations left out) + the content of every dep no
+stage produces (code folders, raw data) + the keys of its upstream stages: DVC's stage hash, so
+editing any file under ``sidrec_core/sid`` rebuilds ``build_sids`` and everything after it.
 """
 
 from __future__ import annotations
@@ -11,22 +12,30 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import functools
-import hashlib
-import inspect
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidrec_core.config import flatten, params_hash
+from sidrec_core.config import params_hash
 from sidrec_core.io import write_json
-from sidrec_core.studies.profiles import get_dotted, set_dotted
-from sidrec_core.studies.stages import STAGES, StageSpec, all_output_keys
+from sidrec_core.stages import resolve_params
+from sidrec_core.studies.pipeline import (
+    PROJECT_ROOT,
+    Stage,
+    file_hash,
+    load_pipeline,
+    location_keys,
+    ordered,
+    relocate,
+    source_deps,
+    stage_settings,
+    upstream,
+)
+from sidrec_core.studies.profiles import set_dotted
 from sidrec_core.utils import peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -60,33 +69,19 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@functools.cache
-def _source_hash(module_name: str) -> str:
-    """Hash of the stage module's source, read once per process: the code this process runs,
-    even if the file is edited while a study is under way."""
-    module = sys.modules.get(module_name)
-    try:
-        src = inspect.getsource(module) if module is not None else ""
-    except (OSError, TypeError):
-        src = ""
-    return hashlib.sha256(src.encode()).hexdigest()[:12]
-
-
-def cache_key(spec: StageSpec, params: dict[str, Any], dep_keys: dict[str, str]) -> str:
-    """Hash of what determines ``spec``'s outputs (settings, code, upstream), not where they go."""
-    locations = all_output_keys()
-    content = flatten({sec: params.get(sec) or {} for sec in spec.reads})
-    settings = {k: v for k, v in content.items() if k not in locations}
-    deps = {d: dep_keys[d] for d in spec.deps if d in dep_keys}
-    return params_hash(
-        {"stage": spec.name, "params": settings, "code": _source_hash(spec.module), "deps": deps}
-    )
-
-
-def place(spec: StageSpec, params: dict[str, Any], folder: Path) -> None:
-    """Point ``spec``'s output keys into ``folder`` (mutates ``params``)."""
-    for key, name in spec.outputs.items():
-        set_dotted(params, key, str(folder / name))
+def cache_key(
+    stage: Stage,
+    params: dict[str, Any],
+    dep_keys: dict[str, str],
+    pipeline: dict[str, Stage],
+    root: Path = PROJECT_ROOT,
+) -> str:
+    """Hash of what determines ``stage``'s outputs (settings, code and data, upstream keys),
+    not where they go. ``params`` must be resolved (defaults filled in)."""
+    settings = stage_settings(stage, params, location_keys(params, pipeline))
+    sources = {d: file_hash(root / d) for d in source_deps(stage, pipeline)}
+    ups = {u: dep_keys[u] for u in upstream(stage.name, pipeline) if u in dep_keys}
+    return params_hash({"stage": stage.name, "params": settings, "deps": sources, "up": ups})
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -104,44 +99,25 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def call_stage(spec: StageSpec, params: dict[str, Any], metrics_dir: Path) -> dict[str, Any]:
+def call_stage(stage: Stage, params: dict[str, Any], metrics_dir: Path) -> dict[str, Any]:
     """Run one stage with its metrics JSON in ``metrics_dir``; adds its own wall time and peak
     RSS (since this call) under ``wall_seconds`` / ``peak_rss_mb``."""
-    fn = spec.load()
+    fn = stage.function()
     call = copy.deepcopy(params)
     set_dotted(call, "base.metrics_dir", str(metrics_dir))
     reset_peak_rss()
     start = time.perf_counter()
-    metrics = fn(call)
-    out = _jsonable(metrics)
+    out = _jsonable(fn(call))
     out["wall_seconds"] = time.perf_counter() - start
     out["peak_rss_mb"] = current_peak_rss_mb()
     return out
 
 
-def ensure_cached(
-    spec: StageSpec, params: dict[str, Any], cache_root: Path, dep_keys: dict[str, str]
-) -> tuple[str, dict[str, Any]]:
-    """Build ``spec`` into ``cache_root/<stage>-<key>`` unless already there; point ``params``'
-    output keys at it. Returns (key, the stage's metrics)."""
-    spec.load()  # fail early, naming the missing module, before taking any lock
-    key = cache_key(spec, params, dep_keys)
-    folder = cache_root / f"{spec.name}-{key}"
-    place(spec, params, folder)
-    done = folder / "done.json"
-    with file_lock(cache_root / f".{spec.name}-{key}.lock"):
-        if done.exists():
-            return key, json.loads(done.read_text())
-        log.info("building cached %s -> %s", spec.name, folder)
-        metrics = call_stage(spec, params, folder / "metrics")
-        write_json(done, metrics)
-    return key, metrics
-
-
-def ordered(names: tuple[str, ...] | list[str]) -> list[str]:
-    """Stage names in pipeline order (the order of :data:`STAGES`)."""
-    order = list(STAGES)
-    return sorted(names, key=order.index)
+def place(stage: Stage, folder: Path, *params: dict[str, Any]) -> None:
+    """Move ``stage``'s outs into ``folder`` in every params dict given (in place)."""
+    for out in stage.outs:
+        for p in params:
+            relocate(p, out, str(folder / out))
 
 
 def execute_trial(
@@ -151,23 +127,31 @@ def execute_trial(
     params_trial: dict[str, Any],
     trial_dir: Path,
     cache_root: Path,
+    pipeline: dict[str, Stage] | None = None,
 ) -> dict[str, Any]:
     """Reuse (or build once) the upstream stages at ``params_up``, then run the factor's stages
     at ``params_trial`` into ``trial_dir``. Returns the merged flat metrics of the run stages
     (a later stage's key wins), with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, and the
     trial's total ``wall_seconds`` / ``peak_rss_mb``."""
+    pipeline = pipeline or load_pipeline()
+    params_up, params_trial = resolve_params(params_up), resolve_params(params_trial)
     dep_keys: dict[str, str] = {}
-    for name in ordered(reuse):
-        spec = STAGES[name]
-        dep_keys[name], _ = ensure_cached(spec, params_up, cache_root, dep_keys)
-        for key in spec.outputs:  # the trial reads the cached artifacts
-            set_dotted(params_trial, key, get_dotted(params_up, key))
+    for name in ordered(reuse, pipeline):
+        stage = pipeline[name]
+        key = cache_key(stage, params_up, dep_keys, pipeline)
+        dep_keys[name] = key
+        folder = cache_root / f"{name}-{key}"
+        place(stage, folder, params_up, params_trial)  # the trial reads the cached artifacts
+        with file_lock(cache_root / f".{name}-{key}.lock"):
+            if not (folder / "done.json").exists():
+                log.info("building cached %s -> %s", name, folder)
+                write_json(folder / "done.json", call_stage(stage, params_up, folder / "metrics"))
     merged: dict[str, Any] = {}
     walls, peaks = [], []
-    for name in ordered(run):
-        spec = STAGES[name]
-        place(spec, params_trial, trial_dir)
-        metrics = call_stage(spec, params_trial, trial_dir / "metrics")
+    for name in ordered(run, pipeline):
+        stage = pipeline[name]
+        place(stage, trial_dir, params_trial)
+        metrics = call_stage(stage, params_trial, trial_dir / "metrics")
         walls.append(metrics.pop("wall_seconds"))
         peaks.append(metrics.pop("peak_rss_mb"))
         merged.update(metrics)
@@ -177,3 +161,7 @@ def execute_trial(
     merged["peak_rss_mb"] = float(max(peaks))
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged
+
+
+def cached_metrics(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "done.json").read_text())

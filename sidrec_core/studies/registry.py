@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sidrec_core.studies.stages import STAGES
+from sidrec_core.studies.pipeline import load_pipeline, upstream
 
 VALID_NDCG = "valid/ndcg@10"
 TEST_KEYS = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
 COST_KEYS = ("wall_seconds", "peak_rss_mb")
-# every SID quality metric of the build_sids stage (issue 3); lists are per level
+# every SID quality metric of the build_sids stage; lists are per level
 SID_QUALITY = (
     "utilization",
     "perplexity",
@@ -74,10 +74,11 @@ class Study:
         if not self.run:
             raise ValueError(f"study {self.name}: 'run' must name at least one stage")
         known = set(self.run) | set(self.reuse)
+        pipeline = load_pipeline()
         for name in (*self.run, *self.reuse):
-            if name not in STAGES:
-                raise ValueError(f"study {self.name}: unknown stage {name!r}")
-            missing = set(STAGES[name].deps) - known
+            if name not in pipeline:
+                raise ValueError(f"study {self.name}: unknown stage {name!r} (not in dvc.yaml)")
+            missing = set(upstream(name, pipeline)) - known
             if missing:
                 raise ValueError(
                     f"study {self.name}: stage {name} needs {sorted(missing)} in run or reuse"
@@ -119,10 +120,10 @@ def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
 _RQVAE = {"sid.method": "rqvae"}
 _BEAMS = (5, 10, 20)
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
-_EVERY_BEAM = {"sidlm.decoding.num_return_sequences": None}
+_EVERY_BEAM = {"decoding.num_return_sequences": None}
 
 STUDY_LIST: list[Study] = [
-    # --- tokenizer techniques (issue 3): downstream SID-LM quality + every SID quality metric
+    # --- tokenizer techniques: downstream SID-LM quality + every SID quality metric
     flag(
         "sinkhorn",
         "sid.sinkhorn",
@@ -196,13 +197,12 @@ STUDY_LIST: list[Study] = [
         group="tokenizer",
         **TOKENIZER_PIPELINE,
     ),
-    # --- generation (issue 5): evaluation-only factors reuse the trained SID LM
+    # --- generation: evaluation-only factors reuse the trained SID LM
     Study(
         "beam_width",
         "beam width of constrained decoding (returning every beam)",
         tuple(
-            Level(str(b), {"sidlm.decoding.beam_width": b, **_EVERY_BEAM})
-            for b in (5, 10, 20, 50, 100)
+            Level(str(b), {"decoding.beam_width": b, **_EVERY_BEAM}) for b in (5, 10, 20, 50, 100)
         ),
         "20",
         run=("eval_sidlm",),
@@ -217,8 +217,8 @@ STUDY_LIST: list[Study] = [
             Level(
                 f"{name}-B{b}",
                 {
-                    "sidlm.decoding.strategy": strategy,
-                    "sidlm.decoding.beam_width": b,
+                    "decoding.strategy": strategy,
+                    "decoding.beam_width": b,
                     **_EVERY_BEAM,
                 },
             )
@@ -235,7 +235,7 @@ STUDY_LIST: list[Study] = [
         "decoding",
         "decoding strategy",
         tuple(
-            Level(v, {"sidlm.decoding.strategy": v, **_EVERY_BEAM})
+            Level(v, {"decoding.strategy": v, **_EVERY_BEAM})
             for v in ("beam", "constrained", "dynamic")
         ),
         "constrained",
@@ -265,7 +265,7 @@ STUDY_LIST: list[Study] = [
         group="generation",
         setup="sidrec_core.studies.fixtures:local_base_checkpoint",
     ),
-    # --- baselines (issue 4): SASRec family, ranking over all items
+    # --- baselines: SASRec family, ranking over all items
     Study(
         "sasrec_loss",
         "SASRec training loss",

@@ -1,23 +1,24 @@
-"""Optuna driver of the ablation studies: named studies in RDB storage, a seeded GridSampler
-over (level x seed), resumable, parallel workers, one MLflow parent run per study and a nested
-run per trial (optuna/optuna-examples; STYLE.md "Experiments").
+"""Optuna driver of the ablation studies, on Optuna's public API: named studies in RDB storage
+(one SQLite file per study under ``experiments/<study>/`` by default, committed so a study moves
+between machines), every (level x seed) grid point queued with ``enqueue_trial``, one MLflow
+parent run per study and a nested run per trial (optuna/optuna-examples; STYLE.md).
 
-Resume: a killed worker leaves its trial RUNNING; the next launch marks it FAIL (its pid is gone,
-or, across machines, its heartbeat is stale) and the sampler offers again every grid point without
-a complete trial, so only the remaining trials run. Two workers never duplicate a grid point:
-trial numbers below the grid size map one-to-one to grid points (GridSampler), and a trial that
-lands on a point already complete or running elsewhere is pruned as a duplicate before any work.
+Resume: a launch queues each grid point that has no COMPLETE, RUNNING or WAITING trial, so only
+the remaining points run. A killed worker stops heartbeating; after the grace period its trial is
+failed as stale and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` queues it again.
+Two workers never run one point twice: each trial carries its point as a user attribute, and the
+rare race (two launches queueing the same point at once) is pruned before any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import importlib
 import logging
 import multiprocessing
 import os
 import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,19 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sidrec_core.config import apply_overrides, load_params
+from sidrec_core.config import apply_overrides, flatten, load_params
+from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import execute_trial
-from sidrec_core.studies.profiles import get_dotted, load_profile, with_overrides
+from sidrec_core.studies.pipeline import load_pipeline
+from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import Study, get_study
-from sidrec_core.studies.stages import STAGES
 from sidrec_core.tracking import start_run
 
 log = logging.getLogger(__name__)
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-GRID_SEED = 0  # the same in every worker: fixes the grid's shuffle order
+GRID_SEED = 0
+POLL_SECONDS = 5.0  # how often a worker with nothing queued checks other workers' trials
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a killed worker's trial is retried after ~30 s
 
 
 @dataclasses.dataclass
@@ -42,7 +46,7 @@ class StudyOptions:
     """Everything a launch of ``bench/ablate.py --study NAME`` decides."""
 
     profile: str = "smoke"
-    storage: str | None = None  # default sqlite:///<out_dir>/optuna.db
+    storage: str | None = None  # default sqlite:///<out_dir>/<study>/optuna.db
     n_seeds: int = 3
     workers: int = 1
     max_trials: int | None = None  # per worker and launch (None: until the grid is done)
@@ -60,13 +64,17 @@ class StudyOptions:
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
 
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.out_dir).resolve() / 'optuna.db'}"
+    def storage_url_for(self, study: str) -> str:
+        """``--storage`` or the study's own SQLite file (kept in the repository)."""
+        return self.storage or study_storage(Path(self.out_dir), study)
 
     @property
     def cache_root(self) -> Path:
         return Path(self.cache_dir or Path(self.out_dir) / "cache")
+
+
+def study_storage(out_dir: Path, study: str) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / study / 'optuna.db'}"
 
 
 def optuna_name(study: Study, profile: str) -> str:
@@ -74,13 +82,19 @@ def optuna_name(study: Study, profile: str) -> str:
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """RDB storage; SQLite waits on locks (several local workers), heartbeats fail dead trials
-    of workers on other machines (PostgreSQL URL)."""
+    """RDB storage; SQLite waits on locks (several local workers). Running trials heartbeat;
+    a stale one (its worker died, here or on another machine) is failed and queued again."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(
-        url, engine_kwargs=kwargs, heartbeat_interval=60, grace_period=600
+        url,
+        engine_kwargs=kwargs,
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        grace_period=GRACE_SECONDS,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=3
+        ),
     )
 
 
@@ -96,45 +110,20 @@ def seeds_for(params: dict[str, Any], n_seeds: int) -> list[int]:
     return [first + i for i in range(n_seeds)]
 
 
-class ResumableGridSampler(optuna.samplers.GridSampler):
-    """GridSampler over (level x seed) that retries, in a later launch, grid points whose trial
-    failed (a killed worker, a fixed bug), never in the launch where they failed (no retry loop).
-
-    Visited = a COMPLETE, PRUNED or RUNNING trial, or a FAIL since this launch began (any FAIL
-    when ``retry_failed`` is off). Unlike the base class it never falls back to re-sampling a
-    running point; the objective prunes the rare race duplicate instead.
-    """
-
-    def __init__(self, search_space: dict[str, list[Any]], seed: int, retry_failed: bool = True):
-        super().__init__(search_space, seed=seed)
-        self._since = datetime.datetime.now() if retry_failed else datetime.datetime.min
-
-    def _get_unvisited_grid_ids(self, study: optuna.Study) -> list[int]:
-        visited = set()
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
-            if "grid_id" not in t.system_attrs or not self._same_search_space(
-                t.system_attrs["search_space"]
-            ):
-                continue
-            started = t.datetime_start or self._since
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) or (
-                t.state == TrialState.FAIL and started >= self._since
-            ):
-                visited.add(t.system_attrs["grid_id"])
-        return sorted(set(range(self._n_min_trials)) - visited)
-
-    def unvisited(self, study: optuna.Study) -> int:
-        """Grid points no trial of this launch will find taken."""
-        return len(self._get_unvisited_grid_ids(study))
+def grid_point(trial: optuna.trial.FrozenTrial | optuna.Trial) -> tuple[str, int] | None:
+    """The (level, seed) a trial was queued for (its ``grid_point`` user attribute)."""
+    point = trial.user_attrs.get("grid_point")
+    return (str(point[0]), int(point[1])) if point else None
 
 
-def open_study(study: Study, opts: StudyOptions, seeds: list[int]) -> optuna.Study:
-    sampler = ResumableGridSampler(
-        {"level": study.labels, "seed": seeds}, seed=GRID_SEED, retry_failed=opts.retry_failed
-    )
+def open_study(
+    study: Study, opts: StudyOptions, seeds: list[int], params: dict[str, Any] | None = None
+) -> optuna.Study:
+    """Create or load the Optuna study; grid points are queued by :func:`enqueue_missing`.
+    With ``params``, records the dataset and the profile's overrides for the report."""
     ostudy = optuna.create_study(
-        storage=make_storage(opts.storage_url),
-        sampler=sampler,
+        storage=make_storage(opts.storage_url_for(study.name)),
+        sampler=optuna.samplers.RandomSampler(seed=GRID_SEED),
         study_name=optuna_name(study, opts.profile),
         direction=study.direction,
         load_if_exists=True,
@@ -148,47 +137,51 @@ def open_study(study: Study, opts: StudyOptions, seeds: list[int]) -> optuna.Stu
         "seeds": seeds,
     }.items():
         ostudy.set_user_attr(key, value)
+    if params is not None:
+        ostudy.set_user_attr("dataset", resolve_params(params)["data"]["name"])
+        ostudy.set_user_attr("profile_overrides", profile_overrides(opts))
     return ostudy
 
 
-def _point(t: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
-    if "level" not in t.params or "seed" not in t.params:
-        return None
-    return (t.params["level"], int(t.params["seed"]))
+def profile_overrides(opts: StudyOptions) -> dict[str, Any]:
+    """What the profile file and ``--set`` change, as flat ``{dotted key: value}``."""
+    over = flatten(load_params(profile_path(opts.profile, opts.profiles_dir)))
+    for item in opts.sets:
+        key, _, value = item.partition("=")
+        over[key] = value
+    return over
 
 
-def _pid_alive(worker: str | None) -> bool:
-    if not worker or ":" not in worker:
-        return True  # unknown owner: leave it to the heartbeat
-    host, pid = worker.rsplit(":", 1)
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+def enqueue_missing(
+    ostudy: optuna.Study, study: Study, seeds: list[int], retry_failed: bool = True
+) -> int:
+    """Queue (``enqueue_trial``) every grid point with no COMPLETE, RUNNING or WAITING trial
+    (nor a FAILED one, with ``retry_failed`` off). Returns how many were queued."""
+    taken = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
+    if not retry_failed:
+        taken.add(TrialState.FAIL)
+    busy = {grid_point(t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
+    queued = 0
+    for level in study.labels:
+        for seed in seeds:
+            if (level, seed) not in busy:
+                ostudy.enqueue_trial(
+                    {"level": level, "seed": seed}, user_attrs={"grid_point": [level, seed]}
+                )
+                queued += 1
+    return queued
 
 
-def recover(ostudy: optuna.Study) -> dict[str, int]:
-    """Mark FAIL the RUNNING trials whose worker process on this host is gone (killed), so
-    the sampler offers their grid points again; trials of live or remote workers are left to
-    the storage heartbeat."""
-    storage = ostudy._storage
-    interrupted = 0
-    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _pid_alive(t.user_attrs.get("worker")):
-            storage.set_trial_user_attr(t._trial_id, "error", "interrupted: worker process gone")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            interrupted += 1
-    return {"interrupted": interrupted}
+def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
+    out = dict.fromkeys(TrialState, 0)
+    for t in ostudy.get_trials(deepcopy=False):
+        out[t.state] += 1
+    return out
 
 
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
     """Grid points without a complete trial."""
-    done = {_point(t) for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    done = {grid_point(t) for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     return [(lv, s) for lv in study.labels for s in seeds if (lv, s) not in done]
 
 
@@ -211,25 +204,28 @@ class Objective:
         self.parent_run_id = parent_run_id
 
     def _duplicate(self, trial: optuna.Trial, point: tuple[str, int]) -> bool:
-        me = trial.number
+        """Another worker queued the same point at the same time: the lower number runs it."""
         for t in trial.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
         ):
-            if (
-                t.number != me
-                and _point(t) == point
-                and (t.state == TrialState.COMPLETE or t.number < me)
-            ):
-                return True
+            if t.number != trial.number and grid_point(t) == point:
+                if t.state == TrialState.COMPLETE or t.number < trial.number:
+                    return True
         return False
 
     def __call__(self, trial: optuna.Trial) -> float:
         study = get_study(self.study_name)
+        point = grid_point(trial)
+        if point is None:  # sampled, not queued: the grid was finished by another worker
+            raise optuna.TrialPruned("no queued grid point left")
         label = trial.suggest_categorical("level", study.labels)
         seed = trial.suggest_categorical("seed", self.seeds)
         if self._duplicate(trial, (label, seed)):
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        done = sum(t.state == TrialState.COMPLETE for t in trial.study.get_trials(deepcopy=False))
+        total = len(study.labels) * len(self.seeds)
+        log.info("trial %d/%d: %s level %s seed %d", done + 1, total, study.name, label, seed)
         profile = self.opts.profile
         trial_dir = (
             Path(self.opts.out_dir)
@@ -288,22 +284,30 @@ def _work(
     opts: StudyOptions,
     parent_run_id: str | None,
 ) -> None:
-    """A worker: take trials until the grid is done (or ``max_trials``)."""
+    """A worker: run queued trials until none is left (or ``max_trials``). RUNNING trials of
+    other workers are waited for: a dead worker's trial turns stale after the storage's grace
+    period and the heartbeat callback queues it again."""
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds)
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     count = 0
-    while ostudy.sampler.unvisited(ostudy):
-        if opts.max_trials is not None and count >= opts.max_trials:
+    while opts.max_trials is None or count < opts.max_trials:
+        optuna.storages.fail_stale_trials(ostudy)
+        state = counts(ostudy)
+        if state[TrialState.WAITING]:
+            ostudy.optimize(objective, n_trials=1, catch=(Exception,))
+            count += 1
+        elif state[TrialState.RUNNING] and remaining(ostudy, study, seeds):
+            time.sleep(POLL_SECONDS)
+        else:
             break
-        ostudy.optimize(objective, n_trials=1, catch=(Exception,))
-        count += 1
 
 
 def check_stages(study: Study) -> None:
     """Import every stage the study needs; raise naming the first missing module."""
+    pipeline = load_pipeline()
     for name in (*study.reuse, *study.run):
-        STAGES[name].load()
+        pipeline[name].function()
 
 
 def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
@@ -317,9 +321,10 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         setup = getattr(importlib.import_module(module), fn)
         params = with_overrides(params, setup(params, Path(opts.out_dir)))
     seeds = seeds_for(params, opts.n_seeds)
-    ostudy = open_study(study, opts, seeds)
-    recovered = recover(ostudy)
+    ostudy = open_study(study, opts, seeds, params)
+    optuna.storages.fail_stale_trials(ostudy)
     before = len(remaining(ostudy, study, seeds))
+    queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
     parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")
     with start_run(
         f"study/{study.name}",
@@ -348,21 +353,21 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         trials = ostudy.get_trials(deepcopy=False)
         summary = {
             "study": optuna_name(study, opts.profile),
-            "storage": opts.storage_url,
+            "storage": opts.storage_url_for(study.name),
             "grid_points": len(study.labels) * len(seeds),
             "remaining_before": before,
             "remaining_after": len(remaining(ostudy, study, seeds)),
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
             "pruned_duplicates": sum(t.state == TrialState.PRUNED for t in trials),
-            **recovered,
+            "queued": queued,
         }
         parent.record(**{k: v for k, v in summary.items() if isinstance(v, int)})
         if opts.report:
             from sidrec_core.studies.report import write_index, write_study_report
 
-            paths = write_study_report(study, opts.storage_url, Path(opts.out_dir))
-            write_index(opts.storage_url, Path(opts.out_dir))
+            paths = write_study_report(study, opts.storage_url_for(study.name), Path(opts.out_dir))
+            write_index(Path(opts.out_dir))
             for path in paths:
                 parent.log_artifact(path, artifact_path="report")
             summary["report"] = str(paths[0]) if paths else None

@@ -1,0 +1,183 @@
+"""Training the SID language model with Hugging Face accelerate (library side of the
+``train_sidlm`` stage).
+
+Data parallelism and mixed precision come from accelerate: every process streams its own shard
+of the examples file, gradients are synced through the prepared model's ``forward`` (which is the
+loss), bf16 autocast is on for accelerators. Launch ``accelerate launch bench/train_sidlm.py`` for
+several processes; a plain ``python`` run is one process. Validation during training runs the
+same users on every process, so early-stopping decisions agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers.utils import logging as hf_logging
+
+from sidrec_core.data.dataset import DataConfig, Dataset, load_prepared
+from sidrec_core.data.sid_examples import (
+    JsonlExamples,
+    collate,
+    length_grouped,
+    training_rows,
+    write_rows,
+)
+from sidrec_core.data.split import LeaveOneOut, leave_one_out, subsample_rows
+from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
+from sidrec_core.sid.table import SIDTable
+from sidrec_core.train import fit
+
+log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()  # per-file load/save bars flood the stage logs
+
+
+def load_inputs(data: DataConfig, cfg: SIDLMConfig) -> tuple[Dataset, LeaveOneOut, SIDTable]:
+    """The prepared dataset, its leave-one-out split and the SID table the model reads."""
+    ds = load_prepared(data.prepared_dir)
+    return ds, leave_one_out(ds), SIDTable.load(cfg.sid_dir, num_items=ds.num_items)
+
+
+def make_accelerator(cfg: SIDLMConfig, device: torch.device) -> Accelerator:
+    """Accelerator on the resolved device; ``mixed_precision=auto`` is bf16 on accelerators only
+    (CPU bf16 matmuls are slower than fp32 on most machines)."""
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "no" if device.type == "cpu" else "bf16"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+
+
+def save_dir_atomic(model: SIDLM, directory: str | Path) -> None:
+    """Save into a temp folder beside ``directory`` and swap it in, so a crash never leaves a
+    half-written model folder."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is a shared artifact
+    try:
+        model.save(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _chunks(rows: Any, size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def train_sidlm(
+    model: SIDLM,
+    loo: LeaveOneOut,
+    cfg: SIDLMConfig,
+    data: DataConfig,
+    eval_cfg: EvalConfig,
+    acc: Accelerator,
+    seed: int,
+    run: Any,
+) -> dict[str, Any]:
+    """Fit ``model`` on the training rows, early-stopped on validation; save it atomically to
+    ``cfg.output_dir`` (main process). Returns training figures for the metrics JSON."""
+    device = acc.device
+    examples = (
+        Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + "_examples") / "train.jsonl"
+    )
+    if acc.is_main_process:
+        write_rows(examples, training_rows(loo, cfg.task, data.max_history))
+    acc.wait_for_everyone()
+    num_rows = sum(1 for _ in examples.open())
+    stream = JsonlExamples(
+        examples,
+        model.encoder,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=seed,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
+    side = "left" if cfg.task == "sft" else "right"
+    bs = cfg.train.batch_size
+    tokens = {"n": 0}
+    steps = max(1, num_rows // (bs * acc.num_processes))
+    start = time.perf_counter()
+
+    def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        stream.set_epoch(epoch)
+        groups = (
+            length_grouped(stream, bs, cfg.length_group, seed + epoch)
+            if cfg.length_group
+            else _chunks(stream, bs)
+        )
+        for i, group in enumerate(groups):
+            batch = collate(group, model.pad_id, side)
+            tokens["n"] += int(batch["attention_mask"].sum())
+            if i % 20 == 0:
+                log.info(
+                    "epoch %d batch %d/%d, %.0f tokens/s",
+                    epoch,
+                    i,
+                    steps,
+                    tokens["n"] / max(time.perf_counter() - start, 1e-9),
+                )
+            yield batch
+
+    valid = loo.split("valid", data.max_history)
+    users = subsample_rows(len(valid), cfg.max_valid_users or eval_cfg.max_valid_users)
+
+    def validate() -> dict[str, float]:
+        res = evaluate(
+            model, valid, eval_cfg, device, num_items=loo.num_items, bootstrap=False, users=users
+        )
+        return res.metrics
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # Dense mode: AdamW's decoupled weight decay would move the frozen (zero-gradient) old rows.
+    wd = 0.0 if cfg.load == "dense" else cfg.train.weight_decay
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=wd)
+    prepared, optimizer = acc.prepare(model, optimizer)
+    start = time.perf_counter()
+    result = fit(
+        model,
+        batches,
+        validate,
+        cfg.train,
+        device=device,
+        run=run,
+        steps_per_epoch=steps,
+        optimizer=optimizer,
+        loss_fn=prepared,
+        backward=acc.backward,
+    )
+    seconds = time.perf_counter() - start
+    if acc.is_main_process:
+        save_dir_atomic(model, cfg.output_dir)
+    acc.wait_for_everyone()
+    return {
+        "best_valid": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "train_examples": num_rows,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "train_seconds": seconds,
+        "train_tokens_per_second": tokens["n"] / max(seconds, 1e-9),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_trainable_parameters": sum(p.numel() for p in trainable),
+    }

@@ -1,0 +1,32 @@
+"""DVC stage ``report``: the headline table beside published figures and the SID quality
+metrics (:mod:`sidrec_core.pipeline_report`) -> ``report.output`` and ``report.plot_data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sidrec_core.io import write_text
+from sidrec_core.pipeline_report import (
+    ReportConfig,
+    collect_rows,
+    load_metrics,
+    render,
+    write_plot_data,
+)
+from sidrec_core.stages.context import stage_context
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    """Read ``metrics/*.json`` -> the markdown report and its plot CSV."""
+    with stage_context("report", params, report=ReportConfig) as ctx:
+        cfg = ctx.cfg["report"]
+        metrics_dir = Path(ctx.base.metrics_dir)
+        rows = collect_rows(metrics_dir, params)
+        sids = load_metrics(metrics_dir / "build_sids.json")
+        dataset = next((r.get("dataset") for r in rows if r.get("dataset")), None) or "?"
+        write_text(cfg.output, render(rows, sids, ctx.base.profile, dataset))
+        write_plot_data(rows, Path(cfg.plot_data))
+        ctx.run.log_artifact(cfg.output)
+        ctx.run.record(num_models=len(rows), has_sid_metrics=int(sids is not None))
+        return ctx.result()

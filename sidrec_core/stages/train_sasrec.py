@@ -1,0 +1,85 @@
+"""DVC stage ``train_sasrec``: fit SASRec (Kang & McAuley, 2018) with the shared loop,
+early-stopped on ``train.monitor`` (valid/ndcg@10), then score the best checkpoint on valid and
+test over all items (leave-one-out as in S3-Rec/P5/TIGER)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sidrec_core.data.dataset import DataConfig, load_prepared
+from sidrec_core.data.split import leave_one_out, subsample_rows
+from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.io import write_json
+from sidrec_core.models.sasrec import SASRecConfig, build_sasrec, training_batches
+from sidrec_core.stages.context import stage_context
+from sidrec_core.train import fit
+
+log = logging.getLogger(__name__)
+STAGE = "train_sasrec"
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    """-> ``sasrec.checkpoint``, ``metrics/train_sasrec.json`` and per-epoch curves."""
+    with stage_context(STAGE, params, data=DataConfig, eval=EvalConfig, sasrec=SASRecConfig) as ctx:
+        data, ev, cfg, device = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sasrec"], ctx.device
+        loo = leave_one_out(load_prepared(data.prepared_dir))
+        model = build_sasrec(cfg, loo).to(device)
+        batches = training_batches(cfg, loo, ctx.base.seed)
+        valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)
+        valid_rows = subsample_rows(len(valid), ev.max_valid_users)
+
+        def validate() -> dict[str, float]:
+            res = evaluate(
+                model, valid, ev, device, num_items=loo.num_items, bootstrap=False, users=valid_rows
+            )
+            return {k: v for k, v in res.metrics.items() if "@" in k}
+
+        ctx.run.set_tags(
+            {
+                "model": "sasrec",
+                "loss": cfg.loss,
+                "similarity": cfg.similarity,
+                "negatives": cfg.negatives,
+                "sid_features": model.sid_mode,
+            }
+        )
+        log.info(
+            "train_sasrec: %d users with targets, %d positions, %d batches/epoch, loss=%s "
+            "similarity=%s negatives=%s",
+            len(batches.users),
+            batches.num_positions,
+            len(batches),
+            cfg.loss,
+            cfg.similarity,
+            cfg.negatives,
+        )
+        result = fit(
+            model,
+            batches,
+            validate,
+            cfg.train,
+            device=device,
+            run=ctx.run,
+            steps_per_epoch=len(batches),
+            checkpoint=cfg.checkpoint,
+            epoch_metrics=model.epoch_metrics,
+        )
+        metrics: dict[str, float] = {}
+        for split in (valid, test):
+            metrics.update(evaluate(model, split, ev, device, num_items=loo.num_items).metrics)
+        ctx.run.log_metrics(metrics)
+        ctx.run.record(
+            epochs=result.epochs,
+            best_epoch=result.best_epoch,
+            steps=result.steps,
+            seconds_per_epoch=result.seconds_per_epoch,
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            **model.epoch_metrics(),
+        )
+        curves = [
+            {k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history
+        ]
+        write_json(Path(ctx.base.metrics_dir) / f"{STAGE}_curves.json", curves)
+        return ctx.result()
