@@ -24,7 +24,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         metrics_dir = Path(ctx.base.metrics_dir)
         rows = collect_rows(metrics_dir, params)
         sids = load_metrics(metrics_dir / "build_sids.json")
-        dataset = next((r.get("dataset") for r in rows if r.get("dataset")), None) or "?"
+        files = [load_metrics(metrics_dir / f"{n}.json") or {} for n in ("baselines", "build_sids")]
+        found = [d.get("dataset") for d in (*rows, *files) if d.get("dataset")]
+        dataset = found[0] if found else "?"
         write_text(cfg.output, render(rows, sids, ctx.base.profile, dataset))
         write_plot_data(rows, Path(cfg.plot_data))
         ctx.run.log_artifact(cfg.output)

@@ -78,7 +78,7 @@ def cache_key(
 ) -> str:
     """Hash of what determines ``stage``'s outputs (settings, code and data, upstream keys),
     not where they go. ``params`` must be resolved (defaults filled in)."""
-    settings = stage_settings(stage, params, location_keys(params, pipeline))
+    settings = stage_settings(stage, params, location_keys(pipeline))
     sources = {d: file_hash(root / d) for d in source_deps(stage, pipeline)}
     ups = {u: dep_keys[u] for u in upstream(stage.name, pipeline) if u in dep_keys}
     return params_hash({"stage": stage.name, "params": settings, "deps": sources, "up": ups})

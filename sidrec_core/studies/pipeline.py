@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from sidrec_core.config import ConfigError, flatten
-from sidrec_core.stages import StageFn, stage_function
+from sidrec_core.stages import StageFn, resolve_params, stage_function
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DVC_FILE = PROJECT_ROOT / "dvc.yaml"
@@ -103,12 +103,13 @@ def _relocate_tree(node: dict[str, Any], old: str, new: str) -> None:
             node[key] = new + value.rstrip("/")[len(old) :]
 
 
-def location_keys(params: dict[str, Any], pipeline: dict[str, Stage]) -> set[str]:
-    """Dotted keys whose value is a stage out (where an artifact goes, not how it is made)."""
+def location_keys(pipeline: dict[str, Stage]) -> set[str]:
+    """Dotted keys whose default value names a stage out: where an artifact goes, not how it is
+    made (so relocating it changes no cache key)."""
     outs = [o for s in pipeline.values() for o in s.outs]
     return {
         k
-        for k, v in flatten(params).items()
+        for k, v in flatten(resolve_params({})).items()
         if isinstance(v, str) and any(_inside(v.rstrip("/"), o) for o in outs)
     } | {"base.metrics_dir", "base.profile"}
 

@@ -57,6 +57,8 @@ class StudyOptions:
     profiles_dir: str | None = None
     retry_failed: bool = True
     report: bool = True
+    heartbeat_seconds: int = HEARTBEAT_SECONDS
+    grace_seconds: int = GRACE_SECONDS
 
     def __post_init__(self) -> None:
         if self.n_seeds < 1:
@@ -81,7 +83,9 @@ def optuna_name(study: Study, profile: str) -> str:
     return f"{study.name}-{profile}"
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
+def make_storage(
+    url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS
+) -> optuna.storages.RDBStorage:
     """RDB storage; SQLite waits on locks (several local workers). Running trials heartbeat;
     a stale one (its worker died, here or on another machine) is failed and queued again."""
     if url.startswith("sqlite:///"):
@@ -90,8 +94,8 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(
         url,
         engine_kwargs=kwargs,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
+        heartbeat_interval=heartbeat,
+        grace_period=grace,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=3
         ),
@@ -122,7 +126,9 @@ def open_study(
     """Create or load the Optuna study; grid points are queued by :func:`enqueue_missing`.
     With ``params``, records the dataset and the profile's overrides for the report."""
     ostudy = optuna.create_study(
-        storage=make_storage(opts.storage_url_for(study.name)),
+        storage=make_storage(
+            opts.storage_url_for(study.name), opts.heartbeat_seconds, opts.grace_seconds
+        ),
         sampler=optuna.samplers.RandomSampler(seed=GRID_SEED),
         study_name=optuna_name(study, opts.profile),
         direction=study.direction,
