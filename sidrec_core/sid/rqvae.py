@@ -50,7 +50,7 @@ class RQVAEConfig:
     weight_decay: float = 0.0
     clip: bool = False
     clip_weight: float = 0.1
-    clip_window: int = 3  # co-purchase pairs: items at most this many positions apart, minus 1
+    clip_window: int = 3  # co-purchase pairs: items fewer than this many positions apart
     clip_temperature: float = 0.07
     quantizer: QuantizerConfig = dataclasses.field(default_factory=QuantizerConfig)
 
