@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidrec_core.config import apply_overrides, build
 from sidrec_core.data.dataset import load_prepared
 from sidrec_core.data.embeddings import load_embeddings
 from sidrec_core.data.split import leave_one_out
@@ -28,16 +29,17 @@ from sidrec_core.sid.collisions import resolve
 from sidrec_core.sid.kmeans import set_faiss_threads
 from sidrec_core.sid.quality import collision_rate, max_bucket
 
+# overrides as dotted keys of the sid section (as ``--set sid.<key>=...`` would give them)
 ROWS: list[tuple[str, dict]] = [
     ("rqkmeans (default)", {"method": "rqkmeans"}),
     ("rqkmeans -normalize_residuals", {"method": "rqkmeans", "normalize_residuals": False}),
     ("rqkmeans_constrained", {"method": "rqkmeans_constrained"}),
     ("rqvae (ema+restart+kmeans_init)", {"method": "rqvae"}),
-    ("rqvae -ema (gradient codebook)", {"method": "rqvae", "ema": False}),
-    ("rqvae -restart_unused", {"method": "rqvae", "restart_unused": False}),
-    ("rqvae -kmeans_init", {"method": "rqvae", "kmeans_init": False}),
-    ("rqvae +sinkhorn", {"method": "rqvae", "sinkhorn": True}),
-    ("rqvae +clip", {"method": "rqvae", "clip": True}),
+    ("rqvae -ema (gradient codebook)", {"method": "rqvae", "rqvae.quantizer.ema": False}),
+    ("rqvae -restart_unused", {"method": "rqvae", "rqvae.quantizer.restart_unused": False}),
+    ("rqvae -kmeans_init", {"method": "rqvae", "rqvae.quantizer.kmeans_init": False}),
+    ("rqvae +sinkhorn", {"method": "rqvae", "rqvae.quantizer.sinkhorn": True}),
+    ("rqvae +clip", {"method": "rqvae", "rqvae.clip": True}),
     ("rqkmeans_plus", {"method": "rqkmeans_plus"}),
 ]
 
@@ -94,7 +96,9 @@ def main() -> None:
         if opts.only and label not in opts.only:
             continue
         learned = overrides["method"] in ("rqvae", "rqkmeans_plus")
-        cfg = SIDConfig(**overrides, **({"epochs": opts.epochs} if learned else {}))
+        sets = {**overrides, **({"rqvae.epochs": opts.epochs} if learned else {})}
+        params = apply_overrides({}, [f"sid.{k}={json.dumps(v)}" for k, v in sets.items()])
+        cfg = build(SIDConfig, params["sid"], "sid")
         start = time.perf_counter()
         _, tok, metrics, raw = build_sids(x, cfg, seed=opts.seed, train_sequences=train_sequences)
         dist = tok.last_level_distances(x, raw)

@@ -10,10 +10,10 @@ import pytest
 
 from sidrec_core.data.synthetic import synthetic_embeddings
 from sidrec_core.io import save_npy
-from sidrec_core.sid import build as build_module
-from sidrec_core.sid.build import run_build_sids
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.sid.tokenizer import load_tokenizer
+from sidrec_core.stages import build_sids as stage
+from sidrec_core.stages.build_sids import run
 
 ISSUE_KEYS = (
     "utilization",
@@ -45,7 +45,7 @@ def sid_params(syn_prepared, syn_ds, tmp_path):
 @pytest.mark.parametrize("collision", ["suffix", "knn", "random"])
 def test_stage_writes_unique_table_checkpoint_and_metrics(sid_params, syn_ds, collision):
     sid_params["sid"]["collision"] = collision
-    result = run_build_sids(sid_params)
+    result = run(sid_params)
     out = sid_params["sid"]["output_dir"]
     table = SIDTable.load(out, num_items=syn_ds.num_items)
     assert table.is_unique() and result["collision_rate_after"] == 0.0
@@ -67,26 +67,27 @@ def test_stage_writes_unique_table_checkpoint_and_metrics(sid_params, syn_ds, co
 
 
 def test_same_seed_same_table(sid_params, tmp_path):
-    run_build_sids(sid_params)
+    run(sid_params)
     first = np.load(tmp_path / "sids" / "codes.npy")
     sid_params["sid"]["output_dir"] = str(tmp_path / "again")
-    run_build_sids(sid_params)
+    run(sid_params)
     assert np.array_equal(first, np.load(tmp_path / "again" / "codes.npy"))
 
 
 def test_clip_pairs_come_from_training_sequences_only(sid_params, syn_ds, monkeypatch):
     seen = {}
-    real = build_module.build_sids
+    real = stage.build_sids
 
     def spy(x, cfg, **kw):
         seen["train_sequences"] = kw["train_sequences"]
         return real(x, cfg, **kw)
 
-    monkeypatch.setattr(build_module, "build_sids", spy)
+    monkeypatch.setattr(stage, "build_sids", spy)
     sid_params["sid"].update(
-        method="rqvae", clip=True, epochs=2, batch_size=32, hidden_dims=[16], latent_dim=4
+        method="rqvae",
+        rqvae={"clip": True, "epochs": 2, "batch_size": 32, "hidden_dims": [16], "latent_dim": 4},
     )
-    run_build_sids(sid_params)
+    run(sid_params)
     train = seen["train_sequences"]
     assert len(train) == len(syn_ds.sequences)
     for seq, full in zip(train, syn_ds.sequences, strict=True):
@@ -98,4 +99,4 @@ def test_stage_rejects_bad_embeddings(sid_params):
     x[3, 0] = np.nan
     save_npy(sid_params["sid"]["embeddings"], x)
     with pytest.raises(ValueError, match="NaN/inf"):
-        run_build_sids(sid_params)
+        run(sid_params)

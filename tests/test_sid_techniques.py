@@ -3,15 +3,23 @@ rqvae.py, clip.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from sidrec_core.sid.clip import copurchase_pairs, info_nce
-from sidrec_core.sid.quantizer import ResidualQuantizer, sinkhorn_codes
-from sidrec_core.sid.rqvae import RQVAE
+from sidrec_core.sid.quantizer import QuantizerConfig, ResidualQuantizer, sinkhorn_codes
+from sidrec_core.sid.rqvae import RQVAE, RQVAEConfig
 
-TINY = dict(num_levels=2, codebook_size=8, hidden_dims=[32], latent_dim=8, batch_size=64)
+SIZES = dict(num_levels=2, codebook_size=8)
+TINY = RQVAEConfig(hidden_dims=(32,), latent_dim=8, batch_size=64)
+
+
+def _rqvae(**cfg) -> RQVAE:
+    """A tiny RQ-VAE (seed 0) with ``cfg`` overriding TINY."""
+    return RQVAE(8, **SIZES, seed=0, cfg=dataclasses.replace(TINY, **cfg))
 
 
 def _blobs(n: int = 256, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -24,7 +32,7 @@ def test_restart_revives_a_dead_code():
     z = torch.as_tensor(_blobs())
     results = {}
     for restart in (False, True):
-        q = ResidualQuantizer(1, 8, 8, ema=False, restart_unused=restart)
+        q = ResidualQuantizer(1, 8, 8, QuantizerConfig(ema=False, restart_unused=restart))
         q.init_from_data(z.numpy(), batch_size=len(z))
         with torch.no_grad():
             q.codebooks[0, 3] = 1e3  # a code no residual will ever pick
@@ -41,7 +49,7 @@ def test_restart_revives_a_dead_code():
 
 def test_ema_moves_codebook_without_a_codebook_gradient():
     z = torch.as_tensor(_blobs()).requires_grad_()
-    q = ResidualQuantizer(2, 8, 8, ema=True, restart_unused=False)
+    q = ResidualQuantizer(2, 8, 8, QuantizerConfig(ema=True, restart_unused=False))
     assert not any(p is q.codebooks for p in q.parameters())  # a buffer, not optimised
     before = q.codebooks.clone()
     q.train()
@@ -51,7 +59,7 @@ def test_ema_moves_codebook_without_a_codebook_gradient():
     assert not torch.allclose(before, q.codebooks)  # moved by the moving averages
     assert z.grad is not None  # the encoder still learns (commitment + straight-through)
     # the gradient-learned variant instead gets a codebook gradient and no in-place move
-    g = ResidualQuantizer(2, 8, 8, ema=False, restart_unused=False)
+    g = ResidualQuantizer(2, 8, 8, QuantizerConfig(ema=False, restart_unused=False))
     before = g.codebooks.detach().clone()
     g.train()
     g(z.detach())[2].backward()
@@ -64,7 +72,7 @@ def test_sinkhorn_balances_assignments_on_a_skewed_set():
     # 90% of the points sit at one code, the rest spread out
     z = np.concatenate([rng.normal(size=(230, 4)) * 0.1, rng.normal(size=(26, 4)) * 3])
     z = torch.as_tensor(z, dtype=torch.float32)
-    q = ResidualQuantizer(1, 8, 4, ema=False, restart_unused=False)
+    q = ResidualQuantizer(1, 8, 4, QuantizerConfig(ema=False, restart_unused=False))
     q.init_from_data(z.numpy(), batch_size=len(z))
     dist = q.distances(z, 0)
     plain = torch.bincount(dist.argmin(1), minlength=8)
@@ -73,7 +81,7 @@ def test_sinkhorn_balances_assignments_on_a_skewed_set():
     assert (balanced > 0).sum() >= (plain > 0).sum()
     # the flag switches it on in training only; inference stays nearest-code
     qs = ResidualQuantizer(
-        1, 8, 4, ema=False, restart_unused=False, sinkhorn=True, sinkhorn_iters=10
+        1, 8, 4, QuantizerConfig(ema=False, restart_unused=False, sinkhorn=True, sinkhorn_iters=10)
     )
     qs.set_codebooks(q.codebooks.detach())
     qs.train()
@@ -85,7 +93,7 @@ def test_kmeans_init_lowers_initial_reconstruction_loss():
     x = _blobs()
     losses = {}
     for init in (False, True):
-        model = RQVAE(8, **TINY, kmeans_init=init)
+        model = _rqvae(quantizer=QuantizerConfig(kmeans_init=init))
         z = model.latents(x)
         if init:
             model.quantizer.init_from_data(z.numpy(), batch_size=64)
@@ -114,13 +122,13 @@ def test_clip_pulls_paired_items_together():
     seqs = [np.array([2 * i + 1, 2 * i + 2]) for i in range(64)]  # item 2i+1 pairs with 2i+2
     sims = {}
     for clip in (False, True):
-        model = RQVAE(8, **TINY, epochs=8, clip=clip, clip_weight=1.0, seed=0)
-        model.fit(x, train_sequences=seqs, clip_window=2)
+        model = _rqvae(epochs=8, clip=clip, clip_weight=1.0, clip_window=2)
+        model.fit(x, train_sequences=seqs)
         z = torch.nn.functional.normalize(model.latents(x), dim=1)
         sims[clip] = (z[0::2] * z[1::2]).sum(1).mean().item()
     assert sims[True] > sims[False] + 0.15
 
 
 def test_clip_needs_training_sequences():
-    with pytest.raises(ValueError, match="sid.clip"):
-        RQVAE(8, **TINY, epochs=1, clip=True).fit(_blobs())
+    with pytest.raises(ValueError, match="sid.rqvae.clip"):
+        _rqvae(epochs=1, clip=True).fit(_blobs())

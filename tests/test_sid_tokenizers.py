@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import numpy as np
 import pytest
+import torch
 
-from sidrec_core.config import ConfigError, build
+from sidrec_core.config import ConfigError, apply_overrides, build
 from sidrec_core.sid.build import SIDConfig
-from sidrec_core.sid.registry import make_tokenizer
-from sidrec_core.sid.rqkmeans import RQKMeans, RQKMeansConstrained
-from sidrec_core.sid.rqvae import RQVAE, RQKMeansPlus
-from sidrec_core.sid.tokenizer import load_tokenizer
+from sidrec_core.sid.quantizer import QuantizerConfig
+from sidrec_core.sid.registry import TOKENIZERS, make_tokenizer
+from sidrec_core.sid.rqkmeans import ConstrainedConfig, RQKMeans, RQKMeansConstrained
+from sidrec_core.sid.rqvae import RQVAE, RQKMeansPlus, RQVAEConfig
+from sidrec_core.sid.tokenizer import CHECKPOINT_NAME, load_tokenizer
 
 SMALL = dict(num_levels=2, codebook_size=8)
-LEARNED = dict(hidden_dims=(16,), latent_dim=4, epochs=3, batch_size=64)
+LEARNED = RQVAEConfig(hidden_dims=(16,), latent_dim=4, epochs=3, batch_size=64)
 
 
 def _x(n: int = 200, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -23,10 +28,7 @@ def _x(n: int = 200, dim: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def _tokenizer(method: str, seed: int = 0, **extra):
-    cfg = SIDConfig(
-        method=method, **SMALL, **(LEARNED if "rqv" in method or "plus" in method else {}), **extra
-    )
-    return make_tokenizer(cfg, dim=8, seed=seed)
+    return make_tokenizer(SIDConfig(method=method, **SMALL, rqvae=LEARNED, **extra), 8, seed)
 
 
 METHODS = ["rqkmeans", "rqkmeans_constrained", "rqvae", "rqkmeans_plus"]
@@ -50,6 +52,7 @@ def test_saved_tokenizer_reloads_and_encodes_identically(method, tmp_path):
     tok.save(tmp_path)
     again = load_tokenizer(tmp_path)
     assert type(again) is type(tok)
+    assert again.cfg == tok.cfg and again.args() == tok.args()
     assert np.array_equal(again.encode(new), tok.encode(new))
     codes = tok.encode(x)
     np.testing.assert_allclose(again.decode(codes), tok.decode(codes), rtol=1e-6)
@@ -71,7 +74,7 @@ def test_fit_codes_are_the_encoding_and_decode_reconstructs(method):
 def test_rqkmeans_plus_starts_as_rqkmeans():
     """Zero-initialised residual encoder: before training the codes are RQ-KMeans' codes."""
     x = _x()
-    plus = RQKMeansPlus(8, **SMALL, hidden_dims=[16], epochs=1)
+    plus = RQKMeansPlus(8, **SMALL, cfg=RQVAEConfig(hidden_dims=(16,), epochs=1))
     plain = RQKMeans(8, **SMALL, normalize_residuals=False)
     ref = plain.fit(x)
     plus.quantizer.init_from_data(plus.latents(x).numpy(), batch_size=64)
@@ -80,7 +83,7 @@ def test_rqkmeans_plus_starts_as_rqkmeans():
 
 def test_constrained_cluster_sizes_stay_in_band():
     x = _x(240)
-    tok = RQKMeansConstrained(8, **SMALL, size_band=0.25)
+    tok = RQKMeansConstrained(8, **SMALL, cfg=ConstrainedConfig(size_band=0.25))
     codes = tok.fit(x)
     for level in range(2):
         sizes = np.bincount(codes[:, level], minlength=8)
@@ -104,35 +107,37 @@ def test_fewer_items_than_codes_fails_naming_codebook_size():
 
 def test_infeasible_constrained_band_fails():
     with pytest.raises(ValueError, match="infeasible"):
-        RQKMeansConstrained(8, **SMALL, size_min=30).fit(_x(200))  # 8 * 30 > 200
+        RQKMeansConstrained(8, **SMALL, cfg=ConstrainedConfig(size_min=30)).fit(_x(200))
     with pytest.raises(ValueError, match="infeasible"):
-        RQKMeansConstrained(8, **SMALL, size_max=20).fit(_x(200))  # 8 * 20 < 200
+        RQKMeansConstrained(8, **SMALL, cfg=ConstrainedConfig(size_max=20)).fit(_x(200))
 
 
 @pytest.mark.parametrize(
-    ("flags", "name"),
+    ("section", "name"),
     [
-        ({"ema": True, "codebook_weight": 1.0}, "sid.codebook_weight"),
-        ({"ema_decay": 1.5}, "sid.ema_decay"),
-        ({"sinkhorn": True, "sinkhorn_epsilon": 0.0}, "sid.sinkhorn_epsilon"),
-        ({"clip": True, "clip_weight": 0.0}, "sid.clip_weight"),
-        ({"restart_unused": True, "restart_threshold": -1.0}, "sid.restart_threshold"),
+        ({"quantizer": {"ema": True, "codebook_weight": 1.0}}, "quantizer.codebook_weight"),
+        ({"quantizer": {"ema_decay": 1.5}}, "quantizer.ema_decay"),
+        ({"quantizer": {"sinkhorn": True, "sinkhorn_epsilon": 0.0}}, "quantizer.sinkhorn_epsilon"),
+        ({"quantizer": {"restart_threshold": -1.0}}, "quantizer.restart_threshold"),
+        ({"clip": True, "clip_weight": 0.0}, "clip_weight"),
+        ({"clip": True, "clip_window": 1}, "clip_window"),
+        ({"epochs": 0}, "epochs"),
     ],
 )
-def test_nonsensical_flags_fail_at_construction(flags, name):
-    with pytest.raises(ValueError, match=name):
-        RQVAE(8, **SMALL, **flags)
-    with pytest.raises(ConfigError, match=name):
-        build(SIDConfig, {"method": "rqvae", **flags}, "sid")
+def test_nonsensical_flags_fail_naming_the_dotted_key(section, name):
+    with pytest.raises(ConfigError, match=f"sid\\.rqvae\\.{name}"):
+        build(SIDConfig, {"method": "rqvae", "rqvae": section}, "sid")
 
 
 def test_rqkmeans_plus_without_kmeans_init_fails():
-    with pytest.raises(ValueError, match="sid.kmeans_init"):
-        RQKMeansPlus(8, **SMALL, kmeans_init=False)
+    cfg = RQVAEConfig(quantizer=QuantizerConfig(kmeans_init=False))
+    with pytest.raises(ValueError, match="sid.rqvae.quantizer.kmeans_init"):
+        RQKMeansPlus(8, **SMALL, cfg=cfg)
 
 
 def test_gradient_codebook_accepts_codebook_weight():
-    tok = RQVAE(8, **SMALL, ema=False, codebook_weight=0.5)
+    cfg = RQVAEConfig(quantizer=QuantizerConfig(ema=False, codebook_weight=0.5))
+    tok = RQVAE(8, **SMALL, cfg=cfg)
     assert "codebooks" in dict(tok.quantizer.named_parameters())
 
 
@@ -143,3 +148,36 @@ def test_sid_config_is_strict():
         build(SIDConfig, {"collision": "nearest"}, "sid")
     with pytest.raises(ConfigError, match="max_per_bucket"):
         build(SIDConfig, {"max_per_bucket": 0}, "sid")
+    with pytest.raises(ConfigError, match=r"sid\.rqvae\.epochs"):
+        build(SIDConfig, {"rqvae": {"epochs": "many"}}, "sid")
+
+
+def test_unknown_nested_key_fails_naming_the_dotted_key():
+    params = apply_overrides({}, ["sid.rqvae.quantizer.sinkorn=true"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) sid\.rqvae\.quantizer\.sinkorn"):
+        build(SIDConfig, params["sid"], "sid")
+    with pytest.raises(ConfigError, match=r"sid\.constrained\.band"):
+        build(SIDConfig, {"constrained": {"band": 0.2}}, "sid")
+
+
+def test_one_override_reaches_the_quantizer():
+    params = apply_overrides({}, ["sid.method=rqvae", "sid.rqvae.quantizer.sinkhorn=true"])
+    tok = make_tokenizer(build(SIDConfig, params["sid"], "sid"), dim=8, seed=0)
+    assert tok.quantizer.cfg.sinkhorn and tok.quantizer.cfg == tok.cfg.quantizer
+
+
+def test_registry_covers_every_method():
+    methods = typing.get_args(typing.get_type_hints(SIDConfig)["method"])
+    assert sorted(methods) == sorted(TOKENIZERS)
+    with pytest.raises(ValueError, match="sid.method: unknown tokenizer 'vq'"):
+        make_tokenizer(dataclasses.replace(SIDConfig(), method="vq"), dim=8, seed=0)
+
+
+def test_checkpoint_with_an_unknown_config_key_fails_naming_it(tmp_path):
+    _tokenizer("rqvae").save(tmp_path)
+    path = tmp_path / CHECKPOINT_NAME
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["quantizer"]["bogus"] = 1
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"sid\.rqvae\.quantizer\.bogus"):
+        load_tokenizer(path)

@@ -18,7 +18,9 @@ def copurchase_pairs(train_sequences: list[np.ndarray], window: int) -> np.ndarr
     """Distinct unordered item pairs that co-occur within ``window`` positions ->
     int64 [P, 2] of item ids (1..N), smaller id first."""
     if window < 2:
-        raise ValueError(f"sid.clip_window must be >= 2 (pairs need two positions), got {window}")
+        raise ValueError(
+            f"sid.rqvae.clip_window must be >= 2 (pairs need two positions), got {window}"
+        )
     chunks = []
     for seq in train_sequences:
         seq = np.asarray(seq, dtype=np.int64)

@@ -1,5 +1,6 @@
-"""Residual vector quantiser whose techniques are constructor flags (after lucidrains'
-vector-quantize-pytorch ``VectorQuantize`` / ``ResidualVQ``). Every piece of state is a registered
+"""Residual vector quantiser whose techniques are the flags of one frozen :class:`QuantizerConfig`
+(``sid.rqvae.quantizer.*``; after lucidrains' vector-quantize-pytorch ``VectorQuantize`` /
+``ResidualVQ``). Every piece of state is a registered
 buffer (or the codebook parameter), so ``state_dict`` round-trips the quantiser exactly.
 
 - ``ema`` (VQ-VAE-2, Razavi et al. 2019, appendix): codebooks follow exponential moving averages of
@@ -18,12 +19,56 @@ Shapes: z [B, E], codebooks [M, K, E], codes [B, M].
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sidrec_core.sid.kmeans import residual_kmeans
+
+# restarted codes: a picked residual + this fraction of the batch's residual spread as noise
+RESTART_NOISE = 0.01
+# Laplace smoothing of the EMA cluster sizes: an empty code never divides by zero
+LAPLACE_EPS = 1e-5
+PREFIX = "sid.rqvae.quantizer"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig:
+    """``sid.rqvae.quantizer``: the quantiser's technique flags and their knobs."""
+
+    ema: bool = True
+    ema_decay: float = 0.99
+    restart_unused: bool = True
+    restart_threshold: float = 1.0  # EMA members per batch below which a code is dead
+    sinkhorn: bool = False
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 5
+    kmeans_init: bool = True  # residual k-means on the initial latents sets the codebooks
+    codebook_weight: float | None = None  # codebook-loss weight; gradient codebooks only
+
+    def __post_init__(self) -> None:
+        """Reject nonsensical technique settings, naming the dotted key."""
+        if self.ema and self.codebook_weight is not None:
+            raise ValueError(
+                f"{PREFIX}.codebook_weight applies to gradient-learned codebooks only; with "
+                f"{PREFIX}.ema=true the codebook follows exponential moving averages: unset one"
+            )
+        if self.codebook_weight is not None and self.codebook_weight < 0:
+            raise ValueError(f"{PREFIX}.codebook_weight must be >= 0, got {self.codebook_weight}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"{PREFIX}.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.sinkhorn and (self.sinkhorn_epsilon <= 0 or self.sinkhorn_iters < 1):
+            raise ValueError(
+                f"{PREFIX}.sinkhorn_epsilon must be > 0 and {PREFIX}.sinkhorn_iters >= 1, got "
+                f"{self.sinkhorn_epsilon}, {self.sinkhorn_iters}"
+            )
+        if self.restart_unused and self.restart_threshold <= 0:
+            raise ValueError(
+                f"{PREFIX}.restart_threshold must be > 0, got {self.restart_threshold}"
+            )
 
 
 def sinkhorn_codes(dist: Tensor, epsilon: float, iters: int) -> Tensor:
@@ -38,37 +83,21 @@ def sinkhorn_codes(dist: Tensor, epsilon: float, iters: int) -> Tensor:
 
 
 class ResidualQuantizer(nn.Module):
-    """M levels of K codes over E-dimensional latents."""
+    """M levels of K codes over E-dimensional latents, techniques set by ``cfg``."""
 
     def __init__(
         self,
         num_levels: int,
         codebook_size: int,
         dim: int,
-        *,
-        ema: bool = True,
-        ema_decay: float = 0.99,
-        restart_unused: bool = True,
-        restart_threshold: float = 1.0,
-        sinkhorn: bool = False,
-        sinkhorn_epsilon: float = 0.05,
-        sinkhorn_iters: int = 5,
-        restart_noise: float = 0.01,
-        laplace_eps: float = 1e-5,
+        cfg: QuantizerConfig = QuantizerConfig(),
     ) -> None:
         super().__init__()
         self.num_levels, self.codebook_size, self.dim = num_levels, codebook_size, dim
-        self.ema, self.ema_decay = ema, ema_decay
-        self.restart_unused, self.restart_threshold = restart_unused, restart_threshold
-        self.sinkhorn, self.sinkhorn_epsilon = sinkhorn, sinkhorn_epsilon
-        self.sinkhorn_iters, self.restart_noise, self.laplace_eps = (
-            sinkhorn_iters,
-            restart_noise,
-            laplace_eps,
-        )
+        self.cfg = cfg
         init = torch.empty(num_levels, codebook_size, dim)
         nn.init.kaiming_uniform_(init)
-        if ema:  # moved by moving averages only: a buffer, invisible to the optimiser
+        if cfg.ema:  # moved by moving averages only: a buffer, invisible to the optimiser
             self.register_buffer("codebooks", init)
         else:
             self.codebooks = nn.Parameter(init)
@@ -110,22 +139,25 @@ class ResidualQuantizer(nn.Module):
         """Squared L2 of residual [B, E] to level ``level``'s codes -> [B, K]."""
         return torch.cdist(residual, self.codebooks[level].detach()).pow(2)
 
-    def forward(self, z: Tensor, beta: float = 0.25, codebook_weight: float = 1.0):
+    def forward(self, z: Tensor, beta: float = 0.25):
         """Quantise ``z`` [B, E] -> (z_q [B, E] with straight-through gradient, codes [B, M],
-        VQ loss: commitment ``beta`` + codebook ``codebook_weight`` (gradient codebooks only))."""
+        VQ loss: commitment ``beta`` + codebook loss (gradient codebooks only, weighted by
+        ``cfg.codebook_weight``, 1 when unset))."""
+        cfg = self.cfg
+        codebook_weight = 1.0 if cfg.codebook_weight is None else cfg.codebook_weight
         residual, z_q = z, torch.zeros_like(z)
         codes, loss = [], z.new_zeros(())
         self._residuals = []
         for level in range(self.num_levels):
             with torch.no_grad():
                 dist = self.distances(residual, level)
-                if self.training and self.sinkhorn:
-                    code = sinkhorn_codes(dist, self.sinkhorn_epsilon, self.sinkhorn_iters)
+                if self.training and cfg.sinkhorn:
+                    code = sinkhorn_codes(dist, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters)
                 else:
                     code = dist.argmin(dim=1)
             q = self.codebooks[level][code]
             loss = loss + beta * F.mse_loss(residual, q.detach())
-            if not self.ema:
+            if not cfg.ema:
                 loss = loss + codebook_weight * F.mse_loss(q, residual.detach())
             if self.training:
                 self._track(level, residual.detach(), code)
@@ -139,36 +171,36 @@ class ResidualQuantizer(nn.Module):
     def _track(self, level: int, residual: Tensor, code: Tensor) -> None:
         """Update usage EMA (and the EMA codebook); remember residuals for restarts."""
         onehot = F.one_hot(code, self.codebook_size).to(residual.dtype)
-        decay = self.ema_decay
+        decay = self.cfg.ema_decay
         self.cluster_size[level].mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
         self._residuals.append(residual)
-        if self.ema:
+        if self.cfg.ema:
             self.embed_sum[level].mul_(decay).add_(onehot.T @ residual, alpha=1 - decay)
             n = self.cluster_size[level].sum()
-            eps = self.laplace_eps
+            eps = LAPLACE_EPS
             smoothed = (self.cluster_size[level] + eps) / (n + self.codebook_size * eps) * n
             self.codebooks[level].copy_(self.embed_sum[level] / smoothed[:, None])
 
     @torch.no_grad()
     def restart_dead(self, generator: torch.Generator | None = None) -> int:
-        """Replace codes used less than ``restart_threshold`` (EMA members per batch) by noised
-        residuals of the last training batch; returns how many codes were restarted."""
-        if not self.restart_unused or not self._residuals:
+        """Replace codes used less than ``cfg.restart_threshold`` (EMA members per batch) by
+        noised residuals of the last training batch; returns how many codes were restarted."""
+        if not self.cfg.restart_unused or not self._residuals:
             return 0
-        restarted = 0
+        threshold, restarted = self.cfg.restart_threshold, 0
         for level, residual in enumerate(self._residuals):
-            dead = torch.nonzero(self.cluster_size[level] < self.restart_threshold).flatten()
+            dead = torch.nonzero(self.cluster_size[level] < threshold).flatten()
             if len(dead) == 0:
                 continue
             pick = torch.randint(
                 len(residual), (len(dead),), generator=generator, device=residual.device
             )
             noise = torch.randn(len(dead), self.dim, generator=generator, device=residual.device)
-            new = residual[pick] + self.restart_noise * residual.std() * noise
+            new = residual[pick] + RESTART_NOISE * residual.std() * noise
             self.codebooks.data[level, dead] = new
             # a grace period: twice the threshold decays below it only after ~70 empty steps
-            self.cluster_size[level, dead] = 2.0 * self.restart_threshold
-            self.embed_sum[level, dead] = new * 2.0 * self.restart_threshold
+            self.cluster_size[level, dead] = 2.0 * threshold
+            self.embed_sum[level, dead] = new * 2.0 * threshold
             restarted += len(dead)
         self._residuals = []
         return restarted

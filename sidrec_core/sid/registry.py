@@ -1,56 +1,27 @@
-"""Tokenizer registry: ``sid.method`` -> tokenizer class (a plain dict), and the factory that
-turns a :class:`~sidrec_core.sid.build.SIDConfig` into constructor kwargs."""
+"""The one tokenizer lookup: ``sid.method`` -> tokenizer class. Each class builds itself from
+the ``sid`` section with ``from_config`` and names its own config (``config_type``), so adding a
+method is a class, its config next to it, and one entry here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sidrec_core.sid.rqkmeans import RQKMeans, RQKMeansConstrained
 from sidrec_core.sid.rqvae import RQVAE, RQKMeansPlus
 from sidrec_core.sid.tokenizer import SIDTokenizer
 
+if TYPE_CHECKING:
+    from sidrec_core.sid.build import SIDConfig
+
 TOKENIZERS: dict[str, type[SIDTokenizer]] = {
-    "rqkmeans": RQKMeans,
-    "rqkmeans_constrained": RQKMeansConstrained,
-    "rqvae": RQVAE,
-    "rqkmeans_plus": RQKMeansPlus,
+    cls.method: cls for cls in (RQKMeans, RQKMeansConstrained, RQVAE, RQKMeansPlus)
 }
 
 
-def make_tokenizer(cfg: Any, dim: int, seed: int) -> SIDTokenizer:
-    """Build an unfitted tokenizer for ``cfg`` (a SIDConfig) on ``dim``-dimensional vectors."""
-    common = dict(
-        dim=dim,
-        num_levels=cfg.num_levels,
-        codebook_size=cfg.codebook_size,
-        niter=cfg.kmeans_iters,
-        seed=seed,
-    )
-    if cfg.method == "rqkmeans":
-        return RQKMeans(**common, normalize_residuals=cfg.normalize_residuals)
-    if cfg.method == "rqkmeans_constrained":
-        return RQKMeansConstrained(
-            **common,
-            normalize_residuals=cfg.normalize_residuals,
-            size_band=cfg.size_band,
-            size_min=cfg.size_min,
-            size_max=cfg.size_max,
-            max_iter=cfg.constrained_max_iter,
+def make_tokenizer(cfg: SIDConfig, dim: int, seed: int) -> SIDTokenizer:
+    """An unfitted tokenizer for the ``sid`` section ``cfg`` on ``dim``-dimensional vectors."""
+    if cfg.method not in TOKENIZERS:
+        raise ValueError(
+            f"sid.method: unknown tokenizer {cfg.method!r}; choose from {sorted(TOKENIZERS)}"
         )
-    train = dict(
-        hidden_dims=list(cfg.hidden_dims),
-        latent_dim=cfg.latent_dim,
-        beta=cfg.beta,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        **cfg.rqvae_flags(),
-    )
-    if cfg.method == "rqvae":
-        return RQVAE(**common, **train)
-    if cfg.method == "rqkmeans_plus":
-        return RQKMeansPlus(**common, **train)
-    raise ValueError(
-        f"sid.method: unknown tokenizer {cfg.method!r}; choose from {sorted(TOKENIZERS)}"
-    )
+    return TOKENIZERS[cfg.method].from_config(cfg, dim=dim, seed=seed)

@@ -3,13 +3,16 @@ RQ-KMeans-constrained (every level's cluster sizes held within a band around N/K
 ``k-means-constrained``, min-cost-flow assignment; Bradley et al. 2000), seeded from the faiss
 centroids with ``n_init=1`` because the library default of 10 restarts is needlessly slow.
 
-``normalize_residuals`` clusters residual directions (see :func:`residual_kmeans`).
+``normalize_residuals`` clusters residual directions (see :func:`residual_kmeans`); the constrained
+method's band is its :class:`ConstrainedConfig` (``sid.constrained.*``).
 Shapes: x [N, D], centroids / codebooks [M, K, D], codes [N, M].
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +28,9 @@ from sidrec_core.sid.kmeans import (
 )
 from sidrec_core.sid.tokenizer import SIDTokenizer
 
+if TYPE_CHECKING:
+    from sidrec_core.sid.build import SIDConfig
+
 
 class RQKMeans(SIDTokenizer):
     """Residual k-means tokenizer. State (buffers): ``centroids`` [M, K, D] pick the code,
@@ -37,30 +43,29 @@ class RQKMeans(SIDTokenizer):
         dim: int,
         num_levels: int = 3,
         codebook_size: int = 256,
-        niter: int = 20,
+        *,
         seed: int = 0,
+        niter: int = 20,
         normalize_residuals: bool = True,
     ) -> None:
-        if num_levels < 1:
-            raise ValueError(f"sid.num_levels must be >= 1, got {num_levels}")
-        if codebook_size < 2:
-            raise ValueError(f"sid.codebook_size must be >= 2, got {codebook_size}")
-        if niter < 1:
-            raise ValueError(f"sid.kmeans_iters must be >= 1, got {niter}")
-        super().__init__(
-            dim=dim,
-            num_levels=num_levels,
-            codebook_size=codebook_size,
-            niter=niter,
-            seed=seed,
-            normalize_residuals=normalize_residuals,
-        )
+        super().__init__(dim, num_levels, codebook_size, seed=seed, niter=niter)
+        self.normalize = normalize_residuals
         self.register_buffer("centroids", torch.zeros(num_levels, codebook_size, dim))
         self.register_buffer("codebooks", torch.zeros(num_levels, codebook_size, dim))
 
-    @property
-    def normalize(self) -> bool:
-        return bool(self.init_kwargs["normalize_residuals"])
+    @classmethod
+    def from_config(cls, cfg: SIDConfig, dim: int, seed: int) -> RQKMeans:
+        return cls(
+            dim,
+            cfg.num_levels,
+            cfg.codebook_size,
+            seed=seed,
+            niter=cfg.kmeans_iters,
+            normalize_residuals=cfg.normalize_residuals,
+        )
+
+    def args(self) -> dict[str, object]:
+        return dict(super().args(), normalize_residuals=self.normalize)
 
     def _space(self, residual: np.ndarray) -> np.ndarray:
         """Where codes are chosen: residual directions or raw residuals."""
@@ -73,13 +78,12 @@ class RQKMeans(SIDTokenizer):
     def fit(self, x: np.ndarray, **context: object) -> np.ndarray:
         """Fit every level on ``x`` [N, D] -> codes int64 [N, M]."""
         x = check_vectors(x, self.codebook_size)
-        kw = self.init_kwargs
         centroids, codebooks, codes = residual_kmeans(
             x,
             self.num_levels,
             self.codebook_size,
-            seed=kw["seed"],
-            niter=kw["niter"],
+            seed=self.seed,
+            niter=self.niter,
             normalize=self.normalize,
         )
         self._store(centroids, codebooks)
@@ -110,6 +114,26 @@ class RQKMeans(SIDTokenizer):
         return all_distances(self._space(residual), self.centroids[-1].detach().cpu().numpy())
 
 
+PREFIX = "sid.constrained"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstrainedConfig:
+    """``sid.constrained``: cluster sizes in [N/K (1 - band), N/K (1 + band)] unless
+    ``size_min`` / ``size_max`` are given; ``max_iter`` constrained k-means iterations."""
+
+    size_band: float = 0.5
+    size_min: int | None = None
+    size_max: int | None = None
+    max_iter: int = 10
+
+    def __post_init__(self) -> None:
+        if self.size_band < 0.0:
+            raise ValueError(f"{PREFIX}.size_band must be >= 0, got {self.size_band}")
+        if self.max_iter < 1:
+            raise ValueError(f"{PREFIX}.max_iter must be >= 1, got {self.max_iter}")
+
+
 def size_bounds(
     num_items: int, codebook_size: int, band: float, size_min: int | None, size_max: int | None
 ) -> tuple[int, int]:
@@ -122,12 +146,12 @@ def size_bounds(
     lo = size_min if size_min is not None else max(1, math.floor(mean * (1.0 - band)))
     hi = size_max if size_max is not None else math.ceil(mean * (1.0 + band))
     if lo < 0 or hi < 1 or lo > hi:
-        raise ValueError(f"sid.size_min/sid.size_max: invalid band [{lo}, {hi}]")
+        raise ValueError(f"{PREFIX}.size_min/{PREFIX}.size_max: invalid band [{lo}, {hi}]")
     if lo * codebook_size > num_items or hi * codebook_size < num_items:
         raise ValueError(
-            f"sid.size_min/sid.size_max/sid.size_band: infeasible cluster-size band [{lo}, {hi}] "
-            f"for {num_items} items in {codebook_size} codes (needs {lo} * {codebook_size} <= "
-            f"{num_items} <= {hi} * {codebook_size})"
+            f"{PREFIX}.size_min/{PREFIX}.size_max/{PREFIX}.size_band: infeasible cluster-size "
+            f"band [{lo}, {hi}] for {num_items} items in {codebook_size} codes "
+            f"(needs {lo} * {codebook_size} <= {num_items} <= {hi} * {codebook_size})"
         )
     return lo, hi
 
@@ -138,37 +162,48 @@ class RQKMeansConstrained(RQKMeans):
     one item)."""
 
     method = "rqkmeans_constrained"
+    config_type = ConstrainedConfig
+    config_key = "constrained"
 
     def __init__(
         self,
         dim: int,
         num_levels: int = 3,
         codebook_size: int = 256,
-        niter: int = 20,
+        *,
         seed: int = 0,
+        niter: int = 20,
         normalize_residuals: bool = True,
-        size_band: float = 0.5,
-        size_min: int | None = None,
-        size_max: int | None = None,
-        max_iter: int = 10,
+        cfg: ConstrainedConfig = ConstrainedConfig(),
     ) -> None:
-        if size_band < 0.0:
-            raise ValueError(f"sid.size_band must be >= 0, got {size_band}")
-        if max_iter < 1:
-            raise ValueError(f"sid.constrained_max_iter must be >= 1, got {max_iter}")
-        super().__init__(dim, num_levels, codebook_size, niter, seed, normalize_residuals)
-        self.init_kwargs.update(
-            size_band=size_band, size_min=size_min, size_max=size_max, max_iter=max_iter
+        super().__init__(
+            dim,
+            num_levels,
+            codebook_size,
+            seed=seed,
+            niter=niter,
+            normalize_residuals=normalize_residuals,
+        )
+        self.cfg = cfg
+
+    @classmethod
+    def from_config(cls, cfg: SIDConfig, dim: int, seed: int) -> RQKMeansConstrained:
+        return cls(
+            dim,
+            cfg.num_levels,
+            cfg.codebook_size,
+            seed=seed,
+            niter=cfg.kmeans_iters,
+            normalize_residuals=cfg.normalize_residuals,
+            cfg=cfg.constrained,
         )
 
     def fit(self, x: np.ndarray, **context: object) -> np.ndarray:
         from k_means_constrained import KMeansConstrained
 
         x = check_vectors(x, self.codebook_size)
-        kw = self.init_kwargs
-        lo, hi = size_bounds(
-            len(x), self.codebook_size, kw["size_band"], kw["size_min"], kw["size_max"]
-        )
+        c = self.cfg
+        lo, hi = size_bounds(len(x), self.codebook_size, c.size_band, c.size_min, c.size_max)
         residual = x.copy()
         codes = np.zeros((len(x), self.num_levels), dtype=np.int64)
         shape = (self.num_levels, self.codebook_size, x.shape[1])
@@ -178,8 +213,8 @@ class RQKMeansConstrained(RQKMeans):
             init = kmeans(
                 space,
                 self.codebook_size,
-                seed=kw["seed"] + level,
-                niter=kw["niter"],
+                seed=self.seed + level,
+                niter=self.niter,
                 spherical=self.normalize,
             )
             model = KMeansConstrained(
@@ -188,8 +223,8 @@ class RQKMeansConstrained(RQKMeans):
                 size_max=hi,
                 init=init,
                 n_init=1,
-                max_iter=kw["max_iter"],
-                random_state=kw["seed"] + level,
+                max_iter=c.max_iter,
+                random_state=self.seed + level,
                 n_jobs=1,
             )
             model.fit(space.astype(np.float64))

@@ -4,9 +4,10 @@ residual connection with a zero-initialised last layer, then trained like the RQ
 
 MLP encoder -> :class:`~sidrec_core.sid.quantizer.ResidualQuantizer` (M levels x K codes) -> MLP
 decoder, trained with reconstruction + commitment loss and straight-through gradients through
-the shared training loop (:func:`sidrec_core.train.fit`). Techniques are constructor flags:
-``sinkhorn``, ``restart_unused``, ``ema``, ``kmeans_init`` (see quantizer.py) and ``clip``
-(co-purchase InfoNCE on the latents, see clip.py).
+the shared training loop (:func:`sidrec_core.train.fit`). Everything is set by one frozen
+:class:`RQVAEConfig` (``sid.rqvae.*``): ``clip`` (co-purchase InfoNCE on the latents, see clip.py)
+and, nested in ``quantizer``, ``sinkhorn``, ``restart_unused``, ``ema``, ``kmeans_init`` (see
+quantizer.py).
 
 Shapes: x [N, D] item embeddings, z [B, E] latents, codes [N, M].
 """
@@ -14,7 +15,7 @@ Shapes: x [N, D] item embeddings, z [B, E] latents, codes [N, M].
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,51 +24,52 @@ from torch import Tensor, nn
 
 from sidrec_core.sid.clip import copurchase_pairs, info_nce
 from sidrec_core.sid.kmeans import all_distances, check_vectors
-from sidrec_core.sid.quantizer import ResidualQuantizer
+from sidrec_core.sid.quantizer import QuantizerConfig, ResidualQuantizer
 from sidrec_core.sid.tokenizer import SIDTokenizer
 from sidrec_core.train import TrainConfig, fit
 from sidrec_core.utils import no_grad_eval
 
+if TYPE_CHECKING:
+    from sidrec_core.sid.build import SIDConfig
+
+
+PREFIX = "sid.rqvae"
+
 
 @dataclasses.dataclass(frozen=True)
-class RQVAEFlags:
-    """The RQ-VAE technique flags and their knobs (``sid.*``), validated together."""
+class RQVAEConfig:
+    """``sid.rqvae``: sizes, training and CLIP of the RQ-VAE (and RQ-KMeans+, whose latent
+    space is the input space), with the quantiser's technique flags nested in ``quantizer``."""
 
-    sinkhorn: bool = False
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iters: int = 5
-    restart_unused: bool = True
-    restart_threshold: float = 1.0
-    ema: bool = True
-    ema_decay: float = 0.99
-    codebook_weight: float | None = None
-    kmeans_init: bool = True
+    hidden_dims: tuple[int, ...] = (512, 256, 128)
+    latent_dim: int = 32
+    beta: float = 0.25  # commitment weight
+    epochs: int = 150
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
     clip: bool = False
     clip_weight: float = 0.1
+    clip_window: int = 3  # co-purchase pairs: items fewer than this many positions apart
     clip_temperature: float = 0.07
+    quantizer: QuantizerConfig = dataclasses.field(default_factory=QuantizerConfig)
 
     def __post_init__(self) -> None:
-        """Reject nonsensical technique settings, naming the parameter."""
-        if self.ema and self.codebook_weight is not None:
-            raise ValueError(
-                "sid.codebook_weight applies to gradient-learned codebooks only; with sid.ema=true "
-                "the codebook follows exponential moving averages: unset one of them"
-            )
-        if self.codebook_weight is not None and self.codebook_weight < 0:
-            raise ValueError(f"sid.codebook_weight must be >= 0, got {self.codebook_weight}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"sid.ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.sinkhorn and (self.sinkhorn_epsilon <= 0 or self.sinkhorn_iters < 1):
-            raise ValueError(
-                f"sid.sinkhorn_epsilon must be > 0 and sid.sinkhorn_iters >= 1, got "
-                f"{self.sinkhorn_epsilon}, {self.sinkhorn_iters}"
-            )
-        if self.restart_unused and self.restart_threshold <= 0:
-            raise ValueError(f"sid.restart_threshold must be > 0, got {self.restart_threshold}")
+        """Reject nonsensical settings, naming the dotted key."""
+        for name in ("latent_dim", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{PREFIX}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"{PREFIX}.lr must be > 0, got {self.lr}")
         if self.clip and (self.clip_weight <= 0 or self.clip_temperature <= 0):
             raise ValueError(
-                f"sid.clip=true needs sid.clip_weight > 0 and sid.clip_temperature > 0, got "
-                f"{self.clip_weight}, {self.clip_temperature}"
+                f"{PREFIX}.clip=true needs {PREFIX}.clip_weight > 0 and "
+                f"{PREFIX}.clip_temperature > 0, got {self.clip_weight}, {self.clip_temperature}"
+            )
+        if self.clip and self.clip_window < 2:
+            raise ValueError(
+                f"{PREFIX}.clip_window must be >= 2 (pairs need two positions), "
+                f"got {self.clip_window}"
             )
 
 
@@ -99,60 +101,32 @@ class RQVAE(SIDTokenizer):
     """RQ-VAE tokenizer; ``fit`` trains it and returns the items' nearest-code SIDs."""
 
     method = "rqvae"
+    config_type = RQVAEConfig
+    config_key = "rqvae"
 
     def __init__(
         self,
         dim: int,
         num_levels: int = 3,
         codebook_size: int = 256,
-        niter: int = 20,
+        *,
         seed: int = 0,
-        hidden_dims: list[int] | None = None,
-        latent_dim: int = 32,
-        beta: float = 0.25,
-        epochs: int = 150,
-        batch_size: int = 1024,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        **flags: Any,
+        niter: int = 20,
+        cfg: RQVAEConfig = RQVAEConfig(),
     ) -> None:
-        f = RQVAEFlags(**flags)  # a technique name the flags lack fails here, naming it
-        if num_levels < 1 or codebook_size < 2:
-            raise ValueError(
-                f"sid.num_levels must be >= 1 and sid.codebook_size >= 2, got {num_levels}, "
-                f"{codebook_size}"
-            )
-        hidden_dims = list(hidden_dims if hidden_dims is not None else [512, 256, 128])
-        super().__init__(
-            dim=dim,
-            num_levels=num_levels,
-            codebook_size=codebook_size,
-            niter=niter,
-            seed=seed,
-            hidden_dims=hidden_dims,
-            latent_dim=latent_dim,
-            beta=beta,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            **dataclasses.asdict(f),
-        )
+        super().__init__(dim, num_levels, codebook_size, seed=seed, niter=niter)
+        self.cfg = cfg
         torch.manual_seed(seed)  # the same seed builds the same initial weights
-        self.encoder, self.decoder, latent = self._build_coders(dim, hidden_dims, latent_dim)
-        self.quantizer = ResidualQuantizer(
-            num_levels,
-            codebook_size,
-            latent,
-            ema=f.ema,
-            ema_decay=f.ema_decay,
-            restart_unused=f.restart_unused,
-            restart_threshold=f.restart_threshold,
-            sinkhorn=f.sinkhorn,
-            sinkhorn_epsilon=f.sinkhorn_epsilon,
-            sinkhorn_iters=f.sinkhorn_iters,
-        )
+        hidden = list(cfg.hidden_dims)
+        self.encoder, self.decoder, latent = self._build_coders(dim, hidden, cfg.latent_dim)
+        self.quantizer = ResidualQuantizer(num_levels, codebook_size, latent, cfg.quantizer)
         self._generator: torch.Generator | None = None
+
+    @classmethod
+    def from_config(cls, cfg: SIDConfig, dim: int, seed: int) -> RQVAE:
+        return cls(
+            dim, cfg.num_levels, cfg.codebook_size, seed=seed, niter=cfg.kmeans_iters, cfg=cfg.rqvae
+        )
 
     def _build_coders(
         self, dim: int, hidden_dims: list[int], latent_dim: int
@@ -181,14 +155,13 @@ class RQVAE(SIDTokenizer):
     def loss_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Reconstruction, VQ (+ CLIP) losses of one batch ``{"x": [B, D]}`` (``"a"``, ``"b"``
         [P, D] paired items when CLIP is on)."""
-        kw = self.init_kwargs
+        cfg = self.cfg
         z = self.encoder(batch["x"])
-        weight = 1.0 if kw["codebook_weight"] is None else kw["codebook_weight"]
-        z_q, _, vq = self.quantizer(z, beta=kw["beta"], codebook_weight=weight)
+        z_q, _, vq = self.quantizer(z, beta=cfg.beta)
         terms = {"recon": F.mse_loss(self.decoder(z_q), batch["x"]), "vq": vq}
-        if kw["clip"] and "a" in batch:
-            terms["clip"] = kw["clip_weight"] * info_nce(
-                self.encoder(batch["a"]), self.encoder(batch["b"]), kw["clip_temperature"]
+        if cfg.clip and "a" in batch:
+            terms["clip"] = cfg.clip_weight * info_nce(
+                self.encoder(batch["a"]), self.encoder(batch["b"]), cfg.clip_temperature
             )
         return terms
 
@@ -202,29 +175,30 @@ class RQVAE(SIDTokenizer):
         x: np.ndarray,
         *,
         train_sequences: list[np.ndarray] | None = None,
-        clip_window: int = 3,
         device: str = "cpu",
         **context: Any,
     ) -> np.ndarray:
         """Train on ``x`` [N, D] (CLIP pairs from ``train_sequences``) -> codes int64 [N, M]."""
-        kw = self.init_kwargs
+        cfg = self.cfg
         x = check_vectors(x, self.codebook_size)
         self.to(device)
         pairs = None
-        if kw["clip"]:
+        if cfg.clip:
             if train_sequences is None:
-                raise ValueError("sid.clip=true needs the training sequences for co-purchases")
-            pairs = torch.as_tensor(copurchase_pairs(train_sequences, clip_window) - 1)
+                raise ValueError(
+                    f"{PREFIX}.clip=true needs the training sequences for co-purchases"
+                )
+            pairs = torch.as_tensor(copurchase_pairs(train_sequences, cfg.clip_window) - 1)
             if len(pairs) == 0:
-                raise ValueError("sid.clip=true but the training sequences hold no pairs")
-        batch_size = min(kw["batch_size"], len(x))
-        if kw["kmeans_init"]:
+                raise ValueError(f"{PREFIX}.clip=true but the training sequences hold no pairs")
+        batch_size = min(cfg.batch_size, len(x))
+        if cfg.quantizer.kmeans_init:
             self.quantizer.init_from_data(
-                self.latents(x).cpu().numpy(), batch_size, seed=kw["seed"], niter=kw["niter"]
+                self.latents(x).cpu().numpy(), batch_size, seed=self.seed, niter=self.niter
             )
         xt = self._tensor(x)
-        self._generator = torch.Generator(device=self.device).manual_seed(kw["seed"])
-        shuffle = torch.Generator().manual_seed(kw["seed"])
+        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        shuffle = torch.Generator().manual_seed(self.seed)
 
         def batches(epoch: int):
             order = torch.randperm(len(xt), generator=shuffle)
@@ -241,11 +215,11 @@ class RQVAE(SIDTokenizer):
             return {"valid/neg_recon_mse": -self.reconstruction_mse(x, codes)}
 
         train = TrainConfig(
-            epochs=kw["epochs"],
+            epochs=cfg.epochs,
             batch_size=batch_size,
-            lr=kw["lr"],
-            weight_decay=kw["weight_decay"],
-            eval_every=kw["epochs"],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            eval_every=cfg.epochs,
             patience=0,
             monitor="valid/neg_recon_mse",
         )
@@ -289,14 +263,23 @@ class RQKMeansPlus(RQVAE):
 
     method = "rqkmeans_plus"
 
-    def __init__(self, dim: int, kmeans_init: bool = True, **kwargs: Any) -> None:
-        if not kmeans_init:
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int = 3,
+        codebook_size: int = 256,
+        *,
+        seed: int = 0,
+        niter: int = 20,
+        cfg: RQVAEConfig = RQVAEConfig(),
+    ) -> None:
+        if not cfg.quantizer.kmeans_init:
             raise ValueError(
-                "sid.kmeans_init=false contradicts sid.method=rqkmeans_plus, whose codebooks "
-                "are warm-started from RQ-KMeans"
+                f"{PREFIX}.quantizer.kmeans_init=false contradicts sid.method=rqkmeans_plus, "
+                "whose codebooks are warm-started from RQ-KMeans"
             )
-        kwargs["latent_dim"] = dim  # the residual encoder keeps the input space
-        super().__init__(dim, kmeans_init=True, **kwargs)
+        cfg = dataclasses.replace(cfg, latent_dim=dim)  # the residual encoder keeps the input space
+        super().__init__(dim, num_levels, codebook_size, seed=seed, niter=niter, cfg=cfg)
 
     def _build_coders(
         self, dim: int, hidden_dims: list[int], latent_dim: int

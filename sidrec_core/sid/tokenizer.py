@@ -1,8 +1,10 @@
 """The SID tokenizer contract shared by RQ-KMeans, RQ-KMeans-constrained, RQ-VAE and RQ-KMeans+.
 
-A tokenizer is an ``nn.Module`` whose whole state lives in registered buffers/parameters, so a
-checkpoint is ``{"method", "kwargs", "state_dict"}`` and :func:`load_tokenizer` rebuilds it
-exactly. Its numpy-facing API:
+A tokenizer is an ``nn.Module`` whose whole state lives in registered buffers/parameters, built
+from plain arguments (sizes, seed, k-means iterations) plus, for most methods, one frozen config
+dataclass defined next to its class. A checkpoint is ``{"method", "args", "config",
+"state_dict"}`` (the config as a plain dict, loadable with ``weights_only=True``) and
+:func:`load_tokenizer` rebuilds it exactly. Its numpy-facing API:
 
 - ``fit(x [N, D]) -> codes int64 [N, M]``: learn the codebooks, return the training items' codes
   (for the constrained method these are the balanced assignments);
@@ -14,34 +16,60 @@ exactly. Its numpy-facing API:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from sidrec_core.config import ConfigError, build
 from sidrec_core.io import save_torch
+
+if TYPE_CHECKING:
+    from sidrec_core.sid.build import SIDConfig
 
 CHECKPOINT_NAME = "tokenizer.pt"
 
 
 class SIDTokenizer(nn.Module):
-    """Base class: remembers its constructor kwargs so a checkpoint can rebuild it."""
+    """Base class: M levels of K codes over D-dimensional vectors. Subclasses with a config
+    dataclass name it in ``config_type`` (its ``sid`` sub-section in ``config_key``), keep it
+    in ``self.cfg`` and take it as the ``cfg`` constructor argument."""
 
-    method: str = ""
+    method: ClassVar[str] = ""
+    config_type: ClassVar[type | None] = None
+    config_key: ClassVar[str] = ""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, dim: int, num_levels: int, codebook_size: int, seed: int, niter: int
+    ) -> None:
+        if num_levels < 1:
+            raise ValueError(f"sid.num_levels must be >= 1, got {num_levels}")
+        if codebook_size < 2:
+            raise ValueError(f"sid.codebook_size must be >= 2, got {codebook_size}")
+        if niter < 1:
+            raise ValueError(f"sid.kmeans_iters must be >= 1, got {niter}")
         super().__init__()
-        self.init_kwargs = dict(kwargs)
+        self.dim, self.num_levels, self.codebook_size = dim, num_levels, codebook_size
+        self.seed, self.niter = seed, niter
+        self.cfg: Any = None
 
-    @property
-    def num_levels(self) -> int:
-        return int(self.init_kwargs["num_levels"])
+    @classmethod
+    def from_config(cls, cfg: SIDConfig, dim: int, seed: int) -> SIDTokenizer:
+        """An unfitted tokenizer for the ``sid`` section ``cfg`` on ``dim``-dim vectors."""
+        raise TypeError(f"{cls.__name__} must implement from_config")  # pragma: no cover
 
-    @property
-    def codebook_size(self) -> int:
-        return int(self.init_kwargs["codebook_size"])
+    def args(self) -> dict[str, Any]:
+        """The plain constructor arguments besides ``cfg`` (a subclass adds its own)."""
+        return dict(
+            dim=self.dim,
+            num_levels=self.num_levels,
+            codebook_size=self.codebook_size,
+            seed=self.seed,
+            niter=self.niter,
+        )
 
     def fit(self, x: np.ndarray, **context: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must implement fit")
@@ -65,7 +93,11 @@ class SIDTokenizer(nn.Module):
         """Write ``<directory>/tokenizer.pt`` atomically; returns its path."""
         path = Path(directory) / CHECKPOINT_NAME
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        save_torch(path, {"method": self.method, "kwargs": self.init_kwargs, "state_dict": state})
+        config = dataclasses.asdict(self.cfg) if self.cfg is not None else None
+        save_torch(
+            path,
+            {"method": self.method, "args": self.args(), "config": config, "state_dict": state},
+        )
         return path
 
 
@@ -82,7 +114,14 @@ def load_tokenizer(path: str | Path) -> SIDTokenizer:
     method = ckpt["method"]
     if method not in TOKENIZERS:
         raise ValueError(f"{path}: unknown tokenizer method {method!r}")
-    tokenizer = TOKENIZERS[method](**ckpt["kwargs"])
+    cls = TOKENIZERS[method]
+    kwargs = dict(ckpt["args"])
+    if cls.config_type is not None:  # strict: a key the config lacks fails, naming it
+        try:
+            kwargs["cfg"] = build(cls.config_type, ckpt["config"], f"sid.{cls.config_key}")
+        except ConfigError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    tokenizer = cls(**kwargs)
     tokenizer.load_state_dict(ckpt["state_dict"])
     tokenizer.eval()
     return tokenizer

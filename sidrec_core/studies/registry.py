@@ -126,7 +126,7 @@ STUDY_LIST: list[Study] = [
     # --- tokenizer techniques: downstream SID-LM quality + every SID quality metric
     flag(
         "sinkhorn",
-        "sid.sinkhorn",
+        "sid.rqvae.quantizer.sinkhorn",
         False,
         "RQ-VAE Sinkhorn balanced assignment",
         fixed=_RQVAE,
@@ -136,7 +136,7 @@ STUDY_LIST: list[Study] = [
     ),
     flag(
         "restart",
-        "sid.restart_unused",
+        "sid.rqvae.quantizer.restart_unused",
         True,
         "RQ-VAE dead-code restart",
         fixed=_RQVAE,
@@ -146,7 +146,7 @@ STUDY_LIST: list[Study] = [
     ),
     flag(
         "ema",
-        "sid.ema",
+        "sid.rqvae.quantizer.ema",
         True,
         "RQ-VAE EMA codebook updates",
         fixed=_RQVAE,
@@ -156,7 +156,7 @@ STUDY_LIST: list[Study] = [
     ),
     flag(
         "kmeans_init",
-        "sid.kmeans_init",
+        "sid.rqvae.quantizer.kmeans_init",
         True,
         "RQ-VAE residual k-means initialisation",
         fixed=_RQVAE,
@@ -166,7 +166,7 @@ STUDY_LIST: list[Study] = [
     ),
     flag(
         "clip",
-        "sid.clip",
+        "sid.rqvae.clip",
         False,
         "RQ-VAE CLIP co-purchase contrastive loss",
         fixed=_RQVAE,
