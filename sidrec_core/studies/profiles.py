@@ -75,11 +75,17 @@ def load_profile(
 
 
 def dvc_set_args(name: str, profiles_dir: str | Path | None = None) -> list[str]:
-    """The profile as ``-S key=value`` pairs for ``dvc exp run`` (values in compact JSON/YAML)."""
+    """The profile as ``-S ++key=value`` pairs for ``dvc exp run`` (values in compact JSON/YAML;
+    ``++`` adds a key params.yaml lacks or overrides one it has, Hydra's override grammar)."""
     over = load_params(profile_path(name, profiles_dir))
     over.setdefault("base", {})["profile"] = name
     args: list[str] = []
     for key, value in flatten(over).items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        args += ["-S", f"{key}={text}"]
+        if value is None:
+            text = "null"
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = json.dumps(value, separators=(",", ":"))
+        args += ["-S", f"++{key}={text}"]
     return args
