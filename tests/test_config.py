@@ -1,12 +1,14 @@
 """Strict config loading, overrides, device and seeds."""
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 import pytest
 import torch
 
 from sidrec_core.config import (
+    SECTIONS,
     BaseConfig,
     ConfigError,
     apply_overrides,
@@ -78,6 +80,26 @@ def test_load_params_and_set_overrides(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_misspelled_section_is_rejected_in_file_and_set(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("base:\n  seed: 3\nsasrc:\n  train:\n    epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown params section 'sasrc'") as exc:
+        load_params(p)
+    assert "\n" not in str(exc.value) and "sasrec" in str(exc.value)
+    with pytest.raises(ConfigError, match=r"--set sasrc.train.epochs: .*'sasrc'"):
+        apply_overrides({}, ["sasrc.train.epochs=1"])
+    with pytest.raises(ConfigError, match="'dat'"):
+        apply_overrides({}, ["dat.name=synthetic"])
+    assert apply_overrides({}, ["sasrec.train.epochs=1"]) == {"sasrec": {"train": {"epochs": 1}}}
+
+
+def test_repo_params_and_profiles_use_only_known_sections():
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "params.yaml", *sorted((root / "experiments" / "profiles").glob("*.yaml"))]
+    for f in files:
+        assert set(load_params(f)) <= set(SECTIONS), f
 
 
 def test_seed_zero_is_seeded_and_reproducible():
