@@ -15,6 +15,10 @@ from typing import Any
 
 import numpy as np
 
+# Artifacts are build outputs the group reads: rw-r--r-- files, rwxr-xr-x folders.
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
