@@ -271,3 +271,33 @@ def test_lookup_order_shipped_before_shared(monkeypatch, tmp_path):
     monkeypatch.setenv("SIDREC_DATA_DIR", str(tmp_path / "env"))
     _write(tmp_path / "env" / "toy", "u1 A B C\n")
     assert resolve_dataset_dir("toy") == tmp_path / "env" / "toy"
+
+
+def test_mostly_empty_item_text_warns_with_counts(tmp_path, caplog):
+    from sidrec_core.data.text import warn_empty_texts
+
+    items = [{"asin": "A", "title": "Alpha"}] + [{"asin": k} for k in "BCD"]
+    d = _write(tmp_path / "ds", "u1 A B C D\n", items)
+    with caplog.at_level("WARNING"):
+        save_prepared(load_dataset_dir(d, DataConfig()), tmp_path / "prep")
+    assert "3 of 4 items (75%) have no text" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert warn_empty_texts(["Title: A.", "Title: B.", "Unknown item."], "x") == 1
+    assert caplog.text == ""
+
+
+def test_identical_embeddings_warn_with_counts(caplog):
+    from sidrec_core.data.embeddings import duplicate_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    with caplog.at_level("WARNING"):
+        check_embeddings(x, 50, "distinct.npy")
+    assert caplog.text == ""
+    x[10:40] = x[0] + 1e-7  # near-identical to row 0
+    assert duplicate_rows(check_embeddings(x, 50, "dup.npy")) == (20, 31)
+    assert "dup.npy: 31 of 50 rows are (near-)identical to another row (20 distinct" in caplog.text
+    caplog.clear()
+    check_embeddings(np.ones((5, 3)), 5, "same.npy")
+    assert "same.npy: 5 of 5 rows" in caplog.text and "(1 distinct" in caplog.text

@@ -333,7 +333,7 @@ def load_dataset_dir(directory: Path, cfg: DataConfig, name: str | None = None) 
 
 def save_prepared(ds: Dataset, directory: str | Path) -> None:
     """Write ``dataset.npz`` (ids and sequences) and ``items.jsonl`` (keys, metadata, text)."""
-    from sidrec_core.data.text import item_text
+    from sidrec_core.data.text import item_text, warn_empty_texts
 
     directory = Path(directory)
     lengths = np.array([len(s) for s in ds.sequences], dtype=np.int64)
@@ -355,6 +355,7 @@ def save_prepared(ds: Dataset, directory: str | Path) -> None:
         }
         for i in range(1, ds.num_items + 1)
     ]
+    warn_empty_texts([r["text"] for r in rows], ds.name)
     write_jsonl(directory / "items.jsonl", rows)
 
 
@@ -379,5 +380,10 @@ def load_prepared(directory: str | Path) -> Dataset:
 
 def prepared_texts(directory: str | Path) -> list[str]:
     """Item texts [N] in item-id order (1..N) from the prepared ``items.jsonl``."""
-    with open(Path(directory) / "items.jsonl") as f:
-        return [json.loads(line)["text"] for line in f]
+    from sidrec_core.data.text import warn_empty_texts
+
+    path = Path(directory) / "items.jsonl"
+    with open(path) as f:
+        texts = [json.loads(line)["text"] for line in f]
+    warn_empty_texts(texts, str(path))
+    return texts
