@@ -206,6 +206,15 @@ class BaseConfig:
     metrics_dir: str = "metrics"
     num_threads: int = 0  # 0 = leave torch's default
 
+    def __post_init__(self) -> None:
+        # numpy seeds must be >= 0; failing here names the key before any work starts
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (0 is a valid seed), got {self.seed}")
+        if self.num_threads < 0:
+            raise ValueError(
+                f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}"
+            )
+
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
     """The argument parser every stage script shares: ``--params FILE`` and ``--set a.b=value``."""

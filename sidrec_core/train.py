@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from sidrec_core import checkpoint as ckpt
 from sidrec_core.io import save_torch
+from sidrec_core.metrics import METRICS
 from sidrec_core.tracking import Run
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,26 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        check_monitor(self.monitor)
+
+
+def check_monitor(key: str) -> None:
+    """``train.monitor`` is ``{split}/{metric}@{k}`` (split valid or train: monitoring the test
+    split would select on it) or ``{split}/{name}`` for a model-specific validation figure; a
+    ranking metric must be one :mod:`sidrec_core.metrics` computes. Checked at config time so a
+    typo fails before the first epoch rather than after it."""
+    split, _, name = key.partition("/")
+    metric, at, k = name.partition("@")
+    if split not in ("valid", "train") or not metric:
+        raise ValueError(
+            f"train.monitor must look like 'valid/ndcg@10' ({{split}}/{{metric}}@{{k}}, split "
+            f"valid or train), got {key!r}"
+        )
+    if at and (metric not in METRICS or not k.isdigit() or int(k) < 1):
+        raise ValueError(
+            f"train.monitor {key!r}: expected {{split}}/{{metric}}@{{k}} with metric one of "
+            f"{', '.join(METRICS)} and k a positive integer"
+        )
 
 
 @dataclasses.dataclass
