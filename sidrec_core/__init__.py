@@ -8,4 +8,6 @@ import warnings
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # Optuna flags features such as the GridSampler's options as experimental on every use; the
 # studies pin Optuna's version, so the notice says nothing actionable.
-warnings.filterwarnings("ignore", message=r".* is experimental \(supported from v")
+warnings.filterwarnings(
+    "ignore", message=r".*(is experimental \(supported from v|is an experimental feature\.)"
+)

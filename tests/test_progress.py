@@ -51,5 +51,7 @@ def test_import_noise_is_filtered():
         importlib.reload(sidrec_core)  # the package's filters go on top of "always"
         msg = "GridSampler is experimental (supported from v9.9.0). x"
         warnings.warn(msg, ExperimentalWarning, stacklevel=1)
+        arg = "Argument ``heartbeat_interval`` is an experimental feature. The interface can"
+        warnings.warn(arg, ExperimentalWarning, stacklevel=1)
         warnings.warn("a real problem", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a real problem"]
