@@ -23,5 +23,7 @@ lint:
 repro:
 	PATH=$(abspath $(BIN)):$$PATH dvc repro
 
+# Stage outputs that are not tracked by git; metrics/ is committed (git checkout metrics restores
+# it after a local run) and the shipped data/datasets stay.
 clean:
-	rm -rf metrics data/prepared data/embeddings.npy
+	rm -rf data/prepared data/embeddings.npy data/sids data/predictions models

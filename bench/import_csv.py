@@ -2,6 +2,8 @@
 
 Usage: python bench/import_csv.py interactions.csv data/raw/mydata [--items items.csv]
 then run the pipeline with --set data.name=mydata (or dvc exp run -S data.name=mydata).
+Bad input prints one line naming the file, line and column and exits with status 2; nothing is
+written then.
 """
 
 import argparse
@@ -11,13 +13,21 @@ import sys
 from sidrec_core.data.csv_import import import_csv
 from sidrec_core.data.dataset import DataError
 
-if __name__ == "__main__":
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("interactions")
     parser.add_argument("out_dir")
     parser.add_argument("--items", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
-        print(json.dumps(import_csv(args.interactions, args.out_dir, args.items), indent=2))
+        counts = import_csv(args.interactions, args.out_dir, args.items)
     except DataError as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,20 @@ import yaml
 
 T = TypeVar("T")
 
+# Every top-level params section some stage reads. A section not listed here is a typo (``sasrc``)
+# that would otherwise run silently with defaults, so loading rejects it.
+SECTIONS: tuple[str, ...] = (
+    "base",
+    "data",
+    "embed",
+    "eval",
+    "sid",
+    "sidlm",
+    "sasrec",
+    "report",
+    "bench",
+)
+
 
 class ConfigError(ValueError):
     """A params file or override does not match the config dataclasses."""
@@ -39,11 +53,20 @@ def load_params(path: str | Path) -> dict[str, Any]:
             f"{path}: expected a mapping of sections at top level, got {type(data).__name__}"
         )
     for key, value in data.items():
+        check_section(key, str(path))
         if value is not None and not isinstance(value, dict):
             raise ConfigError(
                 f"{path}: section '{key}' must be a mapping, got {type(value).__name__}"
             )
     return data
+
+
+def check_section(key: Any, where: str) -> None:
+    """Raise naming ``key`` (and ``where`` it came from) unless it is a known section."""
+    if key not in SECTIONS:
+        raise ConfigError(
+            f"{where}: unknown params section {key!r}; known sections: {', '.join(SECTIONS)}"
+        )
 
 
 def apply_overrides(params: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
@@ -56,6 +79,7 @@ def apply_overrides(params: dict[str, Any], sets: list[str] | None) -> dict[str,
         parts = key.strip().split(".")
         if len(parts) < 2 or not all(parts):
             raise ConfigError(f"--set key must be 'section.key', got '{key}'")
+        check_section(parts[0], f"--set {key.strip()}")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -181,6 +205,15 @@ class BaseConfig:
     profile: str = "full"
     metrics_dir: str = "metrics"
     num_threads: int = 0  # 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        # numpy seeds must be >= 0; failing here names the key before any work starts
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (0 is a valid seed), got {self.seed}")
+        if self.num_threads < 0:
+            raise ValueError(
+                f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}"
+            )
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

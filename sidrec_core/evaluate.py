@@ -23,6 +23,7 @@ from sidrec_core.metrics import (
     summarize,
     target_ranks,
 )
+from sidrec_core.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +69,13 @@ def evaluate(
     num_items: int | None = None,
     bootstrap: bool = True,
     users: np.ndarray | None = None,
+    progress_every: float = 30.0,
 ) -> EvalResult:
     """Score ``recommender`` on ``split`` (optionally only the rows ``users``).
 
     Returns metrics keyed ``{split}/{metric}@{k}`` plus ``{split}/users_per_second`` and candidate
-    diagnostics (``{split}/coverage`` etc.).
+    diagnostics (``{split}/coverage`` etc.). Every ``progress_every`` seconds a line logs users
+    done, users/s and the ETA (beam decoding over a whole split takes minutes).
     """
     device = torch.device(device)
     rows = np.arange(len(split)) if users is None else np.asarray(users)
@@ -85,6 +88,7 @@ def evaluate(
         module.eval()
     all_ids, all_scores = [], []
     start = time.perf_counter()
+    progress = Progress(len(rows), f"{split.name} {type(recommender).__name__}", progress_every)
     with torch.no_grad():
         for i in range(0, len(rows), cfg.batch_size):
             idx = rows[i : i + cfg.batch_size]
@@ -101,6 +105,7 @@ def evaluate(
                 ids, scores = _drop_seen(ids, scores, history, k)
             all_ids.append(ids.cpu().numpy())
             all_scores.append(scores.float().cpu().numpy())
+            progress.update(len(idx))
     seconds = time.perf_counter() - start
     if module is not None:
         module.train(was_training)

@@ -15,6 +15,10 @@ from typing import Any
 
 import numpy as np
 
+# Artifacts are build outputs the group reads: rw-r--r-- files, rwxr-xr-x folders.
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -26,6 +30,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; an artifact is read by the group like any build output
+        tmp_path.chmod(FILE_MODE)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

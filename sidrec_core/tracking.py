@@ -15,7 +15,10 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +46,80 @@ def tracking_enabled() -> bool:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+PID_TAG, HOST_TAG, START_TAG = "sidrec.pid", "sidrec.host", "sidrec.pid_start"
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like ``sys.exit(143)`` so every open run ends as KILLED."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
+def install_sigterm_handler() -> bool:
+    """Turn SIGTERM into :class:`Terminated` (only from the main thread, and only where nobody
+    installed another handler). Returns whether ours is in place."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return True
+    if current not in (signal.SIG_DFL, None):
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def process_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (tells a reused pid apart), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return start is None or process_start(pid) in (None, start)
+
+
+def process_tags() -> dict[str, str]:
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if (start := process_start(os.getpid())) is not None:
+        tags[START_TAG] = start
+    return tags
+
+
+def mark_stale_runs() -> list[str]:
+    """End as KILLED every RUNNING run whose recorded process on this host is gone (the process
+    was killed before it could end its run). Returns their ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    host = socket.gethostname()
+    stale = []
+    for exp in client.search_experiments():
+        for r in client.search_runs(
+            [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
+        ):
+            tags = r.data.tags
+            if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+                continue
+            if not pid_alive(int(tags[PID_TAG]), tags.get(START_TAG)):
+                client.set_terminated(r.info.run_id, status="KILLED")
+                stale.append(r.info.run_id)
+    if stale:
+        log.warning("marked %d run(s) of killed processes as KILLED: %s", len(stale), stale)
+    return stale
 
 
 def git_commit() -> str:
@@ -150,6 +227,8 @@ def start_run(
         mlflow.set_tracking_uri(tracking_uri())
         active = mlflow.active_run() is not None
         if not active:
+            install_sigterm_handler()
+            mark_stale_runs()
             mlflow.set_experiment(os.environ.get("SIDREC_EXPERIMENT", EXPERIMENT))
         nested = nested or active or parent_run_id is not None
         mlflow_run = mlflow.start_run(
@@ -171,6 +250,7 @@ def start_run(
                 "git_commit": git_commit(),
                 "params_hash": params_hash(params),
                 "synthetic": dataset == "synthetic",
+                **process_tags(),
                 **(tags or {}),
             }
         )
@@ -178,6 +258,9 @@ def start_run(
             run.log_params(params)
         yield run
         status = "FINISHED"
+    except (Terminated, KeyboardInterrupt):
+        status = "KILLED"
+        raise
     finally:
         # A caller that measured its own cost (an ablation trial: peak since the trial began,
         # not the worker process's lifetime peak) keeps its figures.

@@ -10,14 +10,16 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from sidrec_core import checkpoint as ckpt
 from sidrec_core.io import save_torch
+from sidrec_core.metrics import METRICS
 from sidrec_core.tracking import Run
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,41 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        check_monitor(self.monitor)
+
+
+def check_monitor(key: str) -> None:
+    """``train.monitor`` is ``{split}/{metric}@{k}`` (split valid or train: monitoring the test
+    split would select on it) or ``{split}/{name}`` for a model-specific validation figure; a
+    ranking metric must be one :mod:`sidrec_core.metrics` computes. Checked at config time so a
+    typo fails before the first epoch rather than after it."""
+    split, _, name = key.partition("/")
+    metric, at, k = name.partition("@")
+    if split not in ("valid", "train") or not metric:
+        raise ValueError(
+            f"train.monitor must look like 'valid/ndcg@10' ({{split}}/{{metric}}@{{k}}, split "
+            f"valid or train), got {key!r}"
+        )
+    if at and (metric not in METRICS or not k.isdigit() or int(k) < 1):
+        raise ValueError(
+            f"train.monitor {key!r}: expected {{split}}/{{metric}}@{{k}} with metric one of "
+            f"{', '.join(METRICS)} and k a positive integer"
+        )
+
+
+@dataclasses.dataclass
+class _State:
+    """The training loop's progress and early-stopping state (what a resume restores)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+    bad_evals: int = 0
+    done: bool = False
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    epoch_times: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -89,13 +126,24 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     loss_fn: Callable[[Batch], Tensor] | None = None,
     backward: Callable[[Tensor], None] | None = None,
+    resume: str | Path | None = None,
+    fingerprint: Any = None,
+    stateful: Sequence[Any] = (),
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``loss_fn`` (default ``model.loss``) on ``batches(epoch)``.
 
     ``validate()`` returns metrics that include ``cfg.monitor`` (higher is better).
     ``epoch_metrics()`` adds per-epoch figures (e.g. learned fusion weights) to the run's curves.
     ``backward(loss)`` replaces ``loss.backward()`` (e.g. ``accelerator.backward`` for loss scaling
-    and gradient sync across processes).
+    and gradient sync across processes). ``checkpoint`` receives the best state at the end.
+
+    ``resume``: a per-epoch checkpoint path, written atomically after every epoch and removed
+    once training ends. A re-run whose ``fingerprint`` (the caller's params, hashed together with
+    ``cfg``) matches continues after the last finished epoch and ends exactly as an
+    uninterrupted run would; a different fingerprint starts fresh. ``stateful`` objects
+    (``state_dict``/``load_state_dict``, e.g. a batch source whose sampler draws from its own
+    generator) are saved and restored with it. ``on_epoch_end(epoch)`` runs after the checkpoint.
     """
     loss_fn = loss_fn or model.loss  # type: ignore[assignment]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -106,10 +154,21 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _lr_factor(s, total_steps, cfg)
     )
-    best, best_epoch, best_state = -math.inf, 0, None
-    bad_evals, step, history, epoch_times = 0, 0, [], []
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
+    st = _State()
+    fp = ckpt.fingerprint(dataclasses.asdict(cfg), steps_per_epoch, fingerprint)
+    saved = ckpt.load_checkpoint(resume, fp) if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        for obj, obj_state in zip(stateful, saved["stateful"], strict=True):
+            obj.load_state_dict(obj_state)
+        ckpt.set_rng_state(saved["rng"])
+        st = _State(**saved["loop"])
+        log.info("resumed from %s after epoch %d (step %d)", resume, st.epoch, st.step)
+    while not st.done and st.epoch < cfg.epochs:
+        st.epoch += 1
+        epoch = st.epoch
         model.train()
         start, loss_sum, num_batches = time.perf_counter(), 0.0, 0
         for batch in batches(epoch):
@@ -125,49 +184,70 @@ def fit(
             scheduler.step()
             loss_sum += float(loss.detach())
             num_batches += 1
-            step += 1
-            if cfg.max_steps and step >= cfg.max_steps:
+            st.step += 1
+            if cfg.max_steps and st.step >= cfg.max_steps:
                 break
-        epoch_times.append(time.perf_counter() - start)
+        st.epoch_times.append(time.perf_counter() - start)
         record = {
             "train/loss": loss_sum / max(num_batches, 1),
             "train/lr": scheduler.get_last_lr()[0],
-            "train/epoch_seconds": epoch_times[-1],
+            "train/epoch_seconds": st.epoch_times[-1],
         }
         if epoch_metrics is not None:
             record.update(epoch_metrics())
-        stop = bool(cfg.max_steps and step >= cfg.max_steps)
+        stop = bool(cfg.max_steps and st.step >= cfg.max_steps)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or stop:
             record.update(validate())
             if cfg.monitor not in record:
                 raise KeyError(
                     f"train.monitor {cfg.monitor!r} not in validation metrics {sorted(record)}"
                 )
-            if record[cfg.monitor] > best:
-                best, best_epoch, bad_evals = record[cfg.monitor], epoch, 0
-                best_state = copy.deepcopy(
+            if record[cfg.monitor] > st.best:
+                st.best, st.best_epoch, st.bad_evals = record[cfg.monitor], epoch, 0
+                st.best_state = copy.deepcopy(
                     {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 )
             else:
-                bad_evals += 1
+                st.bad_evals += 1
             log.info(
                 "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
                 epoch,
                 record["train/loss"],
                 cfg.monitor,
                 record[cfg.monitor],
-                best,
-                best_epoch,
+                st.best,
+                st.best_epoch,
             )
-        history.append({"epoch": epoch, **record})
+        st.history.append({"epoch": epoch, **record})
         if run is not None:
             run.log_metrics(record, step=epoch)
-        if stop or (cfg.patience and bad_evals >= cfg.patience):
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        st.done = bool(stop or (cfg.patience and st.bad_evals >= cfg.patience))
+        if resume is not None:
+            ckpt.save_checkpoint(
+                resume,
+                {
+                    "fingerprint": fp,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "stateful": [obj.state_dict() for obj in stateful],
+                    "rng": ckpt.rng_state(),
+                    "loop": dataclasses.asdict(st),
+                },
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
         if checkpoint is not None:
-            save_torch(checkpoint, best_state)
+            save_torch(checkpoint, st.best_state)
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
     return FitResult(
-        best, best_epoch, epoch, step, sum(epoch_times) / max(len(epoch_times), 1), history
+        st.best,
+        st.best_epoch,
+        st.epoch,
+        st.step,
+        sum(st.epoch_times) / max(len(st.epoch_times), 1),
+        st.history,
     )

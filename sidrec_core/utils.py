@@ -15,8 +15,8 @@ import torch
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Seed 0 is a valid seed."""
-    if seed is None:
-        raise ValueError("seed must be an integer (0 is valid), got None")
+    if seed is None or seed < 0:
+        raise ValueError(f"base.seed must be an integer >= 0 (0 is valid), got {seed}")
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -32,17 +32,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+            raise ValueError("base.device: 'cuda' requested but torch.cuda.is_available() is False")
         return torch.device("cuda")
     if name == "npu":
         try:
             import torch_npu  # noqa: F401  (registers the 'npu' device)
         except ImportError as exc:
-            raise RuntimeError(
-                "device 'npu' requested but torch_npu is not installed: pip install -e '.[npu]'"
+            raise ValueError(
+                "base.device: 'npu' requested but torch_npu is not installed: "
+                "pip install -e '.[npu]'"
             ) from exc
         if not torch.npu.is_available():  # type: ignore[attr-defined]
-            raise RuntimeError("device 'npu' requested but no Ascend NPU is available")
+            raise ValueError("base.device: 'npu' requested but no Ascend NPU is available")
         return torch.device("npu")
     if name == "auto":
         if torch.cuda.is_available():

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from sidrec_core.data import dataset as dataset_mod
 from sidrec_core.data.csv_import import import_csv
 from sidrec_core.data.dataset import (
     DataConfig,
@@ -205,10 +206,98 @@ def test_csv_import(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_beauty_counts():
+def test_real_beauty_counts(monkeypatch, tmp_path):
+    # a user's machine: no team data folder beside the clone, no SIDREC_DATA_DIR
+    monkeypatch.setattr(dataset_mod, "SHARED_DATASETS", tmp_path / "absent")
+    monkeypatch.delenv("SIDREC_DATA_DIR", raising=False)
+    assert resolve_dataset_dir("beauty") in (
+        dataset_mod.SHIPPED_DATASETS / "beauty",
+        dataset_mod.PROJECT_ROOT / "data" / "raw" / "beauty",
+    )
     ds = load_dataset(DataConfig(name="beauty"))
+    assert ds.data_sha256() is not None and len(ds.sources) == 2
     assert (ds.num_users, ds.num_items, ds.num_interactions) == (22363, 12101, 198502)
     assert ds.dropped["short_sequences"] == 0
     assert sum(1 for m in ds.item_meta[1:] if m.get("title")) == 12094
     loo = leave_one_out(ds)
     assert loo.split("test", 20).histories.shape == (22363, 20)
+
+
+def test_shipped_beauty_matches_its_checksums():
+    shipped = dataset_mod.SHIPPED_DATASETS / "beauty"
+    sums = dataset_mod.read_checksums(shipped)
+    assert set(sums) == {"sequences.txt.gz", "items.jsonl.gz"}
+    for name, expected in sums.items():
+        assert dataset_mod.file_sha256(shipped / name) == expected
+
+
+def test_checksum_mismatch_names_file_and_hashes(tmp_path):
+    d = _write(tmp_path / "ds", "u1 A B C\n")
+    good = dataset_mod.file_sha256(d / "sequences.txt")
+    (d / "SHA256SUMS").write_text(f"{good}  sequences.txt\n")
+    ds = load_dataset_dir(d, DataConfig())
+    assert ds.sources == {str(d / "sequences.txt"): good}
+    (d / "sequences.txt").write_text("u1 A B D\n")
+    with pytest.raises(DataError) as exc:
+        load_dataset_dir(d, DataConfig())
+    msg = str(exc.value)
+    assert "sequences.txt" in msg and f"expected {good}" in msg and "\n" not in msg
+    assert f"got {dataset_mod.file_sha256(d / 'sequences.txt')}" in msg
+
+
+def test_checksum_listing_a_missing_file_fails(tmp_path):
+    d = _write(tmp_path / "ds", "u1 A B C\n")
+    (d / "SHA256SUMS").write_text(f"{'0' * 64}  items.jsonl.gz\n")
+    with pytest.raises(DataError, match="items.jsonl.gz"):
+        load_dataset_dir(d, DataConfig())
+
+
+def test_data_sha256_follows_content(tmp_path):
+    d = _write(tmp_path / "ds", "u1 A B C\n")
+    first = load_dataset_dir(d, DataConfig()).data_sha256()
+    (d / "sequences.txt").write_text("u1 A B C D\n")
+    assert load_dataset_dir(d, DataConfig()).data_sha256() != first
+    assert load_dataset(DataConfig(name="synthetic", synthetic_users=20)).data_sha256() is None
+
+
+def test_lookup_order_shipped_before_shared(monkeypatch, tmp_path):
+    monkeypatch.delenv("SIDREC_DATA_DIR", raising=False)
+    monkeypatch.setattr(dataset_mod, "SHIPPED_DATASETS", tmp_path / "shipped")
+    monkeypatch.setattr(dataset_mod, "SHARED_DATASETS", tmp_path / "shared")
+    _write(tmp_path / "shared" / "toy", "u1 A B C\n")
+    assert resolve_dataset_dir("toy") == tmp_path / "shared" / "toy"
+    _write(tmp_path / "shipped" / "toy", "u1 A B C\n")
+    assert resolve_dataset_dir("toy") == tmp_path / "shipped" / "toy"
+    monkeypatch.setenv("SIDREC_DATA_DIR", str(tmp_path / "env"))
+    _write(tmp_path / "env" / "toy", "u1 A B C\n")
+    assert resolve_dataset_dir("toy") == tmp_path / "env" / "toy"
+
+
+def test_mostly_empty_item_text_warns_with_counts(tmp_path, caplog):
+    from sidrec_core.data.text import warn_empty_texts
+
+    items = [{"asin": "A", "title": "Alpha"}] + [{"asin": k} for k in "BCD"]
+    d = _write(tmp_path / "ds", "u1 A B C D\n", items)
+    with caplog.at_level("WARNING"):
+        save_prepared(load_dataset_dir(d, DataConfig()), tmp_path / "prep")
+    assert "3 of 4 items (75%) have no text" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert warn_empty_texts(["Title: A.", "Title: B.", "Unknown item."], "x") == 1
+    assert caplog.text == ""
+
+
+def test_identical_embeddings_warn_with_counts(caplog):
+    from sidrec_core.data.embeddings import duplicate_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    with caplog.at_level("WARNING"):
+        check_embeddings(x, 50, "distinct.npy")
+    assert caplog.text == ""
+    x[10:40] = x[0] + 1e-7  # near-identical to row 0
+    assert duplicate_rows(check_embeddings(x, 50, "dup.npy")) == (20, 31)
+    assert "dup.npy: 31 of 50 rows are (near-)identical to another row (20 distinct" in caplog.text
+    caplog.clear()
+    check_embeddings(np.ones((5, 3)), 5, "same.npy")
+    assert "same.npy: 5 of 5 rows" in caplog.text and "(1 distinct" in caplog.text

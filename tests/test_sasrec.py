@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -217,12 +216,12 @@ def test_sid_features_train(syn_loo, tmp_path, mode):
     assert model.sid_emb.weight.grad.abs().sum() > 0
 
 
-def test_missing_sid_table_warns_once_and_mismatch_fails(syn_loo, tmp_path, caplog):
+def test_missing_sid_table_and_mismatch_fail(syn_loo, tmp_path):
     cfg = SASRecConfig(**SMALL, sid_features="sum")
-    with caplog.at_level(logging.WARNING):
-        for _ in range(2):
-            assert load_sid_features(cfg, tmp_path / "nowhere", syn_loo.num_items) is None
-    assert sum("no SID table" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match=r"sasrec.sid_features=sum needs a SID table.*nowhere"):
+        load_sid_features(cfg, tmp_path / "nowhere", syn_loo.num_items)
+    none = SASRecConfig(**SMALL)
+    assert load_sid_features(none, tmp_path / "nowhere", syn_loo.num_items) is None
     _sid_table(syn_loo.num_items - 1).save(tmp_path / "sids")
     with pytest.raises(ValueError, match="covers .* items but the dataset has"):
         load_sid_features(cfg, tmp_path / "sids", syn_loo.num_items)

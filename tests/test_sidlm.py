@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,23 @@ def test_bad_input_errors(tmp_path, syn_loo, table, syn_prepared):
     shuffled = SIDTable(np.vstack([table.codes[:1], table.codes[1:][::-1]]), table.codebook_sizes)
     with pytest.raises(ValueError, match="sidlm.sid_dir"):
         SIDLM.load(tmp_path / "m", shuffled, model.cfg, 5)
+
+
+def test_checkpoint_folder_that_is_not_a_model(tmp_path, table, base_ckpt):
+    from sidrec_core.models.sidlm import build_sidlm, check_model_dir
+
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    cfg = SIDLMConfig(load="pretrained", checkpoint=str(folder), **TINY)
+    with pytest.raises(ValueError) as exc:
+        build_sidlm(cfg, table, 5)
+    msg = str(exc.value)
+    assert msg.startswith(f"sidlm.checkpoint: {folder} is not a saved model folder")
+    assert "config.json" in msg and "model.safetensors" in msg and "\n" not in msg
+    assert check_model_dir(base_ckpt, "sidlm.checkpoint") == Path(base_ckpt)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"missing model.safetensors or pytorch_model.bin; tok"):
+        check_model_dir(folder, "sidlm.checkpoint")
+    with pytest.raises(FileNotFoundError, match="sidlm.output_dir"):
+        SIDLM.load(tmp_path / "nothing", table, cfg, 5)

@@ -1,6 +1,8 @@
 """MLflow tracking behind tracking.py: a real sqlite-backed run, tags, metrics JSON with run id."""
 
 import json
+import os
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -48,3 +50,77 @@ def test_failed_stage_writes_no_metrics(tmp_path):
         with start_run("embed", {}, dataset="x", metrics_dir=tmp_path, enabled=False):
             raise RuntimeError("boom")
     assert not (tmp_path / "embed.json").exists()
+
+
+def _client(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SIDREC_EXPERIMENT", "test-exp")
+    return MlflowClient(uri)
+
+
+def test_runs_of_killed_processes_are_marked_killed(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from sidrec_core.tracking import HOST_TAG, PID_TAG, process_tags
+
+    client = _client(tmp_path, monkeypatch)
+    exp = client.create_experiment("other-exp")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    runs = {
+        "dead": {PID_TAG: str(dead.pid), HOST_TAG: host},
+        "alive": process_tags(),
+        "elsewhere": {PID_TAG: str(dead.pid), HOST_TAG: host + "-other"},
+        "untagged": {},
+    }
+    ids = {name: client.create_run(exp, tags=tags).info.run_id for name, tags in runs.items()}
+    with start_run("prepare", {}, dataset="synthetic", metrics_dir=None, enabled=True) as run:
+        tags = mlflow.get_run(run.run_id).data.tags
+        assert tags[PID_TAG] == str(os.getpid()) and tags[HOST_TAG] == host
+    status = {name: client.get_run(i).info.status for name, i in ids.items()}
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "elsewhere": "RUNNING",
+        "untagged": "RUNNING",
+    }
+
+
+SIGTERM_CHILD = """
+import sys, time
+from sidrec_core.tracking import start_run
+with start_run("train_sasrec", {}, dataset="synthetic", metrics_dir=None, enabled=True) as run:
+    with start_run("child", {}, dataset="synthetic", metrics_dir=None, enabled=True) as kid:
+        open(sys.argv[1], "w").write(run.run_id + " " + kid.run_id)
+        time.sleep(120)
+"""
+
+
+def test_sigterm_ends_open_runs_as_killed(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    client = _client(tmp_path, monkeypatch)
+    ids_file = tmp_path / "ids"
+    env = {
+        **os.environ,
+        "SIDREC_TRACKING": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(ids_file)], env=env)
+    deadline = time.time() + 120
+    while not (ids_file.exists() and ids_file.read_text()) and time.time() < deadline:
+        assert child.poll() is None, "child exited early"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    for run_id in ids_file.read_text().split():
+        assert client.get_run(run_id).info.status == "KILLED"

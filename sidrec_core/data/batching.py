@@ -60,6 +60,14 @@ class TrainBatches:
             num_negatives,
         )
 
+    def state_dict(self) -> dict:
+        """Batch order is a function of (seed, epoch); only the sampler's generator moves on."""
+        return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+
     @property
     def num_positions(self) -> int:
         return int((self.targets > 0).sum())

@@ -1,18 +1,150 @@
 """Import a plain interactions CSV (``user,item,timestamp``) and an optional items CSV into the
-dataset directory format (``sequences.txt`` + ``items.jsonl``)."""
+dataset directory format (``sequences.txt`` + ``items.jsonl``).
+
+Everything is validated before anything is written, and every error is one line naming the file,
+the line and the column. The dataset directory appears in one rename, so a failed import leaves
+the previous directory (or nothing) in place, never a half-written one.
+"""
 
 from __future__ import annotations
 
-import json
-import math
+import csv
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from sidrec_core.data.dataset import DataError
-from sidrec_core.io import atomic_path, write_text
+from sidrec_core.io import DIR_MODE, write_jsonl, write_text
 
 REQUIRED = ("user", "item", "timestamp")
+_SPACE = re.compile(r"\s")
+
+
+def read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and ``(line, {column: value})`` rows of a CSV; a missing or empty file, a missing
+    column, a row with the wrong number of fields or undecodable bytes raise naming file and line.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows: list[tuple[int, dict]] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise DataError(f"{path}:1: empty file, expected a header row")
+            header = [h.strip() for h in header]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataError(
+                    f"{path}:1: missing column(s) {missing} in header {header}; "
+                    f"expected {','.join(required)}"
+                )
+            for fields in reader:
+                line = reader.line_num
+                if not fields:  # a blank line
+                    continue
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{path}:{line}: expected {len(header)} fields ({','.join(header)}), "
+                        f"got {len(fields)}"
+                    )
+                rows.append((line, dict(zip(header, fields, strict=True))))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from exc
+    if not rows:
+        raise DataError(f"{path}:2: no data rows after the header")
+    return header, rows
+
+
+def _check_id(path: Path, line: int, column: str, value: str) -> str:
+    if not value.strip():
+        raise DataError(f"{path}:{line}: column '{column}': empty id")
+    if _SPACE.search(value):
+        raise DataError(
+            f"{path}:{line}: column '{column}': id {value!r} contains whitespace "
+            f"(the dataset format separates ids by spaces)"
+        )
+    return value
+
+
+def parse_timestamps(path: Path, rows: list[tuple[int, dict]]) -> list[float]:
+    """Numbers if the first row's timestamp is a number, else dates (ISO 8601 and the like);
+    the first value of the other kind or unparsable is blamed with its own line and value."""
+    values = [r["timestamp"].strip() for _, r in rows]
+    numeric = pd.to_numeric(pd.Series(values), errors="coerce")
+    if pd.notna(numeric.iloc[0]):
+        parsed = numeric
+        kind = "a number like the first row's"
+    else:
+        dates = pd.to_datetime(pd.Series(values), errors="coerce", utc=True, format="mixed")
+        parsed = pd.Series(dates.astype("int64"), dtype="float64").where(dates.notna())
+        kind = "a date like the first row's"
+    bad = parsed.isna().to_numpy().nonzero()[0]
+    if len(bad):
+        line, value = rows[bad[0]][0], values[bad[0]]
+        raise DataError(f"{path}:{line}: column 'timestamp': cannot parse {value!r} as {kind}")
+    return parsed.tolist()
+
+
+def _item_row(path: Path, line: int, row: dict, key: str) -> dict[str, Any]:
+    obj: dict[str, Any] = {k: (v if v.strip() else None) for k, v in row.items()}
+    obj["asin"] = _check_id(path, line, key, obj.pop(key) or "")
+    if obj.get("categories"):
+        obj["categories"] = [obj["categories"].split("|")]
+    if obj.get("price") is not None:
+        try:
+            obj["price"] = float(obj["price"])
+        except ValueError as exc:
+            raise DataError(
+                f"{path}:{line}: column 'price': expected a number, got {obj['price']!r}"
+            ) from exc
+    return obj
+
+
+def read_items_csv(path: Path) -> list[dict[str, Any]]:
+    """Items CSV with an ``item`` (or ``asin``) column -> ``items.jsonl`` objects."""
+    header, rows = read_csv_rows(path, ())
+    key = "item" if "item" in header else "asin" if "asin" in header else None
+    if key is None:
+        raise DataError(f"{path}:1: needs an 'item' (or 'asin') column, header is {header}")
+    seen: dict[str, int] = {}
+    out = []
+    for line, row in rows:
+        obj = _item_row(path, line, row, key)
+        if obj["asin"] in seen:
+            raise DataError(
+                f"{path}:{line}: column '{key}': {obj['asin']!r} already listed on line "
+                f"{seen[obj['asin']]}"
+            )
+        seen[obj["asin"]] = line
+        out.append(obj)
+    return out
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put directory ``src`` at ``dst`` by rename; a previous ``dst`` is moved aside first and
+    removed only once ``src`` is in place."""
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if old is not None:
+            os.replace(old / dst.name, dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def import_csv(
@@ -20,56 +152,39 @@ def import_csv(
 ) -> dict:
     """Sort each user's interactions by timestamp (stable) and write the dataset directory.
 
-    Returns counts. Missing columns or unparsable timestamps raise naming file, line and column.
+    Users appear in sorted order. Returns counts; bad input raises :class:`DataError`.
     """
-    interactions = Path(interactions)
-    df = pd.read_csv(interactions, dtype={"user": str, "item": str})
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{interactions}: missing column(s) {missing}; expected header {','.join(REQUIRED)}"
+    interactions, out_dir = Path(interactions), Path(out_dir)
+    _, rows = read_csv_rows(interactions, REQUIRED)
+    records = [
+        (
+            _check_id(interactions, line, "user", r["user"]),
+            _check_id(interactions, line, "item", r["item"]),
         )
-    for col in ("user", "item"):
-        bad = df[col].isna()
-        if bad.any():
-            raise DataError(f"{interactions}:{int(bad.idxmax()) + 2}: empty '{col}'")
-    ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    if ts.isna().any():
-        ts = pd.to_datetime(df["timestamp"], errors="coerce", utc=True)
-        if ts.isna().any():
-            raise DataError(
-                f"{interactions}:{int(ts.isna().idxmax()) + 2}: unparsable 'timestamp' "
-                f"{df['timestamp'][ts.isna().idxmax()]!r}"
-            )
-    df = df.assign(_ts=ts, _row=range(len(df))).sort_values(["user", "_ts", "_row"], kind="stable")
-    out_dir = Path(out_dir)
-    lines = [f"{u} {' '.join(g['item'])}" for u, g in df.groupby("user", sort=False)]
-    write_text(out_dir / "sequences.txt", "\n".join(lines) + "\n")
-    num_items_meta = 0
-    if items is not None:
-        items = Path(items)
-        meta = pd.read_csv(items, dtype=str)
-        key = "item" if "item" in meta.columns else "asin" if "asin" in meta.columns else None
-        if key is None:
-            raise DataError(f"{items}: needs an 'item' (or 'asin') column")
-        with atomic_path(out_dir / "items.jsonl") as tmp, tmp.open("w") as f:
-            for row in meta.to_dict("records"):
-                obj = {
-                    k: (None if isinstance(v, float) and math.isnan(v) else v)
-                    for k, v in row.items()
-                }
-                obj["asin"] = obj.pop(key)
-                if obj.get("categories"):
-                    obj["categories"] = [str(obj["categories"]).split("|")]
-                if obj.get("price") is not None:
-                    try:
-                        obj["price"] = float(obj["price"])
-                    except ValueError:
-                        obj["price"] = None
-                f.write(json.dumps(obj) + "\n")
-        num_items_meta = len(meta)
+        for line, r in rows
+    ]
+    stamps = parse_timestamps(interactions, rows)
+    order = sorted(range(len(records)), key=lambda i: (records[i][0], stamps[i], i))
+    seqs: dict[str, list[str]] = {}
+    for i in order:
+        seqs.setdefault(records[i][0], []).append(records[i][1])
+    meta = read_items_csv(Path(items)) if items is not None else None
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        staging.chmod(DIR_MODE)
+        write_text(
+            staging / "sequences.txt", "".join(f"{u} {' '.join(s)}\n" for u, s in seqs.items())
+        )
+        if meta is not None:
+            write_jsonl(staging / "items.jsonl", meta)
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return {
-        "num_users": len(lines),
-        "num_interactions": len(df),
-        "num_items_with_meta": num_items_meta,
+        "num_users": len(seqs),
+        "num_interactions": len(records),
+        "num_items_with_meta": len(meta) if meta is not None else 0,
     }

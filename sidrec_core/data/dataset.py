@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,11 @@ from sidrec_core.io import save_npz, write_jsonl
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Benchmarks that ship with the repository (provenance and SHA256SUMS beside the files).
+SHIPPED_DATASETS = PROJECT_ROOT / "data" / "datasets"
+# The team's shared data folder next to the clone; absent on a user's machine.
+SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+CHECKSUMS = "SHA256SUMS"
 PAD = "<pad>"
 
 
@@ -71,6 +77,18 @@ class Dataset:
     item_meta: list[dict[str, Any]]
     synthetic: bool = False
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+    # sha256 of every file read to build it ({path: hex}); empty for generated data
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def data_sha256(self) -> str | None:
+        """One sha256 over the files this dataset was read from (names and contents), for the
+        prepare stage's metrics; None for synthetic data."""
+        if not self.sources:
+            return None
+        h = hashlib.sha256()
+        for path in sorted(self.sources, key=lambda p: Path(p).name):
+            h.update(f"{Path(path).name}\0{self.sources[path]}\n".encode())
+        return h.hexdigest()
 
     @property
     def num_users(self) -> int:
@@ -99,7 +117,8 @@ def candidate_dirs(name: str) -> list[Path]:
     if env := os.environ.get("SIDREC_DATA_DIR"):
         dirs.append(Path(env) / name)
     dirs.append(PROJECT_ROOT / "data" / "raw" / name)
-    dirs.append(PROJECT_ROOT.parent / "shared" / "datasets" / name)
+    dirs.append(SHIPPED_DATASETS / name)
+    dirs.append(SHARED_DATASETS / name)
     return dirs
 
 
@@ -119,6 +138,42 @@ def _find(directory: Path, filename: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checksums(directory: Path) -> dict[str, str]:
+    """``SHA256SUMS`` (``<hex>  <file>`` per line, as ``sha256sum`` writes it) -> {file: hex}."""
+    path = directory / CHECKSUMS
+    if not path.is_file():
+        return {}
+    sums: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise DataError(f"{path}:{lineno}: expected '<sha256>  <file>', got {line[:80]!r}")
+        sums[parts[1].lstrip("*").strip()] = parts[0].lower()
+    return sums
+
+
+def verify_file(path: Path, sums: dict[str, str]) -> str:
+    """sha256 of ``path``; raises if ``sums`` lists the file with another hash."""
+    actual = file_sha256(path)
+    expected = sums.get(path.name)
+    if expected is not None and expected != actual:
+        raise DataError(
+            f"{path}: sha256 mismatch with {CHECKSUMS}: expected {expected}, got {actual} "
+            f"(corrupt or modified data file)"
+        )
+    return actual
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -257,10 +312,20 @@ def load_dataset_dir(directory: Path, cfg: DataConfig, name: str | None = None) 
     seq_path = _find(directory, "sequences.txt")
     if seq_path is None:
         raise DataError(f"{directory}: no sequences.txt or sequences.txt.gz")
+    sums = read_checksums(directory)
+    sources = {str(seq_path): verify_file(seq_path, sums)}
     users, seqs = read_sequences(seq_path)
     items_path = _find(directory, "items.jsonl")
-    items = read_items(items_path) if items_path is not None else None
-    return build_dataset(name or directory.name, users, seqs, items, cfg, source=str(seq_path))
+    items = None
+    if items_path is not None:
+        sources[str(items_path)] = verify_file(items_path, sums)
+        items = read_items(items_path)
+    absent = [f for f in sums if not (directory / f).is_file()]
+    if absent:
+        raise DataError(f"{directory / CHECKSUMS}: lists {absent} but the folder lacks them")
+    ds = build_dataset(name or directory.name, users, seqs, items, cfg, source=str(seq_path))
+    ds.sources = sources
+    return ds
 
 
 # --- prepared artifact (output of the `prepare` stage) -------------------------------------------
@@ -268,7 +333,7 @@ def load_dataset_dir(directory: Path, cfg: DataConfig, name: str | None = None) 
 
 def save_prepared(ds: Dataset, directory: str | Path) -> None:
     """Write ``dataset.npz`` (ids and sequences) and ``items.jsonl`` (keys, metadata, text)."""
-    from sidrec_core.data.text import item_text
+    from sidrec_core.data.text import item_text, warn_empty_texts
 
     directory = Path(directory)
     lengths = np.array([len(s) for s in ds.sequences], dtype=np.int64)
@@ -290,6 +355,7 @@ def save_prepared(ds: Dataset, directory: str | Path) -> None:
         }
         for i in range(1, ds.num_items + 1)
     ]
+    warn_empty_texts([r["text"] for r in rows], ds.name)
     write_jsonl(directory / "items.jsonl", rows)
 
 
@@ -314,5 +380,10 @@ def load_prepared(directory: str | Path) -> Dataset:
 
 def prepared_texts(directory: str | Path) -> list[str]:
     """Item texts [N] in item-id order (1..N) from the prepared ``items.jsonl``."""
-    with open(Path(directory) / "items.jsonl") as f:
-        return [json.loads(line)["text"] for line in f]
+    from sidrec_core.data.text import warn_empty_texts
+
+    path = Path(directory) / "items.jsonl"
+    with open(path) as f:
+        texts = [json.loads(line)["text"] for line in f]
+    warn_empty_texts(texts, str(path))
+    return texts

@@ -6,12 +6,15 @@ item-id order (row ``i - 1`` is item ``i``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from sidrec_core.data.dataset import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,39 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, device: str = "cpu") -> np.
         convert_to_numpy=True,
         normalize_embeddings=True,
     )
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    warn_duplicate_rows(vectors, f"embeddings of {cfg.model}")
+    return vectors
+
+
+def duplicate_rows(x: np.ndarray, decimals: int = 4) -> tuple[int, int]:
+    """(distinct rows, rows sharing their vector with another row) of unit vectors [N, D], rows
+    equal after rounding to ``decimals`` counting as the same (near-identical) vector."""
+    _, inverse, counts = np.unique(
+        np.round(x, decimals), axis=0, return_inverse=True, return_counts=True
+    )
+    return len(counts), int((counts[inverse.reshape(-1)] > 1).sum())
+
+
+def warn_duplicate_rows(x: np.ndarray, source: str, max_fraction: float = 0.01) -> int:
+    """Warn when more than ``max_fraction`` of the rows of unit vectors [N, D] are (near-)identical
+    to another row: their items get the same semantic ID prefix by construction. Returns the
+    number of such rows."""
+    if len(x) < 2:
+        return 0
+    distinct, shared = duplicate_rows(x)
+    if shared / len(x) > max_fraction:
+        log.warning(
+            "%s: %d of %d rows are (near-)identical to another row (%d distinct vectors): "
+            "the SIDs of those items differ only by the collision token",
+            source,
+            shared,
+            len(x),
+            distinct,
+        )
+    elif shared:
+        log.info("%s: %d of %d rows (near-)identical to another row", source, shared, len(x))
+    return shared
 
 
 def load_precomputed(path: str | Path, num_items: int) -> np.ndarray:
@@ -86,7 +121,9 @@ def check_embeddings(x: np.ndarray, num_items: int, source: str) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():
         raise DataError(f"{source}: row {int(np.argmax(norms[:, 0] == 0))} is all zeros")
-    return x / norms
+    x = x / norms
+    warn_duplicate_rows(x, source)
+    return x
 
 
 def load_embeddings(path: str | Path, num_items: int | None = None) -> np.ndarray:

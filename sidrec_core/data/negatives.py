@@ -59,6 +59,13 @@ class NegativeSampler:
         keys = [u * (self.num_items + 1) + np.unique(p) for u, p in enumerate(user_positives)]
         self._positive_keys = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
 
+    def state_dict(self) -> dict:
+        """The generator state (draws advance it; a resumed run restores it)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether ``items[..]`` is a positive of ``users[..]`` (broadcast) -> bool array."""
         query = np.asarray(users, dtype=np.int64) * (self.num_items + 1) + np.asarray(items)

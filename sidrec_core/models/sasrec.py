@@ -38,7 +38,6 @@ from sidrec_core.train import TrainConfig
 log = logging.getLogger(__name__)
 SID_FEATURES = ("none", "sum", "concat")
 DEFAULT_NUM_NEGATIVES = {"bce": 1, "sampled_softmax": 256}
-_WARNED_MISSING: set[str] = set()
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -104,20 +103,16 @@ class SASRecConfig:
 
 
 def load_sid_features(cfg: SASRecConfig, sid_dir: str | Path, num_items: int) -> SIDTable | None:
-    """The SID table for ``sid_features``; a missing table warns once and returns None, a table
-    built for another item set raises ValueError."""
+    """The SID table for ``sid_features`` (None for ``none``). A missing table raises rather than
+    training without SID features, which would make a ``sum`` level silently equal ``none``; a
+    table built for another item set raises too."""
     if cfg.sid_features == "none":
         return None
     if not (Path(sid_dir) / "codes.npy").exists():
-        if str(sid_dir) not in _WARNED_MISSING:
-            _WARNED_MISSING.add(str(sid_dir))
-            log.warning(
-                "sasrec.sid_features=%s but no SID table at %s (run build_sids): "
-                "training without SID features",
-                cfg.sid_features,
-                sid_dir,
-            )
-        return None
+        raise ValueError(
+            f"sasrec.sid_features={cfg.sid_features} needs a SID table, but {sid_dir} has no "
+            f"codes.npy (sid.output_dir): run build_sids first or set sasrec.sid_features=none"
+        )
     return SIDTable.load(sid_dir, num_items=num_items)
 
 

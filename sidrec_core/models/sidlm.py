@@ -116,13 +116,42 @@ def table_fingerprint(table: SIDTable) -> str:
     return hashlib.sha256(np.ascontiguousarray(table.codes).tobytes()).hexdigest()[:16]
 
 
-def _check_checkpoint(path: str | None) -> Path:
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_dir(path: str | Path | None, key: str, tokenizer: bool = True) -> Path:
+    """``path`` must be a folder written by ``save_pretrained``: config.json, weights and (with
+    ``tokenizer``) tokenizer files; otherwise one line naming ``key``, the path and what lacks."""
     if not path or not Path(path).exists():
         raise FileNotFoundError(
-            f"sidlm.checkpoint: local checkpoint path {path!r} does not exist "
+            f"{key}: local checkpoint path {str(path)!r} does not exist "
             "(nothing is downloaded; save a model there with save_pretrained)"
         )
-    return Path(path)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{key}: {folder} is a file, expected a model folder (save_pretrained)")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES[::2]))
+    if tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(" or ".join(TOKENIZER_FILES))
+    if missing:
+        raise ValueError(
+            f"{key}: {folder} is not a saved model folder (missing {'; '.join(missing)})"
+        )
+    return folder
+
+
+def _check_checkpoint(path: str | None) -> Path:
+    return check_model_dir(path, "sidlm.checkpoint")
 
 
 def scratch_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> Qwen2ForCausalLM:
@@ -185,7 +214,7 @@ def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
 
 def build_sidlm(cfg: SIDLMConfig, table: SIDTable, max_history: int) -> SIDLM:
     """An untrained SID LM for ``cfg.load`` over the SID tokens of ``table``."""
-    checkpoint = None if cfg.load == "scratch" else cfg.checkpoint
+    checkpoint = None if cfg.load == "scratch" else str(_check_checkpoint(cfg.checkpoint))
     vocab = SIDVocab.build(table.codebook_sizes, checkpoint, cfg.system_prompt)
     return SIDLM(build_lm(cfg, vocab), vocab, table, cfg, max_history)
 
@@ -305,6 +334,7 @@ class SIDLM(Recommender):
                 "(run the train_sidlm stage first)"
             )
         meta = json.loads((directory / META_FILE).read_text())
+        check_model_dir(directory, "sidlm.output_dir")
         vocab = SIDVocab.load(directory)
         vocab.check_table(table)
         if meta["sid_table"] != table_fingerprint(table):
