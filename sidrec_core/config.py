@@ -29,9 +29,9 @@ SECTIONS: tuple[str, ...] = (
     "eval",
     "sid",
     "sidlm",
+    "decoding",
     "sasrec",
     "report",
-    "bench",
 )
 
 

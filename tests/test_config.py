@@ -164,3 +164,9 @@ def test_make_clean_keeps_tracked_metrics():
     lines = (root / "Makefile").read_text().split("clean:", 1)[1].splitlines()
     recipe = " ".join(line for line in lines[1:] if line.startswith("\t"))
     assert "rm " in recipe and "metrics" not in recipe and "data/datasets" not in recipe
+
+
+def test_every_known_section_has_its_config_class():
+    from sidrec_core.stages import section_configs
+
+    assert set(SECTIONS) == set(section_configs())

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.models.sasrec import SASRec, SASRecConfig
-from sidrec_core.models.sasrec_stage import make_batches
+from sidrec_core.models.sasrec import training_batches as make_batches
 from sidrec_core.train import TrainConfig, fit
 from sidrec_core.utils import seed_everything
 

@@ -83,7 +83,7 @@ def test_profiles_set_their_name_and_dvc_args():
     assert params["base"]["profile"] == "smoke" and params["data"]["name"] == "synthetic"
     assert params["data"]["max_history"] == 20  # untouched keys survive the merge
     args = dvc_set_args("smoke")
-    assert args[0] == "-S" and "base.profile=smoke" in args and "data.name=synthetic" in args
+    assert args[0] == "-S" and "++base.profile=smoke" in args and "++data.name=synthetic" in args
 
 
 def test_grid_coverage_with_seeds_report_and_cache(tmp_path):

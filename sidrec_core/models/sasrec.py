@@ -170,6 +170,7 @@ class SASRec(Recommender):
         self.final_norm = nn.LayerNorm(dim) if cfg.norm_first else nn.Identity()
         self.similarity = Similarity(cfg.similarity, dim)
         self.sid_mode = "none" if sid_table is None else cfg.sid_features
+        self.sid_fingerprint = None if sid_table is None else sid_table.fingerprint()
         if sid_table is not None:
             self._init_sid(sid_table)
         self.apply(self._init_weights)

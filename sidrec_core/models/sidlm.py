@@ -22,12 +22,10 @@ turn) and the model recommends from its learned unconditional next-item distribu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -110,10 +108,6 @@ class SIDLMConfig:
                 f"({self.num_heads}), which must divide by sidlm.num_kv_heads "
                 f"({self.num_kv_heads})"
             )
-
-
-def table_fingerprint(table: SIDTable) -> str:
-    return hashlib.sha256(np.ascontiguousarray(table.codes).tobytes()).hexdigest()[:16]
 
 
 WEIGHT_FILES = (
@@ -317,7 +311,7 @@ class SIDLM(Recommender):
             {
                 "task": self.cfg.task,
                 "load": self.cfg.load,
-                "sid_table": table_fingerprint(self.table),
+                "sid_table": self.table.fingerprint(),
                 "max_history": self.encoder.max_history,
             },
         )
@@ -337,7 +331,7 @@ class SIDLM(Recommender):
         check_model_dir(directory, "sidlm.output_dir")
         vocab = SIDVocab.load(directory)
         vocab.check_table(table)
-        if meta["sid_table"] != table_fingerprint(table):
+        if meta["sid_table"] != table.fingerprint():
             raise ValueError(
                 f"sidlm.sid_dir: the SID table in {cfg.sid_dir} is not the one the model "
                 f"in {directory} was trained on; retrain or point at the right table"

@@ -93,9 +93,13 @@ def train_sidlm(
     acc: Accelerator,
     seed: int,
     run: Any,
+    resume: str | Path | None = None,
+    fingerprint: Any = None,
 ) -> dict[str, Any]:
     """Fit ``model`` on the training rows, early-stopped on validation; save it atomically to
-    ``cfg.output_dir`` (main process). Returns training figures for the metrics JSON."""
+    ``cfg.output_dir`` (main process). ``resume``/``fingerprint``: the per-epoch checkpoint of
+    :func:`sidrec_core.train.fit` (one file per process: each rank's RNG state differs). Returns
+    training figures for the metrics JSON."""
     device = acc.device
     examples = (
         Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + "_examples") / "train.jsonl"
@@ -164,6 +168,8 @@ def train_sidlm(
         optimizer=optimizer,
         loss_fn=prepared,
         backward=acc.backward,
+        resume=resume,
+        fingerprint=fingerprint,
     )
     seconds = time.perf_counter() - start
     if acc.is_main_process:

@@ -8,6 +8,7 @@ of each level (a de-duplication level, if any, is the last one).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import string
 from pathlib import Path
@@ -51,6 +52,10 @@ class SIDTable:
 
     def tokens(self, item_id: int) -> list[str]:
         return [token(level, int(c)) for level, c in enumerate(self.codes[item_id])]
+
+    def fingerprint(self) -> str:
+        """Short hash of the codes: which table a model was trained on."""
+        return hashlib.sha256(np.ascontiguousarray(self.codes).tobytes()).hexdigest()[:16]
 
     def is_unique(self) -> bool:
         return len(np.unique(self.codes[1:], axis=0)) == self.num_items

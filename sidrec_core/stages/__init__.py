@@ -50,12 +50,9 @@ def section_configs() -> dict[str, type]:
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with every section's defaults filled in (validated, strict on keys/types)."""
-    from sidrec_core.config import ConfigError, build, to_dict
+    from sidrec_core.config import build, check_section, to_dict
 
     configs = section_configs()
-    unknown = sorted(set(params) - set(configs))
-    if unknown:
-        raise ConfigError(
-            f"unknown params section(s) {', '.join(unknown)}; known: {', '.join(configs)}"
-        )
+    for key in params:
+        check_section(key, "params")
     return {name: to_dict(build(cls, params.get(name), name)) for name, cls in configs.items()}

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Read ``sid.embeddings`` and ``data.prepared_dir``, write ``sid.output_dir``."""
-    with stage_context("build_sids", params, data=DataConfig, sid=SIDConfig) as ctx:
+    with stage_context(
+        "build_sids", params, output_key="sid.output_dir", data=DataConfig, sid=SIDConfig
+    ) as ctx:
         data, cfg = ctx.cfg["data"], ctx.cfg["sid"]
         set_faiss_threads(ctx.base.num_threads)
         ds = load_prepared(data.prepared_dir)

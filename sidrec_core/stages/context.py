@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,9 +35,29 @@ class StageContext:
         data = self.cfg.get("data")
         return getattr(data, "name", "?")
 
+    def fingerprint(self, **extra: Any) -> dict[str, Any]:
+        """What a resumable run must match to continue: every config it read (+ ``extra``)."""
+        return {"base": to_dict(self.base), **{k: to_dict(v) for k, v in self.cfg.items()}, **extra}
+
     def result(self) -> dict[str, Any]:
         """The flat metrics a stage returns (what it also wrote to ``metrics/<stage>.json``)."""
         return dict(self.run.metrics, **self.run.extra)
+
+
+def metrics_dir_for(base: BaseConfig, cfg: dict[str, Any], output_key: str | None) -> str:
+    """``base.metrics_dir``, except when the stage's output (``output_key``, e.g.
+    ``sid.output_dir``) was moved off its default while the metrics folder was not: then the
+    metrics go beside that output, so an exploratory run never overwrites the pipeline's
+    tracked ``metrics/<stage>.json``."""
+    if output_key is None or base.metrics_dir != BaseConfig.metrics_dir:
+        return base.metrics_dir
+    section, field = output_key.split(".", 1)
+    value = str(getattr(cfg[section], field))
+    default = next(f.default for f in dataclasses.fields(cfg[section]) if f.name == field)
+    if value == str(default):
+        return base.metrics_dir
+    path = Path(value)
+    return str((path.parent if path.suffix else path) / "metrics")
 
 
 def build_configs(params: dict[str, Any], sections: dict[str, type]) -> dict[str, Any]:
@@ -52,6 +73,7 @@ def stage_context(
     tags: dict[str, Any] | None = None,
     write_metrics: bool = True,
     device: torch.device | None = None,
+    output_key: str | None = None,
     **sections: type,
 ) -> Iterator[StageContext]:
     """Configs, seed, threads, device and the tracking run of stage ``name``.
@@ -59,7 +81,8 @@ def stage_context(
     ``sections`` maps each params section the stage reads (as listed in ``dvc.yaml``) to its
     config dataclass; ``base`` is always built. ``write_metrics=False`` skips
     ``metrics/<name>.json`` (non-main processes of a data-parallel run); ``device`` overrides the
-    resolved one (accelerate's).
+    resolved one (accelerate's); ``output_key`` names the stage's main output (see
+    :func:`metrics_dir_for`).
     """
     base = build(BaseConfig, params.get("base"), "base")
     cfg = build_configs(params, sections)
@@ -74,7 +97,7 @@ def stage_context(
         dataset=dataset,
         profile=base.profile,
         device=device,
-        metrics_dir=base.metrics_dir if write_metrics else None,
+        metrics_dir=metrics_dir_for(base, cfg, output_key) if write_metrics else None,
         tags=tags,
     ) as run:
         yield StageContext(name, base, cfg, device, run)

@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Embed every prepared item's text (or load ``embed.precomputed``)."""
-    with stage_context("embed", params, data=DataConfig, embed=EmbedConfig) as ctx:
+    with stage_context(
+        "embed", params, output_key="embed.output", data=DataConfig, embed=EmbedConfig
+    ) as ctx:
         data, cfg = ctx.cfg["data"], ctx.cfg["embed"]
         texts = prepared_texts(data.prepared_dir)
         start = time.perf_counter()

@@ -22,7 +22,14 @@ STAGE = "train_sasrec"
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """-> ``sasrec.checkpoint``, ``metrics/train_sasrec.json`` and per-epoch curves."""
-    with stage_context(STAGE, params, data=DataConfig, eval=EvalConfig, sasrec=SASRecConfig) as ctx:
+    with stage_context(
+        STAGE,
+        params,
+        output_key="sasrec.checkpoint",
+        data=DataConfig,
+        eval=EvalConfig,
+        sasrec=SASRecConfig,
+    ) as ctx:
         data, ev, cfg, device = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sasrec"], ctx.device
         loo = leave_one_out(load_prepared(data.prepared_dir))
         model = build_sasrec(cfg, loo).to(device)
@@ -65,6 +72,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             steps_per_epoch=len(batches),
             checkpoint=cfg.checkpoint,
             epoch_metrics=model.epoch_metrics,
+            # beside the model folder, not inside it: DVC deletes a stage's outs before a run
+            resume=Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
+            fingerprint=ctx.fingerprint(sid_table=model.sid_fingerprint),
+            stateful=[batches],
         )
         metrics: dict[str, float] = {}
         for split in (valid, test):

@@ -3,6 +3,8 @@ validation, save it to ``sidlm.output_dir`` (see :mod:`sidrec_core.models.sidlm_
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from sidrec_core.config import BaseConfig, build
@@ -25,10 +27,27 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         params,
         write_metrics=acc.is_main_process,
         device=acc.device,
+        output_key="sidlm.output_dir",
         **SECTIONS,
     ) as ctx:
         data, ev, cfg = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sidlm"]
         _, loo, table = load_inputs(data, cfg)
+        if acc.is_main_process and Path(cfg.output_dir).exists():
+            # a model of earlier params must not survive a killed run and be scored as this one
+            shutil.rmtree(cfg.output_dir)
         model = build_sidlm(cfg, table, data.max_history).to(ctx.device)
-        ctx.run.record(**train_sidlm(model, loo, cfg, data, ev, acc, ctx.base.seed, ctx.run))
+        resume = Path(cfg.output_dir).parent / ".resume" / f"train_sidlm.rank{acc.process_index}.pt"
+        figures = train_sidlm(
+            model,
+            loo,
+            cfg,
+            data,
+            ev,
+            acc,
+            ctx.base.seed,
+            ctx.run,
+            resume=resume,
+            fingerprint=ctx.fingerprint(sid_table=table.fingerprint()),
+        )
+        ctx.run.record(**figures)
         return ctx.result()

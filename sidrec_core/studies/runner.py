@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -185,6 +186,18 @@ def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
     return out
 
 
+def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
+    """``trial k/N`` and an ETA from the median duration of the finished trials."""
+    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    total = len(study.labels) * len(seeds)
+    text = f"trial {len(done) + 1}/{total}"
+    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    if secs:
+        left = (total - len(done)) * float(np.median(secs))
+        text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
+    return text
+
+
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
     """Grid points without a complete trial."""
     done = {grid_point(t) for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
@@ -229,9 +242,13 @@ class Objective:
         if self._duplicate(trial, (label, seed)):
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        done = sum(t.state == TrialState.COMPLETE for t in trial.study.get_trials(deepcopy=False))
-        total = len(study.labels) * len(self.seeds)
-        log.info("trial %d/%d: %s level %s seed %d", done + 1, total, study.name, label, seed)
+        log.info(
+            "%s: %s level %s seed %d",
+            study.name,
+            progress(trial.study, study, self.seeds),
+            label,
+            seed,
+        )
         profile = self.opts.profile
         trial_dir = (
             Path(self.opts.out_dir)
