@@ -5,12 +5,14 @@ early stopping on a monitored metric, best checkpoint kept and restored at the e
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +95,23 @@ class FitResult:
     steps: int
     seconds_per_epoch: float
     history: list[dict[str, float]]
+
+
+_VALIDATION_HOOKS: contextvars.ContextVar[tuple[Callable[[int, dict[str, float]], None], ...]] = (
+    contextvars.ContextVar("validation_hooks", default=())
+)
+
+
+@contextlib.contextmanager
+def validation_hook(hook: Callable[[int, dict[str, float]], None]) -> Iterator[None]:
+    """Call ``hook(epoch, metrics)`` after every validation of any :func:`fit` run inside the
+    block (a tuning trial reports intermediate values to its pruner this way; a hook may raise
+    to stop training, e.g. ``optuna.TrialPruned``)."""
+    token = _VALIDATION_HOOKS.set((*_VALIDATION_HOOKS.get(), hook))
+    try:
+        yield
+    finally:
+        _VALIDATION_HOOKS.reset(token)
 
 
 def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
@@ -218,6 +237,8 @@ def fit(
                 st.best,
                 st.best_epoch,
             )
+            for hook in _VALIDATION_HOOKS.get():
+                hook(epoch, record)
         st.history.append({"epoch": epoch, **record})
         if run is not None:
             run.log_metrics(record, step=epoch)

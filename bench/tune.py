@@ -1,0 +1,55 @@
+"""Tuning mode: ``python bench/tune.py --model sasrec|sidlm [--profile beauty] [--n-trials 20]``.
+
+Seeded TPE over the model's search space (sidrec_core/studies/tuning.py), objective valid
+NDCG@10 with per-epoch pruning, resumable storage experiments/tune/<model>/optuna.db, then the
+best configuration retrained over 3 seeds; report in experiments/tune/<model>/.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from sidrec_core.config import ConfigError
+from sidrec_core.studies.runner import EXPERIMENTS_DIR
+from sidrec_core.studies.tuning import TUNABLES, TuneOptions, run_tuning
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", required=True, choices=sorted(TUNABLES))
+    p.add_argument("--profile", default="beauty", help="smoke | dev | beauty | full")
+    p.add_argument("--n-trials", type=int, default=20, help="finished trials in all (budget)")
+    p.add_argument("--max-trials", type=int, default=None, help="stop after this many (resume)")
+    p.add_argument("--pruner", default="median", help="median | hyperband | none")
+    p.add_argument("--retrain-seeds", type=int, default=3)
+    p.add_argument("--storage", default=None, help="Optuna RDB URL (default: per-model SQLite)")
+    p.add_argument("--out", default=str(EXPERIMENTS_DIR))
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        opts = TuneOptions(
+            profile=args.profile,
+            storage=args.storage,
+            max_trials=args.max_trials,
+            out_dir=args.out,
+            params_file=args.params,
+            sets=args.sets,
+            n_trials=args.n_trials,
+            pruner=args.pruner,
+            retrain_seeds=args.retrain_seeds,
+        )
+        summary = run_tuning(args.model, opts)
+    except (ConfigError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

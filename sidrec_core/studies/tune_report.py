@@ -1,0 +1,148 @@
+"""The tuning report: best params, the objective's history (table + plot), Optuna's parameter
+importances, the best trial's test figures retrained over seeds (mean ± 95% CI), and the best
+configuration as a params file (``best_params.yaml``) for ``--params`` / ``dvc exp run -S``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from sidrec_core.io import atomic_path, write_text
+from sidrec_core.studies.report import mean_ci
+from sidrec_core.studies.tuning import (
+    OBJECTIVE,
+    TEST_KEYS,
+    Tunable,
+    TuneOptions,
+    best_overrides_yaml,
+)
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}" if abs(x) < 1e-3 else f"{x:.4f}"
+    return str(x)
+
+
+def importances(ostudy: optuna.Study) -> dict[str, float] | str:
+    """Optuna's fANOVA importances over the complete trials, or why there are none."""
+    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return "fewer than 2 complete trials"
+    try:
+        return optuna.importance.get_param_importances(ostudy)
+    except (RuntimeError, ValueError) as exc:
+        return f"not computable ({exc})"
+
+
+def plot_history(ostudy: optuna.Study, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = [t for t in ostudy.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    xs = [t.number for t in trials]
+    ys = [float(t.value) for t in trials]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.scatter(xs, ys, s=12, label="complete trial")
+    if ys:
+        ax.plot(xs, np.maximum.accumulate(ys), color="tab:orange", label="best so far")
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        if t.intermediate_values:
+            step = max(t.intermediate_values)
+            ax.scatter([t.number], [t.intermediate_values[step]], marker="x", color="grey", s=12)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(OBJECTIVE)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_tune_report(
+    tun: Tunable, ostudy: optuna.Study, params: dict[str, Any], opts: TuneOptions
+) -> list[Path]:
+    """``<out>/tune/<model>/report.md`` (+ history PNG, best_params.yaml). Returns the paths."""
+    folder = opts.folder(tun.name)
+    best = ostudy.best_trial
+    trials = ostudy.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    lines = [
+        f"# Tuning `{tun.name}` (profile `{opts.profile}`)",
+        "",
+        f"Seeded TPE over {len(tun.space)} params, objective `{OBJECTIVE}` (maximise), pruner "
+        f"`{opts.pruner}` on the per-epoch validation values, budget {opts.n_trials} finished "
+        "trials. Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
+        f"Command: `python bench/tune.py --model {tun.name} --profile {opts.profile} "
+        f"--n-trials {opts.n_trials}`; storage `{opts.tune_storage(tun.name)}`.",
+    ]
+    if tun.start:
+        lines += [f"The first trial is the published starting point: {tun.start_source}."]
+    lines += ["", "## Search space", ""]
+    for p in tun.space:
+        dom = ", ".join(map(str, p.choices)) if p.choices else f"[{p.low}, {p.high}] (log)"
+        lines.append(f"- `{p.key}`: {dom}")
+    lines += [
+        "",
+        f"## Best trial: #{best.number}, {OBJECTIVE} = {_fmt(float(best.value))}",
+        "",
+        "| param | value |",
+        "|---|---|",
+    ]
+    lines += [f"| `{k}` | {_fmt(v)} |" for k, v in best.params.items()]
+    retrain = ostudy.user_attrs.get("retrain") or {}
+    lines += ["", f"## Best configuration retrained over seeds {sorted(retrain) or '—'}", ""]
+    if retrain:
+        lines += ["| metric | mean ± 95% CI | per seed |", "|---|---|---|"]
+        for key in (OBJECTIVE, *TEST_KEYS):
+            vals = [float(m[key]) for m in retrain.values() if key in m]
+            if vals:
+                mean, hw = mean_ci(vals)
+                cell = _fmt(mean) if np.isnan(hw) else f"{_fmt(mean)} ± {_fmt(hw)}"
+                lines.append(f"| {key} | {cell} | {', '.join(_fmt(v) for v in vals)} |")
+    else:
+        lines.append("Not yet: the search has not used its budget.")
+    imp = importances(ostudy)
+    lines += ["", "## Parameter importances (Optuna, fANOVA)", ""]
+    if isinstance(imp, str):
+        lines.append(f"None: {imp}.")
+    else:
+        lines += ["| param | importance |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.3f} |" for k, v in imp.items()]
+    lines += [
+        "",
+        "## History",
+        "",
+        "| trial | state | value | last epoch | params |",
+        "|---|---|---|---|---|",
+    ]
+    for t in trials:
+        value = _fmt(float(t.value)) if t.value is not None else "—"
+        last = max(t.intermediate_values) if t.intermediate_values else "—"
+        shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {last} | {shown} |")
+    png = plot_history(ostudy, folder / f"{opts.profile}_history.png")
+    best_file = folder / f"{opts.profile}_best_params.yaml"
+    write_text(best_file, yaml.safe_dump(best_overrides_yaml(params, best.params), sort_keys=False))
+    sets = " ".join(f"-S ++{k}={json.dumps(v)}" for k, v in best.params.items())
+    lines += [
+        "",
+        f"![history]({png.name})",
+        "",
+        f"Best configuration as a params file: `{best_file.name}` "
+        f"(`python bench/{tun.run[0]}.py --params {best_file}`), or through DVC: "
+        f"`dvc exp run {sets}`.",
+        "",
+    ]
+    report = folder / f"report_{opts.profile}.md"
+    write_text(report, "\n".join(lines))
+    return [report, png, best_file]

@@ -1,0 +1,299 @@
+"""Tuning mode: a seeded Optuna TPE search over a model's declared search space, beside the
+ablation mode and on the same machinery (``dvc.yaml`` stages, cached upstream artifacts, RDB
+storage per model, nested MLflow runs, heartbeat resume).
+
+The objective is ``valid/ndcg@10``; every validation during training is reported as an
+intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early and
+they are recorded as PRUNED. Every model gets the same trial budget (``n_trials`` finished =
+complete + pruned trials). The published best configuration, when there is one, is queued first,
+so the search starts from it. The best trial is then retrained over 3 seeds and its test figures
+reported; its overrides are written as a params file usable with any stage (``--params``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sidrec_core.studies.execute import execute_trial
+from sidrec_core.studies.profiles import get_dotted, with_overrides
+from sidrec_core.studies.runner import StudyOptions, base_params, make_storage
+from sidrec_core.tracking import start_run
+from sidrec_core.train import validation_hook
+
+log = logging.getLogger(__name__)
+OBJECTIVE = "valid/ndcg@10"
+TEST_KEYS = ("test/hr@5", "test/ndcg@5", "test/hr@10", "test/ndcg@10")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One searched params key: ``choices`` (categorical) or ``low``..``high`` (float, log)."""
+
+    key: str
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        assert self.low is not None and self.high is not None
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunable:
+    """A model's search: the stages a trial runs and reuses, the space, where to start."""
+
+    name: str
+    run: tuple[str, ...]
+    reuse: tuple[str, ...]
+    space: tuple[Param, ...]
+    start: dict[str, Any] = dataclasses.field(default_factory=dict)
+    start_source: str = ""
+
+
+TUNABLES: dict[str, Tunable] = {
+    t.name: t
+    for t in (
+        # cornac's grid (PreferredAI/cornac, cornac/models/tiger/README.md, "Best TIGER configs
+        # vs tuned SASRec"): loss x hidden x lr x dropout x history; its winner is queued first
+        Tunable(
+            "sasrec",
+            run=("train_sasrec",),
+            reuse=("prepare",),
+            space=(
+                Param("sasrec.loss", ("ce", "bce", "bce_shared")),
+                Param("sasrec.hidden_dim", (64, 128)),
+                Param("sasrec.train.lr", low=5e-4, high=5e-3),
+                Param("sasrec.dropout", (0.2, 0.5)),
+                Param("sasrec.max_history", (20, 50)),
+            ),
+            start={
+                "sasrec.loss": "bce_shared",
+                "sasrec.hidden_dim": 128,
+                "sasrec.train.lr": 5e-4,
+                "sasrec.dropout": 0.2,
+                "sasrec.max_history": 50,
+            },
+            start_source="cornac's tuned SASRec (cornac/models/tiger/README.md)",
+        ),
+        Tunable(
+            "sidlm",
+            run=("train_sidlm", "eval_sidlm"),
+            reuse=("prepare", "embed", "build_sids"),
+            space=(
+                Param("sidlm.hidden_size", (128, 192, 256)),
+                Param("sidlm.num_layers", (2, 4, 6)),
+                Param("sidlm.attention_dropout", (0.0, 0.1, 0.2)),
+                Param("sidlm.train.lr", low=5e-4, high=5e-3),
+                Param("sidlm.train.weight_decay", (0.0, 0.01, 0.05)),
+            ),
+        ),
+    )
+}
+
+
+@dataclasses.dataclass
+class TuneOptions(StudyOptions):
+    """A tuning launch: ``n_trials`` finished trials in all (resumable), pruner, retrain seeds."""
+
+    n_trials: int = 20
+    pruner: str = "median"  # median | hyperband | none
+    retrain_seeds: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_trials < 1 or self.retrain_seeds < 1:
+            raise ValueError("--n-trials and --retrain-seeds must be >= 1")
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise ValueError(f"--pruner must be median|hyperband|none, got {self.pruner!r}")
+
+    def folder(self, model: str) -> Path:
+        return Path(self.out_dir) / "tune" / model
+
+    def tune_storage(self, model: str) -> str:
+        return self.storage or f"sqlite:///{self.folder(model).resolve() / 'optuna.db'}"
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+
+
+def get_tunable(name: str) -> Tunable:
+    if name not in TUNABLES:
+        raise KeyError(f"unknown model '{name}' to tune; known: {', '.join(TUNABLES)}")
+    return TUNABLES[name]
+
+
+def _finished(ostudy: optuna.Study) -> int:
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return len(ostudy.get_trials(deepcopy=False, states=states))
+
+
+def open_search(
+    tun: Tunable, opts: TuneOptions, pruner: optuna.pruners.BasePruner | None = None
+) -> optuna.Study:
+    ostudy = optuna.create_study(
+        storage=make_storage(
+            opts.tune_storage(tun.name), opts.heartbeat_seconds, opts.grace_seconds
+        ),
+        sampler=optuna.samplers.TPESampler(seed=int(get_dotted(base_params(opts), "base.seed", 0))),
+        pruner=pruner or make_pruner(opts.pruner),
+        study_name=f"tune-{tun.name}-{opts.profile}",
+        direction="maximize",
+        load_if_exists=True,
+    )
+    if tun.start:
+        ostudy.enqueue_trial(tun.start, user_attrs={"start": tun.start_source}, skip_if_exists=True)
+    return ostudy
+
+
+class TuneObjective:
+    """One trial: suggest the overrides, run the model's stages with per-epoch reporting."""
+
+    def __init__(self, tun: Tunable, params: dict[str, Any], opts: TuneOptions, parent: str | None):
+        self.tun, self.params, self.opts, self.parent = tun, params, opts, parent
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        overrides = {p.key: p.suggest(trial) for p in self.tun.space}
+        trial_dir = (
+            self.opts.folder(self.tun.name) / self.opts.profile / "trials" / f"{trial.number:04d}"
+        )
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            if OBJECTIVE in metrics:
+                trial.report(float(metrics[OBJECTIVE]), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            with (
+                start_run(
+                    f"tune/{self.tun.name}",
+                    with_overrides(self.params, overrides),
+                    dataset=str(get_dotted(self.params, "data.name", "beauty")),
+                    profile=self.opts.profile,
+                    metrics_dir=None,
+                    parent_run_id=self.parent,
+                    run_name=f"tune-{self.tun.name}/{trial.number}",
+                    tags={"tune": self.tun.name, "trial": trial.number},
+                ) as run,
+                validation_hook(report),
+            ):
+                metrics = execute_trial(
+                    self.tun.run,
+                    self.tun.reuse,
+                    self.params,
+                    with_overrides(self.params, overrides),
+                    trial_dir,
+                    self.opts.cache_root,
+                )
+                run.record(**{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise
+        for key in (*TEST_KEYS, "wall_seconds"):
+            if key in metrics:
+                trial.set_user_attr(key, metrics[key])
+        return float(metrics[OBJECTIVE])
+
+
+def retrain_best(
+    tun: Tunable, ostudy: optuna.Study, params: dict[str, Any], opts: TuneOptions
+) -> dict[str, dict[str, float]]:
+    """Retrain the best trial's overrides over ``opts.retrain_seeds`` seeds (each seed once:
+    finished seeds are kept in the study's user attributes) -> {seed: test metrics}."""
+    best = ostudy.best_trial.params
+    done: dict[str, dict[str, float]] = dict(ostudy.user_attrs.get("retrain") or {})
+    if ostudy.user_attrs.get("retrain_params") != best:
+        done = {}
+    first = int(get_dotted(params, "base.seed", 0))
+    for seed in range(first, first + opts.retrain_seeds):
+        if str(seed) in done:
+            continue
+        seeded = with_overrides(params, {"base.seed": seed})
+        folder = opts.folder(tun.name) / opts.profile / "retrain" / f"s{seed}"
+        metrics = execute_trial(
+            tun.run, tun.reuse, seeded, with_overrides(seeded, best), folder, opts.cache_root
+        )
+        done[str(seed)] = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
+        ostudy.set_user_attr("retrain", done)
+        ostudy.set_user_attr("retrain_params", best)
+    return done
+
+
+def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
+    """Run (or resume) the search for model ``name``, retrain the best, write the report."""
+    from sidrec_core.studies.tune_report import write_tune_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tun = get_tunable(name)
+    params = base_params(opts)
+    ostudy = open_search(tun, opts)
+    optuna.storages.fail_stale_trials(ostudy)
+    before = _finished(ostudy)
+    with start_run(
+        f"tune/{name}",
+        params,
+        dataset=str(get_dotted(params, "data.name", "beauty")),
+        profile=opts.profile,
+        metrics_dir=None,
+        run_id=ostudy.user_attrs.get("mlflow_parent_run_id"),
+        run_name=f"tune/{name}-{opts.profile}",
+        tags={"tune": name},
+    ) as parent:
+        if parent.run_id and "mlflow_parent_run_id" not in ostudy.user_attrs:
+            ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        objective = TuneObjective(tun, params, opts, parent.run_id)
+        launched = 0
+        while _finished(ostudy) < opts.n_trials:
+            if opts.max_trials is not None and launched >= opts.max_trials:
+                break
+            ostudy.optimize(objective, n_trials=1, catch=(Exception,))
+            launched += 1
+        summary: dict[str, Any] = {
+            "study": ostudy.study_name,
+            "storage": opts.tune_storage(name),
+            "finished_before": before,
+            "finished": _finished(ostudy),
+            "pruned": len(ostudy.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
+            "failed": len(ostudy.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+        }
+        complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete and _finished(ostudy) >= opts.n_trials:
+            summary["retrain"] = retrain_best(tun, ostudy, params, opts)
+        if complete:
+            summary["best_value"] = ostudy.best_value
+            summary["best_params"] = ostudy.best_params
+            if opts.report:
+                paths = write_tune_report(tun, ostudy, params, opts)
+                summary["report"] = str(paths[0])
+                for path in paths:
+                    parent.log_artifact(path, artifact_path="tune")
+        parent.record(**{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    return summary
+
+
+def best_overrides_yaml(params: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the best overrides applied: a full params file for ``--params``."""
+    out = with_overrides(params, best)
+    base = out.setdefault("base", {})
+    base.pop("profile", None)
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}

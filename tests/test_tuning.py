@@ -1,0 +1,86 @@
+"""Tuning mode on the smoke profile (synthetic corpus, tiny SASRec): the search finds a planted
+better setting, a stopped search resumes without redoing trials, pruned trials are recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from sidrec_core.studies import tuning
+from sidrec_core.studies.tuning import Param, Tunable, TuneOptions, run_tuning
+
+ROOT = Path(__file__).resolve().parent.parent
+# lr 1e-6 barely moves the weights in 4 epochs; 1e-2 learns the planted successor structure
+PLANTED = Tunable(
+    "planted",
+    run=("train_sasrec",),
+    reuse=("prepare",),
+    space=(Param("sasrec.train.lr", (1e-6, 1e-2)),),
+    start={"sasrec.train.lr": 1e-6},
+    start_source="a deliberately bad start",
+)
+
+
+def opts(tmp_path: Path, **kw) -> TuneOptions:
+    kw.setdefault("pruner", "none")
+    kw.setdefault("retrain_seeds", 2)
+    return TuneOptions(
+        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
+    )
+
+
+def trials(o: TuneOptions, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(
+        study_name=f"tune-{name}-smoke", storage=o.tune_storage(name)
+    ).get_trials()
+
+
+def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
+    o = opts(tmp_path, n_trials=6, max_trials=2)
+    first = run_tuning("planted", o)
+    assert first["finished"] == 2 and "retrain" not in first  # budget not used yet
+    done = {t.number: t.datetime_complete for t in trials(o, "planted")}
+    assert trials(o, "planted")[0].params == {"sasrec.train.lr": 1e-6}  # the queued start
+    o.max_trials = None
+    summary = run_tuning("planted", o)
+    assert summary["finished_before"] == 2 and summary["finished"] == 6
+    for t in trials(o, "planted"):  # the first launch's trials were not redone
+        if t.number in done:
+            assert t.datetime_complete == done[t.number]
+    assert len(trials(o, "planted")) == 6
+    assert summary["best_params"] == {"sasrec.train.lr": 1e-2}
+    bad = [t.value for t in trials(o, "planted") if t.params["sasrec.train.lr"] == 1e-6]
+    assert summary["best_value"] > max(bad) + 0.05
+    assert sorted(summary["retrain"]) == ["0", "1"]
+    assert all("test/ndcg@10" in m for m in summary["retrain"].values())
+    folder = tmp_path / "exp" / "tune" / "planted"
+    report = (folder / "report_smoke.md").read_text()
+    assert "## Best trial" in report and "retrained over seeds ['0', '1']" in report
+    assert "Parameter importances" in report and "a deliberately bad start" in report
+    best = yaml.safe_load((folder / "smoke_best_params.yaml").read_text())
+    assert best["sasrec"]["train"]["lr"] == 1e-2 and best["data"]["name"] == "synthetic"
+
+
+def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):
+    monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
+    # NDCG never reaches 2: every trial is pruned at its first reported epoch
+    monkeypatch.setattr(
+        tuning, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(lower=2.0)
+    )
+    o = opts(tmp_path, n_trials=2)
+    summary = run_tuning("planted", o)
+    ts = trials(o, "planted")
+    assert summary["pruned"] == 2 and all(t.state == TrialState.PRUNED for t in ts)
+    assert all(list(t.intermediate_values) == [1] for t in ts)  # reported epoch 1, then stopped
+
+
+def test_unknown_model_and_bad_options_fail_clearly(tmp_path):
+    with pytest.raises(KeyError, match="unknown model 'bert4rec'"):
+        run_tuning("bert4rec", opts(tmp_path))
+    with pytest.raises(ValueError, match="--pruner"):
+        opts(tmp_path, pruner="asha")
