@@ -308,3 +308,55 @@ def test_short_grpo_run_raises_target_log_prob(syn_loo, sampler, one_thread):
     assert logp_after > logp_before + 0.25, (logp_before, logp_after)
     assert hr_after >= hr_before + 0.1, (hr_before, hr_after)
     assert records[-1]["rl/kl"] > 0 and 0 <= records[-1]["rl/group_hr@1"] <= 1
+
+
+# -- the stage -------------------------------------------------------------------------------
+def test_rl_stage_tunes_saves_and_evaluates_like_eval_sidlm(syn_prepared, syn_ds, tmp_path):
+    import json
+
+    from sidrec_core.data.synthetic import synthetic_embeddings
+    from sidrec_core.io import save_npy, save_torch
+    from sidrec_core.models.sasrec import SASRec, SASRecConfig
+    from sidrec_core.models.sidlm_runner import run_eval_sidlm, run_train_sidlm
+    from sidrec_core.stages.rl_sidlm import run
+
+    _table(syn_ds.num_items).save(tmp_path / "sids")
+    save_npy(tmp_path / "emb.npy", synthetic_embeddings(syn_ds))
+    sasrec = {"hidden_dim": 16, "num_heads": 1, "checkpoint": str(tmp_path / "sasrec.pt")}
+    save_torch(sasrec["checkpoint"], SASRec(SASRecConfig(**sasrec), syn_ds.num_items).state_dict())
+    params = {
+        **syn_prepared,
+        "sidlm": {
+            **TINY,
+            "sid_dir": str(tmp_path / "sids"),
+            "output_dir": str(tmp_path / "model"),
+            "train": {"epochs": 1, "batch_size": 64, "lr": 0.01},
+            "decoding": {"beam_width": 5, "num_return_sequences": 5},
+        },
+        "eval": {"bootstrap": 0, "ks": [1, 5, 10], "max_valid_users": 20},
+        "sasrec": sasrec,
+        "embed": {"output": str(tmp_path / "emb.npy")},
+        "rl": {
+            "num_generations": 4,
+            "weights": {"rule": 1.0, "ndcg_rule": 1.0, "semantic": 0.5, "cf": 0.1},
+            "max_users_per_epoch": 24,
+            "output_dir": str(tmp_path / "rl"),
+            "train": {"epochs": 1, "batch_size": 12, "lr": 0.01},
+        },
+    }
+    run_train_sidlm(params)
+    res = run(params)
+    saved = json.loads((tmp_path / "metrics" / "rl_sidlm.json").read_text())
+    assert saved["test/ndcg@10"] == res["test/ndcg@10"] and saved["rl_steps"] == 2
+    for name in ("rule", "ndcg_rule", "semantic", "cf"):
+        assert f"rl/reward/{name}_last_epoch" in saved
+    assert len(saved["epoch_valid/ndcg@10"]) == 1 and "start_valid/ndcg@10" in saved
+    curves = json.loads((tmp_path / "metrics" / "rl_sidlm_curves.json").read_text())
+    assert [r["step"] for r in curves if "step" in r] == [1, 2]
+    # eval_sidlm pointed at the tuned model reproduces the stage's test figures
+    sidlm = {**params["sidlm"], "output_dir": str(tmp_path / "rl")}
+    again = run_eval_sidlm({**params, "sidlm": {**sidlm, "predictions_dir": str(tmp_path / "p")}})
+    assert again["test/ndcg@10"] == pytest.approx(res["test/ndcg@10"], abs=1e-12)
+    assert again["test/hr@5"] == pytest.approx(res["test/hr@5"], abs=1e-12)
+    with pytest.raises(ConfigError, match="rl.num_generations"):
+        run({**params, "rl": {**params["rl"], "num_generations": 65}})

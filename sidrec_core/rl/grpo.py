@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from sidrec_core.config import ConfigError
 from sidrec_core.rl.logprobs import group_log_probs
 from sidrec_core.rl.rewards import (
     Aggregation,
@@ -117,7 +118,7 @@ class RLConfig:
     def check_num_sids(self, num_sids: int) -> None:
         """The stage calls this with the SID table's size: a group cannot exceed it."""
         if self.num_generations > num_sids:
-            raise ValueError(
+            raise ConfigError(
                 f"rl.num_generations ({self.num_generations}) exceeds the {num_sids} valid SIDs "
                 "of the table: a group of distinct valid SIDs cannot be that large"
             )
