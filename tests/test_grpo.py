@@ -34,6 +34,7 @@ from sidrec_core.rl.rewards import (
 )
 from sidrec_core.rl.rollout import history_tensor, rl_rows, rollout
 from sidrec_core.sid.table import SIDTable
+from sidrec_core.train import TrainConfig
 
 TINY = {
     "hidden_size": 32,
@@ -186,6 +187,25 @@ def test_kl_zero_for_identical_models_and_reference_sync_formula():
     sync_reference(other.lm, model.lm, 0.6)
     for r0, r1, p in zip(before, other.lm.parameters(), model.lm.parameters(), strict=True):
         assert torch.allclose(r1, 0.6 * p + 0.4 * r0, atol=1e-6)
+
+
+def test_loop_syncs_the_reference_every_tau_updates():
+    model = _model()
+    start = [p.detach().clone() for p in model.lm.parameters()]
+    cfg = RLConfig(
+        num_generations=4,
+        ref_sync=True,
+        ref_sync_alpha=1.0,
+        ref_sync_steps=2,
+        train=TrainConfig(lr=0.01),
+    )
+    grpo = GRPO(model, cfg, RewardInputs(), total_steps=2, seed=0)
+    grpo.step(HISTORIES, [3, 4, 5])  # update 1: no sync yet
+    assert all(torch.equal(r, p) for r, p in zip(grpo.reference.parameters(), start, strict=True))
+    grpo.step(HISTORIES, [3, 4, 5])  # update 2: alpha = 1 copies the policy
+    pairs = zip(grpo.reference.parameters(), model.lm.parameters(), strict=True)
+    assert all(torch.equal(r, p) for r, p in pairs)
+    assert not all(torch.equal(r, p) for r, p in zip(model.lm.parameters(), start, strict=True))
 
 
 def test_clipped_tokens_get_zero_gradient():
@@ -351,6 +371,7 @@ def test_rl_stage_tunes_saves_and_evaluates_like_eval_sidlm(syn_prepared, syn_ds
     for name in ("rule", "ndcg_rule", "semantic", "cf"):
         assert f"rl/reward/{name}_last_epoch" in saved
     assert len(saved["epoch_valid/ndcg@10"]) == 1 and "start_valid/ndcg@10" in saved
+    assert saved["valid/ndcg@10"] == saved["best_valid/ndcg@10"] == saved["epoch_valid/ndcg@10"][0]
     curves = json.loads((tmp_path / "metrics" / "rl_sidlm_curves.json").read_text())
     assert [r["step"] for r in curves if "step" in r] == [1, 2]
     # eval_sidlm pointed at the tuned model reproduces the stage's test figures

@@ -21,7 +21,7 @@ plus ``num_iterations`` updates, not one batch loss.
 
 Why not TRL's ``GRPOTrainer``: it samples with ``generate(do_sample=True)`` and takes no logits
 processor, so constrained-beam groups need its experimental ``rollout_func``; it also brings
-``datasets``/``pyarrow``, string rewards and its own loop. This loop is ~200 lines over the
+``datasets``/``pyarrow``, string rewards and its own loop. This one is short and runs on the
 project's decoding, evaluator and tracking.
 """
 
@@ -163,7 +163,9 @@ def grpo_loss(
     per_token = -torch.minimum(ratio * a, clipped * a)
     mask = valid.unsqueeze(-1).expand_as(per_token)
     count = mask.sum().clamp(min=1)
-    stats = {"clip_fraction": float(((ratio - clipped).abs() > 0)[mask].float().sum() / count)}
+    # tokens whose clipped term wins the min: their policy-gradient term is 0
+    active = (clipped * a < ratio * a) & mask
+    stats = {"clip_fraction": float(active.float().sum() / count)}
     if ref_logp is not None and beta > 0:
         kl = k3_kl(logp, ref_logp)
         per_token = per_token + beta * kl
@@ -198,6 +200,7 @@ class GRPOResult:
     seconds: float
     users: int
     history: list[dict[str, float]]  # one record per optimizer step, then per epoch
+    best_metrics: dict[str, float]  # validation metrics of the returned (best-epoch) model
 
 
 class GRPO:
@@ -308,7 +311,7 @@ def train_grpo(
     total = per_epoch * tc.epochs if not tc.max_steps else min(per_epoch * tc.epochs, tc.max_steps)
     grpo = GRPO(model, cfg, inputs, total, seed)
     start_metric = validate()[tc.monitor]
-    best, best_epoch, best_state, bad = -math.inf, 0, None, 0
+    best, best_epoch, best_state, best_metrics, bad = -math.inf, 0, None, {}, 0
     history: list[dict[str, float]] = []
     step, users, epoch = 0, 0, 0
     start = time.perf_counter()
@@ -338,7 +341,7 @@ def train_grpo(
         if run is not None:
             run.log_metrics(metrics, step=epoch)
         if metrics[tc.monitor] > best:
-            best, best_epoch, bad = metrics[tc.monitor], epoch, 0
+            best, best_epoch, best_metrics, bad = metrics[tc.monitor], epoch, metrics, 0
             best_state = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
         else:
             bad += 1
@@ -358,4 +361,5 @@ def train_grpo(
         seconds=time.perf_counter() - start,
         users=users,
         history=history,
+        best_metrics=best_metrics,
     )

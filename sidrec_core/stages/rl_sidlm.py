@@ -120,6 +120,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     ) as run_:
         result = train_grpo(model, rows, rl, inputs, validate, seed=seed, run=run_)
         save_dir_atomic(model, rl.output_dir)
+        run_.log_metrics(result.best_metrics)  # valid/ndcg@10 of the saved model: study objective
         res = evaluate(
             model,
             s.loo.split("test", s.data.max_history),
