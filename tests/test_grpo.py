@@ -373,7 +373,7 @@ def test_rl_stage_tunes_saves_and_evaluates_like_eval_sidlm(syn_prepared, syn_ds
     assert len(saved["epoch_valid/ndcg@10"]) == 1 and "start_valid/ndcg@10" in saved
     assert saved["valid/ndcg@10"] == saved["best_valid/ndcg@10"] == saved["epoch_valid/ndcg@10"][0]
     curves = json.loads((tmp_path / "metrics" / "rl_sidlm_curves.json").read_text())
-    assert [r["step"] for r in curves if "step" in r] == [1, 2]
+    assert [r["step"] for r in curves] == [1, 2] and "rl/reward/cf" in curves[0]
     # eval_sidlm pointed at the tuned model reproduces the stage's test figures
     sidlm = {**params["sidlm"], "output_dir": str(tmp_path / "rl")}
     again = run_eval_sidlm({**params, "sidlm": {**sidlm, "predictions_dir": str(tmp_path / "p")}})

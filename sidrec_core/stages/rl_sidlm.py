@@ -146,6 +146,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             },
             **_summary(result.history),
         )
-        write_json(Path(s.base.metrics_dir) / f"{STAGE}_curves.json", result.history)
+        steps = [r for r in result.history if "step" in r]  # per-epoch figures are above
+        write_json(Path(s.base.metrics_dir) / f"{STAGE}_curves.json", steps)
         log.info("rl_sidlm: saved %s, test %s", rl.output_dir, res.metrics.get("test/ndcg@10"))
         return dict(run_.metrics, **run_.extra)
