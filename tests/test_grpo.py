@@ -17,6 +17,7 @@ from sidrec_core.rl.grpo import (
     GRPO,
     RewardInputs,
     RLConfig,
+    RLTrainConfig,
     grpo_loss,
     k3_kl,
     sync_reference,
@@ -34,7 +35,6 @@ from sidrec_core.rl.rewards import (
 )
 from sidrec_core.rl.rollout import history_tensor, rl_rows, rollout
 from sidrec_core.sid.table import SIDTable
-from sidrec_core.train import TrainConfig
 
 TINY = {
     "hidden_size": 32,
@@ -197,7 +197,7 @@ def test_loop_syncs_the_reference_every_tau_updates():
         ref_sync=True,
         ref_sync_alpha=1.0,
         ref_sync_steps=2,
-        train=TrainConfig(lr=0.01),
+        train=RLTrainConfig(lr=0.01),
     )
     grpo = GRPO(model, cfg, RewardInputs(), total_steps=2, seed=0)
     grpo.step(HISTORIES, [3, 4, 5])  # update 1: no sync yet
@@ -275,6 +275,9 @@ def test_config_errors_name_the_key(tmp_path):
         build(RLConfig, {"ref_sync": True, "beta": 0.0}, "rl")
     with pytest.raises(ConfigError, match="rl.sampler"):
         build(RLConfig, {"sampler": "greedy"}, "rl")
+    # a partial rl.train override keeps the other RL defaults (not the SFT loop's)
+    train = build(RLConfig, {"train": {"epochs": 1}}, "rl").train
+    assert (train.epochs, train.lr, train.batch_size, train.grad_clip) == (1, 1e-5, 16, 0.3)
     cfg = build(RLConfig, {"num_generations": 16, "weights": {"cf": 0.5}}, "rl")
     with pytest.raises(ValueError, match="rl.num_generations"):
         cfg.check_num_sids(10)
@@ -317,7 +320,7 @@ def test_short_grpo_run_raises_target_log_prob(syn_loo, sampler, one_thread):
             "num_generations": 16,
             "sampler": sampler,
             "beta": 0.01,
-            "train": {"epochs": 1, "batch_size": 16, "lr": 0.003, "grad_clip": 1.0},
+            "train": {"epochs": 1, "lr": 0.003, "grad_clip": 1.0, "schedule": "constant"},
         },
         "rl",
     )

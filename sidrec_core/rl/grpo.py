@@ -55,17 +55,24 @@ from sidrec_core.train import TrainConfig, lr_scheduler
 log = logging.getLogger(__name__)
 
 
-def _rl_train() -> TrainConfig:
-    # MiniOneRec's GRPO run: lr 1e-5, 2 epochs, cosine, gradient norm clipped at 0.3
-    return TrainConfig(
-        epochs=2, batch_size=16, lr=1e-5, grad_clip=0.3, schedule="cosine", patience=0
-    )
+@dataclasses.dataclass(frozen=True)
+class RLTrainConfig(TrainConfig):
+    """``rl.train``: the shared loop's knobs with MiniOneRec's GRPO defaults (lr 1e-5, 2 epochs,
+    cosine, gradient norm clipped at 0.3); ``batch_size`` counts users (prompts) per step.
+    A subclass, not a ``TrainConfig`` default instance, so a partial override in params keeps
+    the other RL defaults."""
+
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 1e-5
+    grad_clip: float = 0.3
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    patience: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    """``rl`` section. ``train``: the shared loop's knobs (epochs, users per step as batch_size,
-    lr, schedule, grad_clip, monitor, patience, max_steps)."""
+    """``rl`` section; ``weights`` and ``train`` are nested subsections."""
 
     num_generations: int = 16  # G
     sampler: Literal["beam", "sampling"] = "beam"
@@ -81,12 +88,12 @@ class RLConfig:
     scaling: Scaling = "group"
     aggregation: Aggregation = "sum_then_normalize"
     max_users_per_epoch: int | None = None  # seeded subset per epoch; None = every user
-    max_valid_users: int | None = None  # per-epoch validation users; None = eval.max_valid_users
+    max_valid_users: int | None = None  # per-epoch validation; None = as train_sidlm validates
     cf_checkpoint: str | None = None  # trained SASRec state dict; None = sasrec.checkpoint
     embeddings: str | None = None  # item embeddings .npy; None = embed.output
     output_dir: str = "models/sidlm_rl"
     log_every: int = 10  # steps between log lines (every step goes to the tracker)
-    train: TrainConfig = dataclasses.field(default_factory=_rl_train)
+    train: RLTrainConfig = dataclasses.field(default_factory=RLTrainConfig)
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:

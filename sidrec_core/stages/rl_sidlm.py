@@ -86,7 +86,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     )
     seed = s.base.seed
     valid = s.loo.split("valid", s.data.max_history)
-    cap = rl.max_valid_users or s.eval.max_valid_users
+    # the validation users of train_sidlm (same seeded subset) unless rl.max_valid_users says
+    cap = rl.max_valid_users or s.cfg.max_valid_users or s.eval.max_valid_users
     users = None
     if cap and cap < len(valid):
         users = np.sort(np.random.default_rng(seed).choice(len(valid), cap, replace=False))
