@@ -80,11 +80,11 @@ def rl_rows(
     rng: np.random.Generator,
     max_users: int | None = None,
 ) -> list[tuple[list[int], int]]:
-    """One ``(history, target)`` per user with >= 2 training items: a random cut of the training
-    part (every position can be the target, as in SFT's one example per prefix)."""
+    """One ``(history, target)`` per user with >= 2 training items, users in a random order (at
+    most ``max_users`` of them): a random cut of the training part, so every position can be the
+    target over the epochs, as in SFT's one example per prefix."""
     users = [u for u, s in enumerate(train_sequences) if len(s) >= 2]
-    if max_users is not None and max_users < len(users):
-        users = sorted(rng.choice(users, max_users, replace=False).tolist())
+    users = rng.permutation(users)[:max_users].tolist()
     rows = []
     for u in users:
         seq = [int(x) for x in train_sequences[u]]
@@ -94,6 +94,7 @@ def rl_rows(
 
 
 def history_tensor(histories: list[list[int]]) -> Tensor:
+    """Histories (oldest first) -> item ids int64 [B, L], left-padded with 0 as batches are."""
     width = max(1, max(len(h) for h in histories))
     out = torch.zeros(len(histories), width, dtype=torch.long)
     for i, h in enumerate(histories):
