@@ -30,6 +30,7 @@ SECTIONS: tuple[str, ...] = (
     "sid",
     "sidlm",
     "decoding",
+    "rl",
     "sasrec",
     "report",
 )

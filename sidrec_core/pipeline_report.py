@@ -92,11 +92,13 @@ def collect_rows(metrics_dir: Path, params: dict[str, Any]) -> list[dict[str, An
         data = load_metrics(path)
         if data:
             rows.append({"model": _label(path.stem, params), "file": path.name, **data})
-    data = load_metrics(metrics_dir / "eval_sidlm.json")
-    if data:
-        rows.append(
-            {"model": "SID LM (generative, constrained beam)", "file": "eval_sidlm.json", **data}
-        )
+    for name, label in (
+        ("eval_sidlm", "SID LM (generative)"),
+        ("rl_sidlm", "SID LM + GRPO (same users, same decoding)"),
+    ):
+        data = load_metrics(metrics_dir / f"{name}.json")
+        if data:
+            rows.append({"model": label, "file": f"{name}.json", **data})
     return rows
 
 

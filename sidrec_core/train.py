@@ -125,6 +125,14 @@ def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return 1.0 - progress
 
 
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup then ``cfg.schedule`` over ``total_steps`` optimizer steps (0 = unknown: constant
+    after warmup)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, cfg))
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
@@ -170,9 +178,7 @@ def fit(
     total_steps = (steps_per_epoch or 0) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps) if total_steps else cfg.max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, total_steps, cfg)
-    )
+    scheduler = lr_scheduler(optimizer, total_steps, cfg)
     st = _State()
     fp = ckpt.fingerprint(dataclasses.asdict(cfg), steps_per_epoch, fingerprint)
     saved = ckpt.load_checkpoint(resume, fp) if resume is not None else None

@@ -16,7 +16,7 @@ from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("sidrec_core", "bench", "experiments/profiles", ".dvc")
+COPIED = ("sidrec_core", "bench", "experiments/profiles", ".dvc", "data/datasets")
 FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 
 

@@ -33,6 +33,7 @@ def section_configs() -> dict[str, type]:
     from sidrec_core.models.sasrec import SASRecConfig
     from sidrec_core.models.sidlm import SIDLMConfig
     from sidrec_core.pipeline_report import ReportConfig
+    from sidrec_core.rl.grpo import RLConfig
     from sidrec_core.sid.build import SIDConfig
 
     return {
@@ -43,6 +44,7 @@ def section_configs() -> dict[str, type]:
         "sid": SIDConfig,
         "sidlm": SIDLMConfig,
         "decoding": DecodingConfig,
+        "rl": RLConfig,
         "sasrec": SASRecConfig,
         "report": ReportConfig,
     }

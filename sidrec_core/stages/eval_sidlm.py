@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sidrec_core.data.dataset import DataConfig
-from sidrec_core.data.split import Split, subsample_rows
+from sidrec_core.data.split import LeaveOneOut, Split, subsample_rows
 from sidrec_core.evaluate import EvalConfig, EvalResult, evaluate
 from sidrec_core.io import write_jsonl
 from sidrec_core.models.beam import DecodingConfig
@@ -58,6 +58,55 @@ def prediction_rows(split: Split, res: EvalResult, user_ids: list[str]) -> list[
     return rows
 
 
+@dataclasses.dataclass
+class Scores:
+    """One decoding pass per split: valid on the fixed subsample, test on every user."""
+
+    valid: EvalResult
+    test: EvalResult
+    test_split: Split
+    valid_users: int
+    candidates_per_user: int
+
+    def figures(self) -> dict[str, Any]:
+        """What the metrics JSON records beside the split metrics."""
+        return {
+            "valid_users": self.valid_users,
+            "test_users": len(self.test_split),
+            "candidates_per_user": self.candidates_per_user,
+            **{k: self.test.metrics[f"test/{k}"] for k in EVAL_KEYS},
+        }
+
+
+def score(model: SIDLM, loo: LeaveOneOut, data: DataConfig, ev: EvalConfig, device: Any) -> Scores:
+    """Evaluate ``model`` (its ``decoding`` already set) as ``eval_sidlm`` does."""
+    ks = reportable_ks(ev.ks, model.num_candidates())
+    if ks != tuple(ev.ks):
+        log.info("%d candidates per user: reporting @%s only", model.num_candidates(), ks)
+    ev = dataclasses.replace(ev, ks=ks)
+    valid = loo.split("valid", data.max_history)
+    users = subsample_rows(len(valid), ev.max_valid_users)
+    res_valid = evaluate(
+        model, valid, ev, device, num_items=loo.num_items, bootstrap=False, users=users
+    )
+    test = loo.split("test", data.max_history)
+    res_test = evaluate(
+        model, test, ev, device, num_items=loo.num_items, bootstrap=ev.bootstrap > 0
+    )
+    n_valid = len(users) if users is not None else len(valid)
+    return Scores(res_valid, res_test, test, n_valid, model.num_candidates())
+
+
+def write_predictions(directory: str | Path, scores: Scores, user_ids: list[str]) -> Path:
+    """The test pass's candidates as ``<directory>/part-00000-of-00001.jsonl`` (atomic)."""
+    path = Path(directory) / PREDICTIONS_FILE
+    for stale in path.parent.glob("part-*.jsonl"):  # shards of an earlier multi-process run
+        if stale != path:
+            stale.unlink()
+    write_jsonl(path, prediction_rows(scores.test_split, scores.test, user_ids))
+    return path
+
+
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Score the model saved by ``train_sidlm`` on valid (subsample) and test (every user)."""
     with stage_context(
@@ -72,36 +121,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ds, loo, table = load_inputs(data, cfg)
         model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(ctx.device)
         model.decoding = ctx.cfg["decoding"]
-        ks = reportable_ks(ev.ks, model.num_candidates())
-        if ks != tuple(ev.ks):
-            log.info(
-                "eval_sidlm: %d candidates per user; reporting @%s only", model.num_candidates(), ks
-            )
-        ev = dataclasses.replace(ev, ks=ks)
-        valid = loo.split("valid", data.max_history)
-        users = subsample_rows(len(valid), ev.max_valid_users)
-        res_valid = evaluate(
-            model, valid, ev, ctx.device, num_items=ds.num_items, bootstrap=False, users=users
-        )
-        test = loo.split("test", data.max_history)
-        res_test = evaluate(
-            model, test, ev, ctx.device, num_items=ds.num_items, bootstrap=ev.bootstrap > 0
-        )
-        ctx.run.log_metrics({**res_valid.metrics, **res_test.metrics})
-        path = Path(cfg.predictions_dir) / PREDICTIONS_FILE
-        for stale in path.parent.glob("part-*.jsonl"):  # shards of an earlier multi-process run
-            if stale != path:
-                stale.unlink()
-        write_jsonl(path, prediction_rows(test, res_test, ds.user_ids))
-        ctx.run.record(
-            valid_users=len(users) if users is not None else len(valid),
-            test_users=len(test),
-            candidates_per_user=model.num_candidates(),
-            **{
-                k: res_test.metrics[f"test/{k}"]
-                for k in EVAL_KEYS
-                if f"test/{k}" in res_test.metrics
-            },
-        )
-        log.info("wrote %d predictions -> %s", len(test), path)
+        scores = score(model, loo, data, ev, ctx.device)
+        ctx.run.log_metrics({**scores.valid.metrics, **scores.test.metrics})
+        path = write_predictions(cfg.predictions_dir, scores, ds.user_ids)
+        ctx.run.record(**scores.figures())
+        log.info("wrote %d predictions -> %s", len(scores.test_split), path)
         return ctx.result()

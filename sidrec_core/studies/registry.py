@@ -122,6 +122,27 @@ _BEAMS = (5, 10, 20)
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
 _EVERY_BEAM = {"decoding.num_return_sequences": None}
 
+_RL = dict(
+    run=("rl_sidlm",),
+    reuse=("prepare", "embed", "build_sids", "train_sidlm", "train_sasrec"),
+    secondary=TEST_KEYS
+    + COST_KEYS
+    + ("start_valid/ndcg@10", "rl/kl_last_epoch", "rl/group_hr@1_last_epoch"),
+    group="rl",
+)
+# SASRec's raw cf scores are unbounded: mixes with cf normalise each reward before summing
+_REWARD_MIXES: dict[str, dict[str, Any]] = {
+    "rule": {"rl.weights.ndcg_rule": 0.0},
+    "rule+ndcg": {"rl.weights.ndcg_rule": 1.0},
+    "+semantic": {"rl.weights.semantic": 1.0},
+    "+cf": {"rl.weights.cf": 1.0, "rl.aggregation": "normalize_then_sum"},
+    "all": {
+        "rl.weights.semantic": 1.0,
+        "rl.weights.cf": 1.0,
+        "rl.aggregation": "normalize_then_sum",
+    },
+}
+
 STUDY_LIST: list[Study] = [
     # --- tokenizer techniques: downstream SID-LM quality + every SID quality metric
     flag(
@@ -264,6 +285,28 @@ STUDY_LIST: list[Study] = [
         secondary=TEST_KEYS + COST_KEYS,
         group="generation",
         setup="sidrec_core.studies.fixtures:local_base_checkpoint",
+    ),
+    # --- RL: GRPO from the trained SID LM of each seed (no retraining of the base)
+    Study(
+        "reward_mix",
+        "GRPO reward mix (MiniOneRec: rule + ndcg_rule)",
+        tuple(Level(k, v) for k, v in _REWARD_MIXES.items()),
+        "rule+ndcg",
+        **_RL,
+    ),
+    Study(
+        "rl_sampler",
+        "GRPO groups: constrained beam (G distinct SIDs) vs constrained sampling",
+        (Level("beam", {"rl.sampler": "beam"}), Level("sampling", {"rl.sampler": "sampling"})),
+        "beam",
+        **_RL,
+    ),
+    Study(
+        "rl_beta",
+        "GRPO KL penalty to the frozen reference (beta 1e-3 vs 0)",
+        (Level("on", {"rl.beta": 0.001}), Level("off", {"rl.beta": 0.0})),
+        "on",
+        **_RL,
     ),
     # --- baselines: SASRec family, ranking over all items
     Study(

@@ -1,0 +1,140 @@
+"""DVC stage ``rl_sidlm``: GRPO-tune the trained SID LM, save it, evaluate it like ``eval_sidlm``.
+
+Reads the ``rl`` section (:class:`~sidrec_core.rl.grpo.RLConfig`) plus what ``eval_sidlm`` reads
+(``data``, ``eval``, ``sidlm``, ``decoding``); the cf reward reads ``sasrec`` (architecture and
+checkpoint of the reward model), the semantic reward ``embed.output``. The tuned model is saved
+atomically to ``rl.output_dir`` and scored by :func:`sidrec_core.stages.eval_sidlm.score`: the same
+validation subsample, test users and decoding as ``eval_sidlm``, so ``metrics/rl_sidlm.json`` and
+``metrics/eval_sidlm.json`` compare directly. Per-step curves (mean reward per reward function,
+KL, group HR@1) go to MLflow and ``metrics/rl_sidlm_curves.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sidrec_core.data.dataset import DataConfig
+from sidrec_core.data.embeddings import EmbedConfig
+from sidrec_core.data.split import LeaveOneOut, subsample_rows
+from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.io import write_json
+from sidrec_core.models.beam import DecodingConfig
+from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
+from sidrec_core.models.sidlm_train import load_inputs, save_dir_atomic
+from sidrec_core.rl.grpo import RewardInputs, RLConfig, train_grpo
+from sidrec_core.rl.rewards import CFScorer
+from sidrec_core.rl.rollout import rl_rows
+from sidrec_core.stages.context import stage_context
+from sidrec_core.stages.eval_sidlm import score
+
+log = logging.getLogger(__name__)
+STAGE = "rl_sidlm"
+
+
+def load_cf_scorer(
+    cfg: SASRecConfig, loo: LeaveOneOut, path: str, device: torch.device
+) -> CFScorer:
+    """The trained SASRec (``sasrec`` section + its saved state dict) as a cf reward model."""
+    model = build_sasrec(cfg, loo)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return CFScorer(model.to(device), cfg.max_history)
+
+
+def load_item_embeddings(path: str, num_items: int) -> torch.Tensor:
+    """``embed.output`` [N, D] (row i - 1 = item i) -> float [N + 1, D] with a zero row 0."""
+    vectors = np.load(path)
+    if vectors.ndim != 2 or vectors.shape[0] != num_items:
+        raise ValueError(
+            f"rl.embeddings: {path} has shape {vectors.shape}, expected [{num_items}, D] "
+            "(one row per item of the dataset)"
+        )
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+    return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
+
+
+def _summary(history: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every per-step figure over the last epoch's steps."""
+    last_epoch = max((i for i, r in enumerate(history) if "epoch" in r), default=len(history))
+    first = max((i + 1 for i, r in enumerate(history[:last_epoch]) if "epoch" in r), default=0)
+    steps = [r for r in history[first:last_epoch] if "step" in r]
+    keys = sorted({k for r in steps for k in r if k.startswith("rl/")})
+    return {f"{k}_last_epoch": float(np.mean([r[k] for r in steps if k in r])) for k in keys}
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    """Load the trained SID LM, run GRPO, save to ``rl.output_dir``, evaluate."""
+    with stage_context(
+        STAGE,
+        params,
+        output_key="rl.output_dir",
+        data=DataConfig,
+        eval=EvalConfig,
+        sidlm=SIDLMConfig,
+        decoding=DecodingConfig,
+        rl=RLConfig,
+        sasrec=SASRecConfig,
+        embed=EmbedConfig,
+    ) as ctx:
+        data, ev, cfg, rl = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sidlm"], ctx.cfg["rl"]
+        device, seed = ctx.device, ctx.base.seed
+        ds, loo, table = load_inputs(data, cfg)
+        rl.check_num_sids(table.num_items)
+        cf_path = rl.cf_checkpoint or ctx.cfg["sasrec"].checkpoint
+        emb_path = rl.embeddings or ctx.cfg["embed"].output
+        rl.check_reward_inputs(cf_path, emb_path)
+        model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
+        model.decoding = ctx.cfg["decoding"]
+        semantic = rl.weights.semantic > 0
+        inputs = RewardInputs(
+            embeddings=load_item_embeddings(emb_path, ds.num_items).to(device)
+            if semantic
+            else None,
+            scorer=(
+                load_cf_scorer(ctx.cfg["sasrec"], loo, cf_path, device)
+                if rl.weights.cf > 0
+                else None
+            ),
+        )
+        valid = loo.split("valid", data.max_history)
+        # eval_sidlm's validation users unless rl.max_valid_users says otherwise
+        users = subsample_rows(len(valid), rl.max_valid_users or ev.max_valid_users)
+
+        def validate() -> dict[str, float]:
+            res = evaluate(
+                model, valid, ev, device, num_items=ds.num_items, bootstrap=False, users=users
+            )
+            return {k: v for k, v in res.metrics.items() if "@" in k}
+
+        def rows(epoch: int) -> list[tuple[list[int], int]]:
+            rng = np.random.default_rng([seed, epoch])
+            return rl_rows(loo.train_sequences, data.max_history, rng, rl.max_users_per_epoch)
+
+        ctx.run.set_tags({"sampler": rl.sampler, "rewards": "+".join(rl.weights.active())})
+        result = train_grpo(model, rows, rl, inputs, validate, seed=seed, run=ctx.run)
+        save_dir_atomic(model, rl.output_dir)
+        scores = score(model, loo, data, ev, device)
+        ctx.run.log_metrics({**scores.valid.metrics, **scores.test.metrics})
+        monitor = rl.train.monitor
+        ctx.run.record(
+            **scores.figures(),
+            rl_steps=result.steps,
+            rl_epochs=result.epochs,
+            rl_best_epoch=result.best_epoch,
+            rl_train_seconds=result.seconds,
+            rl_users_per_second=result.users / max(result.seconds, 1e-9),
+            **{f"start_{monitor}": result.start_metric, f"best_{monitor}": result.best_metric},
+            **{f"epoch_{monitor}": [r[monitor] for r in result.history if "epoch" in r]},
+            **_summary(result.history),
+        )
+        steps = [r for r in result.history if "step" in r]  # per-epoch figures are above
+        write_json(Path(ctx.base.metrics_dir) / f"{STAGE}_curves.json", steps)
+        log.info(
+            "rl_sidlm: saved %s, test %s", rl.output_dir, scores.test.metrics.get("test/ndcg@10")
+        )
+        return ctx.result()
