@@ -32,6 +32,8 @@ SECTIONS: tuple[str, ...] = (
     "decoding",
     "sasrec",
     "report",
+    "etegrec",
+    "collab",
 )
 
 
