@@ -161,7 +161,7 @@ def test_alternating_cycles_lower_reconstruction_and_recommendation_loss(syn_loo
 def test_item_vectors_concatenate_unit_parts():
     table = np.vstack([np.zeros((1, 2)), [[3.0, 4.0], [0.0, 2.0]]])
     text = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
-    both = item_vectors(table, text, "both")
+    both = item_vectors(table, text, "both")  # each part unit-length before concatenation
     assert both.shape == (2, 5) and np.allclose(np.linalg.norm(both[:, :3], axis=1), 1.0)
     assert np.allclose(both[0, 3:], [0.6, 0.8])
     assert np.array_equal(item_vectors(table, None, "collaborative"), table[1:].astype(np.float32))

@@ -8,17 +8,19 @@ Shapes: item table [N + 1, d] (row 0 padding), text [N, D], output [N, d] or [N,
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
+
+SOURCES = ("collaborative", "both")
 
 
 @dataclasses.dataclass(frozen=True)
 class CollabConfig:
-    """``collab`` section: which vectors the ``item_embeddings`` stage writes, and where."""
+    """``collab`` section: the folder the ``item_embeddings`` stage writes, one ``.npy`` per
+    source in :data:`SOURCES` (``sid.embeddings`` picks one, e.g.
+    ``data/item_embeddings/collaborative.npy``)."""
 
-    source: Literal["collaborative", "both"] = "collaborative"
-    output: str = "data/collab_embeddings.npy"
+    output: str = "data/item_embeddings"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""DVC stage ``item_embeddings``: the trained SASRec's item table (``collab.source=
-collaborative``) or text ⊕ collaborative (``both``) written to ``collab.output``, a file
-``build_sids`` (and ``train_etegrec``) read when ``sid.embeddings`` points at it."""
+"""DVC stage ``item_embeddings``: the trained SASRec's item table (``collaborative.npy``) and
+text ⊕ collaborative (``both.npy``) written to the folder ``collab.output``; ``build_sids`` (and
+``train_etegrec``) read one when ``sid.embeddings`` points at it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.embeddings import EmbedConfig, load_embeddings
 from sidrec_core.data.split import leave_one_out
-from sidrec_core.etegrec.collab import CollabConfig, item_vectors
+from sidrec_core.etegrec.collab import SOURCES, CollabConfig, item_vectors
 from sidrec_core.io import save_npy
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
 from sidrec_core.stages.context import stage_context
@@ -40,10 +41,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(state)
         with torch.no_grad():
             table = model.item_table().cpu().numpy()
-        text = None
-        if cfg.source == "both":
-            text = load_embeddings(ctx.cfg["embed"].output, loo.num_items)
-        x = item_vectors(table, text, cfg.source)
-        save_npy(cfg.output, x)
-        ctx.run.record(num_items=int(x.shape[0]), dim=int(x.shape[1]), source=cfg.source)
+        text = load_embeddings(ctx.cfg["embed"].output, loo.num_items)
+        dims = {}
+        for source in SOURCES:
+            x = item_vectors(table, text, source)
+            save_npy(Path(cfg.output) / f"{source}.npy", x)
+            dims[f"{source}_dim"] = int(x.shape[1])
+        ctx.run.record(num_items=loo.num_items, **dims)
         return ctx.result()
