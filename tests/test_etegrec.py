@@ -18,7 +18,7 @@ from sidrec_core.etegrec.collab import item_vectors
 from sidrec_core.etegrec.config import ETEGRecConfig
 from sidrec_core.etegrec.model import ETEGRecLM
 from sidrec_core.etegrec.trainer import ETEGRecTrainer, check_sid_config, encode_table
-from sidrec_core.io import save_npy
+from sidrec_core.io import save_npy, save_torch
 from sidrec_core.models.sidlm import SIDLMConfig
 from sidrec_core.sid.build import SIDConfig
 from sidrec_core.sid.registry import make_tokenizer
@@ -196,3 +196,20 @@ def test_stage_trains_saves_and_evaluates(syn_prepared, syn_ds, tmp_path):
     bad = {**params, "etegrec": {**params["etegrec"], "cycle": 1}}
     with pytest.raises(ValueError, match="etegrec.cycle"):
         run_train_etegrec(bad)
+
+
+def test_item_embeddings_stage_writes_each_source(syn_prepared, syn_ds, syn_loo, tmp_path):
+    from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
+    from sidrec_core.stages.item_embeddings import run as run_item_embeddings
+
+    sasrec = {"hidden_dim": 16, "checkpoint": str(tmp_path / "sasrec" / "model.pt")}
+    model = build_sasrec(build(SASRecConfig, sasrec, "sasrec"), syn_loo)
+    save_torch(sasrec["checkpoint"], model.state_dict())
+    save_npy(syn_prepared["embed"]["output"], synthetic_embeddings(syn_ds))
+    params = {**syn_prepared, "sasrec": sasrec, "collab": {"output": str(tmp_path / "items")}}
+    out = run_item_embeddings(params)
+    collab = np.load(tmp_path / "items" / "collaborative.npy")
+    both = np.load(tmp_path / "items" / "both.npy")
+    table = model.item_emb.weight.detach().numpy()
+    assert np.allclose(collab, table[1:]) and out["both_dim"] == both.shape[1]
+    assert both.shape == (syn_ds.num_items, 32 + 16)

@@ -349,7 +349,7 @@ STUDY_LIST: list[Study] = [
         secondary=TEST_KEYS
         + ("recon_mse", "sid_changed_fraction_mean", "rec_steps", "train_seconds")
         + COST_KEYS,
-        group="tokenizer",
+        group="end_to_end",
     ),
     # --- evaluation protocol: runs on the foundation stages alone (MostPop)
     flag(
