@@ -33,6 +33,8 @@ SECTIONS: tuple[str, ...] = (
     "rl",
     "sasrec",
     "report",
+    "etegrec",
+    "collab",
 )
 
 

@@ -28,6 +28,8 @@ def section_configs() -> dict[str, type]:
     from sidrec_core.config import BaseConfig
     from sidrec_core.data.dataset import DataConfig
     from sidrec_core.data.embeddings import EmbedConfig
+    from sidrec_core.etegrec.collab import CollabConfig
+    from sidrec_core.etegrec.config import ETEGRecConfig
     from sidrec_core.evaluate import EvalConfig
     from sidrec_core.models.beam import DecodingConfig
     from sidrec_core.models.sasrec import SASRecConfig
@@ -47,6 +49,8 @@ def section_configs() -> dict[str, type]:
         "rl": RLConfig,
         "sasrec": SASRecConfig,
         "report": ReportConfig,
+        "etegrec": ETEGRecConfig,
+        "collab": CollabConfig,
     }
 
 

@@ -119,6 +119,19 @@ def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
 
 _RQVAE = {"sid.method": "rqvae"}
 _BEAMS = (5, 10, 20)
+_SID_INPUTS = (
+    ("text", "data/embeddings.npy"),
+    ("collaborative", "data/item_embeddings/collaborative.npy"),
+    ("both", "data/item_embeddings/both.npy"),
+)
+# ETEGRec: gradient-learned codebooks, a fixed-shape table, collaborative inputs (the paper's)
+_ETEGREC = {
+    "sid.method": "rqvae",
+    "sid.rqvae.quantizer.ema": False,
+    "sid.rqvae.quantizer.restart_unused": False,
+    "sid.collision": "knn",
+    "sid.embeddings": "data/item_embeddings/collaborative.npy",
+}
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
 _EVERY_BEAM = {"decoding.num_return_sequences": None}
 
@@ -349,6 +362,37 @@ STUDY_LIST: list[Study] = [
         reuse=("prepare", "embed", "build_sids"),
         group="baselines",
         secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+    ),
+    # --- tokenizer input and end-to-end training (item_embeddings: the SASRec item table)
+    Study(
+        "sid_input",
+        "tokenizer input: text, collaborative (SASRec item table) or both concatenated",
+        tuple(Level(label, {"sid.embeddings": path}) for label, path in _SID_INPUTS),
+        "text",
+        run=("build_sids", "train_sidlm", "eval_sidlm"),
+        reuse=("prepare", "embed", "train_sasrec", "item_embeddings"),
+        secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
+        group="tokenizer",
+    ),
+    Study(
+        "etegrec",
+        "ETEGRec end-to-end tokenizer + SID LM training (equal recommender epochs)",
+        (
+            Level("two-stage", {"etegrec.mode": "two_stage"}),
+            Level("alternating", {"etegrec.mode": "alternating"}),
+            Level("no-sia", {"etegrec.mode": "alternating", "etegrec.sia": False}),
+            Level("no-psa", {"etegrec.mode": "alternating", "etegrec.psa": False}),
+            Level("joint", {"etegrec.mode": "joint"}),
+            Level("tied", {"etegrec.mode": "alternating", "etegrec.tie_codebooks": True}),
+        ),
+        "two-stage",
+        run=("train_etegrec", "eval_etegrec"),
+        reuse=("prepare", "embed", "train_sasrec", "item_embeddings"),
+        fixed=_ETEGREC,
+        secondary=TEST_KEYS
+        + ("recon_mse", "sid_changed_fraction_mean", "rec_steps", "train_seconds")
+        + COST_KEYS,
+        group="end_to_end",
     ),
     # --- evaluation protocol: runs on the foundation stages alone (MostPop)
     flag(

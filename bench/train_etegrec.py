@@ -1,0 +1,12 @@
+"""DVC stage `train_etegrec`: thin wrapper around `sidrec_core.stages.train_etegrec.run`.
+
+Usage: python bench/train_etegrec.py [--params params.yaml] [--set section.key=value ...]
+"""
+
+import sys
+
+from sidrec_core.cli import main
+from sidrec_core.stages.train_etegrec import run
+
+if __name__ == "__main__":
+    sys.exit(main(run, __doc__))
