@@ -37,7 +37,16 @@ def make_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBatches
     """Training batches with the negatives ``cfg.loss`` needs (none for ce and infonce)."""
     k = cfg.negatives_per_step
     sampler = None
-    if k:
+    if k and cfg.loss == "bce_shared":
+        # draws with replacement (NegativeSampler.draw), so k may exceed the catalogue
+        sampler = NegativeSampler(
+            "popular",
+            loo.train_item_counts(),
+            loo.train_sequences,
+            alpha=cfg.bce_shared_alpha,
+            seed=seed,
+        )
+    elif k:
         sampler = NegativeSampler(
             cfg.negatives,
             loo.train_item_counts(),
@@ -47,7 +56,8 @@ def make_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBatches
             popular_ratio=cfg.popular_ratio,
             seed=seed,
         )
-    mode = {"bce": "per_position", "sampled_softmax": "shared"}.get(cfg.loss, "none")
+    modes = {"bce": "per_position", "sampled_softmax": "shared", "bce_shared": "shared_unfiltered"}
+    mode = modes.get(cfg.loss, "none") if k else "none"
     return TrainBatches(
         loo.train_sequences,
         cfg.max_history,
