@@ -52,6 +52,11 @@ def test_bce_shared_equals_the_hand_computed_mean_over_kept_entries():
     ]  # fmt: skip
     expected = sum(entries) / len(entries)
     assert float(bce_shared_loss(scores, candidates)) == pytest.approx(expected, rel=1e-6)
+    # balanced: per row, the positive plus the mean of the kept negatives, then over rows
+    row0 = entries[0] + (entries[1] + entries[2]) / 2
+    row1 = entries[4] + (entries[3] + entries[5] + entries[6]) / 3
+    balanced = bce_shared_loss(scores, candidates, balanced=True)
+    assert float(balanced) == pytest.approx((row0 + row1) / 2, rel=1e-6)
 
 
 def test_bce_shared_without_duplicates_is_cornacs_plain_mean():

@@ -104,12 +104,15 @@ def sampled_softmax_loss(
     return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device))
 
 
-def bce_shared_loss(scores: Tensor, candidates: Tensor) -> Tensor:
+def bce_shared_loss(scores: Tensor, candidates: Tensor, balanced: bool = False) -> Tensor:
     """scores [P, P + K] of P positions against candidate ids [P + K] (the P targets in row
     order, then K shared negatives) -> scalar.
 
     Entry (i, i) is positive and every other entry negative, except entries whose candidate is
     row i's own target (``candidates[i]``): those are left out of the loss and of the mean.
+    Plain: the mean over the kept entries, so a positive weighs 1 / (P + K) of its row (cornac).
+    ``balanced``: per row, the positive's term plus the mean of its negatives' terms (a positive
+    weighs as much as all its negatives), averaged over rows, as SASRec's own BCE does.
     """
     num_rows = scores.shape[0]
     diag = torch.arange(num_rows, device=scores.device)
@@ -117,5 +120,9 @@ def bce_shared_loss(scores: Tensor, candidates: Tensor) -> Tensor:
     labels[diag, diag] = 1.0
     keep = candidates[None, :] != candidates[:num_rows, None]
     keep[diag, diag] = True
-    entries = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-    return (entries * keep).sum() / keep.sum()
+    entries = F.binary_cross_entropy_with_logits(scores, labels, reduction="none") * keep
+    if not balanced:
+        return entries.sum() / keep.sum()
+    positive = entries[diag, diag]
+    negatives = (entries.sum(dim=1) - positive) / (keep.sum(dim=1) - 1).clamp(min=1)
+    return (positive + negatives).mean()

@@ -77,6 +77,9 @@ class SASRecConfig:
     # (PreferredAI/cornac: cornac/models/seq_utils/iterators.py, session_seq_iter)
     bce_shared_negatives: int = 2048
     bce_shared_alpha: float = 0.5
+    # False = cornac's mean over all P x (P + K) entries; True = each row's positive weighs as
+    # much as its negatives together (see losses.bce_shared_loss)
+    bce_shared_balanced: bool = False
     # per-item score bias and sqrt(D) input-embedding scale of cornac's SASRec
     # (PreferredAI/cornac: cornac/models/sasrec/sasrec.py, use_biases and _encode)
     item_bias: bool = False
@@ -291,7 +294,8 @@ class SASRec(Recommender):
             # K = 0 (bce_shared_negatives: 0) leaves the other targets of the batch only
             shared = batch.get("negatives", t.new_zeros(0))
             candidates = torch.cat([t, shared])  # [P + K]
-            return bce_shared_loss(self.score(h, table, candidates), candidates)
+            scores = self.score(h, table, candidates)
+            return bce_shared_loss(scores, candidates, self.cfg.bce_shared_balanced)
         if name == "infonce":
             users = batch["user"][:, None].expand_as(targets)[valid]
             return infonce_loss(self.similarity, h, table[t], t, users, self.cfg.temperature)
