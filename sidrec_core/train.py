@@ -36,6 +36,9 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # Adam's (beta1, beta2); cornac's SASRec trains with (0.9, 0.98)
+    # (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py, as in Vaswani et al., 2017)
+    betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0  # 0 = off
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -50,6 +53,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
         check_monitor(self.monitor)
 
 
@@ -174,7 +179,9 @@ def fit(
     """
     loss_fn = loss_fn or model.loss  # type: ignore[assignment]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optimizer or torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = optimizer or torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
     total_steps = (steps_per_epoch or 0) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps) if total_steps else cfg.max_steps

@@ -17,13 +17,12 @@ import multiprocessing as mp
 import platform
 import time
 
-from sidrec_core.models.sasrec_stage import build_sasrec, make_batches
-
 from sidrec_core.data.dataset import load_prepared
 from sidrec_core.data.split import leave_one_out
 from sidrec_core.io import write_json
 from sidrec_core.models.losses import LOSSES
-from sidrec_core.models.sasrec import SASRecConfig
+from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
+from sidrec_core.models.sasrec import training_batches as make_batches
 from sidrec_core.train import TrainConfig
 from sidrec_core.utils import peak_rss_mb, seed_everything, set_threads
 

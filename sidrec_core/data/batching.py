@@ -24,7 +24,7 @@ from torch import Tensor
 from sidrec_core.data.negatives import NegativeSampler, shared_negatives
 from sidrec_core.data.split import pad_left
 
-NegativesMode = Literal["none", "per_position", "shared"]
+NegativesMode = Literal["none", "per_position", "shared", "shared_unfiltered"]
 
 
 class TrainBatches:
@@ -32,7 +32,8 @@ class TrainBatches:
 
     ``history`` [B, L] input items, ``targets`` [B, L] next items (0 = no target), ``user`` [B]
     user rows (for excluding a user's positives), and, by ``negatives_mode``, ``negatives``
-    [B, L, K] (``per_position``) or ``negatives`` [K] + ``negative_valid`` [B, K] (``shared``).
+    [B, L, K] (``per_position``), ``negatives`` [K] + ``negative_valid`` [B, K] (``shared``), or
+    ``negatives`` [K] alone (``shared_unfiltered``: one pool for the batch, no per-user check).
     """
 
     def __init__(
@@ -109,4 +110,6 @@ class TrainBatches:
                 neg, valid = shared_negatives(self.sampler, self.users[idx], self.num_negatives)
                 batch["negatives"] = torch.from_numpy(neg)
                 batch["negative_valid"] = torch.from_numpy(valid)
+            elif self.negatives_mode == "shared_unfiltered":
+                batch["negatives"] = torch.from_numpy(self.sampler.draw(self.num_negatives))
             yield batch

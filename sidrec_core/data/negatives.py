@@ -1,4 +1,4 @@
-"""Negative samplers for the losses that sample (``bce``, ``sampled_softmax``).
+"""Negative samplers for the losses that sample (``bce``, ``sampled_softmax``, ``bce_shared``).
 
 - ``uniform``: every item equally likely (SASRec, Kang & McAuley, 2018).
 - ``popular``: probability proportional to the item's training-split frequency to a power
@@ -8,7 +8,10 @@
 - ``mixed``: each draw is popular with probability ``popular_ratio`` and uniform otherwise.
 
 A user's own positives (the items of their training sequence) are never returned: draws that hit
-one are re-drawn.
+one are re-drawn. :meth:`NegativeSampler.draw` is the exception: one pool for a whole batch
+(``bce_shared``), drawn without looking at users, as PreferredAI/cornac's session iterator does
+(``cornac/models/seq_utils/iterators.py``); the loss then decides what counts as a negative.
+Items with no training interaction are never drawn by ``popular`` (their weight is 0).
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class NegativeSampler:
         out[popular] = self._draw(int(popular.sum()), "popular")
         return out
 
+    def draw(self, k: int) -> np.ndarray:
+        """``k`` item ids [k] in 1..N from the sampler's scheme, with replacement, unfiltered."""
+        return self._draw(k, self.name)
+
     def sample(self, users: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Negatives [B, *shape] for users [B]; none is a positive of its row's user."""
         users = np.asarray(users, dtype=np.int64)
@@ -110,6 +117,6 @@ def shared_negatives(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One set of ``k`` negatives for a whole batch (sampled softmax) -> (items [k],
     valid [B, k]); ``valid`` is False where an item is a positive of that row's user."""
-    items = sampler._draw(k, sampler.name)
+    items = sampler.draw(k)
     valid = ~sampler.is_positive(np.asarray(users)[:, None], items[None, :])
     return items, valid

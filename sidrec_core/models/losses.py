@@ -9,6 +9,12 @@
   [P, N] never sits in memory whole.
 - ``sampled_softmax``: softmax over the target and negatives shared by the batch
   (Jean et al., 2015).
+- ``bce_shared``: binary cross-entropy of every position against every candidate of the batch
+  (its P targets, then K negatives shared by the batch), averaged over all P x (P + K) entries;
+  the "bce" of PreferredAI/cornac (``cornac/models/seq_utils/losses.py``, ``bce_loss``), the loss
+  of its tuned SASRec. Unlike cornac, an entry whose candidate is the row's own target item
+  (a duplicate target or a sampled copy of it) is left out: the same logit cannot be both a
+  positive and a negative. Other items of the row's user stay negatives, as in cornac.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sidrec_core.models.similarity import Similarity
 
-LOSSES = ("bce", "infonce", "ce", "sampled_softmax")
+LOSSES = ("bce", "infonce", "ce", "sampled_softmax", "bce_shared")
 NEG_INF = float("-inf")
 
 
@@ -51,24 +57,39 @@ def infonce_loss(
     return F.cross_entropy(logits, labels)
 
 
-def _ce_sum(sim: Similarity, h: Tensor, items: Tensor, targets: Tensor) -> Tensor:
+def _ce_sum(
+    sim: Similarity, h: Tensor, items: Tensor, targets: Tensor, bias: Tensor | None
+) -> Tensor:
     # score items 1..N only (row 0 is the padding id), so targets shift down by one
-    return F.cross_entropy(sim(h, items[1:]), targets - 1, reduction="sum")
+    logits = sim(h, items[1:])
+    if bias is not None:
+        logits = logits + bias[1:]
+    return F.cross_entropy(logits, targets - 1, reduction="sum")
 
 
-def ce_loss(sim: Similarity, h: Tensor, items: Tensor, targets: Tensor, chunk: int = 0) -> Tensor:
-    """h [P, D], all item representations [N + 1, D] (row 0 = pad), targets [P] -> scalar.
+def ce_loss(
+    sim: Similarity,
+    h: Tensor,
+    items: Tensor,
+    targets: Tensor,
+    chunk: int = 0,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """h [P, D], all item representations [N + 1, D] (row 0 = pad), targets [P], optional
+    per-item score bias [N + 1] -> scalar.
 
     With ``chunk`` > 0 and P > chunk, logits are built ``chunk`` positions at a time and
     recomputed in the backward pass (activation checkpointing), so peak memory is
     O(chunk x N) instead of O(P x N).
     """
     if chunk <= 0 or len(targets) <= chunk or not torch.is_grad_enabled():
-        return _ce_sum(sim, h, items, targets) / len(targets)
+        return _ce_sum(sim, h, items, targets, bias) / len(targets)
     total = h.new_zeros(())
     for start in range(0, len(targets), chunk):
         part = slice(start, start + chunk)
-        total = total + checkpoint(_ce_sum, sim, h[part], items, targets[part], use_reentrant=False)
+        total = total + checkpoint(
+            _ce_sum, sim, h[part], items, targets[part], bias, use_reentrant=False
+        )
     return total / len(targets)
 
 
@@ -81,3 +102,27 @@ def sampled_softmax_loss(
     neg_score = sim(h, neg).masked_fill(~neg_valid, NEG_INF)
     logits = torch.cat([pos_score, neg_score], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device))
+
+
+def bce_shared_loss(scores: Tensor, candidates: Tensor, balanced: bool = False) -> Tensor:
+    """scores [P, P + K] of P positions against candidate ids [P + K] (the P targets in row
+    order, then K shared negatives) -> scalar.
+
+    Entry (i, i) is positive and every other entry negative, except entries whose candidate is
+    row i's own target (``candidates[i]``): those are left out of the loss and of the mean.
+    Plain: the mean over the kept entries, so a positive weighs 1 / (P + K) of its row (cornac).
+    ``balanced``: per row, the positive's term plus the mean of its negatives' terms (a positive
+    weighs as much as all its negatives), averaged over rows, as SASRec's own BCE does.
+    """
+    num_rows = scores.shape[0]
+    diag = torch.arange(num_rows, device=scores.device)
+    labels = torch.zeros_like(scores)
+    labels[diag, diag] = 1.0
+    keep = candidates[None, :] != candidates[:num_rows, None]
+    keep[diag, diag] = True
+    entries = F.binary_cross_entropy_with_logits(scores, labels, reduction="none") * keep
+    if not balanced:
+        return entries.sum() / keep.sum()
+    positive = entries[diag, diag]
+    negatives = (entries.sum(dim=1) - positive) / (keep.sum(dim=1) - 1).clamp(min=1)
+    return (positive + negatives).mean()

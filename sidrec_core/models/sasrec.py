@@ -8,6 +8,11 @@ paper. ``recommend`` ranks the whole catalogue with the configured similarity.
 Optional SID features (``sid_features``): each item's representation adds (``sum``) or
 concatenates and projects (``concat``) one learned embedding per SID level of its code, so items
 sharing a code prefix share parameters (the semantic-ID idea of TIGER, Rajput et al., 2023).
+
+Two options of PreferredAI/cornac's SASRec (``cornac/models/sasrec/sasrec.py``), off by default:
+``item_bias`` adds a learned scalar per item to every score (``use_biases``), and ``emb_scale``
+multiplies the input item embeddings by sqrt(D) before positions are added (``_encode``; the
+Transformer's embedding scale, Vaswani et al., 2017). The output item table is never scaled.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from sidrec_core.models.base import Recommender, topk_items
 from sidrec_core.models.losses import (
     LOSSES,
     bce_loss,
+    bce_shared_loss,
     ce_loss,
     infonce_loss,
     sampled_softmax_loss,
@@ -38,6 +44,7 @@ from sidrec_core.train import TrainConfig
 log = logging.getLogger(__name__)
 SID_FEATURES = ("none", "sum", "concat")
 DEFAULT_NUM_NEGATIVES = {"bce": 1, "sampled_softmax": 256}
+BIAS_LOSSES = ("ce", "bce_shared")  # the losses that score through ``item_bias``
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -66,6 +73,18 @@ class SASRecConfig:
     popular_ratio: float = 0.3  # share of popular draws in ``mixed``
     temperature: float = 0.1  # infonce logits are divided by it
     ce_chunk: int = 0  # positions per logits chunk for ``ce`` (0 = all at once)
+    # bce_shared: K negatives shared by the batch, drawn ~ train frequency ** alpha (alpha 0 =
+    # uniform over trained items); cornac's defaults n_sample=2048, sample_alpha=0.5
+    # (PreferredAI/cornac: cornac/models/seq_utils/iterators.py, session_seq_iter)
+    bce_shared_negatives: int = 2048
+    bce_shared_alpha: float = 0.5
+    # False = cornac's mean over all P x (P + K) entries; True = each row's positive weighs as
+    # much as its negatives together (see losses.bce_shared_loss)
+    bce_shared_balanced: bool = False
+    # per-item score bias and sqrt(D) input-embedding scale of cornac's SASRec
+    # (PreferredAI/cornac: cornac/models/sasrec/sasrec.py, use_biases and _encode)
+    item_bias: bool = False
+    emb_scale: bool = False
     sid_features: str = "none"  # one of SID_FEATURES; reads the SID table at sid_dir
     sid_dir: str = "data/sids"
     bucket_window: int = 50  # batches per length-sorted window (0 = plain shuffle); see batching
@@ -93,10 +112,26 @@ class SASRecConfig:
             raise ValueError(f"sasrec.num_negatives must be >= 0, got {self.num_negatives}")
         if self.temperature <= 0:
             raise ValueError(f"sasrec.temperature must be > 0, got {self.temperature}")
+        if self.bce_shared_negatives < 0 or self.bce_shared_alpha < 0:
+            raise ValueError(
+                "sasrec.bce_shared_negatives and sasrec.bce_shared_alpha must be >= 0, got "
+                f"{self.bce_shared_negatives} and {self.bce_shared_alpha}"
+            )
+        if self.loss == "bce_shared" and self.num_negatives:
+            raise ValueError(
+                "sasrec.num_negatives does not apply to loss bce_shared: "
+                "set sasrec.bce_shared_negatives"
+            )
+        if self.item_bias and self.loss not in BIAS_LOSSES:
+            raise ValueError(
+                f"sasrec.item_bias needs a loss in {', '.join(BIAS_LOSSES)}, got {self.loss!r}"
+            )
 
     @property
     def negatives_per_step(self) -> int:
         """Negatives drawn for the loss (0 for losses that sample none)."""
+        if self.loss == "bce_shared":
+            return self.bce_shared_negatives
         if self.loss not in DEFAULT_NUM_NEGATIVES:
             return 0
         return self.num_negatives or DEFAULT_NUM_NEGATIVES[self.loss]
@@ -169,6 +204,9 @@ class SASRec(Recommender):
         )
         self.final_norm = nn.LayerNorm(dim) if cfg.norm_first else nn.Identity()
         self.similarity = Similarity(cfg.similarity, dim)
+        # a Parameter rather than an Embedding so the init below leaves it at 0: no item starts
+        # ahead of another
+        self.item_bias = nn.Parameter(torch.zeros(num_items + 1)) if cfg.item_bias else None
         self.sid_mode = "none" if sid_table is None else cfg.sid_features
         self.sid_fingerprint = None if sid_table is None else sid_table.fingerprint()
         if sid_table is not None:
@@ -228,7 +266,10 @@ class SASRec(Recommender):
         positions = torch.arange(
             self.cfg.max_history - length, self.cfg.max_history, device=history.device
         )
-        x = F.embedding(history, table) + self.pos_emb(positions)
+        x = F.embedding(history, table)
+        if self.cfg.emb_scale:
+            x = x * self.cfg.hidden_dim**0.5
+        x = x + self.pos_emb(positions)
         x = self.emb_drop(self.emb_norm(x)) * valid[..., None]
         causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
         eye = torch.eye(length, dtype=torch.bool, device=history.device)
@@ -247,7 +288,13 @@ class SASRec(Recommender):
         h, t = states[valid], targets[valid]  # [P, D], [P]
         name = self.cfg.loss
         if name == "ce":
-            return ce_loss(self.similarity, h, table, t, self.cfg.ce_chunk)
+            return ce_loss(self.similarity, h, table, t, self.cfg.ce_chunk, self.item_bias)
+        if name == "bce_shared":
+            # K = 0 (bce_shared_negatives: 0) leaves the other targets of the batch only
+            shared = batch.get("negatives", t.new_zeros(0))
+            candidates = torch.cat([t, shared])  # [P + K]
+            scores = self.score(h, table, candidates)
+            return bce_shared_loss(scores, candidates, self.cfg.bce_shared_balanced)
         if name == "infonce":
             users = batch["user"][:, None].expand_as(targets)[valid]
             return infonce_loss(self.similarity, h, table[t], t, users, self.cfg.temperature)
@@ -258,12 +305,21 @@ class SASRec(Recommender):
             self.similarity, h, table[t], table[batch["negatives"]], neg_valid
         )
 
+    def score(self, h: Tensor, table: Tensor, items: Tensor | None = None) -> Tensor:
+        """States h [P, D] against ``items`` [C] (default: every id 0..N) -> scores [P, C]:
+        the similarity, plus the item's bias when ``item_bias`` is on."""
+        emb = table if items is None else table[items]
+        scores = self.similarity(h, emb)
+        if self.item_bias is not None:
+            scores = scores + (self.item_bias if items is None else self.item_bias[items])
+        return scores
+
     def score_all(self, history: Tensor) -> Tensor:
         """history [B, L] -> scores over every item id [B, N + 1] (column 0 = padding)."""
         table = self.item_table()
         # leading columns that are padding in every row change nothing: skip their compute
         width = max(int((history > 0).sum(dim=1).max()), 1)
-        return self.similarity(self.encode(history[:, -width:], table)[:, -1], table)
+        return self.score(self.encode(history[:, -width:], table)[:, -1], table)
 
     @torch.no_grad()
     def recommend(self, batch: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
@@ -284,7 +340,16 @@ def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBat
     """Training batches with the negatives ``cfg.loss`` needs (none for ce and infonce)."""
     k = cfg.negatives_per_step
     sampler = None
-    if k:
+    if k and cfg.loss == "bce_shared":
+        # draws with replacement (NegativeSampler.draw), so k may exceed the catalogue
+        sampler = NegativeSampler(
+            "popular",
+            loo.train_item_counts(),
+            loo.train_sequences,
+            alpha=cfg.bce_shared_alpha,
+            seed=seed,
+        )
+    elif k:
         sampler = NegativeSampler(
             cfg.negatives,
             loo.train_item_counts(),
@@ -294,7 +359,8 @@ def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBat
             popular_ratio=cfg.popular_ratio,
             seed=seed,
         )
-    mode = {"bce": "per_position", "sampled_softmax": "shared"}.get(cfg.loss, "none")
+    modes = {"bce": "per_position", "sampled_softmax": "shared", "bce_shared": "shared_unfiltered"}
+    mode = modes.get(cfg.loss, "none") if k else "none"
     return TrainBatches(
         loo.train_sequences,
         cfg.max_history,
