@@ -19,16 +19,11 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.studies import registry
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.execute import cache_key
+from sidrec_core.studies.index import write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import SID_QUALITY, STUDIES, Level, Study
-from sidrec_core.studies.report import (
-    holm,
-    mean_ci,
-    paired_test,
-    write_index,
-    write_study_report,
-)
+from sidrec_core.studies.report import holm, mean_ci, paired_test, write_study_report
 from sidrec_core.studies.runner import StudyOptions, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,3 +323,35 @@ def test_cache_key_follows_every_dep_like_dvc(tmp_path):
     moved = resolve_params({"sid": {"output_dir": "elsewhere/sids"}})
     assert cache_key(pipeline["build_sids"], moved, before, pipeline, root) == after["build_sids"]
     assert upstream("eval_sidlm", pipeline) == ["prepare", "build_sids", "train_sidlm"]
+
+
+def test_index_findings_from_real_data_storage(tmp_path):
+    """The findings row of a real-data section: best level, paired diff ± CI, Holm p, cost."""
+    out = tmp_path / "exp"
+    url = f"sqlite:///{out / 'lm_head_slicing' / 'optuna.db'}"
+    (out / "lm_head_slicing").mkdir(parents=True)
+    ostudy = optuna.create_study(study_name="lm_head_slicing-beauty", storage=url)
+    ostudy.set_user_attr("dataset", "beauty")
+    dist = {
+        "level": optuna.distributions.CategoricalDistribution(["off", "on"]),
+        "seed": optuna.distributions.CategoricalDistribution([0, 1, 2]),
+    }
+    ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
+    ndcg |= {("off", 0): 0.015, ("off", 1): 0.017, ("off", 2): 0.016}
+    for (level, seed), value in ndcg.items():
+        ostudy.add_trial(
+            optuna.trial.create_trial(
+                params={"level": level, "seed": seed},
+                distributions=dist,
+                value=value,  # valid/ndcg@10, the objective
+                user_attrs={"test/ndcg@10": value, "wall_seconds": 60.0},
+            )
+        )
+    row = next(
+        line for line in write_index(out).read_text().splitlines() if "[`lm_head_slicing`]" in line
+    )
+    # paired diffs 0.005, 0.006, 0.004: mean 0.005, t(2) CI half-width 4.303 * 0.001 / sqrt(3)
+    assert "| beauty |" in row and "| `off` |" in row and "0.0050 ± 0.0025" in row
+    assert "0.1 CPU-h in 6 trials" in row
+    # two tests (objective, test NDCG@10), each raw p 0.0132: Holm doubles them to 0.026
+    assert "Holm p 0.026 (significant)" in row

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 0
         for name in names:
             if args.report_only:
-                from sidrec_core.studies.report import write_index, write_study_report
+                from sidrec_core.studies.index import write_index
+                from sidrec_core.studies.report import write_study_report
 
                 storage = opts.storage_url_for(name)
                 paths = write_study_report(get_study(name), storage, Path(opts.out_dir))

@@ -387,7 +387,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         }
         parent.record(**{k: v for k, v in summary.items() if isinstance(v, int)})
         if opts.report:
-            from sidrec_core.studies.report import write_index, write_study_report
+            from sidrec_core.studies.index import write_index
+            from sidrec_core.studies.report import write_study_report
 
             paths = write_study_report(study, opts.storage_url_for(study.name), Path(opts.out_dir))
             write_index(Path(opts.out_dir))

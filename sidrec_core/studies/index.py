@@ -1,0 +1,171 @@
+"""``experiments/README.md``: the findings of every study run on real data (best level, its
+effect on test NDCG@10 against the default with a 95% CI and Holm-corrected p, cost), the study
+registry with links to every report, and every other results file with its provenance.
+
+Findings come from the studies' Optuna storage (regenerated, never hand-edited); a study with
+only smoke sections has no finding.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from sidrec_core.io import write_text
+from sidrec_core.studies.registry import STUDIES, Study
+from sidrec_core.studies.report import (
+    ALPHA,
+    PROFILE_ORDER,
+    _fmt,
+    compare_to_default,
+    is_pipeline_check,
+    report_sections,
+    summarize_trials,
+)
+
+KEY = "test/ndcg@10"
+# results made outside the study machinery: how each was made (the commit is git's)
+RESULTS_FILES: dict[str, str] = {
+    "pipeline_report.md": "`dvc repro` (the `report` stage over `metrics/*.json`), profile full",
+    "sasrec_beauty.md": "hand-run `python bench/train_sasrec.py --set ...` per row (commands "
+    "at its top), Beauty",
+    "sasrec_bce.md": "hand-run `python bench/train_sasrec.py --set ...` per row (commands at "
+    "its top), Beauty",
+    "sid_quality.md": "`OMP_NUM_THREADS=1 python bench/sid_quality.py --epochs 50`, Beauty",
+    "perf/sid_perf.json": "`python bench/perf/sid_perf.py --threads 2`",
+    "perf/sasrec_perf.json": "`python bench/perf/sasrec_perf.py`",
+    "perf/beam_perf.json": "`python bench/perf/beam_perf.py`",
+    "perf/lm_head_perf.json": "`python bench/perf/lm_head_perf.py`",
+    "perf/grpo_perf.json": "`OMP_NUM_THREADS=1 python bench/perf/grpo_perf.py --steps 12`",
+    "perf/sidlm_decoding.md": "`python bench/perf/sidlm_decoding.py --max-users 1000`, Beauty",
+}
+
+
+def last_commit(path: Path) -> str:
+    """The commit that last changed ``path`` (``uncommitted`` when git does not know it)."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%h %cs", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out or "uncommitted"
+
+
+def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
+    """One findings-table row for a real-data section, None when it has no complete trial."""
+    trials = ostudy.get_trials(deepcopy=False)
+    cols, table, _ = summarize_trials(study, trials)
+    key = next((c for c in cols if c.endswith(KEY)), KEY)  # e.g. mostpop/test/ndcg@10
+    if key not in cols or not table[study.default][key].values:
+        return None
+    levels = [lv for lv in study.labels if table[lv][key].values]
+    best = max(levels, key=lambda lv: table[lv][key].mean)
+    walls = [
+        float(t.user_attrs["wall_seconds"])
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and "wall_seconds" in t.user_attrs
+    ]
+    cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
+    seeds = len(table[study.default][key].values)
+    if best == study.default:
+        effect = f"default is best ({_fmt(table[best][key].mean)}, {seeds} seeds)"
+    else:
+        cmp = next(
+            c for c in compare_to_default(study, cols, table) if c.level == best and c.metric == key
+        )
+        c, ci = cmp.cell, cmp.ci
+        diff = _fmt(c.diff) if math.isnan(ci) else f"{_fmt(c.diff)} ± {_fmt(ci)}"
+        p = "undefined" if cmp.holm_p is None else _fmt(cmp.holm_p, 3)
+        sig = " (significant)" if cmp.holm_p is not None and cmp.holm_p < ALPHA else ""
+        effect = f"{diff}; Holm p {p}{sig}; {seeds} seeds"
+    wall_best = [table[best][c].values for c in cols if c == "wall_seconds"]
+    per_trial = f"; {np.median(list(wall_best[0].values())):.0f} s a trial" if wall_best else ""
+    return (
+        f"| [`{study.name}`]({study.name}/report.md) | {profile} | {study.factor} | `{best}` | "
+        f"{effect} | {cost}{per_trial} |"
+    )
+
+
+def findings(out_dir: Path) -> list[str]:
+    rows = []
+    for s in STUDIES.values():
+        storage = out_dir / s.name / "optuna.db"
+        if not storage.exists():
+            continue
+        url = f"sqlite:///{storage.resolve()}"
+        for name in optuna.get_all_study_names(url):
+            profile = name.removeprefix(f"{s.name}-")
+            if not name.startswith(f"{s.name}-"):
+                continue
+            ostudy = optuna.load_study(study_name=name, storage=url)
+            if is_pipeline_check(ostudy):
+                continue
+            row = finding_row(s, profile, ostudy)
+            if row:
+                rows.append(row)
+    lines = [
+        "## Findings (real data)",
+        "",
+        f"Best level by mean test NDCG@10 and its paired difference from the default over seeds "
+        f"(95% CI), Holm-corrected within its study's report (significant at p < {ALPHA}).",
+        "",
+        "| study | profile | factor | best level | effect on test NDCG@10 vs default | cost |",
+        "|---|---|---|---|---|---|",
+    ]
+    if not rows:
+        lines.append("| (no study has run on real data yet) | | | | | |")
+    return lines + rows + [""]
+
+
+def write_index(out_dir: Path) -> Path:
+    """``<out_dir>/README.md``: findings, the study registry, other results files."""
+    lines = [
+        "# Experiments",
+        "",
+        "Generated by `python bench/ablate.py` from the studies' storage "
+        "(`experiments/<study>/optuna.db`); do not edit by hand.",
+        "",
+        *findings(out_dir),
+        "## Studies",
+        "",
+        "Each study varies one factor with everything else at the defaults, over >= 3 seeds; "
+        "reports give mean ± 95% CI over seeds and, on real data, Holm-corrected paired t-tests "
+        "(over seeds) against the default. Smoke sections are pipeline checks on synthetic data.",
+        "",
+        "| study | group | factor | levels (default) | profiles run | report |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in STUDIES.values():
+        sections = report_sections(out_dir / s.name / "report.md")
+        ran = [p for p in PROFILE_ORDER if p in sections]
+        has_report = (out_dir / s.name / "report.md").exists()
+        report = f"[report]({s.name}/report.md)" if has_report else "—"
+        lines.append(
+            f"| `{s.name}` | {s.group} | {s.factor} | {', '.join(s.labels)} "
+            f"(`{s.default}`) | {', '.join(ran) or '—'} | {report} |"
+        )
+    lines += [
+        "",
+        "## Other results files",
+        "",
+        "| file | how it was made | last commit |",
+        "|---|---|---|",
+    ]
+    for name, how in RESULTS_FILES.items():
+        if (out_dir / name).exists():
+            lines.append(f"| [`{name}`]({name}) | {how} | {last_commit(out_dir / name)} |")
+    for report in sorted((out_dir / "tune").glob("*/report_*.md")):
+        rel = report.relative_to(out_dir)
+        lines.append(f"| [`{rel}`]({rel}) | `python bench/tune.py` | {last_commit(report)} |")
+    path = out_dir / "README.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
