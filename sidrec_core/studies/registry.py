@@ -241,6 +241,8 @@ STUDY_LIST: list[Study] = [
         "20",
         run=("eval_sidlm",),
         reuse=("prepare", "embed", "build_sids", "train_sidlm"),
+        # a width-5 beam returns 5 candidates, so @10 is not reported for it: select on @5
+        objective="valid/ndcg@5",
         secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
         group="generation",
     ),
@@ -262,6 +264,8 @@ STUDY_LIST: list[Study] = [
         "off-B20",
         run=("eval_sidlm",),
         reuse=("prepare", "embed", "build_sids", "train_sidlm"),
+        # a width-5 beam returns 5 candidates, so @10 is not reported for it: select on @5
+        objective="valid/ndcg@5",
         secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
         group="generation",
     ),
