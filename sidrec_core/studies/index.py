@@ -75,7 +75,7 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
         if t.state == optuna.trial.TrialState.COMPLETE and "wall_seconds" in t.user_attrs
     ]
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
-    seeds = len(table[study.default][key].values)
+    seeds = len(set(table[best][key].values) & set(table[study.default][key].values))
     if best == study.default:
         effect = f"default is best ({_fmt(table[best][key].mean)}, {seeds} seeds)"
     else:
@@ -87,6 +87,9 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
         p = "undefined" if cmp.holm_p is None else _fmt(cmp.holm_p, 3)
         sig = " (significant)" if cmp.holm_p is not None and cmp.holm_p < ALPHA else ""
         effect = f"{diff}; Holm p {p}{sig}; {seeds} seeds"
+    grid = len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
+    if len(walls) < grid:
+        effect += f" (partial: {len(walls)} of {grid} trials)"
     wall_best = [table[best][c].values for c in cols if c == "wall_seconds"]
     per_trial = f"; {np.median(list(wall_best[0].values())):.0f} s a trial" if wall_best else ""
     return (
