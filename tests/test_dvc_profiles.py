@@ -33,8 +33,7 @@ def test_no_profile_reads_a_pipeline_output(profile):
 
 def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
     dvc = Path(sys.executable).with_name("dvc")
-    if not dvc.exists():
-        pytest.skip("dvc is not installed next to this python")
+    assert dvc.exists(), f"dvc (a dependency in pyproject.toml) is missing next to {sys.executable}"
     repo = tmp_path / "repo"
     for folder in COPIED:
         ignore = shutil.ignore_patterns("__pycache__", "tmp", "cache")

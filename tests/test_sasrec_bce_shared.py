@@ -18,15 +18,8 @@ from sidrec_core.models.losses import bce_shared_loss
 from sidrec_core.models.sasrec import SASRec, SASRecConfig
 from sidrec_core.models.sasrec import training_batches as make_batches
 from sidrec_core.train import TrainConfig, fit
+from tests.test_sasrec import SMALL
 
-SMALL = {
-    "hidden_dim": 32,
-    "num_blocks": 1,
-    "num_heads": 1,
-    "ffn_dim": 32,
-    "dropout": 0.0,
-    "max_history": 16,
-}
 NO_USERS = [np.array([], dtype=np.int64)]
 
 
