@@ -74,9 +74,8 @@ def _label(stage_file: str, params: dict[str, Any]) -> str:
     suffix = stage_file.removeprefix("train_sasrec").strip("_")
     feats = f", sid_features={cfg.sid_features}" if cfg.sid_features != "none" else ""
     name = f"SASRec {suffix}" if suffix else "SASRec"
-    return (
-        f"{name} (loss={cfg.loss}, similarity={cfg.similarity}, negatives={cfg.negatives}{feats})"
-    )
+    neg = cfg.negatives_label
+    return f"{name} (loss={cfg.loss}, similarity={cfg.similarity}, negatives={neg}{feats})"
 
 
 def collect_rows(metrics_dir: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,6 +178,35 @@ def render(
     if dataset != "beauty":
         lines += ["", f"Note: this run used `{dataset}`; the published figures are for Beauty."]
     return "\n".join(lines + [""] + sid_quality_lines(sids))
+
+
+# the SID table's quality in the headline (every other quality metric is in build_sids.json)
+HEADLINE_SID = ("collision_rate_before", "collision_rate_after", "gini", "recon_mse")
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    stem = row["file"].removesuffix(".json")
+    return row["model"].lower() if stem == "baselines" else stem
+
+
+def headline(
+    rows: list[dict[str, Any]], sids: dict[str, Any] | None, walls: dict[str, float]
+) -> dict[str, float]:
+    """The few numbers ``dvc metrics show`` prints (the stages' own ``metrics/*.json`` are plain
+    outputs, hundreds of keys together): test HR/NDCG@{5,10} per model row, the SID table's
+    headline quality and each stage's wall seconds, keyed ``<row>/test/<cut>``,
+    ``build_sids/<metric>`` and ``<stage>/wall_seconds``."""
+    out: dict[str, float] = {}
+    for row in rows:
+        for cut in CUTS:
+            value = row.get(f"test/{cut}")
+            if isinstance(value, (int, float)):
+                out[f"{_row_key(row)}/test/{cut}"] = float(value)
+    for key in HEADLINE_SID:
+        if sids and isinstance(sids.get(key), (int, float)):
+            out[f"build_sids/{key}"] = float(sids[key])
+    out.update({f"{stage}/wall_seconds": float(w) for stage, w in walls.items()})
+    return out
 
 
 def write_plot_data(rows: list[dict[str, Any]], path: Path) -> None:

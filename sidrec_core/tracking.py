@@ -269,11 +269,12 @@ def start_run(
         if device is not None and (acc := peak_accelerator_mb(device)) is not None:
             run.log_metrics({"peak_cuda_mb": acc})
         if metrics_dir is not None and status == "FINISHED":
+            # a stage that learns its dataset from its inputs (the report) records it itself
             payload = {
+                "dataset": dataset,
                 **run.extra,
                 **run.metrics,
                 "mlflow_run_id": run.run_id,
-                "dataset": dataset,
                 "profile": profile,
             }
             write_json(Path(metrics_dir) / f"{stage}.json", payload)

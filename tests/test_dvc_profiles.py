@@ -3,6 +3,7 @@ the whole pipeline on the smoke profile, and no profile points a key at a stage'
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidrec_core.config import flatten, load_params
+from sidrec_core.pipeline_report import headline
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 
@@ -70,3 +72,29 @@ def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
     for stage in load_pipeline():
         if stage != "report":
             assert (repo / "metrics" / f"{stage}.json").exists(), stage
+    # the report's headline is the one DVC metrics file: a readable `dvc metrics show`
+    shown = subprocess.run(
+        [str(dvc), "metrics", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    (workspace,) = json.loads(shown.stdout).values()
+    assert list(workspace["data"]) == ["metrics/report.json"]
+    headline = json.loads((repo / "metrics" / "report.json").read_text())
+    assert headline["dataset"] == "synthetic"
+    assert 0.0 <= headline["eval_sidlm/test/ndcg@10"] <= headline["eval_sidlm/test/hr@10"] <= 1.0
+    assert headline["train_sasrec/wall_seconds"] > 0 and "build_sids/gini" in headline
+
+
+def test_pipeline_headline_keys_rows_sids_and_walls():
+    rows = [
+        {"model": "MostPop", "file": "baselines.json", "test/hr@10": 0.01, "test/ndcg@10": 0.005},
+        {"model": "SID LM", "file": "eval_sidlm.json", "test/hr@5": 0.03, "test/ndcg@5": "n/a"},
+    ]
+    out = headline(rows, {"gini": 0.1, "utilization": [1.0]}, {"eval_sidlm": 12.5})
+    assert out == {
+        "mostpop/test/hr@10": 0.01,
+        "mostpop/test/ndcg@10": 0.005,
+        "eval_sidlm/test/hr@5": 0.03,
+        "build_sids/gini": 0.1,
+        "eval_sidlm/wall_seconds": 12.5,
+    }

@@ -216,9 +216,17 @@ def test_sid_features_train(syn_loo, tmp_path, mode):
     assert model.sid_emb.weight.grad.abs().sum() > 0
 
 
+def test_negatives_label_says_what_the_loss_draws():
+    assert SASRecConfig(loss="ce").negatives_label == "none"
+    assert SASRecConfig(loss="bce", negatives="mixed").negatives_label == "mixed"
+    shared = SASRecConfig(loss="bce_shared", bce_shared_negatives=64, bce_shared_alpha=0.5)
+    assert shared.negatives_label == "pop^0.5 x64 shared"
+
+
 def test_missing_sid_table_and_mismatch_fail(syn_loo, tmp_path):
     cfg = SASRecConfig(**SMALL, sid_features="sum")
-    with pytest.raises(ValueError, match=r"sasrec.sid_features=sum needs a SID table.*nowhere"):
+    message = r"sasrec.sid_features=sum needs a SID table, but sasrec.sid_dir \(.*nowhere\)"
+    with pytest.raises(ValueError, match=message):
         load_sid_features(cfg, tmp_path / "nowhere", syn_loo.num_items)
     none = SASRecConfig(**SMALL)
     assert load_sid_features(none, tmp_path / "nowhere", syn_loo.num_items) is None

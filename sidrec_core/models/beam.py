@@ -37,12 +37,13 @@ unconstrained scores are comparable and are true model log-probabilities of the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from sidrec_core.models.beam_attention import (
+    SharedPrompt,
     shared_prompt,
     split_prompt_cache,
     supports_shared_prompt,
@@ -54,7 +55,9 @@ __all__ = [
     "DecodingConfig",
     "PrefixTable",
     "candidates_to_items",
+    "decode_step",
     "generate_sids",
+    "prompt_forward",
     "schedule",
 ]
 
@@ -190,6 +193,82 @@ def _level_log_probs(logits: Tensor, token_ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def prompt_forward(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, share: bool = True
+) -> tuple[Any, Tensor, SharedPrompt | None]:
+    """One forward over the LEFT-padded prompts [B, T] (attention_mask int64 [B, T]).
+
+    Returns the KV cache, the next-token logits [B, V] and, when ``share`` and the model
+    supports it, the prompt's keys/values split off the cache so that every chain of a user
+    reads them once per step (:mod:`~sidrec_core.models.beam_attention`; the cache then keeps
+    only generated tokens); else None.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    shared = (
+        split_prompt_cache(cache, attention_mask)
+        if share and supports_shared_prompt(model, cache)
+        else None
+    )
+    return cache, logits, shared
+
+
+def decode_step(
+    model: nn.Module,
+    tokens: Tensor,
+    cache: Any,
+    shared: SharedPrompt | None,
+    attention_mask: Tensor,
+    chains: int,
+    step: int,
+) -> tuple[Any, Tensor]:
+    """Feed generated token ``step`` of every chain and return (cache, next logits [B * n, V]).
+
+    Args:
+        tokens: int64 [B * n] the token each chain generated at ``step`` (chains of a user are
+            adjacent; n = ``chains`` per user); the cache is already ordered the same way.
+        shared: the prompt split off by :func:`prompt_forward`, or None (full attention mask).
+        attention_mask: int64 [B, T] of the prompts.
+    """
+    batch = attention_mask.shape[0]
+    positions = (attention_mask.sum(1) + step).repeat_interleave(chains).unsqueeze(1)
+    if shared is not None:
+        shared.beams = chains
+        with shared_prompt(model):
+            out = model(
+                input_ids=tokens.unsqueeze(1),
+                attention_mask={"full_attention": None},
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                sid_shared_prompt=shared,
+            )
+    else:
+        mask = torch.cat(
+            [
+                attention_mask.repeat_interleave(chains, 0),
+                attention_mask.new_ones(batch * chains, step + 1),
+            ],
+            dim=1,
+        )
+        out = model(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return out.past_key_values, out.logits[:, -1]
+
+
 def generate_sids(
     model: nn.Module,
     input_ids: Tensor,
@@ -222,20 +301,10 @@ def generate_sids(
     plan = schedule(cfg, len(level_token_ids))
     batch = input_ids.shape[0]
     attention_mask = attention_mask.to(torch.long)
-    lengths = attention_mask.sum(1)  # [B]; position of the first generated token
     # one prompt forward per user; beams only diverge after the first code
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        logits_to_keep=1,
+    cache, logits, shared = prompt_forward(
+        model, input_ids, attention_mask, cfg.shared_prompt_attention
     )
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    shared = None
-    if cfg.shared_prompt_attention and supports_shared_prompt(model, cache):
-        shared = split_prompt_cache(cache, attention_mask)  # cache keeps only generated tokens
     beams = 1
     scores = torch.zeros(batch, 1, device=device)  # [B, beams] running log-probs
     codes = torch.empty(batch, 1, 0, dtype=torch.long, device=device)  # [B, beams, s]
@@ -271,36 +340,7 @@ def generate_sids(
         rows = (torch.arange(batch, device=device).unsqueeze(1) * beams + parent).reshape(-1)
         cache.reorder_cache(rows)
         beams = next_beams
-        tokens = level_token_ids[step][code].reshape(-1, 1)
-        positions = (lengths + step).repeat_interleave(beams).unsqueeze(1)
-        if shared is not None:
-            shared.beams = beams
-            with shared_prompt(model):
-                out = model(
-                    input_ids=tokens,
-                    attention_mask={"full_attention": None},
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    sid_shared_prompt=shared,
-                )
-        else:
-            mask = torch.cat(
-                [
-                    attention_mask.repeat_interleave(beams, 0),
-                    attention_mask.new_ones(batch * beams, step + 1),
-                ],
-                dim=1,
-            )
-            out = model(
-                input_ids=tokens,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        tokens = level_token_ids[step][code].reshape(-1)
+        cache, logits = decode_step(model, tokens, cache, shared, attention_mask, beams, step)
     codes = codes.masked_fill(torch.isinf(scores).unsqueeze(2), -1)
     return BeamOutput(codes=codes, scores=scores, schedule=plan)

@@ -29,11 +29,8 @@ from sidrec_core.models.beam import (
     DecodingConfig,
     _check_inputs,
     _level_log_probs,
-)
-from sidrec_core.models.beam_attention import (
-    shared_prompt,
-    split_prompt_cache,
-    supports_shared_prompt,
+    decode_step,
+    prompt_forward,
 )
 from sidrec_core.models.candidates import PrefixTable
 
@@ -91,18 +88,7 @@ def sample_sids(
     table = prefix_table.to(device)
     batch, draws = input_ids.shape[0], num_samples
     attention_mask = attention_mask.to(torch.long)
-    lengths = attention_mask.sum(1)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    shared = (
-        split_prompt_cache(cache, attention_mask) if supports_shared_prompt(model, cache) else None
-    )
+    cache, logits, shared = prompt_forward(model, input_ids, attention_mask)
     # every chain starts from its user's prompt: one row per draw from here on
     logits = logits.repeat_interleave(draws, 0)  # [B * G, V]
     cache.reorder_cache(torch.arange(batch, device=device).repeat_interleave(draws))
@@ -119,37 +105,8 @@ def sample_sids(
         codes.append(code)
         if step == num_levels - 1:
             break
-        tokens = level_token_ids[step][code].unsqueeze(1)
-        positions = (lengths.repeat_interleave(draws) + step).unsqueeze(1)
-        if shared is not None:
-            shared.beams = draws
-            with shared_prompt(model):
-                out = model(
-                    input_ids=tokens,
-                    attention_mask={"full_attention": None},
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    sid_shared_prompt=shared,
-                )
-        else:
-            mask = torch.cat(
-                [
-                    attention_mask.repeat_interleave(draws, 0),
-                    attention_mask.new_ones(batch * draws, step + 1),
-                ],
-                dim=1,
-            )
-            out = model(
-                input_ids=tokens,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        tokens = level_token_ids[step][code]
+        cache, logits = decode_step(model, tokens, cache, shared, attention_mask, draws, step)
     codes_t = torch.stack(codes, 1).view(batch, draws, num_levels)
     plan = [(draws, draws)] * num_levels
     return BeamOutput(codes=codes_t, scores=scores.view(batch, draws), schedule=plan)

@@ -128,6 +128,16 @@ class SASRecConfig:
             )
 
     @property
+    def negatives_label(self) -> str:
+        """How the loss draws negatives, for tags and labels: ``none`` for losses that sample
+        none (ce, infonce's in-batch positives), ``pop^alpha xK shared`` for bce_shared."""
+        if self.loss == "bce_shared":
+            return f"pop^{self.bce_shared_alpha:g} x{self.bce_shared_negatives} shared"
+        if self.loss not in DEFAULT_NUM_NEGATIVES:
+            return "none"
+        return self.negatives
+
+    @property
     def negatives_per_step(self) -> int:
         """Negatives drawn for the loss (0 for losses that sample none)."""
         if self.loss == "bce_shared":
@@ -145,8 +155,8 @@ def load_sid_features(cfg: SASRecConfig, sid_dir: str | Path, num_items: int) ->
         return None
     if not (Path(sid_dir) / "codes.npy").exists():
         raise ValueError(
-            f"sasrec.sid_features={cfg.sid_features} needs a SID table, but {sid_dir} has no "
-            f"codes.npy (sid.output_dir): run build_sids first or set sasrec.sid_features=none"
+            f"sasrec.sid_features={cfg.sid_features} needs a SID table, but sasrec.sid_dir "
+            f"({sid_dir}) has no codes.npy: run build_sids first or set sasrec.sid_features=none"
         )
     return SIDTable.load(sid_dir, num_items=num_items)
 

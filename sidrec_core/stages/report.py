@@ -10,11 +10,15 @@ from sidrec_core.io import write_text
 from sidrec_core.pipeline_report import (
     ReportConfig,
     collect_rows,
+    headline,
     load_metrics,
     render,
     write_plot_data,
 )
 from sidrec_core.stages.context import stage_context
+
+# the stages' metrics files the report reads (deps of the ``report`` stage in dvc.yaml)
+DEPS = ("prepare", "baselines", "build_sids", "train_sasrec", "eval_sidlm", "rl_sidlm")
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -24,11 +28,18 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         metrics_dir = Path(ctx.base.metrics_dir)
         rows = collect_rows(metrics_dir, params)
         sids = load_metrics(metrics_dir / "build_sids.json")
-        files = [load_metrics(metrics_dir / f"{n}.json") or {} for n in ("baselines", "build_sids")]
-        found = [d.get("dataset") for d in (*rows, *files) if d.get("dataset")]
+        files = {n: load_metrics(metrics_dir / f"{n}.json") or {} for n in DEPS}
+        found = [d.get("dataset") for d in (*files.values(), *rows) if d.get("dataset")]
         dataset = found[0] if found else "?"
         write_text(cfg.output, render(rows, sids, ctx.base.profile, dataset))
         write_plot_data(rows, Path(cfg.plot_data))
         ctx.run.log_artifact(cfg.output)
-        ctx.run.record(num_models=len(rows), has_sid_metrics=int(sids is not None))
+        ctx.run.set_tags({"dataset": dataset})
+        walls = {n: d["wall_seconds"] for n, d in files.items() if "wall_seconds" in d}
+        ctx.run.record(
+            dataset=dataset,
+            num_models=len(rows),
+            has_sid_metrics=int(sids is not None),
+            **headline(rows, sids, walls),
+        )
         return ctx.result()

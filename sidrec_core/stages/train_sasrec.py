@@ -48,7 +48,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                 "model": "sasrec",
                 "loss": cfg.loss,
                 "similarity": cfg.similarity,
-                "negatives": cfg.negatives,
+                "negatives": cfg.negatives_label,
                 "sid_features": model.sid_mode,
             }
         )
@@ -60,7 +60,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             len(batches),
             cfg.loss,
             cfg.similarity,
-            cfg.negatives,
+            cfg.negatives_label,
         )
         result = fit(
             model,
