@@ -16,15 +16,15 @@ import pytest
 from optuna.trial import TrialState
 
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies import registry
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.execute import cache_key
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
-from sidrec_core.studies.registry import SID_QUALITY, STUDIES, Level, Study
+from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import holm, mean_ci, paired_test, write_study_report
 from sidrec_core.studies.runner import StudyOptions, run_study
+from sidrec_core.studies.study import SID_QUALITY, Level, Study, one_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def test_registry_is_well_formed_and_listed(capsys):
         Study(
             "bad",
             "x",
-            registry.one_key("eval.exclude_seen", [False, True]),
+            one_key("eval.exclude_seen", [False, True]),
             "off",
             run=("eval_sidlm",),
         )
@@ -173,7 +173,7 @@ def test_failed_trials_record_the_error_and_missing_stage_fails_clearly(
     broken = Study(
         "broken",
         "objective key that no stage writes",
-        registry.one_key("eval.exclude_seen", [False, True]),
+        one_key("eval.exclude_seen", [False, True]),
         "off",
         run=("baselines",),
         reuse=("prepare",),
@@ -188,7 +188,7 @@ def test_failed_trials_record_the_error_and_missing_stage_fails_clearly(
     assert "Failed trials (grid points" in (tmp_path / "exp" / "broken" / "report.md").read_text()
     # a study naming a stage dvc.yaml does not have fails at registration
     with pytest.raises(ValueError, match="not in dvc.yaml"):
-        Study("bad", "x", registry.one_key("eval.exclude_seen", [False, True]), "off", run=("x",))
+        Study("bad", "x", one_key("eval.exclude_seen", [False, True]), "off", run=("x",))
     assert ablate_main(["--study", "nope", "--out", str(tmp_path / "exp")]) == 2
     assert "unknown study" in capsys.readouterr().err
 

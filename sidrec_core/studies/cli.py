@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sidrec_core.config import ConfigError
-from sidrec_core.studies.profiles import dvc_set_args
+from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 from sidrec_core.studies.registry import STUDIES, describe, get_study
 from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
 
@@ -24,12 +24,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="study to run (repeatable; 'all' = every study)",
     )
-    p.add_argument("--profile", default="dev", help="smoke | dev | full (experiments/profiles)")
+    profiles = " | ".join(sorted(f.stem for f in PROFILES_DIR.glob("*.yaml")))
+    p.add_argument("--profile", default="dev", help=f"{profiles} (experiments/profiles)")
     p.add_argument(
         "--storage",
         default=None,
-        help="Optuna RDB URL (default sqlite:///experiments/optuna.db; "
-        "postgresql://... to share a study between machines)",
+        help="Optuna RDB URL (default: the study's own <out>/<study>/optuna.db, kept in the "
+        "repository; postgresql://... to share a study between machines)",
     )
     p.add_argument("--n-seeds", type=int, default=3, help="seeds per level (default 3)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this study")

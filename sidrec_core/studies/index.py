@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 
 from sidrec_core.io import write_text
-from sidrec_core.studies.registry import STUDIES, Study
+from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     ALPHA,
     PROFILE_ORDER,
@@ -26,6 +26,7 @@ from sidrec_core.studies.report import (
     report_sections,
     summarize_trials,
 )
+from sidrec_core.studies.study import Study
 
 KEY = "test/ndcg@10"
 # results made outside the study machinery: how each was made (the commit is git's)

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from sidrec_core.io import atomic_path, write_text
-from sidrec_core.studies.registry import Study
+from sidrec_core.studies.study import Study
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"

@@ -32,7 +32,8 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
-from sidrec_core.studies.registry import Study, get_study
+from sidrec_core.studies.registry import get_study
+from sidrec_core.studies.study import Study
 from sidrec_core.tracking import start_run
 
 log = logging.getLogger(__name__)

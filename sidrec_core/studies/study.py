@@ -1,0 +1,118 @@
+"""What a study is: one factor, its levels, the stages each trial runs or reuses.
+
+A study varies one factor over its levels with everything else at the defaults, over several
+seeds, and says which stages each trial re-runs (``run``) and which upstream artifacts it reuses
+(``reuse``, built once per seed at the default configuration and cached): the beam-width study
+loads a trained SID LM and only re-runs evaluation (STYLE.md, "Experiments"). The catalogue of
+studies is :mod:`sidrec_core.studies.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sidrec_core.studies.pipeline import load_pipeline, upstream
+
+VALID_NDCG = "valid/ndcg@10"
+TEST_KEYS = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
+COST_KEYS = ("wall_seconds", "peak_rss_mb")
+# every SID quality metric of the build_sids stage; lists are per level
+SID_QUALITY = (
+    "utilization",
+    "perplexity",
+    "collision_rate_before",
+    "collision_rate_after",
+    "max_bucket",
+    "gini",
+    "recon_mse",
+    "fit_seconds",
+)
+GEN_KEYS = ("test/invalid_rate", "test/duplicate_rate", "test/users_per_second")
+TOKENIZER_PIPELINE = dict(
+    run=("build_sids", "train_sidlm", "eval_sidlm"), reuse=("prepare", "embed")
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One setting of the factor: a label and the dotted params keys it sets."""
+
+    label: str
+    overrides: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """An ablation of one factor.
+
+    ``fixed`` overrides hold for every level and for the reused upstream stages (the study's
+    context, e.g. ``sid.method=rqvae`` for the RQ-VAE technique flags).
+    """
+
+    name: str
+    factor: str
+    levels: tuple[Level, ...]
+    default: str
+    run: tuple[str, ...]
+    reuse: tuple[str, ...] = ()
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    objective: str = VALID_NDCG
+    direction: str = "maximize"
+    secondary: tuple[str, ...] = TEST_KEYS + COST_KEYS
+    group: str = ""
+    # "module:function(params, out_dir) -> overrides" for inputs no stage makes (a checkpoint)
+    setup: str | None = None
+
+    def __post_init__(self) -> None:
+        labels = [lv.label for lv in self.levels]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"study {self.name}: needs >= 2 distinct level labels, got {labels}")
+        if self.default not in labels:
+            raise ValueError(f"study {self.name}: default level {self.default!r} not in {labels}")
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"study {self.name}: direction must be maximize|minimize")
+        if not self.run:
+            raise ValueError(f"study {self.name}: 'run' must name at least one stage")
+        known = set(self.run) | set(self.reuse)
+        pipeline = load_pipeline()
+        for name in (*self.run, *self.reuse):
+            if name not in pipeline:
+                raise ValueError(f"study {self.name}: unknown stage {name!r} (not in dvc.yaml)")
+            missing = set(upstream(name, pipeline)) - known
+            if missing:
+                raise ValueError(
+                    f"study {self.name}: stage {name} needs {sorted(missing)} in run or reuse"
+                )
+        if set(self.run) & set(self.reuse):
+            raise ValueError(f"study {self.name}: a stage cannot be both run and reused")
+
+    @property
+    def labels(self) -> list[str]:
+        return [lv.label for lv in self.levels]
+
+    def level(self, label: str) -> Level:
+        for lv in self.levels:
+            if lv.label == label:
+                return lv
+        raise KeyError(f"study {self.name}: no level {label!r}; levels: {self.labels}")
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted({k for lv in self.levels for k in lv.overrides})
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
+    """Levels for a factor that is a single params key."""
+    return tuple(Level(_label(v), {key: v}) for v in values)
+
+
+def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
+    """An on/off study of one boolean flag."""
+    return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
