@@ -22,8 +22,9 @@ from sidrec_core.studies.index import write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.report import holm, mean_ci, paired_test, write_study_report
+from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.runner import StudyOptions, run_study
+from sidrec_core.studies.stats import holm, mean_ci, paired_test
 from sidrec_core.studies.study import SID_QUALITY, Level, Study, one_key
 
 ROOT = Path(__file__).resolve().parent.parent

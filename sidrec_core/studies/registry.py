@@ -14,6 +14,7 @@ from sidrec_core.studies.study import (
     SID_QUALITY,
     TEST_KEYS,
     TOKENIZER_PIPELINE,
+    Claim,
     Level,
     Study,
     flag,
@@ -35,6 +36,8 @@ _ETEGREC = {
     "sid.collision": "knn",
     "sid.embeddings": "data/item_embeddings/collaborative.npy",
 }
+GRID = "GRID, Ju et al. 2025 (arXiv:2507.22224)"
+ETEGREC_PAPER = "ETEGRec, Liu et al., SIGIR 2025 (ablation)"
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
 _EVERY_BEAM = {"decoding.num_return_sequences": None}
 
@@ -77,6 +80,16 @@ STUDY_LIST: list[Study] = [
         True,
         "RQ-VAE dead-code restart",
         fixed=_RQVAE,
+        claims=(
+            Claim(
+                "restarting unused codes prevents codebook collapse",
+                "Jukebox, Dhariwal et al. 2020 (arXiv:2005.00341), random restarts",
+                "on",
+                "off",
+                "better",
+                metric="utilization",
+            ),
+        ),
         secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
         group="tokenizer",
         **TOKENIZER_PIPELINE,
@@ -130,6 +143,11 @@ STUDY_LIST: list[Study] = [
         "SID tokenizer method",
         one_key("sid.method", ["rqvae", "rqkmeans", "rqkmeans_plus", "rqkmeans_constrained"]),
         "rqkmeans",
+        claims=(
+            Claim(
+                "RQ-KMeans SIDs match or beat RQ-VAE SIDs", GRID, "rqkmeans", "rqvae", "not_worse"
+            ),
+        ),
         secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
         group="tokenizer",
         **TOKENIZER_PIPELINE,
@@ -180,6 +198,15 @@ STUDY_LIST: list[Study] = [
             for v in ("beam", "constrained", "dynamic")
         ),
         "constrained",
+        claims=(
+            Claim(
+                "constrained and unconstrained beam search recommend equally well",
+                GRID,
+                "constrained",
+                "beam",
+                "equal",
+            ),
+        ),
         run=("eval_sidlm",),
         reuse=("prepare", "embed", "build_sids", "train_sidlm"),
         secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
@@ -234,6 +261,15 @@ STUDY_LIST: list[Study] = [
         "SASRec training loss",
         one_key("sasrec.loss", ["bce", "infonce", "ce", "sampled_softmax"]),
         "ce",
+        claims=(
+            Claim(
+                "SASRec trained with full cross-entropy beats one-negative BCE",
+                "Klenitskiy & Vasilev, RecSys 2023 (arXiv:2309.07602)",
+                "ce",
+                "bce",
+                "better",
+            ),
+        ),
         run=("train_sasrec",),
         reuse=("prepare",),
         group="baselines",
@@ -293,6 +329,22 @@ STUDY_LIST: list[Study] = [
             Level("tied", {"etegrec.mode": "alternating", "etegrec.tie_codebooks": True}),
         ),
         "two-stage",
+        claims=(
+            Claim(
+                "alternating tokenizer/recommender training beats two-stage training",
+                ETEGREC_PAPER,
+                "alternating",
+                "two-stage",
+                "better",
+            ),
+            Claim(
+                "joint training without alternation does worse than two-stage training",
+                ETEGREC_PAPER,
+                "two-stage",
+                "joint",
+                "better",
+            ),
+        ),
         run=("train_etegrec", "eval_etegrec"),
         reuse=("prepare", "embed", "train_sasrec", "item_embeddings"),
         fixed=_ETEGREC,

@@ -42,6 +42,23 @@ class Level:
     overrides: dict[str, Any]
 
 
+EXPECTATIONS = ("better", "not_worse", "equal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A published finding the study puts to the test: ``level`` against ``versus`` on
+    ``metric`` (higher is better; a per-level metric such as ``utilization`` is averaged over
+    the SID levels). ``expect``: ``better`` (higher), ``not_worse`` or ``equal``."""
+
+    finding: str
+    source: str  # paper (arXiv id, section) or repository + file
+    level: str
+    versus: str
+    expect: str
+    metric: str = "test/ndcg@10"
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
     """An ablation of one factor.
@@ -63,6 +80,7 @@ class Study:
     group: str = ""
     # "module:function(params, out_dir) -> overrides" for inputs no stage makes (a checkpoint)
     setup: str | None = None
+    claims: tuple[Claim, ...] = ()  # published findings the report compares with
 
     def __post_init__(self) -> None:
         labels = [lv.label for lv in self.levels]
@@ -86,6 +104,13 @@ class Study:
                 )
         if set(self.run) & set(self.reuse):
             raise ValueError(f"study {self.name}: a stage cannot be both run and reused")
+        for claim in self.claims:
+            if {claim.level, claim.versus} - set(labels) or claim.expect not in EXPECTATIONS:
+                raise ValueError(
+                    f"study {self.name}: claim {claim.finding!r} needs levels in {labels} and "
+                    f"expect in {EXPECTATIONS}, got {claim.level!r}, {claim.versus!r}, "
+                    f"{claim.expect!r}"
+                )
 
     @property
     def labels(self) -> list[str]:

@@ -14,7 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
-from sidrec_core.studies.report import mean_ci
+from sidrec_core.studies.stats import mean_ci
 from sidrec_core.studies.tuning import (
     OBJECTIVE,
     TEST_KEYS,

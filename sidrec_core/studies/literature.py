@@ -1,0 +1,82 @@
+"""Where a study's measurements meet the literature: each :class:`~sidrec_core.studies.study.Claim`
+is checked against the paired difference (claim level - compared level, per seed) and its 95% CI.
+
+Verdicts, from the CI of the mean paired difference d over the seeds both levels completed:
+
+- ``better``: agrees when the CI lies above 0, disagrees when it lies below 0;
+- ``not_worse``: disagrees when the CI lies below 0, agrees otherwise (consistent when it covers 0);
+- ``equal``: disagrees when the CI excludes 0, consistent when it covers 0.
+
+A CI that covers 0 with the finding needing a sign is "not resolved at n seeds": the study is too
+small to tell, which is said, not read as agreement. The claims are few and fixed before the run
+(one per published finding), so their CIs are not multiplicity-corrected; the section says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from sidrec_core.studies.stats import mean_ci
+from sidrec_core.studies.study import Claim, Study
+
+if TYPE_CHECKING:
+    from sidrec_core.studies.report import Cell
+
+
+def claim_values(claim: Claim, level: dict[str, Cell]) -> dict[int, float]:
+    """Per-seed values of ``claim.metric`` for one level; a per-level metric (``utilization``
+    expanded to ``utilization/0``, ``/1``, ...) is averaged over its levels."""
+    if claim.metric in level:
+        return dict(level[claim.metric].values)
+    parts = [c for c in level if c.startswith(f"{claim.metric}/") and c.rsplit("/", 1)[1].isdigit()]
+    seeds = set.intersection(*(set(level[c].values) for c in parts)) if parts else set()
+    return {s: sum(level[c].values[s] for c in parts) / len(parts) for s in sorted(seeds)}
+
+
+def verdict(expect: str, diff: float, half_width: float, n: int) -> str:
+    """The reading of a paired difference ``diff`` ± ``half_width`` (95% CI) over n seeds."""
+    if n < 2 or math.isnan(half_width):
+        return f"not resolved ({n} paired seed{'s' if n != 1 else ''})"
+    if half_width == 0.0 and diff == 0.0:
+        return "no difference at any seed"
+    low, high = diff - half_width, diff + half_width
+    if expect == "equal":
+        return "disagrees" if low > 0 or high < 0 else "consistent (CI covers 0)"
+    if high < 0:
+        return "disagrees"
+    if low > 0:
+        return "agrees"
+    return "consistent (CI covers 0)" if expect == "not_worse" else f"not resolved at {n} seeds"
+
+
+def claim_lines(study: Study, table: dict[str, dict[str, Cell]]) -> list[str]:
+    """The report's "Literature" table: finding, source, measured difference, verdict."""
+    if not study.claims:
+        return []
+    lines = [
+        "",
+        "Literature: each published finding against this profile's paired difference "
+        "(claim level - compared level, 95% CI over the seeds both completed; not "
+        "multiplicity-corrected: one pre-set claim per finding).",
+        "",
+        "| finding | source | metric | measured difference | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for claim in study.claims:
+        a = claim_values(claim, table[claim.level])
+        b = claim_values(claim, table[claim.versus])
+        shared = sorted(set(a) & set(b))
+        diff, hw = mean_ci([a[s] - b[s] for s in shared])
+        measured = (
+            "no paired seeds yet"
+            if not shared
+            else f"{claim.level} - {claim.versus}: {diff:+.4f}"
+            + ("" if math.isnan(hw) else f" ± {hw:.4f}")
+            + f" (n={len(shared)})"
+        )
+        reading = verdict(claim.expect, diff, hw, len(shared)) if shared else "not resolved"
+        lines.append(
+            f"| {claim.finding} | {claim.source} | {claim.metric} | {measured} | {reading} |"
+        )
+    return lines
