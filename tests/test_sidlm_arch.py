@@ -23,8 +23,7 @@ from sidrec_core.stages.eval_sidlm import run as run_eval_sidlm
 from sidrec_core.stages.train_sidlm import run as run_train_sidlm
 from tests.test_sidlm import TINY, _runner_params, _table
 
-# T5 has no grouped-query attention: as many key/value heads as query heads
-ENC_DEC = {**TINY, "num_kv_heads": TINY["num_heads"], "arch": "encoder_decoder"}
+ENC_DEC = {**TINY, "arch": "encoder_decoder"}  # num_kv_heads does not apply to T5
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,6 @@ def test_arch_config_is_validated():
         build(SIDLMConfig, {"arch": "t5"}, "sidlm")
     with pytest.raises(ConfigError, match=r"sidlm.load: arch encoder_decoder builds a scratch"):
         build(SIDLMConfig, {"arch": "encoder_decoder", "load": "lora", "checkpoint": "x"}, "sidlm")
-    with pytest.raises(ConfigError, match=r"sidlm.num_kv_heads: arch encoder_decoder"):
-        build(SIDLMConfig, {"arch": "encoder_decoder", "num_kv_heads": 1}, "sidlm")
 
 
 def test_sizes_map_per_stack(table):

@@ -99,11 +99,6 @@ class SIDLMConfig:
             raise ValueError(
                 f"sidlm.load: arch encoder_decoder builds a scratch T5, got load {self.load!r}"
             )
-        if self.arch == "encoder_decoder" and self.num_kv_heads != self.num_heads:
-            raise ValueError(
-                f"sidlm.num_kv_heads: arch encoder_decoder (T5) has no grouped-query attention; "
-                f"set it equal to sidlm.num_heads ({self.num_heads}), got {self.num_kv_heads}"
-            )
         if self.load != "scratch" and not self.checkpoint:
             raise ValueError(
                 f"sidlm.checkpoint: load mode {self.load!r} needs a local checkpoint path"

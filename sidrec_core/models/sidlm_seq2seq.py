@@ -17,8 +17,9 @@ cross-attention, about twice the decoder-only parameters):
 - ``attention_dropout`` -> ``dropout_rate`` (T5 applies it to every residual branch as well as
   to the attention weights);
 - T5 encodes positions with relative buckets and has no grouped-query attention, so
-  ``rope_theta`` and ``max_positions`` do not apply and ``num_kv_heads`` must equal
-  ``num_heads``; the token embedding is tied to the LM head, as in the scratch decoder.
+  ``rope_theta``, ``max_positions`` and ``num_kv_heads`` do not apply (every head has its own
+  keys and values; a decoder with ``num_kv_heads < num_heads`` has fewer attention
+  parameters); the token embedding is tied to the LM head, as in the scratch decoder.
 
 Training rows are one example per prefix of the training part (sliding window of
 ``max_history`` items) whatever the task: the ``pretrain`` item stream trains every item of a
