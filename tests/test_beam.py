@@ -1,10 +1,17 @@
-"""Decoding: constrained beam vs brute force, greedy, transformers' generate, dynamic schedule."""
+"""Decoding: constrained beam vs brute force, greedy, transformers' generate, dynamic schedule;
+every property for both SID-LM arches (decoder-only Qwen2, encoder-decoder T5)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AttentionInterface,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from sidrec_core.models import beam_attention
 from sidrec_core.models.beam import (
@@ -18,6 +25,7 @@ from sidrec_core.models.beam import (
 
 NUM_SPECIAL = 3  # pad, bos, eos
 SIZES = (4, 3, 5)
+ARCHES = ("decoder", "encoder_decoder")
 
 
 def level_tokens(sizes: tuple[int, ...]) -> list[torch.Tensor]:
@@ -46,6 +54,47 @@ def tiny_lm(sizes: tuple[int, ...], seed: int = 0) -> Qwen2ForCausalLM:
     return lm
 
 
+def tiny_t5(sizes: tuple[int, ...], seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=NUM_SPECIAL + sum(sizes) + 2,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-silu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+    lm = T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # sharper next-token distributions (the head is tied to the inputs)
+        lm.decoder.final_layer_norm.weight.mul_(4.0)
+    return lm
+
+
+def tiny(arch: str, sizes: tuple[int, ...], seed: int = 0):
+    return tiny_lm(sizes, seed) if arch == "decoder" else tiny_t5(sizes, seed)
+
+
+def sequence_logits(lm, ids, mask, generated) -> torch.Tensor:
+    """Logits [R, s + 1, V] predicting each of the ``generated`` tokens [R, s] and the next one,
+    by a plain forward without a cache (the decoder-only model re-reads prompt + tokens)."""
+    with torch.no_grad():
+        if lm.config.is_encoder_decoder:
+            start = torch.full((len(ids), 1), lm.config.decoder_start_token_id)
+            dec = torch.cat([start, generated], 1)
+            return lm(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.float()
+        seq = torch.cat([ids, generated], 1)
+        seq_mask = torch.cat([mask, torch.ones_like(generated)], 1)
+        pos = (seq_mask.cumsum(1) - 1).clamp(min=0)
+        logits = lm(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits.float()
+        return logits[:, ids.shape[1] - 1 :]
+
+
 def all_sids(sizes: tuple[int, ...]) -> torch.Tensor:
     return torch.cartesian_prod(*[torch.arange(k) for k in sizes]).reshape(-1, len(sizes))
 
@@ -67,17 +116,13 @@ def prompts(vocab: int, batch: int = 3, length: int = 6, seed: int = 1):
 
 def brute_force_scores(lm, ids, mask, codes, tokens) -> torch.Tensor:
     """Sequence log-prob of every SID in ``codes`` [N, M] for every prompt -> [B, N] (no cache)."""
-    batch, length = ids.shape
+    batch = ids.shape[0]
     sid_ids = torch.stack([tokens[lvl][codes[:, lvl]] for lvl in range(codes.shape[1])], 1)
-    full = torch.cat([ids.repeat_interleave(len(codes), 0), sid_ids.repeat(batch, 1)], 1)
-    full_mask = torch.cat(
-        [mask.repeat_interleave(len(codes), 0), torch.ones_like(sid_ids.repeat(batch, 1))], 1
-    )
-    pos = (full_mask.cumsum(1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = lm(input_ids=full, attention_mask=full_mask, position_ids=pos).logits.float()
-    logp = logits.log_softmax(-1)[:, length - 1 : -1]  # positions predicting the SID tokens
-    return logp.gather(2, full[:, length:].unsqueeze(2)).squeeze(2).sum(1).view(batch, len(codes))
+    sid_ids = sid_ids.repeat(batch, 1)
+    n = len(codes)
+    logits = sequence_logits(lm, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), sid_ids)
+    logp = logits.log_softmax(-1)[:, :-1]  # positions predicting the SID tokens
+    return logp.gather(2, sid_ids.unsqueeze(2)).squeeze(2).sum(1).view(batch, n)
 
 
 def sid_scores(out: BeamOutput, table: PrefixTable, brute: torch.Tensor) -> torch.Tensor:
@@ -85,14 +130,23 @@ def sid_scores(out: BeamOutput, table: PrefixTable, brute: torch.Tensor) -> torc
     return torch.where(items > 0, brute.gather(1, (items - 1).clamp(min=0)), torch.nan)
 
 
-@pytest.fixture(scope="module")
-def setup():
-    lm = tiny_lm(SIZES)
+def make_setup(arch: str):
+    lm = tiny(arch, SIZES)
     codes = sid_table(SIZES, 25)
     tokens = level_tokens(SIZES)
     ids, mask = prompts(lm.config.vocab_size)
     table = PrefixTable.from_codes(codes, SIZES)
     return lm, codes, tokens, ids, mask, table, brute_force_scores(lm, ids, mask, codes, tokens)
+
+
+@pytest.fixture(scope="module", params=ARCHES)
+def setup(request):
+    return make_setup(request.param)
+
+
+@pytest.fixture(scope="module")
+def decoder_setup():
+    return make_setup("decoder")
 
 
 def test_prefix_table_children_and_lookup():
@@ -162,13 +216,10 @@ def test_scores_are_sequence_log_probs(setup, cfg):
 
 def greedy(lm, ids, mask, tokens, table=None) -> torch.Tensor:
     """Reference greedy decoding without a KV cache, optionally restricted to valid prefixes."""
-    seq, seq_mask, picked = ids, mask, []
+    generated, picked = ids.new_zeros(len(ids), 0), []
     prefix = torch.zeros(len(ids), dtype=torch.long)
     for lvl, tok in enumerate(tokens):
-        pos = (seq_mask.cumsum(1) - 1).clamp(min=0)
-        with torch.no_grad():
-            logits = lm(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, -1]
-        logits = logits[:, tok]
+        logits = sequence_logits(lm, ids, mask, generated)[:, -1, tok]
         if table is not None:
             child = table.children[lvl][prefix]
             logits = logits.masked_fill(child < 0, float("-inf"))
@@ -176,8 +227,7 @@ def greedy(lm, ids, mask, tokens, table=None) -> torch.Tensor:
         if table is not None:
             prefix = child.gather(1, code.unsqueeze(1)).squeeze(1)
         picked.append(code)
-        seq = torch.cat([seq, tok[code].unsqueeze(1)], 1)
-        seq_mask = torch.cat([seq_mask, torch.ones_like(code).unsqueeze(1)], 1)
+        generated = torch.cat([generated, tok[code].unsqueeze(1)], 1)
     return torch.stack(picked, 1)
 
 
@@ -195,7 +245,9 @@ def test_width_one_is_greedy(setup, strategy):
 @pytest.mark.parametrize("shared", [True, False])
 def test_beam_matches_transformers_generate(setup, shared):
     lm, codes, tokens, ids, mask, table, _ = setup
-    width, length = 5, ids.shape[1]
+    width = 5
+    # generate's decoder sequences start after the prompt (decoder-only) or the start token
+    length = 1 if lm.config.is_encoder_decoder else ids.shape[1]
     gen = lm.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -220,9 +272,10 @@ def test_beam_matches_transformers_generate(setup, shared):
     )
 
 
-def test_constrained_invalid_rate_zero():
+@pytest.mark.parametrize("arch", ARCHES)
+def test_constrained_invalid_rate_zero(arch):
     sizes = (6, 6, 6)
-    lm, tokens = tiny_lm(sizes, seed=3), level_tokens(sizes)
+    lm, tokens = tiny(arch, sizes, seed=3), level_tokens(sizes)
     codes = sid_table(sizes, 12, seed=2)  # 12 of 216 SIDs exist: unconstrained beams miss most
     table = PrefixTable.from_codes(codes, sizes)
     ids, mask = prompts(lm.config.vocab_size, batch=4)
@@ -247,7 +300,8 @@ def test_constrained_invalid_rate_zero():
 @pytest.mark.parametrize("mode,keeps", [("offline", (3, 6, 12, 12)), ("online", (3, 9, 12, 12))])
 @pytest.mark.parametrize("sizes", [(4, 4, 4), (3, 3, 3, 2)])
 @pytest.mark.parametrize("constrained", [True, False])
-def test_dynamic_schedule(mode, keeps, sizes, constrained):
+@pytest.mark.parametrize("arch", ARCHES)
+def test_dynamic_schedule(mode, keeps, sizes, constrained, arch):
     width, levels = 2, len(sizes)
     cfg = DecodingConfig(
         strategy="dynamic", beam_width=width, dynamic_mode=mode, dynamic_constrained=constrained
@@ -256,7 +310,7 @@ def test_dynamic_schedule(mode, keeps, sizes, constrained):
     assert plan == [
         (width * b, width * k) for b, k in zip((1, 2, 4, 8), keeps[:levels], strict=False)
     ]
-    lm, tokens = tiny_lm(sizes), level_tokens(sizes)
+    lm, tokens = tiny(arch, sizes), level_tokens(sizes)
     table = PrefixTable.from_codes(all_sids(sizes), sizes)  # every SID exists: slots all fill
     ids, mask = prompts(lm.config.vocab_size)
     out = generate_sids(lm, ids, mask, tokens, cfg, table)
@@ -312,9 +366,9 @@ def test_candidates_to_items_drops_invalid_and_duplicates():
     assert stats == {"generated": 4, "invalid": 1, "duplicate": 1}
 
 
-def test_shared_prompt_attention_is_used_and_restored(setup, monkeypatch):
+def test_shared_prompt_attention_is_used_and_restored(decoder_setup, monkeypatch):
     """The fast path really runs (GQA model, left padding) and gives the reference results."""
-    lm, codes, tokens, ids, mask, table, _ = setup
+    lm, codes, tokens, ids, mask, table, _ = decoder_setup
     calls = []
 
     def spy(*args, **kwargs):

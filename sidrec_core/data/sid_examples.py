@@ -101,6 +101,16 @@ class ExampleEncoder:
         )
         self.num_items = item_tokens.shape[0] - 1
 
+    @property
+    def rows_task(self) -> str:
+        """The :func:`training_rows` layout these examples are made from."""
+        return self.task
+
+    @property
+    def pad_side(self) -> str:
+        """Training batches pad here (see :func:`collate`)."""
+        return "left" if self.task == "sft" else "right"
+
     def _tokens(self, items: list[int]) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
         if items.size and (items.min() < 1 or items.max() > self.num_items):
@@ -125,6 +135,27 @@ class ExampleEncoder:
         prompt = self.prompt(row["history"])
         answer = self._tokens([row["target"]]).reshape(-1).tolist() + list(self.fmt.answer_end)
         return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+
+
+class Seq2SeqExampleEncoder(ExampleEncoder):
+    """Examples of the encoder-decoder SID LM: the task's prompt is the encoder input, the
+    target's M SID tokens the labels. Rows are always per prefix (``sft`` rows; see
+    :mod:`sidrec_core.models.sidlm_seq2seq`) and padded left, as generation prompts are."""
+
+    @property
+    def rows_task(self) -> str:
+        return "sft"
+
+    @property
+    def pad_side(self) -> str:
+        return "left"
+
+    def train_example(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        """``{"input_ids": [T] prompt, "labels": [M] target SID tokens}``."""
+        return {
+            "input_ids": self.prompt(row["history"]),
+            "labels": self._tokens([row["target"]]).reshape(-1).tolist(),
+        }
 
 
 class JsonlExamples(IterableDataset):

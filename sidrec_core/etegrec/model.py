@@ -23,11 +23,14 @@ from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder
 from sidrec_core.models.beam import PrefixTable
 from sidrec_core.models.sid_tokenizer import SIDVocab
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm
+from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
 from sidrec_core.sid.table import SIDTable
 
 
 def check_lm_config(cfg: SIDLMConfig) -> None:
-    """ETEGRec reads hidden states and rebuilds the token rows: a scratch model, pretrain task."""
+    """ETEGRec reads hidden states and rebuilds the token rows: a scratch decoder-only model
+    (its alignment losses read the causal LM's states before each target), pretrain task."""
+    check_decoder_arch(cfg, "etegrec")
     if cfg.load != "scratch":
         raise ValueError(
             f"etegrec trains a scratch SID LM; set sidlm.load=scratch (got {cfg.load})"

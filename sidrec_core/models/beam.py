@@ -48,6 +48,12 @@ from sidrec_core.models.beam_attention import (
     split_prompt_cache,
     supports_shared_prompt,
 )
+from sidrec_core.models.beam_encoder import (
+    EncoderState,
+    decode_with_encoder,
+    encode_prompt,
+    is_encoder_decoder,
+)
 from sidrec_core.models.candidates import PrefixTable, candidates_to_items
 
 __all__ = [
@@ -78,7 +84,8 @@ class DecodingConfig:
         generation config has 2 EOS ids: <|im_end|>, <|endoftext|> -> 3B).
     shared_prompt_attention: decoding steps read each user's prompt KV cache once for all its
         beams (exact, see :mod:`~sidrec_core.models.beam_attention`); False = the model's own
-        attention over a per-beam copy of the cache (the reference path; same results).
+        attention over a per-beam copy of the cache (the reference path; same results). Only
+        the decoder arch has it; an encoder-decoder always decodes over per-beam caches.
     """
 
     strategy: Literal["beam", "constrained", "dynamic"] = "constrained"
@@ -195,14 +202,17 @@ def _level_log_probs(logits: Tensor, token_ids: Tensor) -> Tensor:
 @torch.no_grad()
 def prompt_forward(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, share: bool = True
-) -> tuple[Any, Tensor, SharedPrompt | None]:
+) -> tuple[Any, Tensor, SharedPrompt | EncoderState | None]:
     """One forward over the LEFT-padded prompts [B, T] (attention_mask int64 [B, T]).
 
     Returns the KV cache, the next-token logits [B, V] and, when ``share`` and the model
     supports it, the prompt's keys/values split off the cache so that every chain of a user
     reads them once per step (:mod:`~sidrec_core.models.beam_attention`; the cache then keeps
-    only generated tokens); else None.
+    only generated tokens); else None. An encoder-decoder encodes the prompts instead and
+    returns its :class:`~sidrec_core.models.beam_encoder.EncoderState` (``share`` n/a).
     """
+    if is_encoder_decoder(model):
+        return encode_prompt(model, input_ids, attention_mask)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -223,7 +233,7 @@ def decode_step(
     model: nn.Module,
     tokens: Tensor,
     cache: Any,
-    shared: SharedPrompt | None,
+    shared: SharedPrompt | EncoderState | None,
     attention_mask: Tensor,
     chains: int,
     step: int,
@@ -233,9 +243,12 @@ def decode_step(
     Args:
         tokens: int64 [B * n] the token each chain generated at ``step`` (chains of a user are
             adjacent; n = ``chains`` per user); the cache is already ordered the same way.
-        shared: the prompt split off by :func:`prompt_forward`, or None (full attention mask).
+        shared: the prompt split off by :func:`prompt_forward`, or None (full attention mask),
+            or an encoder-decoder's encoder state.
         attention_mask: int64 [B, T] of the prompts.
     """
+    if isinstance(shared, EncoderState):
+        return decode_with_encoder(model, tokens, cache, shared, chains)
     batch = attention_mask.shape[0]
     positions = (attention_mask.sum(1) + step).repeat_interleave(chains).unsqueeze(1)
     if shared is not None:
@@ -282,7 +295,9 @@ def generate_sids(
     Args:
         model: a Hugging Face causal LM (e.g. ``Qwen2ForCausalLM``, or a peft wrapper) taking
             ``input_ids, attention_mask, position_ids, past_key_values, use_cache,
-            logits_to_keep`` and returning ``logits`` and ``past_key_values``.
+            logits_to_keep`` and returning ``logits`` and ``past_key_values``; or an
+            encoder-decoder (``T5ForConditionalGeneration``, see
+            :mod:`~sidrec_core.models.beam_encoder`).
         input_ids: int64 [B, T] LEFT-padded prompts; attention_mask: [B, T] (1 = token).
         level_token_ids: M int64 tensors [K_l]: vocabulary id of level ``l``'s code ``c`` is
             ``level_token_ids[l][c]``.

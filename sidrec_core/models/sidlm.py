@@ -1,4 +1,5 @@
-"""Generative recommender: a decoder-only causal LM (Qwen2 architecture) over SID tokens.
+"""Generative recommender: a decoder-only causal LM (Qwen2 architecture) over SID tokens, or with
+``sidlm.arch=encoder_decoder`` a T5 (:mod:`~sidrec_core.models.sidlm_seq2seq`).
 
 The model reads a user's history as SID tokens and generates the next item's SID, as TIGER
 (Rajput et al., 2023) does with an encoder-decoder and al_sid / MiniOneRec do with decoder-only
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, collate
+from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, Seq2SeqExampleEncoder, collate
 from sidrec_core.io import write_json
 from sidrec_core.models.base import Recommender
 from sidrec_core.models.beam import (
@@ -42,10 +43,12 @@ from sidrec_core.models.beam import (
     schedule,
 )
 from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
+from sidrec_core.models.sidlm_seq2seq import load_lm, scratch_seq2seq, seq2seq_loss
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.train import TrainConfig
 
 META_FILE = "sidlm_meta.json"
+ARCHS = ("decoder", "encoder_decoder")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -55,6 +58,10 @@ class SIDLMConfig:
     (:class:`~sidrec_core.models.beam.DecodingConfig`), set on the model as ``model.decoding``."""
 
     task: Literal["pretrain", "sft"] = "pretrain"
+    # decoder: Qwen2 causal LM over prompt + SID; encoder_decoder: TIGER-style T5 whose encoder
+    # reads the prompt and whose decoder emits the M SID tokens (sidlm_seq2seq.py; the size
+    # fields map per stack there, so both arches compare at equal width and depth per stack)
+    arch: Literal["decoder", "encoder_decoder"] = "decoder"
     load: Literal["scratch", "dense", "pretrained", "lora"] = "scratch"
     checkpoint: str | None = None  # local HF checkpoint folder (dense / pretrained / lora)
     # scratch model size (Qwen2Config)
@@ -86,6 +93,12 @@ class SIDLMConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"sidlm.arch: expected one of {list(ARCHS)}, got {self.arch!r}")
+        if self.arch == "encoder_decoder" and self.load != "scratch":
+            raise ValueError(
+                f"sidlm.load: arch encoder_decoder builds a scratch T5, got load {self.load!r}"
+            )
         if self.load != "scratch" and not self.checkpoint:
             raise ValueError(
                 f"sidlm.checkpoint: load mode {self.load!r} needs a local checkpoint path"
@@ -175,7 +188,10 @@ def _mask_rows(weight: nn.Parameter, num_old: int) -> None:
 
 
 def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
-    """The causal LM for ``cfg.load`` with its vocabulary covering ``vocab`` (see module doc)."""
+    """The LM for ``cfg.arch`` and ``cfg.load`` with its vocabulary covering ``vocab`` (see
+    module doc; the encoder-decoder is always scratch)."""
+    if cfg.arch == "encoder_decoder":
+        return scratch_seq2seq(cfg, vocab)
     if cfg.load == "scratch":
         return scratch_lm(cfg, vocab)
     path = _check_checkpoint(cfg.checkpoint)
@@ -233,7 +249,8 @@ class SIDLM(Recommender):
             )
         self.lm, self.vocab, self.table, self.cfg = lm, vocab, table, cfg
         self.fmt = PromptFormat.for_task(vocab.tokenizer, cfg.task, cfg.system_prompt)
-        self.encoder = ExampleEncoder(vocab.item_token_ids(table), self.fmt, cfg.task, max_history)
+        examples = Seq2SeqExampleEncoder if cfg.arch == "encoder_decoder" else ExampleEncoder
+        self.encoder = examples(vocab.item_token_ids(table), self.fmt, cfg.task, max_history)
         self.prefix_table = PrefixTable.from_codes(table.codes[1:], table.codebook_sizes)
         self.level_token_ids = vocab.level_token_ids
         self.pad_id = vocab.tokenizer.pad_token_id
@@ -251,7 +268,10 @@ class SIDLM(Recommender):
         return self.loss(batch)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Mean next-token cross-entropy over labelled positions (float32)."""
+        """Mean next-token cross-entropy over labelled positions (float32); the encoder-decoder's
+        is over its M target tokens (:func:`~sidrec_core.models.sidlm_seq2seq.seq2seq_loss`)."""
+        if self.cfg.arch == "encoder_decoder":
+            return seq2seq_loss(self.lm, batch)
         labels = batch["labels"]
         seq_len = labels.shape[1]
         start = first_label_index(labels) if self.cfg.lm_head_slicing else 1
@@ -310,6 +330,7 @@ class SIDLM(Recommender):
             directory / META_FILE,
             {
                 "task": self.cfg.task,
+                "arch": self.cfg.arch,
                 "load": self.cfg.load,
                 "sid_table": self.table.fingerprint(),
                 "max_history": self.encoder.max_history,
@@ -340,7 +361,18 @@ class SIDLM(Recommender):
             raise ValueError(
                 f"sidlm.task: model was trained with task {meta['task']!r}, params say {cfg.task!r}"
             )
-        lm = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+        arch = meta.get("arch", "decoder")  # folders saved before the arch option: decoder
+        if arch not in ARCHS:
+            raise ValueError(
+                f"sidlm.output_dir: {directory / META_FILE} records arch {arch!r}, "
+                f"expected one of {list(ARCHS)}"
+            )
+        if arch != cfg.arch:
+            raise ValueError(
+                f"sidlm.arch: the model in {directory} was trained with arch {arch!r}, "
+                f"params say {cfg.arch!r}"
+            )
+        lm = load_lm(directory, arch, META_FILE)
         return cls(lm, vocab, table, cfg, max_history)
 
 

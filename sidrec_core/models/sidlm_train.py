@@ -105,7 +105,7 @@ def train_sidlm(
         Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + "_examples") / "train.jsonl"
     )
     if acc.is_main_process:
-        write_rows(examples, training_rows(loo, cfg.task, data.max_history))
+        write_rows(examples, training_rows(loo, model.encoder.rows_task, data.max_history))
     acc.wait_for_everyone()
     num_rows = sum(1 for _ in examples.open())
     stream = JsonlExamples(
@@ -116,7 +116,7 @@ def train_sidlm(
         rank=acc.process_index,
         world_size=acc.num_processes,
     )
-    side = "left" if cfg.task == "sft" else "right"
+    side = model.encoder.pad_side
     bs = cfg.train.batch_size
     tokens = {"n": 0}
     steps = max(1, num_rows // (bs * acc.num_processes))

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from sidrec_core.config import ConfigError
+from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
 from sidrec_core.rl.logprobs import group_log_probs
 from sidrec_core.rl.rewards import (
     Aggregation,
@@ -216,6 +217,8 @@ class GRPO:
     def __init__(
         self, model: Any, cfg: RLConfig, inputs: RewardInputs, total_steps: int, seed: int
     ):
+        # group_log_probs scores completions as continuations of a causal prompt
+        check_decoder_arch(model.cfg, "GRPO (rl_sidlm)")
         self.model, self.cfg, self.inputs = model, cfg, inputs
         lm = model.lm
         self.reference = None

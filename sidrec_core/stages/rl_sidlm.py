@@ -26,6 +26,7 @@ from sidrec_core.io import write_json
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
+from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
 from sidrec_core.models.sidlm_train import load_inputs, save_dir_atomic
 from sidrec_core.rl.grpo import RewardInputs, RLConfig, train_grpo
 from sidrec_core.rl.rewards import CFScorer
@@ -83,6 +84,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     ) as ctx:
         data, ev, cfg, rl = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sidlm"], ctx.cfg["rl"]
         device, seed = ctx.device, ctx.base.seed
+        check_decoder_arch(cfg, "GRPO (rl_sidlm)")  # before any model or reward input loads
         ds, loo, table = load_inputs(data, cfg)
         rl.check_num_sids(table.num_items)
         cf_path = rl.cf_checkpoint or ctx.cfg["sasrec"].checkpoint

@@ -223,6 +223,21 @@ STUDY_LIST: list[Study] = [
         group="generation",
     ),
     Study(
+        "arch",
+        "SID-LM architecture, same width and depth per stack (sidlm.arch)",
+        one_key("sidlm.arch", ["decoder", "encoder_decoder"]),
+        "decoder",
+        claims=(
+            Claim(
+                "encoder-decoder beats decoder-only", GRID, "encoder_decoder", "decoder", "better"
+            ),
+        ),
+        run=("train_sidlm", "eval_sidlm"),
+        reuse=("prepare", "embed", "build_sids"),
+        secondary=TEST_KEYS + GEN_KEYS + ("num_parameters", "seconds_per_epoch") + COST_KEYS,
+        group="generation",
+    ),
+    Study(
         "load_mode",
         "SID-LM initialisation (sidlm.load)",
         one_key("sidlm.load", ["scratch", "dense", "pretrained", "lora"]),
