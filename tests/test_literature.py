@@ -70,3 +70,13 @@ def test_a_claim_on_an_unknown_level_is_refused():
             reuse=("prepare",),
             claims=(Claim("x", "src", "maybe", "off", "better"),),
         )
+
+
+def test_index_lists_every_claim_even_before_a_real_run(tmp_path):
+    from sidrec_core.studies.index import write_index
+    from sidrec_core.studies.registry import STUDIES
+
+    text = write_index(tmp_path).read_text()
+    claims = [c for s in STUDIES.values() for c in s.claims]
+    assert claims and text.count("| not run |") == len(claims)
+    assert all(c.finding in text and c.source in text for c in claims)

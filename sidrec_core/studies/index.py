@@ -1,6 +1,7 @@
 """``experiments/README.md``: the findings of every study run on real data (best level, its
-effect on test NDCG@10 against the default with a 95% CI and Holm-corrected p, cost), the study
-registry with links to every report, and every other results file with its provenance.
+effect on test NDCG@10 against the default with a 95% CI and Holm-corrected p, cost), where they
+meet the published findings the studies name, the study registry with links to every report,
+and every other results file with its provenance.
 
 Findings come from the studies' Optuna storage (regenerated, never hand-edited); a study with
 only smoke sections has no finding.
@@ -16,6 +17,7 @@ import numpy as np
 import optuna
 
 from sidrec_core.io import write_text
+from sidrec_core.studies.literature import claim_reading
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     ALPHA,
@@ -99,20 +101,52 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
     )
 
 
+def real_sections(out_dir: Path, study: Study) -> list[tuple[str, optuna.Study]]:
+    """(profile, Optuna study) of every real-data section in the study's storage."""
+    storage = out_dir / study.name / "optuna.db"
+    if not storage.exists():
+        return []
+    url = f"sqlite:///{storage.resolve()}"
+    out = []
+    for name in optuna.get_all_study_names(url):
+        if name.startswith(f"{study.name}-"):
+            ostudy = optuna.load_study(study_name=name, storage=url)
+            if not is_pipeline_check(ostudy):
+                out.append((name.removeprefix(f"{study.name}-"), ostudy))
+    return out
+
+
+def literature(out_dir: Path) -> list[str]:
+    """Every published finding a study tests, with this project's reading of it."""
+    lines = [
+        "## Literature",
+        "",
+        "Each published finding a study names, against its real-data paired difference "
+        "(95% CI over seeds; details in the study's report).",
+        "",
+        "| finding | source | study | profile | measured | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in STUDIES.values():
+        sections = real_sections(out_dir, s) if s.claims else []
+        for claim in s.claims:
+            link = f"[`{s.name}`]({s.name}/report.md)"
+            if not sections:
+                lines.append(f"| {claim.finding} | {claim.source} | {link} | — | — | not run |")
+            for profile, ostudy in sections:
+                _, table, _ = summarize_trials(s, ostudy.get_trials(deepcopy=False))
+                measured, reading = claim_reading(claim, table)
+                lines.append(
+                    f"| {claim.finding} | {claim.source} | {link} | {profile} | {measured} | "
+                    f"{reading} |"
+                )
+    return lines + [""]
+
+
 def findings(out_dir: Path) -> list[str]:
     rows = []
     for s in STUDIES.values():
-        storage = out_dir / s.name / "optuna.db"
-        if not storage.exists():
-            continue
-        url = f"sqlite:///{storage.resolve()}"
-        for name in optuna.get_all_study_names(url):
-            profile = name.removeprefix(f"{s.name}-")
-            if not name.startswith(f"{s.name}-"):
-                continue
-            ostudy = optuna.load_study(study_name=name, storage=url)
-            if is_pipeline_check(ostudy):
-                continue
+        for profile, ostudy in real_sections(out_dir, s):
             row = finding_row(s, profile, ostudy)
             if row:
                 rows.append(row)
@@ -139,6 +173,7 @@ def write_index(out_dir: Path) -> Path:
         "(`experiments/<study>/optuna.db`); do not edit by hand.",
         "",
         *findings(out_dir),
+        *literature(out_dir),
         "## Studies",
         "",
         "Each study varies one factor with everything else at the defaults, over >= 3 seeds; "

@@ -64,19 +64,21 @@ def claim_lines(study: Study, table: dict[str, dict[str, Cell]]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for claim in study.claims:
-        a = claim_values(claim, table[claim.level])
-        b = claim_values(claim, table[claim.versus])
-        shared = sorted(set(a) & set(b))
-        diff, hw = mean_ci([a[s] - b[s] for s in shared])
-        measured = (
-            "no paired seeds yet"
-            if not shared
-            else f"{claim.level} - {claim.versus}: {diff:+.4f}"
-            + ("" if math.isnan(hw) else f" ± {hw:.4f}")
-            + f" (n={len(shared)})"
-        )
-        reading = verdict(claim.expect, diff, hw, len(shared)) if shared else "not resolved"
+        measured, reading = claim_reading(claim, table)
         lines.append(
             f"| {claim.finding} | {claim.source} | {claim.metric} | {measured} | {reading} |"
         )
     return lines
+
+
+def claim_reading(claim: Claim, table: dict[str, dict[str, Cell]]) -> tuple[str, str]:
+    """(measured difference ``level - versus: d ± hw (n=k)``, verdict) for one claim."""
+    a = claim_values(claim, table[claim.level])
+    b = claim_values(claim, table[claim.versus])
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return "no paired seeds yet", "not resolved"
+    diff, hw = mean_ci([a[s] - b[s] for s in shared])
+    ci = "" if math.isnan(hw) else f" ± {hw:.4f}"
+    measured = f"{claim.level} - {claim.versus}: {diff:+.4f}{ci} (n={len(shared)})"
+    return measured, verdict(claim.expect, diff, hw, len(shared))
