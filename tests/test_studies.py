@@ -25,7 +25,7 @@ from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.runner import StudyOptions, run_study
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
-from sidrec_core.studies.study import SID_QUALITY, Level, Study, one_key
+from sidrec_core.studies.study import SID_QUALITY, Level, Study, one_key, trial_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def complete_points(trials) -> list[tuple[str, int]]:
     return sorted(
-        (t.params["level"], t.params["seed"]) for t in trials if t.state == TrialState.COMPLETE
+        (t.params["level"], trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE
     )
 
 
@@ -80,6 +80,16 @@ def test_profiles_set_their_name_and_dvc_args():
     assert params["data"]["max_history"] == 20  # untouched keys survive the merge
     args = dvc_set_args("smoke")
     assert args[0] == "-S" and "++base.profile=smoke" in args and "++data.name=synthetic" in args
+
+
+def test_more_seeds_later_runs_only_the_new_seeds(tmp_path):
+    run_study("exclude_seen", opts(tmp_path, n_seeds=1))
+    first = {t.number for t in trials_of(opts(tmp_path), "exclude_seen")}
+    summary = run_study("exclude_seen", opts(tmp_path, n_seeds=2))
+    trials = trials_of(opts(tmp_path), "exclude_seen")
+    assert complete_points(trials) == [(lv, s) for lv in ("off", "on") for s in (0, 1)]
+    assert summary["failed"] == 0
+    assert {trial_seed(t) for t in trials if t.number not in first} == {1}
 
 
 def test_grid_coverage_with_seeds_report_and_cache(tmp_path):
@@ -127,8 +137,8 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
     env = {**os.environ, "SIDREC_TRACKING": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     o = opts(tmp_path, n_seeds=1, grace_seconds=2)
-    deadline = time.time() + 240
-    while time.time() < deadline:
+    deadline, reached = time.time() + 240, False
+    while not reached and time.time() < deadline:
         time.sleep(0.5)
         if not (out / "sasrec_loss" / "optuna.db").exists():
             continue
@@ -137,10 +147,10 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
         except Exception:  # the worker is still creating the study
             continue
         states = [t.state for t in trials]
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-            break
+        reached = TrialState.COMPLETE in states and TrialState.RUNNING in states
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert reached, "the worker did not reach a mid-study state within 240 s"
     before = {t.number: t.datetime_complete for t in trials_of(o, "sasrec_loss")}
     done_before = sum(d is not None for d in before.values())
     assert 1 <= done_before < 4, "the worker must die mid-study"

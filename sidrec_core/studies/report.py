@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study
+from sidrec_core.studies.study import Study, trial_seed
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"
@@ -97,7 +97,7 @@ def summarize_trials(
             continue
         row = _scalar_attrs(t.user_attrs)
         row[study.objective] = float(t.value)
-        per_level[t.params["level"]][int(t.params["seed"])] = row
+        per_level[t.params["level"]][trial_seed(t)] = row
     rows = [r for lv in per_level.values() for r in lv.values()]
     cols = metric_columns(study, rows)
     table: dict[str, dict[str, Cell]] = {}
@@ -264,12 +264,10 @@ def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path)
     else:
         lines += significance_lines(study, cols, table) + claim_lines(study, table)
     done = {
-        (t.params.get("level"), t.params.get("seed"))
-        for t in trials
-        if t.state == TrialState.COMPLETE
+        (t.params.get("level"), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE
     }
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    open_ = [t for t in failed if (t.params.get("level"), t.params.get("seed")) not in done]
+    open_ = [t for t in failed if (t.params.get("level"), trial_seed(t)) not in done]
     if len(failed) > len(open_):
         lines += [
             "",
@@ -279,7 +277,7 @@ def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path)
     if open_:
         lines += ["", "Failed trials (grid points without a complete trial):", ""]
         lines += [
-            f"- #{t.number} {t.params.get('level')} seed {t.params.get('seed')}: "
+            f"- #{t.number} {t.params.get('level')} seed {trial_seed(t)}: "
             f"{t.user_attrs.get('error', 'no error recorded')}"
             for t in open_[:10]
         ]

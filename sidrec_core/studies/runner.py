@@ -33,7 +33,7 @@ from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
-from sidrec_core.studies.study import Study
+from sidrec_core.studies.study import Study, grid_point
 from sidrec_core.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,6 @@ def seeds_for(params: dict[str, Any], n_seeds: int) -> list[int]:
     return [first + i for i in range(n_seeds)]
 
 
-def grid_point(trial: optuna.trial.FrozenTrial | optuna.Trial) -> tuple[str, int] | None:
-    """The (level, seed) a trial was queued for (its ``grid_point`` user attribute)."""
-    point = trial.user_attrs.get("grid_point")
-    return (str(point[0]), int(point[1])) if point else None
-
-
 def open_study(
     study: Study, opts: StudyOptions, seeds: list[int], params: dict[str, Any] | None = None
 ) -> optuna.Study:
@@ -173,9 +167,9 @@ def enqueue_missing(
     for level in study.labels:
         for seed in seeds:
             if (level, seed) not in busy:
-                ostudy.enqueue_trial(
-                    {"level": level, "seed": seed}, user_attrs={"grid_point": [level, seed]}
-                )
+                # the seed is a user attribute, not a suggested param: a categorical's choices
+                # are fixed for the life of a study, and --n-seeds may grow them
+                ostudy.enqueue_trial({"level": level}, user_attrs={"grid_point": [level, seed]})
                 queued += 1
     return queued
 
@@ -239,7 +233,7 @@ class Objective:
         if point is None:  # sampled, not queued: the grid was finished by another worker
             raise optuna.TrialPruned("no queued grid point left")
         label = trial.suggest_categorical("level", study.labels)
-        seed = trial.suggest_categorical("seed", self.seeds)
+        seed = point[1]
         if self._duplicate(trial, (label, seed)):
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

@@ -141,3 +141,19 @@ def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
 def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
     """An on/off study of one boolean flag."""
     return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
+
+
+def grid_point(trial: Any) -> tuple[str, int] | None:
+    """The (level, seed) an Optuna trial was queued for (its ``grid_point`` user attribute)."""
+    point = trial.user_attrs.get("grid_point")
+    return (str(point[0]), int(point[1])) if point else None
+
+
+def trial_seed(trial: Any) -> int | None:
+    """A trial's seed: its grid point's (or, in studies stored before seeds became user
+    attributes, its ``seed`` param)."""
+    point = grid_point(trial)
+    if point:
+        return point[1]
+    seed = trial.params.get("seed")
+    return None if seed is None else int(seed)
