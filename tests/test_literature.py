@@ -23,7 +23,8 @@ def _cell(values: dict[int, float]) -> Cell:
         ("not_worse", -0.03, 0.02, "disagrees"),
         ("equal", 0.03, 0.02, "disagrees"),
         ("equal", -0.01, 0.02, "consistent (CI covers 0)"),
-        ("better", 0.0, 0.0, "no difference at any seed"),
+        ("better", 0.0, 0.0, "not supported (identical at every seed)"),
+        ("equal", 0.0, 0.0, "agrees (identical at every seed)"),
     ],
 )
 def test_verdict_reads_the_paired_ci(expect, diff, hw, reading):

@@ -39,7 +39,8 @@ def verdict(expect: str, diff: float, half_width: float, n: int) -> str:
     if n < 2 or math.isnan(half_width):
         return f"not resolved ({n} paired seed{'s' if n != 1 else ''})"
     if half_width == 0.0 and diff == 0.0:
-        return "no difference at any seed"
+        same = "identical at every seed"
+        return f"not supported ({same})" if expect == "better" else f"agrees ({same})"
     low, high = diff - half_width, diff + half_width
     if expect == "equal":
         return "disagrees" if low > 0 or high < 0 else "consistent (CI covers 0)"
