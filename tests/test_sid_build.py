@@ -14,17 +14,7 @@ from sidrec_core.sid.table import SIDTable
 from sidrec_core.sid.tokenizer import load_tokenizer
 from sidrec_core.stages import build_sids as stage
 from sidrec_core.stages.build_sids import run
-
-ISSUE_KEYS = (
-    "utilization",
-    "perplexity",
-    "collision_rate_before",
-    "collision_rate_after",
-    "max_bucket",
-    "gini",
-    "recon_mse",
-    "fit_seconds",
-)
+from sidrec_core.studies.study import SID_QUALITY
 
 
 @pytest.fixture()
@@ -55,7 +45,7 @@ def test_stage_writes_unique_table_checkpoint_and_metrics(sid_params, syn_ds, co
     assert sids["1"] == table.tokens(1)
     assert (Path(out) / "tokenizer.pt").exists()
     metrics = json.loads((Path(sid_params["base"]["metrics_dir"]) / "build_sids.json").read_text())
-    for key in ISSUE_KEYS:
+    for key in SID_QUALITY:
         assert key in metrics, key
     assert len(metrics["utilization"]) == 2 and len(metrics["perplexity"]) == 2
     # the checkpoint re-encodes the embeddings exactly as the fitted tokenizer did
