@@ -10,8 +10,20 @@ from pathlib import Path
 
 from sidrec_core.config import ConfigError
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
-from sidrec_core.studies.registry import STUDIES, describe, get_study
+from sidrec_core.studies.registry import STUDIES, get_study
 from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
+from sidrec_core.studies.study import Study
+
+
+def describe(study: Study) -> str:
+    """One ``--list`` line: name, factor, levels (default starred), stages."""
+    levels = ", ".join(f"{lv}*" if lv == study.default else lv for lv in study.labels)
+    reuse = f"; reuses {'+'.join(study.reuse)}" if study.reuse else ""
+    return (
+        f"{study.name:<16} {study.factor} [{', '.join(study.keys)}]\n"
+        f"{'':<16} levels: {levels}\n{'':<16} runs {'+'.join(study.run)}{reuse}; "
+        f"objective {study.objective}"
+    )
 
 
 def parser() -> argparse.ArgumentParser:

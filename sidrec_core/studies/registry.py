@@ -390,14 +390,3 @@ def get_study(name: str) -> Study:
     if name not in STUDIES:
         raise KeyError(f"unknown study '{name}'; known: {', '.join(STUDIES)}")
     return STUDIES[name]
-
-
-def describe(study: Study) -> str:
-    """One ``--list`` line: name, factor, levels (default starred), stages."""
-    levels = ", ".join(f"{lv}*" if lv == study.default else lv for lv in study.labels)
-    reuse = f"; reuses {'+'.join(study.reuse)}" if study.reuse else ""
-    return (
-        f"{study.name:<16} {study.factor} [{', '.join(study.keys)}]\n"
-        f"{'':<16} levels: {levels}\n{'':<16} runs {'+'.join(study.run)}{reuse}; "
-        f"objective {study.objective}"
-    )
