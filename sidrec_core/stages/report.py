@@ -17,9 +17,6 @@ from sidrec_core.pipeline_report import (
 )
 from sidrec_core.stages.context import stage_context
 
-# the stages' metrics files the report reads (deps of the ``report`` stage in dvc.yaml)
-DEPS = ("prepare", "baselines", "build_sids", "train_sasrec", "eval_sidlm", "rl_sidlm")
-
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Read ``metrics/*.json`` -> the markdown report and its plot CSV."""
@@ -28,7 +25,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         metrics_dir = Path(ctx.base.metrics_dir)
         rows = collect_rows(metrics_dir, params)
         sids = load_metrics(metrics_dir / "build_sids.json")
-        files = {n: load_metrics(metrics_dir / f"{n}.json") or {} for n in DEPS}
+        from sidrec_core.studies.pipeline import load_pipeline  # imports the stage registry
+
+        # the stages' metrics files the report reads: its metrics deps in dvc.yaml
+        deps = [Path(d) for d in load_pipeline()["report"].deps if d.startswith("metrics/")]
+        files = {d.stem: load_metrics(metrics_dir / d.name) or {} for d in deps}
         found = [d.get("dataset") for d in (*files.values(), *rows) if d.get("dataset")]
         dataset = found[0] if found else "?"
         write_text(cfg.output, render(rows, sids, ctx.base.profile, dataset))
