@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.cli import main as ablate_main
-from sidrec_core.studies.execute import cache_key
+from sidrec_core.studies.execute import cache_key, execute_trial
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
@@ -166,6 +166,23 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
             assert t.datetime_complete == before[t.number]
     assert sum(t.state == TrialState.FAIL for t in trials) == 1  # the killed one, retried
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # nothing ran twice
+
+
+def test_a_level_two_studies_share_is_built_once(tmp_path):
+    """The run stages are cached like the upstream ones: a second study (or a resumed trial)
+    at the same settings reuses the build and reports the figures measured when it was built."""
+    params = load_profile("smoke", resolve_params({}))
+    up = {**params, "base": {**params["base"], "seed": 0}}
+    cache = tmp_path / "cache"
+    first = execute_trial(("baselines",), ("prepare",), up, up, tmp_path / "a", cache)
+    again = execute_trial(("baselines",), ("prepare",), up, up, tmp_path / "b", cache)
+    assert first["cached_stages"] == 0 and again["cached_stages"] == 1
+    assert again == {**first, "cached_stages": 1.0}
+    assert (tmp_path / "b" / "metrics" / "baselines.json").exists()
+    other = load_profile("smoke", resolve_params({"eval": {"exclude_seen": True}}))
+    third = execute_trial(("baselines",), ("prepare",), up, other, tmp_path / "c", cache)
+    assert third["cached_stages"] == 0
+    assert len(list(cache.glob("baselines-*/done.json"))) == 2
 
 
 def test_two_workers_never_duplicate_grid_points(tmp_path):

@@ -1,5 +1,5 @@
-"""Running the stages of one ablation trial: reused upstream stages from a content-addressed
-cache, the factor's stages into the trial's own folder. The stage graph, what each stage reads
+"""Running the stages of one ablation trial from a content-addressed cache: upstream stages at
+the defaults, the factor's stages at the trial's level. The stage graph, what each stage reads
 and what it writes all come from ``dvc.yaml`` (:mod:`sidrec_core.studies.pipeline`).
 
 Cache key of a stage = the params it reads (locations left out) + the content of every dep no
@@ -120,6 +120,30 @@ def place(stage: Stage, folder: Path, *params: dict[str, Any]) -> None:
             relocate(p, out, str(folder / out))
 
 
+def build_cached(
+    stage: Stage,
+    params: dict[str, Any],
+    dep_keys: dict[str, str],
+    pipeline: dict[str, Stage],
+    cache_root: Path,
+    *readers: dict[str, Any],
+) -> tuple[dict[str, Any], bool]:
+    """Point ``stage``'s outs (in ``params`` and every ``readers`` dict) at its cache folder and
+    build it there at ``params`` unless a finished build exists. Records the key in
+    ``dep_keys``; returns (the stage's metrics as measured when it was built, whether cached)."""
+    key = cache_key(stage, params, dep_keys, pipeline)
+    dep_keys[stage.name] = key
+    folder = cache_root / f"{stage.name}-{key}"
+    place(stage, folder, params, *readers)
+    with file_lock(cache_root / f".{stage.name}-{key}.lock"):
+        if (folder / "done.json").exists():
+            return cached_metrics(folder), True
+        log.info("building cached %s -> %s", stage.name, folder)
+        metrics = call_stage(stage, params, folder / "metrics")
+        write_json(folder / "done.json", metrics)
+        return metrics, False
+
+
 def execute_trial(
     run: tuple[str, ...],
     reuse: tuple[str, ...],
@@ -129,36 +153,34 @@ def execute_trial(
     cache_root: Path,
     pipeline: dict[str, Stage] | None = None,
 ) -> dict[str, Any]:
-    """Reuse (or build once) the upstream stages at ``params_up``, then run the factor's stages
-    at ``params_trial`` into ``trial_dir``. Returns the merged flat metrics of the run stages
-    (a later stage's key wins), with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, and the
-    trial's total ``wall_seconds`` / ``peak_rss_mb``."""
+    """Reuse (or build once) the upstream stages at ``params_up``, then the factor's stages at
+    ``params_trial``. Every stage is content-addressed in ``cache_root``: a level two studies
+    share (the RQ-VAE default of the tokenizer-flag studies), or a resumed trial's finished
+    stages, is built once; its figures (wall time and memory included) are those measured when
+    it was built. Returns the merged flat metrics of the run stages (a later stage's key wins),
+    with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, the trial's total ``wall_seconds`` /
+    ``peak_rss_mb`` and ``cached_stages`` (how many run stages came from the cache); a copy
+    of each run stage's metrics and the merged figures are written under ``trial_dir``."""
     pipeline = pipeline or load_pipeline()
     params_up, params_trial = resolve_params(params_up), resolve_params(params_trial)
     dep_keys: dict[str, str] = {}
     for name in ordered(reuse, pipeline):
-        stage = pipeline[name]
-        key = cache_key(stage, params_up, dep_keys, pipeline)
-        dep_keys[name] = key
-        folder = cache_root / f"{name}-{key}"
-        place(stage, folder, params_up, params_trial)  # the trial reads the cached artifacts
-        with file_lock(cache_root / f".{name}-{key}.lock"):
-            if not (folder / "done.json").exists():
-                log.info("building cached %s -> %s", name, folder)
-                write_json(folder / "done.json", call_stage(stage, params_up, folder / "metrics"))
+        build_cached(pipeline[name], params_up, dep_keys, pipeline, cache_root, params_trial)
     merged: dict[str, Any] = {}
-    walls, peaks = [], []
+    walls, peaks, cached = [], [], 0
     for name in ordered(run, pipeline):
-        stage = pipeline[name]
-        place(stage, trial_dir, params_trial)
-        metrics = call_stage(stage, params_trial, trial_dir / "metrics")
+        measured, hit = build_cached(pipeline[name], params_trial, dep_keys, pipeline, cache_root)
+        metrics = dict(measured)
+        write_json(trial_dir / "metrics" / f"{name}.json", metrics)
         walls.append(metrics.pop("wall_seconds"))
         peaks.append(metrics.pop("peak_rss_mb"))
+        cached += hit
         merged.update(metrics)
         merged[f"{name}/wall_seconds"] = walls[-1]
         merged[f"{name}/peak_rss_mb"] = peaks[-1]
     merged["wall_seconds"] = float(sum(walls))
     merged["peak_rss_mb"] = float(max(peaks))
+    merged["cached_stages"] = float(cached)
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged
 
