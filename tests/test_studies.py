@@ -25,7 +25,7 @@ from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.runner import StudyOptions, run_study
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
-from sidrec_core.studies.study import SID_QUALITY, Level, Study, one_key, trial_seed
+from sidrec_core.studies.study import SID_QUALITY, Level, Reference, Study, one_key, trial_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +53,8 @@ def test_registry_is_well_formed_and_listed(capsys):
         assert s.default in s.labels and len(s.labels) >= 2
         assert all(lv.overrides for lv in s.levels), s.name
         assert set(s.run) | set(s.reuse) <= set(load_pipeline())
+        if s.reference is not None:  # the level that evaluated the starting model exists
+            assert s.reference.level in STUDIES[s.reference.study].labels, s.name
         if s.group == "tokenizer":
             assert set(SID_QUALITY) <= set(s.secondary) and "build_sids" in s.run
         if s.group != "protocol":  # beams narrower than 10 report @5 only
@@ -383,3 +385,67 @@ def test_index_findings_from_real_data_storage(tmp_path):
     assert "0.1 CPU-h in 6 trials" in row
     # two tests (objective, test NDCG@10), each raw p 0.0132: Holm doubles them to 0.026
     assert "Holm p 0.026 (significant)" in row
+
+
+def test_levels_compared_with_the_model_they_start_from(tmp_path):
+    """A study naming a reference (another study's level that evaluated its starting model)
+    gets a paired comparison with it, over the seeds whose fingerprints agree."""
+    dist = {"level": optuna.distributions.CategoricalDistribution(["a", "b"])}
+
+    def store(name: str, trials: dict[tuple[str, int], dict[str, float]]) -> str:
+        url = f"sqlite:///{tmp_path / name}.db"
+        ostudy = optuna.create_study(study_name=f"{name}-beauty", storage=url)
+        ostudy.set_user_attr("dataset", "beauty")
+        for (level, seed), attrs in trials.items():
+            ostudy.add_trial(
+                optuna.trial.create_trial(
+                    params={"level": level},
+                    distributions=dist,
+                    value=attrs["valid/ndcg@10"],
+                    user_attrs={"grid_point": [level, seed], "metrics": attrs},
+                )
+            )
+        return url
+
+    start = {0: 0.040, 1: 0.045, 2: 0.036}  # the reference's valid NDCG@10 per seed
+    base = {s: {"valid/ndcg@10": v, "test/ndcg@10": 0.0290 + s / 1e4} for s, v in start.items()}
+    urls = {"base": store("base", {("a", s): row for s, row in base.items()})}
+    rows = {}
+    for s in start:  # level b gains .0010, .0012, .0014; seed 2's fingerprint differs
+        fp = start[s] if s < 2 else 0.999
+        for lv, gain in (("a", 0.0), ("b", 0.0010 + s * 0.0002)):
+            rows[(lv, s)] = {
+                "valid/ndcg@10": 0.05,
+                "start_valid/ndcg@10": fp,
+                "test/ndcg@10": base[s]["test/ndcg@10"] + gain,
+            }
+    urls["rl"] = store("rl", rows)
+    study = Study(
+        "rl",
+        "x",
+        (Level("a", {"rl.beta": 0.0}), Level("b", {"rl.beta": 0.1})),
+        "a",
+        run=("rl_sidlm",),
+        reuse=("prepare", "embed", "build_sids", "train_sidlm", "train_sasrec"),
+        secondary=("test/ndcg@10", "start_valid/ndcg@10"),
+        reference=Reference("base", "a", "the start", ("start_valid/ndcg@10", "valid/ndcg@10")),
+    )
+    write_study_report(study, urls["rl"], tmp_path / "exp", urls.__getitem__)
+    text = (tmp_path / "exp" / "rl" / "report.md").read_text()
+    assert "Against the start (study `base`, level `a`)" in text
+    # seeds 0 and 1 pair: b - start = .0010, .0012 -> mean .0011; a - start = 0 at both
+    # t = 0.0011 / (0.000141 / sqrt 2) = 11 on 1 dof: p 0.058, the only defined test
+    assert (
+        "| b | test/ndcg@10 | 0.02905 | 0.03015 | +0.00110 ± 0.00127 | +3.8% ± 4.4% | 0.058 | no |"
+        in text
+    )
+    assert "| a | test/ndcg@10 | 0.02905 | 0.02905 | +0.00000 ± 0.00000 |" in text
+    assert "Seeds [2]: the fingerprints differ" in text
+    alone = Study(
+        **{**study.__dict__, "reference": Reference("gone", "a", "the start", ("x", "y"))}
+    )
+    write_study_report(alone, urls["rl"], tmp_path / "exp", lambda n: urls.get(n, urls["rl"]))
+    assert (
+        "no complete trial there in profile `beauty` yet"
+        in (tmp_path / "exp" / "rl" / "report.md").read_text()
+    )

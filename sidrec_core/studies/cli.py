@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 from sidrec_core.studies.report import write_study_report
 
                 storage = opts.storage_url_for(name)
-                paths = write_study_report(get_study(name), storage, Path(opts.out_dir))
+                paths = write_study_report(
+                    get_study(name), storage, Path(opts.out_dir), opts.storage_url_for
+                )
                 write_index(Path(opts.out_dir))
                 print(json.dumps({"study": name, "report": str(paths[0])}))
                 continue

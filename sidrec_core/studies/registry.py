@@ -16,6 +16,7 @@ from sidrec_core.studies.study import (
     TOKENIZER_PIPELINE,
     Claim,
     Level,
+    Reference,
     Study,
     flag,
     one_key,
@@ -41,6 +42,15 @@ ETEGREC_PAPER = "ETEGRec, Liu et al., SIGIR 2025 (ablation)"
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
 _EVERY_BEAM = {"decoding.num_return_sequences": None}
 
+# GRPO starts from the trained default SID LM of each seed: the decoding study's default level
+# evaluates exactly that model (same users, same decoding); its validation NDCG@10 is the
+# fingerprint GRPO records before its first step
+_START = Reference(
+    "decoding",
+    "constrained",
+    "the SID LM before GRPO",
+    ("start_valid/ndcg@10", "valid/ndcg@10"),
+)
 _RL = dict(
     run=("rl_sidlm",),
     reuse=("prepare", "embed", "build_sids", "train_sidlm", "train_sasrec"),
@@ -48,6 +58,7 @@ _RL = dict(
     + COST_KEYS
     + ("start_valid/ndcg@10", "rl/kl_last_epoch", "rl/group_hr@1_last_epoch"),
     group="rl",
+    reference=_START,
 )
 # SASRec's raw cf scores are unbounded: mixes with cf normalise each reward before summing
 _REWARD_MIXES: dict[str, dict[str, Any]] = {

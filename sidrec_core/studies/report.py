@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.literature import claim_lines
+from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, trial_seed
+from sidrec_core.studies.study import Study, study_storage, trial_seed
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"
@@ -60,7 +62,7 @@ def is_cost(col: str) -> bool:
     return any(m in col for m in COST_MARKERS)
 
 
-def _scalar_attrs(attrs: dict[str, Any]) -> dict[str, float]:
+def scalar_attrs(attrs: dict[str, Any]) -> dict[str, float]:
     """User attrs as scalars; lists (per-level SID figures) become ``key/i``."""
     out: dict[str, float] = {}
     attrs = {**(attrs.get("metrics") or {}), **attrs}
@@ -95,7 +97,7 @@ def summarize_trials(
     for t in trials:
         if t.state != TrialState.COMPLETE or t.params.get("level") not in per_level:
             continue
-        row = _scalar_attrs(t.user_attrs)
+        row = scalar_attrs(t.user_attrs)
         row[study.objective] = float(t.value)
         per_level[t.params["level"]][trial_seed(t)] = row
     rows = [r for lv in per_level.values() for r in lv.values()]
@@ -231,7 +233,15 @@ def significance_lines(
     return lines
 
 
-def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path) -> list[str]:
+def profile_section(
+    study: Study,
+    profile: str,
+    ostudy: optuna.Study,
+    out: Path,
+    storage_for: Callable[[str], str] | None = None,
+) -> list[str]:
+    """One ``## Profile`` section; ``storage_for(study name)`` finds the storage of the study
+    :attr:`Study.reference` names (default: its ``optuna.db`` beside this study's folder)."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table, counts = summarize_trials(study, trials)
     seeds = ostudy.user_attrs.get("seeds", [])
@@ -263,6 +273,8 @@ def profile_section(study: Study, profile: str, ostudy: optuna.Study, out: Path)
         lines += ["", "No significance test: a synthetic smoke run checks the pipeline only."]
     else:
         lines += significance_lines(study, cols, table) + claim_lines(study, table)
+        where = storage_for or (lambda name: study_storage(out.parent, name))
+        lines += reference_lines(study, profile, table, where)
     done = {
         (t.params.get("level"), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE
     }
@@ -302,9 +314,12 @@ def report_sections(report: Path) -> dict[str, str]:
     return sections
 
 
-def write_study_report(study: Study, storage: str, out_dir: Path) -> list[Path]:
+def write_study_report(
+    study: Study, storage: str, out_dir: Path, storage_for: Callable[[str], str] | None = None
+) -> list[Path]:
     """``<out_dir>/<study>/report.md`` (+ one PNG per profile) from every profile of the study
-    found in ``storage``. Returns the written paths (report first)."""
+    found in ``storage``; ``storage_for`` as in :func:`profile_section`. Returns the written
+    paths (report first)."""
     out = out_dir / study.name
     names = set(optuna.get_all_study_names(storage))
     profiles = [n.removeprefix(f"{study.name}-") for n in names if n.startswith(f"{study.name}-")]
@@ -335,7 +350,7 @@ def write_study_report(study: Study, storage: str, out_dir: Path) -> list[Path]:
             lines += kept[profile].rstrip("\n").split("\n") + [""]
             continue
         ostudy = optuna.load_study(study_name=f"{study.name}-{profile}", storage=storage)
-        lines += profile_section(study, profile, ostudy, out)
+        lines += profile_section(study, profile, ostudy, out, storage_for)
         if (out / f"{profile}.png").exists():
             written.append(out / f"{profile}.png")
     write_text(report, "\n".join(lines))

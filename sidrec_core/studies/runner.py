@@ -33,7 +33,7 @@ from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
-from sidrec_core.studies.study import Study, grid_point
+from sidrec_core.studies.study import Study, grid_point, study_storage
 from sidrec_core.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,6 @@ class StudyOptions:
     @property
     def cache_root(self) -> Path:
         return Path(self.cache_dir or Path(self.out_dir) / "cache")
-
-
-def study_storage(out_dir: Path, study: str) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / study / 'optuna.db'}"
 
 
 def optuna_name(study: Study, profile: str) -> str:
@@ -385,7 +381,9 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
             from sidrec_core.studies.index import write_index
             from sidrec_core.studies.report import write_study_report
 
-            paths = write_study_report(study, opts.storage_url_for(study.name), Path(opts.out_dir))
+            paths = write_study_report(
+                study, opts.storage_url_for(study.name), Path(opts.out_dir), opts.storage_url_for
+            )
             write_index(Path(opts.out_dir))
             for path in paths:
                 parent.log_artifact(path, artifact_path="report")

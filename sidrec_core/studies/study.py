@@ -10,6 +10,7 @@ studies is :mod:`sidrec_core.studies.registry`.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from sidrec_core.studies.pipeline import load_pipeline, upstream
@@ -60,6 +61,20 @@ class Claim:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reference:
+    """The model a study's stages start from, as another study's level measured it (same
+    trained model, users and decoding): the report compares every level with it per seed, e.g.
+    GRPO's reward mixes against the SID LM before GRPO. A seed pairs only where this study's
+    ``match[0]`` equals the reference's ``match[1]`` exactly (both measured the same model on
+    the same validation users), so a reference from another code version is never paired."""
+
+    study: str
+    level: str
+    label: str  # what the reference is, for the report
+    match: tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     """An ablation of one factor.
 
@@ -81,6 +96,7 @@ class Study:
     # "module:function(params, out_dir) -> overrides" for inputs no stage makes (a checkpoint)
     setup: str | None = None
     claims: tuple[Claim, ...] = ()  # published findings the report compares with
+    reference: Reference | None = None  # the starting model, measured by another study
 
     def __post_init__(self) -> None:
         labels = [lv.label for lv in self.levels]
@@ -141,6 +157,11 @@ def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
 def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
     """An on/off study of one boolean flag."""
     return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
+
+
+def study_storage(out_dir: Path, study: str) -> str:
+    """A study's own SQLite storage, ``<out_dir>/<study>/optuna.db`` (kept in the repository)."""
+    return f"sqlite:///{Path(out_dir).resolve() / study / 'optuna.db'}"
 
 
 def grid_point(trial: Any) -> tuple[str, int] | None:

@@ -1,0 +1,115 @@
+"""Where a study's levels meet the model they start from: a study whose stages start from a
+trained model (GRPO from the SID LM) names, as its :class:`~sidrec_core.studies.study.Reference`,
+the level of another study that evaluated exactly that model. Each level is compared with it per
+seed (paired mean difference with its 95% CI, relative change, paired t-test, Holm-corrected over
+the section's tests), read from the other study's storage, never copied by hand.
+
+A seed pairs only when the fingerprint figures agree exactly (``Reference.match``: e.g. GRPO's
+validation NDCG@10 before its first step and the reference's validation NDCG@10): a reference
+trained by another code version, or on other users, is listed as unpaired instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
+from sidrec_core.studies.study import Study, trial_seed
+
+if TYPE_CHECKING:
+    from sidrec_core.studies.report import Cell
+
+ALPHA = 0.05
+COMPARED = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
+
+
+def reference_rows(
+    study: Study, profile: str, storage_for: Callable[[str], str]
+) -> dict[int, dict[str, float]]:
+    """{seed: figures} of the reference level's complete trials in ``profile`` ({} if none)."""
+    from sidrec_core.studies.report import scalar_attrs
+
+    ref = study.reference
+    if ref is None:
+        return {}
+    try:
+        name, storage = f"{ref.study}-{profile}", storage_for(ref.study)
+        other = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # the reference study has no section for this profile
+        return {}
+    rows: dict[int, dict[str, float]] = {}
+    for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.params.get("level") == ref.level:
+            rows[trial_seed(t)] = scalar_attrs(t.user_attrs)  # holds every stage figure
+    return rows
+
+
+def paired_seeds(
+    study: Study, level: dict[str, Cell], rows: dict[int, dict[str, float]]
+) -> tuple[list[int], list[int]]:
+    """(seeds whose fingerprints agree, seeds both have whose fingerprints differ)."""
+    assert study.reference is not None
+    own, theirs = study.reference.match
+    mine = level[own].values if own in level else {}
+    both = sorted(set(mine) & {s for s, r in rows.items() if theirs in r})
+    same = [s for s in both if math.isclose(mine[s], rows[s][theirs], rel_tol=1e-12)]
+    return same, [s for s in both if s not in same]
+
+
+def reference_lines(
+    study: Study, profile: str, table: dict[str, dict[str, Cell]], storage_for: Callable[[str], str]
+) -> list[str]:
+    """The report's "against the starting model" table for one real-data profile section."""
+    ref = study.reference
+    if ref is None:
+        return []
+    rows = reference_rows(study, profile, storage_for)
+    head = f"Against {ref.label} (study `{ref.study}`, level `{ref.level}`)"
+    if not rows:
+        return ["", f"{head}: no complete trial there in profile `{profile}` yet."]
+    tests, unpaired = [], set()
+    for lv in study.labels:
+        seeds, differ = paired_seeds(study, table[lv], rows)
+        unpaired |= set(differ)
+        for metric in COMPARED:
+            if metric not in table[lv] or not seeds:
+                continue
+            a = {s: v for s, v in table[lv][metric].values.items() if s in seeds}
+            b = {s: rows[s][metric] for s in seeds if metric in rows[s]}
+            if a and b:
+                tests.append((lv, metric, a, b, *paired_test(a, b)))
+    adjusted = holm([t[5] for t in tests])
+    lines = [
+        "",
+        f"{head}: the same trained model, users and decoding, paired over the seeds whose "
+        f"`{ref.match[0]}` equals the reference's `{ref.match[1]}`; p Holm-corrected over the "
+        f"{sum(p is not None for p in adjusted)} tests of this table (significant at adjusted "
+        f"p < {ALPHA}); relative = mean diff / the reference's mean.",
+        "",
+        "| level | metric | reference | level | mean diff (95% CI) | relative | Holm p | "
+        "significant |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (lv, metric, a, b, diff, _), adj in zip(tests, adjusted, strict=True):
+        base, mean = mean_ci(list(b.values()))[0], mean_ci(list(a.values()))[0]
+        hw = diff_ci(a, b)
+        ci = "" if math.isnan(hw) else f" ± {hw:.5f}"
+        rel = f"{100 * diff / base:+.1f}% ± {100 * hw / base:.1f}%" if base and ci else "n/a"
+        sig = "n/a" if adj is None else ("yes" if adj < ALPHA else "no")
+        adj_text = "undefined" if adj is None else f"{adj:.3f}"
+        lines.append(
+            f"| {lv} | {metric} | {base:.5f} | {mean:.5f} | {diff:+.5f}{ci} | {rel} | "
+            f"{adj_text} | {sig} |"
+        )
+    if unpaired:
+        lines += [
+            "",
+            f"Seeds {sorted(unpaired)}: the fingerprints differ (another model or other users), "
+            "so they are not paired.",
+        ]
+    return lines
