@@ -441,6 +441,7 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
     )
     assert "| a | test/ndcg@10 | 0.02905 | 0.02905 | +0.00000 ± 0.00000 |" in text
     assert "Seeds [2]: the fingerprints differ" in text
+    assert "Largest test/ndcg@10 change from the start: `b`, +3.8% ± 4.4% (95% CI over 2" in text
     alone = Study(
         **{**study.__dict__, "reference": Reference("gone", "a", "the start", ("x", "y"))}
     )

@@ -106,6 +106,21 @@ def reference_lines(
             f"| {lv} | {metric} | {base:.5f} | {mean:.5f} | {diff:+.5f}{ci} | {rel} | "
             f"{adj_text} | {sig} |"
         )
+    best = max(
+        (t for t in zip(tests, adjusted, strict=True) if t[0][1] == COMPARED[0]),
+        key=lambda t: t[0][4],
+        default=None,
+    )
+    if best is not None:
+        (lv, metric, a, b, diff, _), adj = best
+        base, hw = mean_ci(list(b.values()))[0], diff_ci(a, b)
+        ci = "" if math.isnan(hw) else f" ± {100 * hw / base:.1f}%"
+        verdict = "significant" if adj is not None and adj < ALPHA else "not significant"
+        lines += [
+            "",
+            f"Largest {metric} change from {ref.label}: `{lv}`, {100 * diff / base:+.1f}%{ci} "
+            f"(95% CI over {len(a)} paired seeds; {verdict} after Holm).",
+        ]
     if unpaired:
         lines += [
             "",
