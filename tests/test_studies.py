@@ -450,3 +450,22 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
         "no complete trial there in profile `beauty` yet"
         in (tmp_path / "exp" / "rl" / "report.md").read_text()
     )
+
+
+def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
+    """negatives' default (BCE, uniform negatives) is sasrec_loss's bce level: once sasrec_loss
+    ran it, negatives takes its figures (recorded as shared) and runs only its other levels."""
+    run_study("sasrec_loss", opts(tmp_path, n_seeds=1, max_trials=1))  # the bce level, seed 0
+    (bce,) = [t for t in trials_of(opts(tmp_path), "sasrec_loss") if t.state.name == "COMPLETE"]
+    assert bce.params["level"] == "bce" and bce.user_attrs["metrics"]["trial_key"]
+    run_study("negatives", opts(tmp_path, n_seeds=1, max_trials=2))
+    done = {
+        t.params["level"]: t.user_attrs["metrics"]
+        for t in trials_of(opts(tmp_path), "negatives")
+        if t.state.name == "COMPLETE"
+    }
+    assert set(done) == {"uniform", "popular"}
+    assert done["uniform"]["shared_from"] == f"sasrec_loss#{bce.number}"
+    assert done["uniform"]["test/ndcg@10"] == bce.user_attrs["metrics"]["test/ndcg@10"]
+    assert "shared_from" not in done["popular"]
+    assert done["popular"]["trial_key"] != done["uniform"]["trial_key"]

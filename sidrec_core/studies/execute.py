@@ -120,19 +120,36 @@ def place(stage: Stage, folder: Path, *params: dict[str, Any]) -> None:
             relocate(p, out, str(folder / out))
 
 
-def build_cached(
-    stage: Stage,
-    params: dict[str, Any],
-    dep_keys: dict[str, str],
+def stage_keys(
+    run: tuple[str, ...],
+    reuse: tuple[str, ...],
+    params_up: dict[str, Any],
+    params_trial: dict[str, Any],
     pipeline: dict[str, Stage],
-    cache_root: Path,
-    *readers: dict[str, Any],
+) -> dict[str, str]:
+    """The cache key of every stage of a trial, upstream (``reuse``, at ``params_up``) then the
+    factor's (``run``, at ``params_trial``), computed without building anything. Params must be
+    resolved."""
+    keys: dict[str, str] = {}
+    for name in ordered(reuse, pipeline):
+        keys[name] = cache_key(pipeline[name], params_up, keys, pipeline)
+    for name in ordered(run, pipeline):
+        keys[name] = cache_key(pipeline[name], params_trial, keys, pipeline)
+    return keys
+
+
+def trial_key(run: tuple[str, ...], keys: dict[str, str]) -> str:
+    """What a trial's figures are a function of: the keys of the stages it runs (each covers
+    its upstream stages, code and data). Two trials with the same key measure the same thing."""
+    return params_hash({name: keys[name] for name in sorted(run)})
+
+
+def build_cached(
+    stage: Stage, params: dict[str, Any], key: str, cache_root: Path, *readers: dict[str, Any]
 ) -> tuple[dict[str, Any], bool]:
-    """Point ``stage``'s outs (in ``params`` and every ``readers`` dict) at its cache folder and
-    build it there at ``params`` unless a finished build exists. Records the key in
-    ``dep_keys``; returns (the stage's metrics as measured when it was built, whether cached)."""
-    key = cache_key(stage, params, dep_keys, pipeline)
-    dep_keys[stage.name] = key
+    """Point ``stage``'s outs (in ``params`` and every ``readers`` dict) at its cache folder
+    ``<stage>-<key>`` and build it there at ``params`` unless a finished build exists. Returns
+    (the stage's metrics as measured when it was built, whether it was cached)."""
     folder = cache_root / f"{stage.name}-{key}"
     place(stage, folder, params, *readers)
     with file_lock(cache_root / f".{stage.name}-{key}.lock"):
@@ -159,17 +176,18 @@ def execute_trial(
     stages, is built once; its figures (wall time and memory included) are those measured when
     it was built. Returns the merged flat metrics of the run stages (a later stage's key wins),
     with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, the trial's total ``wall_seconds`` /
-    ``peak_rss_mb`` and ``cached_stages`` (how many run stages came from the cache); a copy
-    of each run stage's metrics and the merged figures are written under ``trial_dir``."""
+    ``peak_rss_mb``, ``cached_stages`` (how many run stages came from the cache) and
+    ``trial_key`` (:func:`trial_key`); a copy of each run stage's metrics and the merged
+    figures are written under ``trial_dir``."""
     pipeline = pipeline or load_pipeline()
     params_up, params_trial = resolve_params(params_up), resolve_params(params_trial)
-    dep_keys: dict[str, str] = {}
+    keys = stage_keys(run, reuse, params_up, params_trial, pipeline)
     for name in ordered(reuse, pipeline):
-        build_cached(pipeline[name], params_up, dep_keys, pipeline, cache_root, params_trial)
+        build_cached(pipeline[name], params_up, keys[name], cache_root, params_trial)
     merged: dict[str, Any] = {}
     walls, peaks, cached = [], [], 0
     for name in ordered(run, pipeline):
-        measured, hit = build_cached(pipeline[name], params_trial, dep_keys, pipeline, cache_root)
+        measured, hit = build_cached(pipeline[name], params_trial, keys[name], cache_root)
         metrics = dict(measured)
         write_json(trial_dir / "metrics" / f"{name}.json", metrics)
         walls.append(metrics.pop("wall_seconds"))
@@ -181,6 +199,7 @@ def execute_trial(
     merged["wall_seconds"] = float(sum(walls))
     merged["peak_rss_mb"] = float(max(peaks))
     merged["cached_stages"] = float(cached)
+    merged["trial_key"] = trial_key(run, keys)
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged
 

@@ -32,7 +32,8 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
-from sidrec_core.studies.registry import get_study
+from sidrec_core.studies.registry import STUDIES, get_study
+from sidrec_core.studies.shared import SHARED_FROM, existing_storages, shared_metrics
 from sidrec_core.studies.study import Study, grid_point, study_storage
 from sidrec_core.tracking import start_run
 
@@ -71,6 +72,10 @@ class StudyOptions:
     def storage_url_for(self, study: str) -> str:
         """``--storage`` or the study's own SQLite file (kept in the repository)."""
         return self.storage or study_storage(Path(self.out_dir), study)
+
+    def all_storages(self) -> list[tuple[str, str]]:
+        """(study, storage URL) of every registered study that has a storage."""
+        return existing_storages(STUDIES, self.storage_url_for)
 
     @property
     def cache_root(self) -> Path:
@@ -268,9 +273,16 @@ class Objective:
                     "factor": study.factor,
                 },
             ) as run:
-                metrics = execute_trial(
+                metrics = shared_metrics(
+                    study, params_up, params_trial, profile, self.opts.all_storages()
+                ) or execute_trial(
                     study.run, study.reuse, params_up, params_trial, trial_dir, self.opts.cache_root
                 )
+                if SHARED_FROM in metrics:
+                    log.info(
+                        "%s: same stages as trial %s, figures taken", label, metrics[SHARED_FROM]
+                    )
+                    run.set_tags({SHARED_FROM: metrics[SHARED_FROM]})
                 if metrics.get(study.objective) is None:
                     raise KeyError(
                         f"objective {study.objective!r} missing from the metrics of "
