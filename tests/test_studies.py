@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.execute import cache_key, execute_trial
-from sidrec_core.studies.index import write_index
+from sidrec_core.studies.index import spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import STUDIES
@@ -179,7 +179,8 @@ def test_a_level_two_studies_share_is_built_once(tmp_path):
     first = execute_trial(("baselines",), ("prepare",), up, up, tmp_path / "a", cache)
     again = execute_trial(("baselines",), ("prepare",), up, up, tmp_path / "b", cache)
     assert first["cached_stages"] == 0 and again["cached_stages"] == 1
-    assert again == {**first, "cached_stages": 1.0}
+    assert first["spent_seconds"] == first["wall_seconds"] and again["spent_seconds"] == 0
+    assert again == {**first, "cached_stages": 1.0, "spent_seconds": 0.0}
     assert (tmp_path / "b" / "metrics" / "baselines.json").exists()
     other = load_profile("smoke", resolve_params({"eval": {"exclude_seen": True}}))
     third = execute_trial(("baselines",), ("prepare",), up, other, tmp_path / "c", cache)
@@ -467,5 +468,11 @@ def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
     assert set(done) == {"uniform", "popular"}
     assert done["uniform"]["shared_from"] == f"sasrec_loss#{bce.number}"
     assert done["uniform"]["test/ndcg@10"] == bce.user_attrs["metrics"]["test/ndcg@10"]
-    assert "shared_from" not in done["popular"]
+    assert "shared_from" not in done["popular"] and done["uniform"]["spent_seconds"] == 0
+    spent = {
+        t.params["level"]: spent_seconds(t)
+        for t in trials_of(opts(tmp_path), "negatives")
+        if t.state.name == "COMPLETE"
+    }
+    assert spent["uniform"] == 0 and spent["popular"] == done["popular"]["wall_seconds"] > 0
     assert done["popular"]["trial_key"] != done["uniform"]["trial_key"]

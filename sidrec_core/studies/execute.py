@@ -176,16 +176,17 @@ def execute_trial(
     stages, is built once; its figures (wall time and memory included) are those measured when
     it was built. Returns the merged flat metrics of the run stages (a later stage's key wins),
     with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, the trial's total ``wall_seconds`` /
-    ``peak_rss_mb``, ``cached_stages`` (how many run stages came from the cache) and
-    ``trial_key`` (:func:`trial_key`); a copy of each run stage's metrics and the merged
-    figures are written under ``trial_dir``."""
+    ``peak_rss_mb``, ``cached_stages`` (how many run stages came from the cache),
+    ``spent_seconds`` (the wall time of the stages this call built) and ``trial_key``
+    (:func:`trial_key`); a copy of each run stage's metrics and the merged figures are written
+    under ``trial_dir``."""
     pipeline = pipeline or load_pipeline()
     params_up, params_trial = resolve_params(params_up), resolve_params(params_trial)
     keys = stage_keys(run, reuse, params_up, params_trial, pipeline)
     for name in ordered(reuse, pipeline):
         build_cached(pipeline[name], params_up, keys[name], cache_root, params_trial)
     merged: dict[str, Any] = {}
-    walls, peaks, cached = [], [], 0
+    walls, peaks, cached, spent = [], [], 0, 0.0
     for name in ordered(run, pipeline):
         measured, hit = build_cached(pipeline[name], params_trial, keys[name], cache_root)
         metrics = dict(measured)
@@ -193,12 +194,14 @@ def execute_trial(
         walls.append(metrics.pop("wall_seconds"))
         peaks.append(metrics.pop("peak_rss_mb"))
         cached += hit
+        spent += 0.0 if hit else walls[-1]
         merged.update(metrics)
         merged[f"{name}/wall_seconds"] = walls[-1]
         merged[f"{name}/peak_rss_mb"] = peaks[-1]
     merged["wall_seconds"] = float(sum(walls))
     merged["peak_rss_mb"] = float(max(peaks))
     merged["cached_stages"] = float(cached)
+    merged["spent_seconds"] = spent
     merged["trial_key"] = trial_key(run, keys)
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged

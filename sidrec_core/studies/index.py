@@ -28,6 +28,7 @@ from sidrec_core.studies.report import (
     report_sections,
     summarize_trials,
 )
+from sidrec_core.studies.shared import SHARED_FROM
 from sidrec_core.studies.study import Study
 
 KEY = "test/ndcg@10"
@@ -63,6 +64,13 @@ def last_commit(path: Path) -> str:
     return out or "uncommitted"
 
 
+def spent_seconds(trial: optuna.trial.FrozenTrial) -> float:
+    """CPU seconds this study spent on a trial: its stages' wall time minus what came from the
+    cache or another study's trial (trials stored before that was recorded: all of it)."""
+    metrics = trial.user_attrs.get("metrics") or {}
+    return float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
+
+
 def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
     """One findings-table row for a real-data section, None when it has no complete trial."""
     trials = ostudy.get_trials(deepcopy=False)
@@ -72,12 +80,15 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
         return None
     levels = [lv for lv in study.labels if table[lv][key].values]
     best = max(levels, key=lambda lv: table[lv][key].mean)
-    walls = [
-        float(t.user_attrs["wall_seconds"])
+    done = [
+        t
         for t in trials
         if t.state == optuna.trial.TrialState.COMPLETE and "wall_seconds" in t.user_attrs
     ]
+    walls = [spent_seconds(t) for t in done]
+    shared = sum(SHARED_FROM in (t.user_attrs.get("metrics") or {}) for t in done)
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
+    cost += f" ({shared} taken from other studies)" if shared else ""
     seeds = len(set(table[best][key].values) & set(table[study.default][key].values))
     if best == study.default:
         effect = f"default is best ({_fmt(table[best][key].mean)}, {seeds} seeds)"

@@ -63,7 +63,7 @@ def shared_metrics(
     storages: Iterable[tuple[str, str]],
 ) -> dict[str, Any] | None:
     """The figures of a complete trial (of any study) that ran exactly this trial's stages, with
-    ``shared_from`` naming it; None when this trial has to run."""
+    ``shared_from`` naming it and ``spent_seconds`` 0; None when this trial has to run."""
     keys = stage_keys(
         study.run,
         study.reuse,
@@ -75,4 +75,8 @@ def shared_metrics(
     if found is None:
         return None
     name, trial = found
-    return {**trial.user_attrs["metrics"], SHARED_FROM: f"{name}#{trial.number}"}
+    return {
+        **trial.user_attrs["metrics"],
+        SHARED_FROM: f"{name}#{trial.number}",
+        "spent_seconds": 0.0,  # spent by the trial it is taken from
+    }
