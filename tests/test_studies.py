@@ -23,9 +23,17 @@ from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
-from sidrec_core.studies.runner import StudyOptions, run_study
+from sidrec_core.studies.runner import StudyOptions, enqueue_missing, run_study
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
-from sidrec_core.studies.study import SID_QUALITY, Level, Reference, Study, one_key, trial_seed
+from sidrec_core.studies.study import (
+    SID_QUALITY,
+    Level,
+    Reference,
+    Study,
+    grid_point,
+    one_key,
+    trial_seed,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -476,3 +484,12 @@ def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
     }
     assert spent["uniform"] == 0 and spent["popular"] == done["popular"]["wall_seconds"] > 0
     assert done["popular"]["trial_key"] != done["uniform"]["trial_key"]
+
+
+def test_the_default_level_is_queued_first():
+    """Every level is tested against the default: a study stopped part-way pairs what it ran."""
+    ostudy = optuna.create_study()
+    assert enqueue_missing(ostudy, STUDIES["sasrec_loss"], [0, 1]) == 8
+    points = [grid_point(t) for t in ostudy.get_trials(deepcopy=False)]
+    assert points[:3] == [("ce", 0), ("ce", 1), ("bce", 0)] and len(set(points)) == 8
+    assert enqueue_missing(ostudy, STUDIES["sasrec_loss"], [0, 1]) == 0  # all queued already

@@ -159,13 +159,15 @@ def enqueue_missing(
     ostudy: optuna.Study, study: Study, seeds: list[int], retry_failed: bool = True
 ) -> int:
     """Queue (``enqueue_trial``) every grid point with no COMPLETE, RUNNING or WAITING trial
-    (nor a FAILED one, with ``retry_failed`` off). Returns how many were queued."""
+    (nor a FAILED one, with ``retry_failed`` off), the default level's first: every level is
+    tested against it, so a study stopped part-way still pairs what it finished, and a default
+    another study shares is taken at once. Returns how many were queued."""
     taken = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
     if not retry_failed:
         taken.add(TrialState.FAIL)
     busy = {grid_point(t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
     queued = 0
-    for level in study.labels:
+    for level in [study.default, *(lv for lv in study.labels if lv != study.default)]:
         for seed in seeds:
             if (level, seed) not in busy:
                 # the seed is a user attribute, not a suggested param: a categorical's choices
