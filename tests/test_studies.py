@@ -464,9 +464,9 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
 def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
     """negatives' default (BCE, uniform negatives) is sasrec_loss's bce level: once sasrec_loss
     ran it, negatives takes its figures (recorded as shared) and runs only its other levels."""
-    run_study("sasrec_loss", opts(tmp_path, n_seeds=1, max_trials=1))  # the bce level, seed 0
-    (bce,) = [t for t in trials_of(opts(tmp_path), "sasrec_loss") if t.state.name == "COMPLETE"]
-    assert bce.params["level"] == "bce" and bce.user_attrs["metrics"]["trial_key"]
+    run_study("sasrec_loss", opts(tmp_path, n_seeds=1, max_trials=2))  # ce (default), bce
+    (bce,) = [t for t in trials_of(opts(tmp_path), "sasrec_loss") if grid_point(t)[0] == "bce"]
+    assert bce.state.name == "COMPLETE" and bce.user_attrs["metrics"]["trial_key"]
     run_study("negatives", opts(tmp_path, n_seeds=1, max_trials=2))
     done = {
         t.params["level"]: t.user_attrs["metrics"]
