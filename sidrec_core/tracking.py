@@ -197,6 +197,21 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` is in the current tracking store. A study storage committed on one
+    machine names its parent run in that machine's store; on a fresh clone the run is absent and
+    the study opens a new one (logged) instead of failing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        log.warning("run %s is not in tracking store %s; opening a new run", run_id, tracking_uri())
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def start_run(
     stage: str,
@@ -231,6 +246,7 @@ def start_run(
             mark_stale_runs()
             mlflow.set_experiment(os.environ.get("SIDREC_EXPERIMENT", EXPERIMENT))
         nested = nested or active or parent_run_id is not None
+        run_id = run_id if run_id is None or run_exists(run_id) else None
         mlflow_run = mlflow.start_run(
             run_id=run_id,
             run_name=None if run_id else run_name or stage,

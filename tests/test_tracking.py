@@ -124,3 +124,16 @@ def test_sigterm_ends_open_runs_as_killed(tmp_path, monkeypatch):
     assert child.wait(timeout=60) == 128 + signal.SIGTERM
     for run_id in ids_file.read_text().split():
         assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_reopening_a_run_absent_from_the_store_opens_a_new_one(tmp_path, monkeypatch):
+    _client(tmp_path, monkeypatch)
+    kw = {"dataset": "synthetic", "metrics_dir": None, "enabled": True}
+    with start_run("study/x", {"a": 1}, **kw) as first:
+        pass
+    with start_run("study/x", {"a": 1}, run_id=first.run_id, **kw) as again:
+        assert again.run_id == first.run_id
+    absent = "0" * 32  # a parent run named by a storage committed on another machine
+    with start_run("study/x", {"a": 1}, run_id=absent, **kw) as fresh:
+        assert fresh.run_id not in (absent, first.run_id)
+    assert mlflow.get_run(fresh.run_id).data.params["a"] == "1"

@@ -364,7 +364,7 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         run_name=f"study/{optuna_name(study, opts.profile)}",
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
-        if parent.run_id and not parent_id:
+        if parent.run_id and parent.run_id != parent_id:
             ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
         if opts.workers == 1:
             _work(name, params, seeds, opts, parent.run_id)

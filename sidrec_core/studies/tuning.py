@@ -259,7 +259,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
         run_name=f"tune/{name}-{opts.profile}",
         tags={"tune": name},
     ) as parent:
-        if parent.run_id and "mlflow_parent_run_id" not in ostudy.user_attrs:
+        if parent.run_id and parent.run_id != ostudy.user_attrs.get("mlflow_parent_run_id"):
             ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
         objective = TuneObjective(tun, params, opts, parent.run_id)
         launched = 0
