@@ -56,6 +56,10 @@ class Terminated(SystemExit):
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """Raise once; the default action is back in place first, because Python swallows an
+    exception raised while it runs a finaliser (a weakref callback during garbage collection),
+    and a process must never outlive a second SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated(128 + signum)
 
 

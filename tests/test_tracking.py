@@ -137,3 +137,37 @@ def test_reopening_a_run_absent_from_the_store_opens_a_new_one(tmp_path, monkeyp
     with start_run("study/x", {"a": 1}, run_id=absent, **kw) as fresh:
         assert fresh.run_id not in (absent, first.run_id)
     assert mlflow.get_run(fresh.run_id).data.params["a"] == "1"
+
+
+SWALLOWING_CHILD = """
+import sys, time
+from sidrec_core.tracking import Terminated, install_sigterm_handler
+assert install_sigterm_handler()
+open(sys.argv[1], "w").write("ready")
+while True:
+    try:
+        time.sleep(120)
+    except Terminated:  # as Python does with an exception raised inside a finaliser
+        open(sys.argv[1], "w").write("swallowed")
+"""
+
+
+def test_a_second_sigterm_kills_a_process_that_swallowed_the_first(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flag = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", SWALLOWING_CHILD, str(flag)], env=env)
+    try:
+        for state in ("ready", "swallowed"):
+            deadline = time.time() + 60
+            while not (flag.exists() and flag.read_text() == state) and time.time() < deadline:
+                assert child.poll() is None, "child exited early"
+                time.sleep(0.1)
+            child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        child.kill()
