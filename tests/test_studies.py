@@ -364,19 +364,17 @@ def test_cache_key_follows_every_dep_like_dvc(tmp_path):
     assert upstream("eval_sidlm", pipeline) == ["prepare", "build_sids", "train_sidlm"]
 
 
-def test_index_findings_from_real_data_storage(tmp_path):
-    """The findings row of a real-data section: best level, paired diff ± CI, Holm p, cost."""
-    out = tmp_path / "exp"
+def _slicing_row(out: Path, ndcg: dict[tuple[str, int], float]) -> str:
+    """The findings row of an ``lm_head_slicing`` Beauty storage holding ``ndcg`` per trial."""
     url = f"sqlite:///{out / 'lm_head_slicing' / 'optuna.db'}"
     (out / "lm_head_slicing").mkdir(parents=True)
     ostudy = optuna.create_study(study_name="lm_head_slicing-beauty", storage=url)
     ostudy.set_user_attr("dataset", "beauty")
+    ostudy.set_user_attr("seeds", [0, 1, 2])
     dist = {
         "level": optuna.distributions.CategoricalDistribution(["off", "on"]),
         "seed": optuna.distributions.CategoricalDistribution([0, 1, 2]),
     }
-    ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
-    ndcg |= {("off", 0): 0.015, ("off", 1): 0.017, ("off", 2): 0.016}
     for (level, seed), value in ndcg.items():
         ostudy.add_trial(
             optuna.trial.create_trial(
@@ -386,14 +384,26 @@ def test_index_findings_from_real_data_storage(tmp_path):
                 user_attrs={"test/ndcg@10": value, "wall_seconds": 60.0},
             )
         )
-    row = next(
-        line for line in write_index(out).read_text().splitlines() if "[`lm_head_slicing`]" in line
-    )
+    lines = write_index(out).read_text().splitlines()
+    return next(line for line in lines if "[`lm_head_slicing`]" in line)
+
+
+def test_index_findings_from_real_data_storage(tmp_path):
+    """The findings row of a real-data section: best level, paired diff ± CI, Holm p, cost."""
+    ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
+    ndcg |= {("off", 0): 0.015, ("off", 1): 0.017, ("off", 2): 0.016}
+    row = _slicing_row(tmp_path / "exp", ndcg)
     # paired diffs 0.005, 0.006, 0.004: mean 0.005, t(2) CI half-width 4.303 * 0.001 / sqrt(3)
     assert "| beauty |" in row and "| `off` |" in row and "0.0050 ± 0.0025" in row
     assert "0.1 CPU-h in 6 trials" in row
     # two tests (objective, test NDCG@10), each raw p 0.0132: Holm doubles them to 0.026
     assert "Holm p 0.026 (significant)" in row
+
+
+def test_index_names_no_best_level_before_another_level_is_measured(tmp_path):
+    row = _slicing_row(tmp_path / "exp", {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012})
+    assert "| — | only the default measured so far (0.0110, 3 seeds)" in row
+    assert "default is best" not in row and "(partial: 3 of 6 trials)" in row
 
 
 def test_levels_compared_with_the_model_they_start_from(tmp_path):
