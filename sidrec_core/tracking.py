@@ -202,16 +202,13 @@ def _is_number(v: Any) -> bool:
 
 
 def run_exists(run_id: str) -> bool:
-    """Whether ``run_id`` is in the current tracking store. A study storage committed on one
-    machine names its parent run in that machine's store; on a fresh clone the run is absent and
-    the study opens a new one (logged) instead of failing."""
+    """Whether ``run_id`` is in the current tracking store."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         mlflow.get_run(run_id)
     except MlflowException:
-        log.warning("run %s is not in tracking store %s; opening a new run", run_id, tracking_uri())
         return False
     return True
 
@@ -250,7 +247,10 @@ def start_run(
             mark_stale_runs()
             mlflow.set_experiment(os.environ.get("SIDREC_EXPERIMENT", EXPERIMENT))
         nested = nested or active or parent_run_id is not None
-        run_id = run_id if run_id is None or run_exists(run_id) else None
+        if run_id is not None and not run_exists(run_id):
+            # a study storage committed on another machine names a run of that machine's store
+            log.warning("run %s absent from %s; opening a new run", run_id, tracking_uri())
+            run_id = None
         mlflow_run = mlflow.start_run(
             run_id=run_id,
             run_name=None if run_id else run_name or stage,

@@ -90,7 +90,8 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
     cost += f" ({shared} taken from other studies)" if shared else ""
     seeds = len(set(table[best][key].values) & set(table[study.default][key].values))
-    if levels == [study.default]:
+    only_default = levels == [study.default]
+    if only_default:
         effect = f"only the default measured so far ({_fmt(table[best][key].mean)}, {seeds} seeds)"
     elif best == study.default:
         effect = f"default is best ({_fmt(table[best][key].mean)}, {seeds} seeds)"
@@ -108,7 +109,7 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
         effect += f" (partial: {len(walls)} of {grid} trials)"
     wall_best = [table[best][c].values for c in cols if c == "wall_seconds"]
     per_trial = f"; {np.median(list(wall_best[0].values())):.0f} s a trial" if wall_best else ""
-    best_cell = "—" if levels == [study.default] else f"`{best}`"
+    best_cell = "—" if only_default else f"`{best}`"
     return (
         f"| [`{study.name}`]({study.name}/report.md) | {profile} | {study.factor} | {best_cell} | "
         f"{effect} | {cost}{per_trial} |"
