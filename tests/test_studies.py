@@ -3,6 +3,7 @@ nested MLflow runs, reports — on the smoke profile (synthetic corpus, MostPop 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from sidrec_core.stages import resolve_params
@@ -23,7 +25,8 @@ from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
-from sidrec_core.studies.runner import StudyOptions, enqueue_missing, run_study
+from sidrec_core.studies.runner import StudyOptions, enqueue_missing, progress, run_study
+from sidrec_core.studies.shared import SHARED_FROM
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
 from sidrec_core.studies.study import (
     SID_QUALITY,
@@ -503,3 +506,27 @@ def test_the_default_level_is_queued_first():
     points = [grid_point(t) for t in ostudy.get_trials(deepcopy=False)]
     assert points[:3] == [("ce", 0), ("ce", 1), ("bce", 0)] and len(set(points)) == 8
     assert enqueue_missing(ostudy, STUDIES["sasrec_loss"], [0, 1]) == 0  # all queued already
+
+
+def test_eta_counts_only_trials_that_ran_here():
+    """A level taken from another study took no time; it must not shrink the ETA."""
+    study = STUDIES["sasrec_loss"]
+    ostudy = optuna.create_study()
+    start = dt.datetime(2026, 1, 1)
+    for label, secs, metrics in [("ce", 0, {SHARED_FROM: "x#1"}), ("bce", 600, {})]:
+        ostudy.add_trial(
+            optuna.trial.FrozenTrial(
+                number=0,
+                state=TrialState.COMPLETE,
+                value=0.1,
+                datetime_start=start,
+                datetime_complete=start + dt.timedelta(seconds=secs),
+                params={"level": label},
+                distributions={"level": CategoricalDistribution(list(study.labels))},
+                user_attrs={"metrics": metrics},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=0,
+            )
+        )
+    assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"

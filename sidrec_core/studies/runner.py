@@ -185,11 +185,13 @@ def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
-    """``trial k/N`` and an ETA from the median duration of the finished trials."""
+    """``trial k/N`` and an ETA from the median duration of the finished trials that ran here
+    (a trial whose figures were taken from another study took no time and says nothing)."""
     done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     total = len(study.labels) * len(seeds)
     text = f"trial {len(done) + 1}/{total}"
-    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    ran = [t for t in done if SHARED_FROM not in (t.user_attrs.get("metrics") or {})]
+    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in ran]
     if secs:
         left = (total - len(done)) * float(np.median(secs))
         text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
