@@ -409,6 +409,12 @@ def test_index_names_no_best_level_before_another_level_is_measured(tmp_path):
     assert "default is best" not in row and "(partial: 3 of 6 trials)" in row
 
 
+def test_index_names_the_default_when_a_level_ties_with_it(tmp_path):
+    ndcg = {(lv, s): 0.010 + s / 1000 for lv in ("on", "off") for s in range(3)}
+    row = _slicing_row(tmp_path / "exp", ndcg)
+    assert "| `on` | default tied with off (0.0110, 3 seeds)" in row
+
+
 def test_levels_compared_with_the_model_they_start_from(tmp_path):
     """A study naming a reference (another study's level that evaluated its starting model)
     gets a paired comparison with it, over the seeds whose fingerprints agree."""

@@ -79,7 +79,8 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
     if key not in cols or not table[study.default][key].values:
         return None
     levels = [lv for lv in study.labels if table[lv][key].values]
-    best = max(levels, key=lambda lv: table[lv][key].mean)
+    # a tie goes to the default: a level must beat it to be named best
+    best = max(levels, key=lambda lv: (table[lv][key].mean, lv == study.default))
     done = [
         t
         for t in trials
@@ -94,7 +95,9 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
     if only_default:
         effect = f"only the default measured so far ({_fmt(table[best][key].mean)}, {seeds} seeds)"
     elif best == study.default:
-        effect = f"default is best ({_fmt(table[best][key].mean)}, {seeds} seeds)"
+        tied = [lv for lv in levels if lv != best and table[lv][key].mean == table[best][key].mean]
+        best_or_tied = f"tied with {', '.join(tied)}" if tied else "is best"
+        effect = f"default {best_or_tied} ({_fmt(table[best][key].mean)}, {seeds} seeds)"
     else:
         cmp = next(
             c for c in compare_to_default(study, cols, table) if c.level == best and c.metric == key
