@@ -14,7 +14,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from sidrec_core.stages import resolve_params
@@ -528,7 +527,7 @@ def test_eta_counts_only_trials_that_ran_here():
                 datetime_start=start,
                 datetime_complete=start + dt.timedelta(seconds=secs),
                 params={"level": label},
-                distributions={"level": CategoricalDistribution(list(study.labels))},
+                distributions={"level": optuna.distributions.CategoricalDistribution(study.labels)},
                 user_attrs={"metrics": metrics},
                 system_attrs={},
                 intermediate_values={},

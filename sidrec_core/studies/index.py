@@ -28,7 +28,7 @@ from sidrec_core.studies.report import (
     report_sections,
     summarize_trials,
 )
-from sidrec_core.studies.shared import SHARED_FROM
+from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.study import Study
 
 KEY = "test/ndcg@10"
@@ -87,7 +87,7 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
         if t.state == optuna.trial.TrialState.COMPLETE and "wall_seconds" in t.user_attrs
     ]
     walls = [spent_seconds(t) for t in done]
-    shared = sum(SHARED_FROM in (t.user_attrs.get("metrics") or {}) for t in done)
+    shared = sum(map(is_shared, done))
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
     cost += f" ({shared} taken from other studies)" if shared else ""
     seeds = len(set(table[best][key].values) & set(table[study.default][key].values))

@@ -33,7 +33,7 @@ from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import STUDIES, get_study
-from sidrec_core.studies.shared import SHARED_FROM, existing_storages, shared_metrics
+from sidrec_core.studies.shared import SHARED_FROM, existing_storages, is_shared, shared_metrics
 from sidrec_core.studies.study import Study, grid_point, study_storage
 from sidrec_core.tracking import start_run
 
@@ -190,7 +190,7 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     total = len(study.labels) * len(seeds)
     text = f"trial {len(done) + 1}/{total}"
-    ran = [t for t in done if SHARED_FROM not in (t.user_attrs.get("metrics") or {})]
+    ran = [t for t in done if not is_shared(t)]
     secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in ran]
     if secs:
         left = (total - len(done)) * float(np.median(secs))

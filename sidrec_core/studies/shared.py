@@ -25,6 +25,11 @@ from sidrec_core.studies.study import Study
 SHARED_FROM = "shared_from"  # the trial's figures are those of study#number
 
 
+def is_shared(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's figures were taken from another study's trial (it ran nothing)."""
+    return SHARED_FROM in (trial.user_attrs.get("metrics") or {})
+
+
 def existing_storages(
     names: Iterable[str], storage_for: Callable[[str], str]
 ) -> list[tuple[str, str]]:
