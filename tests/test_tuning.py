@@ -20,8 +20,7 @@ PLANTED = Tunable(
     run=("train_sasrec",),
     reuse=("prepare",),
     space=(Param("sasrec.train.lr", (1e-6, 1e-2)),),
-    start={"sasrec.train.lr": 1e-6},
-    start_source="a deliberately bad start",
+    starts=(({"sasrec.train.lr": 1e-6}, "a deliberately bad start"),),
 )
 
 
@@ -84,3 +83,26 @@ def test_unknown_model_and_bad_options_fail_clearly(tmp_path):
         run_tuning("bert4rec", opts(tmp_path))
     with pytest.raises(ValueError, match="--pruner"):
         opts(tmp_path, pruner="asha")
+
+
+def test_conditional_param_is_searched_only_where_it_applies():
+    tun = Tunable(
+        "cond",
+        run=("train_sasrec",),
+        reuse=("prepare",),
+        space=(
+            Param("sasrec.loss", ("ce", "bce_shared")),
+            Param("sasrec.bce_shared_balanced", (True, False), when=("sasrec.loss", "bce_shared")),
+        ),
+    )
+    shared = {"sasrec.loss": "bce_shared", "sasrec.bce_shared_balanced": False}
+    assert tun.suggest(optuna.trial.FixedTrial(shared)) == shared
+    # FixedTrial raises on a param it was not given: "ce" never asks for the weighting
+    assert tun.suggest(optuna.trial.FixedTrial({"sasrec.loss": "ce"})) == {"sasrec.loss": "ce"}
+
+
+@pytest.mark.parametrize("name", sorted(tuning.TUNABLES))
+def test_queued_starts_are_exact_points_of_the_space(name):
+    tun = tuning.TUNABLES[name]
+    for start, source in tun.starts:
+        assert source and tun.suggest(optuna.trial.FixedTrial(start)) == start

@@ -83,14 +83,16 @@ def write_tune_report(
         f"`{opts.pruner}` on the per-epoch validation values, budget {opts.n_trials} finished "
         "trials. Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
         f"Command: `python bench/tune.py --model {tun.name} --profile {opts.profile} "
-        f"--n-trials {opts.n_trials}`; storage `{opts.tune_storage(tun.name)}`.",
+        f"--n-trials {opts.n_trials}{''.join(f' --set {kv}' for kv in opts.sets)}`; "
+        f"storage `{opts.tune_storage(tun.name)}`.",
     ]
-    if tun.start:
-        lines += [f"The first trial is the published starting point: {tun.start_source}."]
+    for i, (_, source) in enumerate(tun.starts):
+        lines += [f"Trial {i} is queued, not sampled: {source}."]
     lines += ["", "## Search space", ""]
     for p in tun.space:
         dom = ", ".join(map(str, p.choices)) if p.choices else f"[{p.low}, {p.high}] (log)"
-        lines.append(f"- `{p.key}`: {dom}")
+        cond = f" (only where `{p.when[0]}` = {p.when[1]})" if p.when else ""
+        lines.append(f"- `{p.key}`: {dom}{cond}")
     lines += [
         "",
         f"## Best trial: #{best.number}, {OBJECTIVE} = {_fmt(float(best.value))}",
