@@ -16,11 +16,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sidrec_core.config import ConfigError
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.cli import main as ablate_main
-from sidrec_core.studies.execute import cache_key, execute_trial
+from sidrec_core.studies.execute import cache_key, execute_trial, stage_keys
 from sidrec_core.studies.index import spent_seconds, write_index
-from sidrec_core.studies.pipeline import load_pipeline, ordered, upstream
+from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
@@ -535,3 +536,25 @@ def test_eta_counts_only_trials_that_ran_here():
             )
         )
     assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
+
+
+def test_a_rerouted_input_keys_the_stage_by_what_it_names():
+    """``sid.embeddings`` pointed at the collaborative table is not the text default: build_sids
+    is keyed by the producing stage (item_embeddings), not by the location's default dep."""
+    pipeline = load_pipeline()
+    text = resolve_params({"base": {"seed": 0}})
+    collab = resolve_params(
+        {"base": {"seed": 0}, "sid": {"embeddings": "data/item_embeddings/collaborative.npy"}}
+    )
+    assert rerouted_inputs(pipeline["build_sids"], text) == {}
+    chain = ("prepare", "embed", "train_sasrec", "item_embeddings")
+    run = ("build_sids",)
+    k_text = stage_keys(run, chain, text, text, pipeline)
+    k_collab = stage_keys(run, chain, text, collab, pipeline)
+    assert k_text["build_sids"] != k_collab["build_sids"]
+    # the key follows the producer: another SASRec (its seed) gives another collaborative table
+    other = stage_keys(run, chain, resolve_params({"base": {"seed": 1}}), collab, pipeline)
+    assert other["item_embeddings"] != k_collab["item_embeddings"]
+    assert other["build_sids"] != k_collab["build_sids"]
+    with pytest.raises(ConfigError, match="sid.embeddings=.*item_embeddings.*reuse"):
+        stage_keys(run, ("prepare", "embed"), text, collab, pipeline)

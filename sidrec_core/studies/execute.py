@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidrec_core.config import params_hash
+from sidrec_core.config import ConfigError, params_hash
 from sidrec_core.io import write_json
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.pipeline import (
@@ -30,7 +30,9 @@ from sidrec_core.studies.pipeline import (
     load_pipeline,
     location_keys,
     ordered,
+    producer_of,
     relocate,
+    rerouted_inputs,
     source_deps,
     stage_settings,
     upstream,
@@ -81,6 +83,18 @@ def cache_key(
     settings = stage_settings(stage, params, location_keys(pipeline))
     sources = {d: file_hash(root / d) for d in source_deps(stage, pipeline)}
     ups = {u: dep_keys[u] for u in upstream(stage.name, pipeline) if u in dep_keys}
+    for key, path in rerouted_inputs(stage, params).items():
+        settings[key] = path
+        producer = producer_of(path, pipeline)
+        if producer is None:
+            sources[path] = file_hash(root / path)
+        elif producer in dep_keys:
+            ups[producer] = dep_keys[producer]
+        else:
+            raise ConfigError(
+                f"{key}={path} is an out of stage '{producer}', which this trial neither runs "
+                f"nor reuses before '{stage.name}': add it to the study's reuse"
+            )
     return params_hash({"stage": stage.name, "params": settings, "deps": sources, "up": ups})
 
 

@@ -143,3 +143,29 @@ def source_deps(stage: Stage, pipeline: dict[str, Stage]) -> list[str]:
     """Deps no stage produces: code folders/files and raw data."""
     outs = [o for s in pipeline.values() for o in s.outs]
     return [d for d in stage.deps if not any(_inside(d, o) or _inside(o, d) for o in outs)]
+
+
+def rerouted_inputs(stage: Stage, params: dict[str, Any]) -> dict[str, str]:
+    """Input locations ``stage`` reads that ``params`` points away from their default: dotted
+    key -> the path it names instead (e.g. ``sid.embeddings`` -> the collaborative table). DVC
+    only knows the default input (a listed dep); a rerouted one must be keyed by what it names."""
+    defaults = flatten(resolve_params({}))
+    flat = flatten(params)
+    out: dict[str, str] = {}
+    for key, default in defaults.items():
+        if not isinstance(default, str) or not any(
+            key == p or key.startswith(p + ".") for p in stage.params
+        ):
+            continue
+        default = default.rstrip("/")
+        is_input = any(_inside(default, d) for d in stage.deps)
+        if is_input and not any(_inside(default, o) for o in stage.outs):
+            value = str(flat.get(key, default)).rstrip("/")
+            if value != default:
+                out[key] = value
+    return out
+
+
+def producer_of(path: str, pipeline: dict[str, Stage]) -> str | None:
+    """The stage whose out holds ``path`` (project-relative), or None for a file no stage makes."""
+    return next((s for o, s in producers(pipeline).items() if _inside(path, o)), None)
