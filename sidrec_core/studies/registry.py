@@ -38,6 +38,7 @@ _ETEGREC = {
     "sid.embeddings": "data/item_embeddings/collaborative.npy",
 }
 GRID = "GRID, Ju et al. 2025 (arXiv:2507.22224)"
+FORGE = "FORGE, Fu et al. 2025 (arXiv:2509.20904), SID generation"
 ETEGREC_PAPER = "ETEGRec, Liu et al., SIGIR 2025 (ablation)"
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
 _EVERY_BEAM = {"decoding.num_return_sequences": None}
@@ -131,6 +132,15 @@ STUDY_LIST: list[Study] = [
         False,
         "RQ-VAE CLIP co-purchase contrastive loss",
         fixed=_RQVAE,
+        claims=(
+            Claim(
+                "a co-occurrence contrastive (InfoNCE) term in SID construction helps retrieval",
+                FORGE,
+                "on",
+                "off",
+                "better",
+            ),
+        ),
         secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
         group="tokenizer",
         **TOKENIZER_PIPELINE,
