@@ -106,3 +106,15 @@ def test_queued_starts_are_exact_points_of_the_space(name):
     tun = tuning.TUNABLES[name]
     for start, source in tun.starts:
         assert source and tun.suggest(optuna.trial.FixedTrial(start)) == start
+
+
+def test_progress_line_names_the_trial_the_best_and_the_eta():
+    ostudy = optuna.create_study(direction="maximize", study_name="tune-x-smoke")
+    ostudy.ask()  # one running trial, nothing finished
+    assert tuning.progress_line(ostudy, 4).endswith("best —; finished 0/4; ETA unknown")
+    ostudy = optuna.create_study(direction="maximize", study_name="tune-x-smoke")
+    ostudy.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=2)
+    best = ostudy.best_trial.number
+    line = tuning.progress_line(ostudy, 5)
+    assert line.startswith("tune-x-smoke: trial #1 complete ")
+    assert f"(#{best})" in line and "finished 2/5" in line and "ETA 0 min" in line

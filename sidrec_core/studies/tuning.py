@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import traceback
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
                 break
             ostudy.optimize(objective, n_trials=1, catch=(Exception,))
             launched += 1
+            log.info(progress_line(ostudy, opts.n_trials))
         summary: dict[str, Any] = {
             "study": ostudy.study_name,
             "storage": opts.tune_storage(name),
@@ -325,6 +327,29 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
                     parent.log_artifact(path, artifact_path="tune")
         parent.record(**{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     return summary
+
+
+def progress_line(ostudy: optuna.Study, budget: int) -> str:
+    """One line after a trial: its state and value, the best so far, finished of budget, ETA
+    (median duration of the finished trials times those left)."""
+    trials = ostudy.get_trials(deepcopy=False)
+    last = trials[-1]
+    done = [
+        t.duration.total_seconds()
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.duration is not None
+    ]
+    left = max(budget - len(done), 0)
+    eta = f"{statistics.median(done) * left / 60:.0f} min" if done else "unknown"
+    value = "—" if last.value is None else f"{last.value:.4f}"
+    try:
+        best = f"{ostudy.best_value:.4f} (#{ostudy.best_trial.number})"
+    except ValueError:  # no complete trial yet
+        best = "—"
+    return (
+        f"{ostudy.study_name}: trial #{last.number} {last.state.name.lower()} {value}; "
+        f"best {best}; finished {len(done)}/{budget}; ETA {eta}"
+    )
 
 
 def best_overrides_yaml(params: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
