@@ -10,7 +10,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sidrec_core.studies import tuning
+from sidrec_core.studies import tune_report, tuning
 from sidrec_core.studies.tuning import Param, Tunable, TuneOptions, run_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,9 @@ def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
     report = (folder / "report_smoke.md").read_text()
     assert "## Best trial" in report and "retrained over seeds ['0', '1']" in report
     assert "Parameter importances" in report and "a deliberately bad start" in report
+    first = next(line for line in report.splitlines() if line.startswith("| 0 | complete |"))
+    test_ndcg = trials(o, "planted")[0].user_attrs["test/ndcg@10"]
+    assert f"| {tune_report._fmt(test_ndcg)} |" in first  # the history row shows the test figure
     best = yaml.safe_load((folder / "smoke_best_params.yaml").read_text())
     assert best["sasrec"]["train"]["lr"] == 1e-2 and best["data"]["name"] == "synthetic"
 

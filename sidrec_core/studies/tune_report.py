@@ -124,14 +124,24 @@ def write_tune_report(
         "",
         "## History",
         "",
-        "| trial | state | value | last epoch | params |",
-        "|---|---|---|---|---|",
+        "Test figures are shown for reading only; the search selects on the objective.",
+        "",
+        "| trial | state | value | test/ndcg@10 | test/hr@10 | last epoch | minutes | params |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         value = _fmt(float(t.value)) if t.value is not None else "—"
+        tests = [
+            _fmt(float(t.user_attrs[k])) if k in t.user_attrs else "—"
+            for k in ("test/ndcg@10", "test/hr@10")
+        ]
         last = max(t.intermediate_values) if t.intermediate_values else "—"
+        minutes = f"{t.duration.total_seconds() / 60:.1f}" if t.duration else "—"
         shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {last} | {shown} |")
+        lines.append(
+            f"| {t.number} | {t.state.name.lower()} | {value} | {' | '.join(tests)} | {last} "
+            f"| {minutes} | {shown} |"
+        )
     png = plot_history(ostudy, folder / f"{opts.profile}_history.png")
     best_file = folder / f"{opts.profile}_best_params.yaml"
     write_text(best_file, yaml.safe_dump(best_overrides_yaml(params, best.params), sort_keys=False))
