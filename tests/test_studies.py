@@ -22,10 +22,16 @@ from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.execute import cache_key, execute_trial, stage_keys
 from sidrec_core.studies.index import spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs, upstream
-from sidrec_core.studies.profiles import dvc_set_args, load_profile
+from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
-from sidrec_core.studies.runner import StudyOptions, enqueue_missing, progress, run_study
+from sidrec_core.studies.runner import (
+    StudyOptions,
+    base_params,
+    enqueue_missing,
+    progress,
+    run_study,
+)
 from sidrec_core.studies.shared import SHARED_FROM
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
 from sidrec_core.studies.study import (
@@ -546,7 +552,7 @@ def test_a_rerouted_input_keys_the_stage_by_what_it_names():
     collab = resolve_params(
         {"base": {"seed": 0}, "sid": {"embeddings": "data/item_embeddings/collaborative.npy"}}
     )
-    assert rerouted_inputs(pipeline["build_sids"], text) == {}
+    assert rerouted_inputs(pipeline["build_sids"], text, pipeline) == {}
     chain = ("prepare", "embed", "train_sasrec", "item_embeddings")
     run = ("build_sids",)
     k_text = stage_keys(run, chain, text, text, pipeline)
@@ -558,3 +564,32 @@ def test_a_rerouted_input_keys_the_stage_by_what_it_names():
     assert other["build_sids"] != k_collab["build_sids"]
     with pytest.raises(ConfigError, match="sid.embeddings=.*item_embeddings.*reuse"):
         stage_keys(run, ("prepare", "embed"), text, collab, pipeline)
+
+
+def test_etegrec_input_is_keyed_even_where_the_default_is_not_a_listed_dep():
+    """train_etegrec lists the item_embeddings folder, not the text table, as its dep: setting
+    its tokenizer input back to text must still change its key."""
+    pipeline = load_pipeline()
+    up = resolve_params({"base": {"seed": 0}})
+    reuse = ("prepare", "embed", "train_sasrec", "item_embeddings")
+    keys = {}
+    for path in ("data/item_embeddings/collaborative.npy", "data/embeddings.npy"):
+        trial = resolve_params({"base": {"seed": 0}, "sid": {"embeddings": path}})
+        keys[path] = stage_keys(("train_etegrec",), reuse, up, trial, pipeline)["train_etegrec"]
+    assert len(set(keys.values())) == 2
+
+
+def test_only_input_paths_count_as_rerouted():
+    """Across every study level on the beauty profile, the only rerouted input is the
+    tokenizer's (sid_input, etegrec): device, schedule or method strings never are."""
+    pipeline = load_pipeline()
+    base = base_params(StudyOptions(profile="beauty"))
+    seen = set()
+    for study in STUDIES.values():
+        if study.setup:  # needs a local checkpoint to resolve
+            continue
+        for level in study.levels:
+            p = resolve_params(with_overrides(with_overrides(base, study.fixed), level.overrides))
+            for name in study.run:
+                seen |= set(rerouted_inputs(pipeline[name], p, pipeline))
+    assert seen == {"sid.embeddings"}

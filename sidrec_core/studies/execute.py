@@ -83,7 +83,7 @@ def cache_key(
     settings = stage_settings(stage, params, location_keys(pipeline))
     sources = {d: file_hash(root / d) for d in source_deps(stage, pipeline)}
     ups = {u: dep_keys[u] for u in upstream(stage.name, pipeline) if u in dep_keys}
-    for key, path in rerouted_inputs(stage, params).items():
+    for key, path in rerouted_inputs(stage, params, pipeline).items():
         settings[key] = path
         producer = producer_of(path, pipeline)
         if producer is None:

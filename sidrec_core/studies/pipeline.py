@@ -145,24 +145,25 @@ def source_deps(stage: Stage, pipeline: dict[str, Stage]) -> list[str]:
     return [d for d in stage.deps if not any(_inside(d, o) or _inside(o, d) for o in outs)]
 
 
-def rerouted_inputs(stage: Stage, params: dict[str, Any]) -> dict[str, str]:
-    """Input locations ``stage`` reads that ``params`` points away from their default: dotted
-    key -> the path it names instead (e.g. ``sid.embeddings`` -> the collaborative table). DVC
-    only knows the default input (a listed dep); a rerouted one must be keyed by what it names."""
+def rerouted_inputs(
+    stage: Stage, params: dict[str, Any], pipeline: dict[str, Stage]
+) -> dict[str, str]:
+    """Input locations ``stage`` reads (location keys in its params sections, its own outs
+    excepted) that ``params`` points away from their default: dotted key -> the path it names
+    instead (e.g. ``sid.embeddings`` -> the collaborative table). A rerouted input is not the
+    dep ``dvc.yaml`` lists, so it must be keyed by what it names."""
     defaults = flatten(resolve_params({}))
     flat = flatten(params)
     out: dict[str, str] = {}
-    for key, default in defaults.items():
-        if not isinstance(default, str) or not any(
-            key == p or key.startswith(p + ".") for p in stage.params
-        ):
+    for key in sorted(location_keys(pipeline) - {"base.metrics_dir", "base.profile"}):
+        if not any(key == p or key.startswith(p + ".") for p in stage.params):
             continue
-        default = default.rstrip("/")
-        is_input = any(_inside(default, d) for d in stage.deps)
-        if is_input and not any(_inside(default, o) for o in stage.outs):
-            value = str(flat.get(key, default)).rstrip("/")
-            if value != default:
-                out[key] = value
+        default = str(defaults[key]).rstrip("/")
+        if any(_inside(default, o) for o in stage.outs):
+            continue
+        value = str(flat.get(key, default)).rstrip("/")
+        if value != default:
+            out[key] = value
     return out
 
 
