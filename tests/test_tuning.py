@@ -121,3 +121,21 @@ def test_progress_line_names_the_trial_the_best_and_the_eta():
     line = tuning.progress_line(ostudy, 5)
     assert line.startswith("tune-x-smoke: trial #1 complete ")
     assert f"(#{best})" in line and "finished 2/5" in line and "ETA 0 min" in line
+
+
+def test_a_concurrent_twin_is_pruned_and_not_counted():
+    """Two workers that suggest the same params at once: the second trial is pruned as a
+    duplicate of the running one and does not use the budget."""
+    ostudy = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        ostudy.enqueue_trial({"sasrec.loss": "ce"})
+    first, second = ostudy.ask(), ostudy.ask()
+    for t in (first, second):
+        t.suggest_categorical("sasrec.loss", ["ce", "bce"])
+    assert tuning.running_twin(second) == first.number
+    assert tuning.running_twin(first) == second.number
+    ostudy.tell(first, 0.5)
+    assert tuning.running_twin(second) is None  # the twin has finished
+    second.set_user_attr(tuning.DUPLICATE_OF, first.number)
+    ostudy.tell(second, state=TrialState.PRUNED)
+    assert tuning._finished(ostudy) == 1

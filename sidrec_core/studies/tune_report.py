@@ -138,8 +138,11 @@ def write_tune_report(
         last = max(t.intermediate_values) if t.intermediate_values else "—"
         minutes = f"{t.duration.total_seconds() / 60:.1f}" if t.duration else "—"
         shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
+        state = t.state.name.lower()
+        if "duplicate_of" in t.user_attrs:
+            state += f" (duplicate of running #{t.user_attrs['duplicate_of']})"
         lines.append(
-            f"| {t.number} | {t.state.name.lower()} | {value} | {' | '.join(tests)} | {last} "
+            f"| {t.number} | {state} | {value} | {' | '.join(tests)} | {last} "
             f"| {minutes} | {shown} |"
         )
     png = plot_history(ostudy, folder / f"{opts.profile}_history.png")

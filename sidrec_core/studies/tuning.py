@@ -176,27 +176,47 @@ def get_tunable(name: str) -> Tunable:
     return TUNABLES[name]
 
 
+DUPLICATE_OF = "duplicate_of"  # a trial stopped because another worker runs the same params
+
+
 def _finished(ostudy: optuna.Study) -> int:
     states = (TrialState.COMPLETE, TrialState.PRUNED)
-    return len(ostudy.get_trials(deepcopy=False, states=states))
+    trials = ostudy.get_trials(deepcopy=False, states=states)
+    return sum(DUPLICATE_OF not in t.user_attrs for t in trials)
 
 
 def open_search(
     tun: Tunable, opts: TuneOptions, pruner: optuna.pruners.BasePruner | None = None
 ) -> optuna.Study:
-    ostudy = optuna.create_study(
-        storage=make_storage(
-            opts.tune_storage(tun.name), opts.heartbeat_seconds, opts.grace_seconds
-        ),
-        sampler=optuna.samplers.TPESampler(seed=int(get_dotted(base_params(opts), "base.seed", 0))),
+    """Create or resume the search. The TPE seed is ``base.seed`` plus the number of trials
+    already stored: a fresh search is reproducible, and a worker that joins a running search
+    does not replay the first worker's suggestions."""
+    storage = make_storage(opts.tune_storage(tun.name), opts.heartbeat_seconds, opts.grace_seconds)
+    name = f"tune-{tun.name}-{opts.profile}"
+    stored = optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", load_if_exists=True
+    )
+    seed = int(get_dotted(base_params(opts), "base.seed", 0)) + len(
+        stored.get_trials(deepcopy=False)
+    )
+    ostudy = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=pruner or make_pruner(opts.pruner),
-        study_name=f"tune-{tun.name}-{opts.profile}",
-        direction="maximize",
-        load_if_exists=True,
     )
     for start, source in tun.starts:
         ostudy.enqueue_trial(start, user_attrs={"start": source}, skip_if_exists=True)
     return ostudy
+
+
+def running_twin(trial: optuna.Trial) -> int | None:
+    """The number of another RUNNING trial with exactly ``trial``'s params (a concurrent
+    worker's), or None."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if other.number != trial.number and other.params == trial.params:
+            return other.number
+    return None
 
 
 class TuneObjective:
@@ -207,6 +227,10 @@ class TuneObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         overrides = self.tun.suggest(trial)
+        twin = running_twin(trial)
+        if twin is not None:  # its figures will be the twin's: neither wait nor count it
+            trial.set_user_attr(DUPLICATE_OF, twin)
+            raise optuna.TrialPruned(f"same params as running trial #{twin}")
         trial_dir = (
             self.opts.folder(self.tun.name) / self.opts.profile / "trials" / f"{trial.number:04d}"
         )
