@@ -36,7 +36,9 @@ def importances(ostudy: optuna.Study) -> dict[str, float] | str:
     if len(complete) < 2:
         return "fewer than 2 complete trials"
     try:
-        return optuna.importance.get_param_importances(ostudy)
+        return optuna.importance.get_param_importances(
+            ostudy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     except (RuntimeError, ValueError) as exc:
         return f"not computable ({exc})"
 
