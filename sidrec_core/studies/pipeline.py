@@ -103,15 +103,24 @@ def _relocate_tree(node: dict[str, Any], old: str, new: str) -> None:
             node[key] = new + value.rstrip("/")[len(old) :]
 
 
+BOOKKEEPING_KEYS = frozenset({"base.metrics_dir", "base.profile"})  # where a run reports
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Every dotted params key with its code default (read-only: shared between calls)."""
+    return flatten(resolve_params({}))
+
+
 def location_keys(pipeline: dict[str, Stage]) -> set[str]:
     """Dotted keys whose default value names a stage out: where an artifact goes, not how it is
     made (so relocating it changes no cache key)."""
     outs = [o for s in pipeline.values() for o in s.outs]
     return {
         k
-        for k, v in flatten(resolve_params({})).items()
+        for k, v in _defaults().items()
         if isinstance(v, str) and any(_inside(v.rstrip("/"), o) for o in outs)
-    } | {"base.metrics_dir", "base.profile"}
+    } | BOOKKEEPING_KEYS
 
 
 def stage_settings(stage: Stage, params: dict[str, Any], locations: set[str]) -> dict[str, Any]:
@@ -152,13 +161,12 @@ def rerouted_inputs(
     excepted) that ``params`` points away from their default: dotted key -> the path it names
     instead (e.g. ``sid.embeddings`` -> the collaborative table). A rerouted input is not the
     dep ``dvc.yaml`` lists, so it must be keyed by what it names."""
-    defaults = flatten(resolve_params({}))
     flat = flatten(params)
     out: dict[str, str] = {}
-    for key in sorted(location_keys(pipeline) - {"base.metrics_dir", "base.profile"}):
+    for key in sorted(location_keys(pipeline) - BOOKKEEPING_KEYS):
         if not any(key == p or key.startswith(p + ".") for p in stage.params):
             continue
-        default = str(defaults[key]).rstrip("/")
+        default = str(_defaults()[key]).rstrip("/")
         if any(_inside(default, o) for o in stage.outs):
             continue
         value = str(flat.get(key, default)).rstrip("/")

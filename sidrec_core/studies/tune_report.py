@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.stats import mean_ci
 from sidrec_core.studies.tuning import (
+    DUPLICATE_OF,
     OBJECTIVE,
     TEST_KEYS,
     Tunable,
@@ -141,8 +142,8 @@ def write_tune_report(
         minutes = f"{t.duration.total_seconds() / 60:.1f}" if t.duration else "—"
         shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
         state = t.state.name.lower()
-        if "duplicate_of" in t.user_attrs:
-            state += f" (duplicate of running #{t.user_attrs['duplicate_of']})"
+        if DUPLICATE_OF in t.user_attrs:
+            state += f" (duplicate of running #{t.user_attrs[DUPLICATE_OF]})"
         lines.append(
             f"| {t.number} | {state} | {value} | {' | '.join(tests)} | {last} "
             f"| {minutes} | {shown} |"
