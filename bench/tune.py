@@ -11,6 +11,7 @@ import logging
 import sys
 
 from sidrec_core.config import ConfigError
+from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.tuning import TUNABLES, TuneOptions, run_tuning
 
@@ -21,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="beauty", help="smoke | dev | beauty | full")
     p.add_argument("--n-trials", type=int, default=20, help="finished trials in all (budget)")
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many (resume)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start no trial or retrain expected to end later than MINUTES after launch",
+    )
     p.add_argument("--pruner", default="median", help="median | hyperband | none")
     p.add_argument("--retrain-seeds", type=int, default=3)
     p.add_argument("--storage", default=None, help="Optuna RDB URL (default: per-model SQLite)")
@@ -36,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             storage=args.storage,
             max_trials=args.max_trials,
+            budget=TimeBudget.minutes(args.time_budget),
             out_dir=args.out,
             params_file=args.params,
             sets=args.sets,

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from sidrec_core.config import ConfigError
 from sidrec_core.stages import resolve_params
+from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.execute import cache_key, execute_trial, stage_keys
 from sidrec_core.studies.index import spent_seconds, write_index
@@ -109,6 +110,27 @@ def test_more_seeds_later_runs_only_the_new_seeds(tmp_path):
     assert complete_points(trials) == [(lv, s) for lv in ("off", "on") for s in (0, 1)]
     assert summary["failed"] == 0
     assert {trial_seed(t) for t in trials if t.number not in first} == {1}
+
+
+def test_time_budget_compares_the_median_trial_with_the_time_left():
+    soon = TimeBudget(deadline=time.time() + 60)
+    assert soon.allows([30.0, 200.0, 40.0])  # median 40 s ends inside 60 s
+    assert not soon.allows([100.0, 200.0, 40.0])  # median 100 s does not
+    assert soon.allows([]) and TimeBudget().allows([1e9])  # unknown cost / no budget
+    assert not TimeBudget(deadline=time.time() - 1).allows([])
+    with pytest.raises(ValueError, match="--time-budget"):
+        TimeBudget.minutes(0)
+
+
+def test_a_time_budget_starts_no_trial_it_cannot_finish(tmp_path):
+    run_study("exclude_seen", opts(tmp_path, max_trials=1))  # one duration on record
+    spent = TimeBudget(deadline=time.time())  # no time left: the next trial would overrun
+    summary = run_study("exclude_seen", opts(tmp_path, budget=spent))
+    assert summary["remaining_before"] == summary["remaining_after"] == 3
+    summary = run_study("exclude_seen", opts(tmp_path, budget=TimeBudget.minutes(60)))
+    assert summary["remaining_after"] == 0 and summary["failed"] == 0
+    argv = ["--study", "exclude_seen", "--profile", "smoke", "--time-budget", "0"]
+    assert ablate_main(argv) == 2
 
 
 def test_grid_coverage_with_seeds_report_and_cache(tmp_path):

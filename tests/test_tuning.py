@@ -3,6 +3,7 @@ better setting, a stopped search resumes without redoing trials, pruned trials a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.studies import tune_report, tuning
+from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.tuning import Param, Tunable, TuneOptions, run_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +68,15 @@ def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
     assert f"| {tune_report._fmt(test_ndcg)} |" in first  # the history row shows the test figure
     best = yaml.safe_load((folder / "smoke_best_params.yaml").read_text())
     assert best["sasrec"]["train"]["lr"] == 1e-2 and best["data"]["name"] == "synthetic"
+
+
+def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatch):
+    monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
+    run_tuning("planted", opts(tmp_path, n_trials=3, max_trials=2))
+    spent = TimeBudget(deadline=time.time())
+    summary = run_tuning("planted", opts(tmp_path, n_trials=2, budget=spent))
+    assert summary["finished"] == 2 and summary["retrain"] == {}
+    assert not (tmp_path / "exp" / "tune" / "planted" / "smoke" / "retrain").exists()
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sidrec_core.config import ConfigError
+from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 from sidrec_core.studies.registry import STUDIES, get_study
 from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
@@ -51,6 +52,14 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="stop each worker after this many trials (resume later)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start no trial expected (median of the finished ones) to end later than MINUTES "
+        "after launch; resume later with the same command",
     )
     p.add_argument("--out", default=str(EXPERIMENTS_DIR), help="reports, trials, cache root")
     p.add_argument("--params", default="params.yaml", help="params file under the profile")
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             n_seeds=args.n_seeds,
             workers=args.workers,
             max_trials=args.max_trials,
+            budget=TimeBudget.minutes(args.time_budget),
             out_dir=args.out,
             params_file=args.params,
             sets=args.sets,
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             summary = run_study(name, opts)
             print(json.dumps(summary, indent=2))
-            if summary["remaining_after"] and args.max_trials is None:
+            stopped_early = args.max_trials is not None or args.time_budget is not None
+            if summary["remaining_after"] and not stopped_early:
                 status = 1  # some grid points failed: see the report's failed-trials list
         return status
     except (ConfigError, KeyError, ValueError) as exc:

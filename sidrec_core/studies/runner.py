@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from sidrec_core.config import apply_overrides, flatten, load_params
 from sidrec_core.stages import resolve_params
+from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
@@ -53,6 +54,7 @@ class StudyOptions:
     n_seeds: int = 3
     workers: int = 1
     max_trials: int | None = None  # per worker and launch (None: until the grid is done)
+    budget: TimeBudget = dataclasses.field(default_factory=TimeBudget)  # --time-budget
     out_dir: str = str(EXPERIMENTS_DIR)
     cache_dir: str | None = None  # default <out_dir>/cache
     params_file: str = "params.yaml"
@@ -190,12 +192,19 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     total = len(study.labels) * len(seeds)
     text = f"trial {len(done) + 1}/{total}"
-    ran = [t for t in done if not is_shared(t)]
-    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in ran]
+    secs = ran_seconds(ostudy)
     if secs:
         left = (total - len(done)) * float(np.median(secs))
         text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
+
+
+def ran_seconds(ostudy: optuna.Study) -> list[float]:
+    """Durations of the complete trials that ran here (not taken from another study)."""
+    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [
+        (t.datetime_complete - t.datetime_start).total_seconds() for t in done if not is_shared(t)
+    ]
 
 
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
@@ -314,7 +323,8 @@ def _work(
     opts: StudyOptions,
     parent_run_id: str | None,
 ) -> None:
-    """A worker: run queued trials until none is left (or ``max_trials``). RUNNING trials of
+    """A worker: run queued trials until none is left, ``max_trials`` ran or the next one would
+    overrun the time budget. RUNNING trials of
     other workers are waited for: a dead worker's trial turns stale after the storage's grace
     period and the heartbeat callback queues it again."""
     study = get_study(study_name)
@@ -325,6 +335,8 @@ def _work(
         optuna.storages.fail_stale_trials(ostudy)
         state = counts(ostudy)
         if state[TrialState.WAITING]:
+            if not opts.budget.allows(ran_seconds(ostudy)):
+                break
             ostudy.optimize(objective, n_trials=1, catch=(Exception,))
             count += 1
         elif state[TrialState.RUNNING] and remaining(ostudy, study, seeds):

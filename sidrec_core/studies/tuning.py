@@ -280,7 +280,8 @@ def retrain_best(
     tun: Tunable, ostudy: optuna.Study, params: dict[str, Any], opts: TuneOptions
 ) -> dict[str, dict[str, float]]:
     """Retrain the best trial's overrides over ``opts.retrain_seeds`` seeds (each seed once:
-    finished seeds are kept in the study's user attributes) -> {seed: test metrics}."""
+    finished seeds are kept in the study's user attributes; a seed that would overrun the time
+    budget waits for the next launch) -> {seed: test metrics}."""
     best = ostudy.best_trial.params
     done: dict[str, dict[str, float]] = dict(ostudy.user_attrs.get("retrain") or {})
     if ostudy.user_attrs.get("retrain_params") != best:
@@ -289,6 +290,8 @@ def retrain_best(
     for seed in range(first, first + opts.retrain_seeds):
         if str(seed) in done:
             continue
+        if not opts.budget.allows(complete_seconds(ostudy), "retrain"):
+            break
         seeded = with_overrides(params, {"base.seed": seed})
         folder = opts.folder(tun.name) / opts.profile / "retrain" / f"s{seed}"
         metrics = execute_trial(
@@ -298,6 +301,12 @@ def retrain_best(
         ostudy.set_user_attr("retrain", done)
         ostudy.set_user_attr("retrain_params", best)
     return done
+
+
+def complete_seconds(ostudy: optuna.Study) -> list[float]:
+    """Durations of the complete (not pruned) trials: what a trial that is not pruned costs."""
+    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t.duration.total_seconds() for t in done if t.duration is not None]
 
 
 def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
@@ -326,6 +335,8 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
         launched = 0
         while _finished(ostudy) < opts.n_trials:
             if opts.max_trials is not None and launched >= opts.max_trials:
+                break
+            if not opts.budget.allows(complete_seconds(ostudy)):
                 break
             ostudy.optimize(objective, n_trials=1, catch=(Exception,))
             launched += 1
