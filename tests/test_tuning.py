@@ -68,6 +68,41 @@ def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
     assert f"| {tune_report._fmt(test_ndcg)} |" in first  # the history row shows the test figure
     best = yaml.safe_load((folder / "smoke_best_params.yaml").read_text())
     assert best["sasrec"]["train"]["lr"] == 1e-2 and best["data"]["name"] == "synthetic"
+    assert sorted(summary["retrain_default"]) == ["0", "1"]  # the default, same seeds
+    assert "## Best against the default, paired over seeds" in report
+    assert "adopt its params" in report or "keep the default" in report
+
+
+def _retrained(values: list[float]) -> dict[str, dict[str, float]]:
+    return {str(s): {"valid/ndcg@10": v, "test/ndcg@10": v} for s, v in enumerate(values)}
+
+
+def test_the_best_is_adopted_only_when_it_beats_the_default_beyond_seed_noise():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    lr = optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"sasrec.train.lr": 0.0123}, distributions={"sasrec.train.lr": lr}, value=0.05
+        )
+    )
+    study.set_user_attr("retrain_default", _retrained([0.040, 0.041, 0.042]))
+    study.set_user_attr("retrain", _retrained([0.045, 0.047, 0.046]))  # +.005, .006, .004
+    text = "\n".join(tune_report.versus_default(study, params))
+    assert "| valid/ndcg@10 | 0.0460 | 0.0410 | 0.0050 ± 0.0025 |" in text
+    assert "adopt its params" in text
+    study.set_user_attr("retrain", _retrained([0.045, 0.037, 0.046]))  # one seed below
+    assert "keep the default" in "\n".join(tune_report.versus_default(study, params))
+    default_lr = tuning.flatten(tuning.resolve_params(params))["sasrec.train.lr"]
+    same = optuna.create_study(direction="maximize")
+    same.add_trial(
+        optuna.trial.create_trial(
+            params={"sasrec.train.lr": default_lr},
+            distributions={"sasrec.train.lr": lr},
+            value=0.05,
+        )
+    )
+    assert "nothing to compare" in "\n".join(tune_report.versus_default(same, params))
 
 
 def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatch):

@@ -14,13 +14,16 @@ import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
-from sidrec_core.studies.stats import mean_ci
+from sidrec_core.studies.pipeline import PROJECT_ROOT
+from sidrec_core.studies.stats import diff_ci, mean_ci, paired_test
 from sidrec_core.studies.tuning import (
     DUPLICATE_OF,
     OBJECTIVE,
+    RETRAINED,
     TEST_KEYS,
     Tunable,
     TuneOptions,
+    best_is_default,
     best_overrides_yaml,
 )
 
@@ -29,6 +32,11 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}" if abs(x) < 1e-3 else f"{x:.4f}"
     return str(x)
+
+
+def _shown(location: str) -> str:
+    """``location`` with this checkout's root left out (reports are read on other machines)."""
+    return location.replace(f"{PROJECT_ROOT}/", "")
 
 
 def importances(ostudy: optuna.Study) -> dict[str, float] | str:
@@ -42,6 +50,54 @@ def importances(ostudy: optuna.Study) -> dict[str, float] | str:
         )
     except (RuntimeError, ValueError) as exc:
         return f"not computable ({exc})"
+
+
+def versus_default(ostudy: optuna.Study, params: dict[str, Any]) -> list[str]:
+    """Report lines: the retrained best against the retrained default, paired over seeds, and
+    whether the best should become the default (its objective's paired 95% CI above 0; the
+    test figures are for reading, never for the choice)."""
+    best = {int(s): m for s, m in (ostudy.user_attrs.get(RETRAINED["best"]) or {}).items()}
+    base = {int(s): m for s, m in (ostudy.user_attrs.get(RETRAINED["default"]) or {}).items()}
+    lines = ["", "## Best against the default, paired over seeds", ""]
+    if best_is_default(ostudy, params):
+        return [*lines, "The best trial's params are the defaults: nothing to compare."]
+    if not base:
+        return [*lines, "Not yet: the default has not been retrained."]
+    lines += [
+        f"Seeds both have: {sorted(set(best) & set(base))}. Difference = best − default, "
+        "mean with its paired 95% CI (Student t) and the paired t-test's p.",
+        "",
+        "| metric | best | default | best − default | p |",
+        "|---|---|---|---|---|",
+    ]
+    decision = None
+    for key in (OBJECTIVE, *TEST_KEYS):
+        a = {s: float(m[key]) for s, m in best.items() if key in m}
+        b = {s: float(m[key]) for s, m in base.items() if key in m}
+        if not a or not b:
+            continue
+        diff, p = paired_test(a, b)
+        hw = diff_ci(a, b)
+        cells = [_fmt(mean_ci(list(v.values()))[0]) for v in (a, b)]
+        change = "—" if diff is None else _fmt(diff) + ("" if np.isnan(hw) else f" ± {_fmt(hw)}")
+        pcell = "undefined" if p is None else f"{p:.3f}"
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} | {change} | {pcell} |")
+        if key == OBJECTIVE and diff is not None and not np.isnan(hw):
+            decision = diff - hw > 0
+    lines.append("")
+    if decision is None:
+        lines.append("No decision yet: fewer than 2 seeds retrained for both.")
+    elif decision:
+        lines.append(
+            f"The best beats the default on `{OBJECTIVE}` beyond seed noise (CI above 0): "
+            "adopt its params as the `params.yaml` defaults."
+        )
+    else:
+        lines.append(
+            f"The best does not beat the default on `{OBJECTIVE}` beyond seed noise (CI "
+            "reaches 0): keep the default."
+        )
+    return lines
 
 
 def plot_history(ostudy: optuna.Study, path: Path) -> Path:
@@ -87,7 +143,7 @@ def write_tune_report(
         "trials. Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
         f"Command: `python bench/tune.py --model {tun.name} --profile {opts.profile} "
         f"--n-trials {opts.n_trials}{''.join(f' --set {kv}' for kv in opts.sets)}`; "
-        f"storage `{opts.tune_storage(tun.name)}`.",
+        f"storage `{_shown(opts.tune_storage(tun.name))}`.",
     ]
     for i, (_, source) in enumerate(tun.starts):
         lines += [f"Trial {i} is queued, not sampled: {source}."]
@@ -115,7 +171,8 @@ def write_tune_report(
                 cell = _fmt(mean) if np.isnan(hw) else f"{_fmt(mean)} ± {_fmt(hw)}"
                 lines.append(f"| {key} | {cell} | {', '.join(_fmt(v) for v in vals)} |")
     else:
-        lines.append("Not yet: the search has not used its budget.")
+        lines.append("Not yet: the search has not used its budget (or the time budget stopped it).")
+    lines += versus_default(ostudy, params)
     imp = importances(ostudy)
     lines += ["", "## Parameter importances (Optuna, fANOVA)", ""]
     if isinstance(imp, str):
@@ -157,7 +214,7 @@ def write_tune_report(
         f"![history]({png.name})",
         "",
         f"Best configuration as a params file: `{best_file.name}` "
-        f"(`python bench/{tun.run[0]}.py --params {best_file}`), or through DVC: "
+        f"(`python bench/{tun.run[0]}.py --params {_shown(str(best_file))}`), or through DVC: "
         f"`dvc exp run {sets}`.",
         "",
     ]

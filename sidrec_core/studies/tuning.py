@@ -6,8 +6,10 @@ The objective is ``valid/ndcg@10``; every validation during training is reported
 intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early and
 they are recorded as PRUNED. Every model gets the same trial budget (``n_trials`` finished =
 complete + pruned trials). The published best configuration, when there is one, is queued first,
-so the search starts from it. The best trial is then retrained over 3 seeds and its test figures
-reported; its overrides are written as a params file usable with any stage (``--params``).
+so the search starts from it. The best trial and the default are then retrained over the same 3
+seeds and compared pairwise (the best is adopted only when it beats the default on the objective
+beyond seed noise); the best overrides are written as a params file usable with any stage
+(``--params``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sidrec_core.config import flatten
+from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.profiles import get_dotted, with_overrides
 from sidrec_core.studies.runner import StudyOptions, base_params, make_storage
@@ -276,15 +280,25 @@ class TuneObjective:
         return float(metrics[OBJECTIVE])
 
 
-def retrain_best(
-    tun: Tunable, ostudy: optuna.Study, params: dict[str, Any], opts: TuneOptions
+RETRAINED = {"best": "retrain", "default": "retrain_default"}  # study user attrs per config
+
+
+def retrain(
+    tun: Tunable,
+    ostudy: optuna.Study,
+    params: dict[str, Any],
+    opts: TuneOptions,
+    which: str = "best",
 ) -> dict[str, dict[str, float]]:
-    """Retrain the best trial's overrides over ``opts.retrain_seeds`` seeds (each seed once:
-    finished seeds are kept in the study's user attributes; a seed that would overrun the time
-    budget waits for the next launch) -> {seed: test metrics}."""
-    best = ostudy.best_trial.params
-    done: dict[str, dict[str, float]] = dict(ostudy.user_attrs.get("retrain") or {})
-    if ostudy.user_attrs.get("retrain_params") != best:
+    """Retrain ``which`` configuration, the best trial's overrides or the launch's ``default``
+    (``params`` as is), over ``opts.retrain_seeds`` seeds -> {seed: objective + test metrics}.
+    Each seed runs once: finished seeds are kept in the study's user attributes (a seed whose
+    stages a trial already ran comes from the cache), and a seed that would overrun the time
+    budget waits for the next launch."""
+    overrides = ostudy.best_trial.params if which == "best" else {}
+    attr = RETRAINED[which]
+    done: dict[str, dict[str, float]] = dict(ostudy.user_attrs.get(attr) or {})
+    if ostudy.user_attrs.get(f"{attr}_params") != overrides:
         done = {}
     first = int(get_dotted(params, "base.seed", 0))
     for seed in range(first, first + opts.retrain_seeds):
@@ -293,14 +307,20 @@ def retrain_best(
         if not opts.budget.allows(complete_seconds(ostudy), "retrain"):
             break
         seeded = with_overrides(params, {"base.seed": seed})
-        folder = opts.folder(tun.name) / opts.profile / "retrain" / f"s{seed}"
+        folder = opts.folder(tun.name) / opts.profile / attr / f"s{seed}"
         metrics = execute_trial(
-            tun.run, tun.reuse, seeded, with_overrides(seeded, best), folder, opts.cache_root
+            tun.run, tun.reuse, seeded, with_overrides(seeded, overrides), folder, opts.cache_root
         )
         done[str(seed)] = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
-        ostudy.set_user_attr("retrain", done)
-        ostudy.set_user_attr("retrain_params", best)
+        ostudy.set_user_attr(attr, done)
+        ostudy.set_user_attr(f"{attr}_params", overrides)
     return done
+
+
+def best_is_default(ostudy: optuna.Study, params: dict[str, Any]) -> bool:
+    """Whether the best trial's params are the launch's defaults (nothing to compare)."""
+    resolved = flatten(resolve_params(params))
+    return all(resolved.get(k) == v for k, v in ostudy.best_trial.params.items())
 
 
 def complete_seconds(ostudy: optuna.Study) -> list[float]:
@@ -351,7 +371,9 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
         }
         complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete and _finished(ostudy) >= opts.n_trials:
-            summary["retrain"] = retrain_best(tun, ostudy, params, opts)
+            summary["retrain"] = retrain(tun, ostudy, params, opts, "best")
+            if not best_is_default(ostudy, params):
+                summary["retrain_default"] = retrain(tun, ostudy, params, opts, "default")
         if complete:
             summary["best_value"] = ostudy.best_value
             summary["best_params"] = ostudy.best_params
