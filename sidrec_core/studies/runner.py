@@ -324,9 +324,9 @@ def _work(
     parent_run_id: str | None,
 ) -> None:
     """A worker: run queued trials until none is left, ``max_trials`` ran or the next one would
-    overrun the time budget. RUNNING trials of
-    other workers are waited for: a dead worker's trial turns stale after the storage's grace
-    period and the heartbeat callback queues it again."""
+    overrun the time budget. RUNNING trials of other workers are waited for: a dead worker's
+    trial turns stale after the storage's grace period and the heartbeat callback queues it
+    again."""
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds)
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
