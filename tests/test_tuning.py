@@ -63,6 +63,7 @@ def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
     report = (folder / "report_smoke.md").read_text()
     assert "## Best trial" in report and "retrained over seeds ['0', '1']" in report
     assert "Parameter importances" in report and "a deliberately bad start" in report
+    assert "(none: trials 0-5)" in report  # each trial's pruner, grouped
     first = next(line for line in report.splitlines() if line.startswith("| 0 | complete |"))
     test_ndcg = trials(o, "planted")[0].user_attrs["test/ndcg@10"]
     assert f"| {tune_report._fmt(test_ndcg)} |" in first  # the history row shows the test figure
@@ -118,13 +119,31 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):
     monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
     # NDCG never reaches 2: every trial is pruned at its first reported epoch
     monkeypatch.setattr(
-        tuning, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(lower=2.0)
+        tuning, "make_pruner", lambda name, epochs: optuna.pruners.ThresholdPruner(lower=2.0)
     )
     o = opts(tmp_path, n_trials=2)
     summary = run_tuning("planted", o)
     ts = trials(o, "planted")
     assert summary["pruned"] == 2 and all(t.state == TrialState.PRUNED for t in ts)
     assert all(list(t.intermediate_values) == [1] for t in ts)  # reported epoch 1, then stopped
+
+
+def test_no_trial_is_pruned_before_a_quarter_of_its_epochs():
+    study = optuna.create_study(direction="maximize", pruner=tuning.make_pruner("median", 20))
+    for _ in range(5):
+        done = study.ask()
+        for epoch in range(1, 21):
+            done.report(1.0, epoch)
+        study.tell(done, 1.0)
+    slow = study.ask()  # below the median at every epoch
+    prunable = []
+    for epoch in range(1, 8):
+        slow.report(0.0, epoch)
+        prunable.append(slow.should_prune())
+    assert prunable == [False] * 4 + [True] * 3  # kept through epoch 4, pruned from epoch 5
+    assert tuning.first_prunable_epoch(8) == 3
+    assert tuning.pruner_text("median", 20) == "median, from epoch 5 of 20"
+    assert tune_report._ranges([5, 0, 2, 1]) == "0-2, 5"
 
 
 def test_unknown_model_and_bad_options_fail_clearly(tmp_path):

@@ -19,6 +19,7 @@ from sidrec_core.studies.stats import diff_ci, mean_ci, paired_test
 from sidrec_core.studies.tuning import (
     DUPLICATE_OF,
     OBJECTIVE,
+    PRUNER,
     RETRAINED,
     TEST_KEYS,
     Tunable,
@@ -37,6 +38,25 @@ def _fmt(x: Any) -> str:
 def _shown(location: str) -> str:
     """``location`` with this checkout's root left out (reports are read on other machines)."""
     return location.replace(f"{PROJECT_ROOT}/", "")
+
+
+def pruners_used(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """The pruner each trial ran under, grouped: ``median, from epoch 5 of 20: trials 23-30``."""
+    groups: dict[str, list[int]] = {}
+    for t in trials:
+        groups.setdefault(t.user_attrs.get(PRUNER, "not recorded"), []).append(t.number)
+    return "; ".join(f"{name}: trials {_ranges(nums)}" for name, nums in groups.items())
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def importances(ostudy: optuna.Study) -> dict[str, float] | str:
@@ -138,9 +158,9 @@ def write_tune_report(
     lines = [
         f"# Tuning `{tun.name}` (profile `{opts.profile}`)",
         "",
-        f"Seeded TPE over {len(tun.space)} params, objective `{OBJECTIVE}` (maximise), pruner "
-        f"`{opts.pruner}` on the per-epoch validation values, budget {opts.n_trials} finished "
-        "trials. Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
+        f"Seeded TPE over {len(tun.space)} params, objective `{OBJECTIVE}` (maximise), pruned "
+        f"on the per-epoch validation values ({pruners_used(trials)}), budget {opts.n_trials} "
+        "finished trials. Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
         f"Command: `python bench/tune.py --model {tun.name} --profile {opts.profile} "
         f"--n-trials {opts.n_trials}{''.join(f' --set {kv}' for kv in opts.sets)}`; "
         f"storage `{_shown(opts.tune_storage(tun.name))}`.",

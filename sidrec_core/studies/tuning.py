@@ -3,8 +3,8 @@ ablation mode and on the same machinery (``dvc.yaml`` stages, cached upstream ar
 storage per model, nested MLflow runs, heartbeat resume).
 
 The objective is ``valid/ndcg@10``; every validation during training is reported as an
-intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early and
-they are recorded as PRUNED. Every model gets the same trial budget (``n_trials`` finished =
+intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early, never
+before a quarter of their epochs, and they are recorded as PRUNED. Every model gets the same trial budget (``n_trials`` finished =
 complete + pruned trials). The published best configuration, when there is one, is queued first,
 so the search starts from it. The best trial and the default are then retrained over the same 3
 seeds and compared pairwise (the best is adopted only when it beats the default on the objective
@@ -35,6 +35,7 @@ from sidrec_core.train import validation_hook
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "valid/ndcg@10"
+PRUNER = "pruner"  # trial user attr: the pruner the trial ran under
 TEST_KEYS = ("test/hr@5", "test/ndcg@5", "test/hr@10", "test/ndcg@10")
 
 
@@ -71,6 +72,7 @@ class Tunable:
     reuse: tuple[str, ...]
     space: tuple[Param, ...]
     starts: tuple[tuple[dict[str, Any], str], ...] = ()
+    epochs_key: str = ""  # the trial's training length, which sets the pruner's warm-up
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's overrides, conditional params included only where they apply."""
@@ -93,6 +95,7 @@ TUNABLES: dict[str, Tunable] = {
             "sasrec",
             run=("train_sasrec",),
             reuse=("prepare",),
+            epochs_key="sasrec.train.epochs",
             space=(
                 Param("sasrec.loss", ("ce", "bce", "bce_shared")),
                 Param(
@@ -132,6 +135,7 @@ TUNABLES: dict[str, Tunable] = {
             "sidlm",
             run=("train_sidlm", "eval_sidlm"),
             reuse=("prepare", "embed", "build_sids"),
+            epochs_key="sidlm.train.epochs",
             space=(
                 Param("sidlm.hidden_size", (128, 192, 256)),
                 Param("sidlm.num_layers", (2, 4, 6)),
@@ -166,12 +170,35 @@ class TuneOptions(StudyOptions):
         return self.storage or f"sqlite:///{self.folder(model).resolve() / 'optuna.db'}"
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+WARMUP_FRACTION = 0.25  # no trial is pruned before this share of its epochs
+
+
+def first_prunable_epoch(epochs: int) -> int:
+    """A quarter of the training (at least epoch 3): on a decaying schedule a smaller learning
+    rate starts slower and may finish higher, and an earlier cut prunes exactly those trials."""
+    return max(3, math.ceil(WARMUP_FRACTION * epochs))
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The ``--pruner`` for trials of ``epochs`` epochs (steps are epoch numbers, from 1)."""
+    first = first_prunable_epoch(epochs)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(epochs, first))
     if name == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=first)
+
+
+def pruner_text(name: str, epochs: int) -> str:
+    """What a trial's pruner was (recorded on each trial: launches may differ)."""
+    if name == "none":
+        return "none"
+    return f"{name}, from epoch {first_prunable_epoch(epochs)} of {epochs}"
+
+
+def trial_epochs(tun: Tunable, params: dict[str, Any]) -> int:
+    """The training length of ``tun``'s trials under ``params`` (defaults filled in)."""
+    return int(flatten(resolve_params(params))[tun.epochs_key]) if tun.epochs_key else 0
 
 
 def get_tunable(name: str) -> Tunable:
@@ -200,14 +227,14 @@ def open_search(
     stored = optuna.create_study(
         storage=storage, study_name=name, direction="maximize", load_if_exists=True
     )
-    seed = int(get_dotted(base_params(opts), "base.seed", 0)) + len(
-        stored.get_trials(deepcopy=False)
-    )
+    params = base_params(opts)
+    seed = int(get_dotted(params, "base.seed", 0)) + len(stored.get_trials(deepcopy=False))
+    epochs = trial_epochs(tun, params)
     ostudy = optuna.load_study(
         study_name=name,
         storage=storage,
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=pruner or make_pruner(opts.pruner),
+        pruner=pruner or make_pruner(opts.pruner, epochs),
     )
     for start, source in tun.starts:
         ostudy.enqueue_trial(start, user_attrs={"start": source}, skip_if_exists=True)
@@ -231,6 +258,9 @@ class TuneObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         overrides = self.tun.suggest(trial)
+        trial.set_user_attr(
+            PRUNER, pruner_text(self.opts.pruner, trial_epochs(self.tun, self.params))
+        )
         twin = running_twin(trial)
         if twin is not None:  # its figures will be the twin's: neither wait nor count it
             trial.set_user_attr(DUPLICATE_OF, twin)
