@@ -143,6 +143,18 @@ TUNABLES: dict[str, Tunable] = {
                 Param("sidlm.train.lr", low=5e-4, high=5e-3),
                 Param("sidlm.train.weight_decay", (0.0, 0.01, 0.05)),
             ),
+            starts=(
+                (
+                    {
+                        "sidlm.hidden_size": 128,
+                        "sidlm.num_layers": 4,
+                        "sidlm.attention_dropout": 0.1,
+                        "sidlm.train.lr": 3e-3,
+                        "sidlm.train.weight_decay": 0.01,
+                    },
+                    "the params.yaml default",
+                ),
+            ),
         ),
     )
 }
