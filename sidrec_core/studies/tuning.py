@@ -3,13 +3,13 @@ ablation mode and on the same machinery (``dvc.yaml`` stages, cached upstream ar
 storage per model, nested MLflow runs, heartbeat resume).
 
 The objective is ``valid/ndcg@10``; every validation during training is reported as an
-intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early, never
-before a quarter of their epochs, and they are recorded as PRUNED. Every model gets the same trial budget (``n_trials`` finished =
-complete + pruned trials). The published best configuration, when there is one, is queued first,
-so the search starts from it. The best trial and the default are then retrained over the same 3
-seeds and compared pairwise (the best is adopted only when it beats the default on the objective
-beyond seed noise); the best overrides are written as a params file usable with any stage
-(``--params``).
+intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early,
+never before a quarter of their epochs, and they are recorded as PRUNED. Every model gets the
+same trial budget (``n_trials`` finished = complete + pruned trials). The published best
+configuration, when there is one, is queued first, so the search starts from it. The best trial
+and the default are then retrained over the same 3 seeds and compared pairwise (the best is
+adopted only when it beats the default on the objective beyond seed noise); the best overrides
+are written as a params file usable with any stage (``--params``).
 """
 
 from __future__ import annotations
