@@ -29,7 +29,7 @@ from sidrec_core.config import flatten
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.profiles import get_dotted, with_overrides
-from sidrec_core.studies.runner import StudyOptions, base_params, make_storage
+from sidrec_core.studies.runner import StudyOptions, base_params, make_storage, ran_seconds
 from sidrec_core.tracking import start_run
 from sidrec_core.train import validation_hook
 
@@ -267,12 +267,11 @@ class TuneObjective:
 
     def __init__(self, tun: Tunable, params: dict[str, Any], opts: TuneOptions, parent: str | None):
         self.tun, self.params, self.opts, self.parent = tun, params, opts, parent
+        self.pruner = pruner_text(opts.pruner, trial_epochs(tun, params))  # same for every trial
 
     def __call__(self, trial: optuna.Trial) -> float:
         overrides = self.tun.suggest(trial)
-        trial.set_user_attr(
-            PRUNER, pruner_text(self.opts.pruner, trial_epochs(self.tun, self.params))
-        )
+        trial.set_user_attr(PRUNER, self.pruner)
         twin = running_twin(trial)
         if twin is not None:  # its figures will be the twin's: neither wait nor count it
             trial.set_user_attr(DUPLICATE_OF, twin)
@@ -346,7 +345,7 @@ def retrain(
     for seed in range(first, first + opts.retrain_seeds):
         if str(seed) in done:
             continue
-        if not opts.budget.allows(complete_seconds(ostudy), "retrain"):
+        if not opts.budget.allows(ran_seconds(ostudy), "retrain"):
             break
         seeded = with_overrides(params, {"base.seed": seed})
         folder = opts.folder(tun.name) / opts.profile / attr / f"s{seed}"
@@ -363,12 +362,6 @@ def best_is_default(ostudy: optuna.Study, params: dict[str, Any]) -> bool:
     """Whether the best trial's params are the launch's defaults (nothing to compare)."""
     resolved = flatten(resolve_params(params))
     return all(resolved.get(k) == v for k, v in ostudy.best_trial.params.items())
-
-
-def complete_seconds(ostudy: optuna.Study) -> list[float]:
-    """Durations of the complete (not pruned) trials: what a trial that is not pruned costs."""
-    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t.duration.total_seconds() for t in done if t.duration is not None]
 
 
 def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
@@ -398,7 +391,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
         while _finished(ostudy) < opts.n_trials:
             if opts.max_trials is not None and launched >= opts.max_trials:
                 break
-            if not opts.budget.allows(complete_seconds(ostudy)):
+            if not opts.budget.allows(ran_seconds(ostudy)):
                 break
             ostudy.optimize(objective, n_trials=1, catch=(Exception,))
             launched += 1
