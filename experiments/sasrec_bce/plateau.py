@@ -15,8 +15,7 @@ import torch
 from sidrec_core.data.dataset import DataConfig, load_dataset
 from sidrec_core.data.split import leave_one_out
 from sidrec_core.data.synthetic import planted_successor
-from sidrec_core.models.sasrec import SASRec, SASRecConfig
-from sidrec_core.models.sasrec_stage import make_batches
+from sidrec_core.models.sasrec import SASRec, SASRecConfig, training_batches
 from sidrec_core.train import TrainConfig, fit
 
 DATA = DataConfig(name="synthetic", synthetic_users=200, synthetic_items=60, synthetic_clusters=4)
@@ -52,7 +51,7 @@ def main() -> None:
             epochs=40, batch_size=batch_users, lr=5e-3, grad_clip=0.0, betas=(0.9, 0.98)
         )
         cfg = SASRecConfig(**fields, loss="bce_shared", bce_shared_negatives=k, train=train)
-        model, batches = SASRec(cfg, loo.num_items), make_batches(cfg, loo, seed=0)
+        model, batches = SASRec(cfg, loo.num_items), training_batches(cfg, loo, seed=0)
         rates: list[float] = []
 
         def plant_rate(model: SASRec = model, rates: list[float] = rates) -> dict[str, float]:
