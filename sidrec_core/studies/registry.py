@@ -53,6 +53,13 @@ def _cornac_details() -> tuple[Level, ...]:
     )
 
 
+# the SASRec baselines train train_sasrec alone on the prepared data
+_SASREC = dict(
+    run=("train_sasrec",),
+    reuse=("prepare",),
+    group="baselines",
+    secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+)
 GRID = "GRID, Ju et al. 2025 (arXiv:2507.22224)"
 FORGE = "FORGE, Fu et al. 2025 (arXiv:2509.20904), SID generation"
 ETEGREC_PAPER = "ETEGRec, Liu et al., SIGIR 2025 (ablation)"
@@ -324,30 +331,21 @@ STUDY_LIST: list[Study] = [
                 "better",
             ),
         ),
-        run=("train_sasrec",),
-        reuse=("prepare",),
-        group="baselines",
-        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+        **_SASREC,
     ),
     Study(
         "sasrec_details",
         "cornac's SASRec details on the ce default: item bias, sqrt(d) input scale, betas",
         _cornac_details(),
         "plain",
-        run=("train_sasrec",),
-        reuse=("prepare",),
-        group="baselines",
-        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+        **_SASREC,
     ),
     Study(
         "similarity",
         "SASRec similarity function",
         one_key("sasrec.similarity", ["dot", "cosine", "scaled", "bilinear", "adaptive"]),
         "dot",
-        run=("train_sasrec",),
-        reuse=("prepare",),
-        group="baselines",
-        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+        **_SASREC,
     ),
     Study(
         "negatives",
@@ -355,20 +353,14 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.negatives", ["uniform", "popular", "mixed"]),
         "uniform",
         fixed={"sasrec.loss": "bce"},
-        run=("train_sasrec",),
-        reuse=("prepare",),
-        group="baselines",
-        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+        **_SASREC,
     ),
     Study(
         "sid_features",
         "SASRec + per-level SID code embeddings (sum / concat+projection)",
         one_key("sasrec.sid_features", ["none", "sum", "concat"]),
         "none",
-        run=("train_sasrec",),
-        reuse=("prepare", "embed", "build_sids"),
-        group="baselines",
-        secondary=TEST_KEYS + ("epochs", "seconds_per_epoch") + COST_KEYS,
+        **{**_SASREC, "reuse": ("prepare", "embed", "build_sids")},
     ),
     # --- tokenizer input and end-to-end training (item_embeddings: the SASRec item table)
     Study(
