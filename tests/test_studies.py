@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.config import ConfigError
@@ -97,16 +98,16 @@ def test_registry_is_well_formed_and_listed(capsys):
 def test_sasrec_details_plain_is_the_pipeline_default_and_each_no_level_drops_one_detail():
     """``plain`` must be what ``dvc repro`` trains (params.yaml over the code defaults), or the
     study would not measure cornac's details against this code's SASRec."""
-    import yaml
-
     pipeline = resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     levels = {lv.label: lv.overrides for lv in STUDIES["sasrec_details"].levels}
     assert resolve_params(with_overrides(pipeline, levels["plain"])) == pipeline
     cornac = levels["cornac"]
     assert all(levels["plain"][k] != v for k, v in cornac.items())
-    dropped = {"no-bias": "sasrec.item_bias", "no-scale": "sasrec.emb_scale"}
-    dropped["no-betas"] = "sasrec.train.betas"
-    for label, key in dropped.items():
+    for label, key in (
+        ("no-bias", "sasrec.item_bias"),
+        ("no-scale", "sasrec.emb_scale"),
+        ("no-betas", "sasrec.train.betas"),
+    ):
         assert levels[label] == {**cornac, key: levels["plain"][key]}, label
 
 
