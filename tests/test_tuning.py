@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from sidrec_core.studies import tune_report, tuning
 from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.runner import base_params
 from sidrec_core.studies.tuning import Param, Tunable, TuneOptions, run_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +30,8 @@ PLANTED = Tunable(
 def opts(tmp_path: Path, **kw) -> TuneOptions:
     kw.setdefault("pruner", "none")
     kw.setdefault("retrain_seeds", 2)
-    return TuneOptions(
-        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
-    )
+    kw.setdefault("profile", "smoke")
+    return TuneOptions(out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw)
 
 
 def trials(o: TuneOptions, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -170,10 +170,28 @@ def test_conditional_param_is_searched_only_where_it_applies():
 
 
 @pytest.mark.parametrize("name", sorted(tuning.TUNABLES))
-def test_queued_starts_are_exact_points_of_the_space(name):
+def test_queued_starts_are_exact_points_of_the_space_ending_with_the_launch_default(name):
     tun = tuning.TUNABLES[name]
-    for start, source in tun.starts:
+    params = base_params(opts(Path("unused"), profile="beauty"))
+    starts = tuning.queued_starts(tun, params)
+    for start, source in starts:
         assert source and tun.suggest(optuna.trial.FixedTrial(start)) == start
+    resolved = tuning.flatten(tuning.resolve_params(params))
+    default = next(start for start, source in starts if source == tuning.DEFAULT_START)
+    assert default == {k: resolved[k] for k in default}
+
+
+def test_the_default_start_follows_the_launch_and_is_dropped_outside_the_space():
+    tun = tuning.TUNABLES["sidlm"]
+    moved = base_params(opts(Path("unused"), profile="beauty", sets=["sidlm.train.lr=0.001"]))
+    assert tun.default_point(moved)["sidlm.train.lr"] == 0.001
+    outside = base_params(opts(Path("unused")))  # the smoke profile's hidden size 32
+    assert tun.default_point(outside) is None
+    assert tuning.queued_starts(tun, outside) == list(tun.starts)
+    assert Param("x", (0.0, 0.1)).contains(0.1) and not Param("x", (0, 1)).contains(True)
+    assert Param("x", low=1e-3, high=1e-2).contains(5e-3) and not Param(
+        "x", low=1, high=2
+    ).contains(3)
 
 
 def test_progress_line_names_the_trial_the_best_and_the_eta():

@@ -21,6 +21,7 @@ from sidrec_core.studies.tuning import (
     OBJECTIVE,
     PRUNER,
     RETRAINED,
+    START,
     TEST_KEYS,
     Tunable,
     TuneOptions,
@@ -165,8 +166,9 @@ def write_tune_report(
         f"--n-trials {opts.n_trials}{''.join(f' --set {kv}' for kv in opts.sets)}`; "
         f"storage `{_shown(opts.tune_storage(tun.name))}`.",
     ]
-    for i, (_, source) in enumerate(tun.starts):
-        lines += [f"Trial {i} is queued, not sampled: {source}."]
+    for t in trials:
+        if START in t.user_attrs:
+            lines += [f"Trial {t.number} is queued, not sampled: {t.user_attrs[START]}."]
     lines += ["", "## Search space", ""]
     for p in tun.space:
         dom = ", ".join(map(str, p.choices)) if p.choices else f"[{p.low}, {p.high}] (log)"

@@ -6,7 +6,8 @@ The objective is ``valid/ndcg@10``; every validation during training is reported
 intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early,
 never before a quarter of their epochs, and they are recorded as PRUNED. Every model gets the
 same trial budget (``n_trials`` finished = complete + pruned trials). The published best
-configuration, when there is one, is queued first, so the search starts from it. The best trial
+configuration, when there is one, is queued first, then the launch's own default (params.yaml
+with the profile and ``--set`` applied), so the search starts from both. The best trial
 and the default are then retrained over the same 3 seeds and compared pairwise (the best is
 adopted only when it beats the default on the objective beyond seed noise); the best overrides
 are written as a params file usable with any stage (``--params``).
@@ -55,6 +56,16 @@ class Param:
     def applies(self, chosen: dict[str, Any]) -> bool:
         return self.when is None or chosen.get(self.when[0]) == self.when[1]
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this param's domain."""
+        if self.choices:
+            return any(
+                isinstance(value, bool) == isinstance(c, bool) and value == c for c in self.choices
+            )
+        assert self.low is not None and self.high is not None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and self.low <= value <= self.high
+
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.choices:
             return trial.suggest_categorical(self.key, list(self.choices))
@@ -64,8 +75,9 @@ class Param:
 
 @dataclasses.dataclass(frozen=True)
 class Tunable:
-    """A model's search: the stages a trial runs and reuses, the space, and the starting
-    points queued before TPE samples (each a full assignment of the space, with its source)."""
+    """A model's search: the stages a trial runs and reuses, the space, and the published
+    starting points queued before TPE samples (each a full assignment of the space, with its
+    source); the launch's default is queued after them (``queued_starts``)."""
 
     name: str
     run: tuple[str, ...]
@@ -82,6 +94,19 @@ class Tunable:
                 chosen[p.key] = p.suggest(trial)
         return chosen
 
+    def default_point(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The launch's resolved values of the space's keys (conditional keys only where they
+        apply), or None when one of them lies outside the space (e.g. the smoke profile's
+        tiny models): such a default is not a point TPE could sample."""
+        resolved = flatten(resolve_params(params))
+        point: dict[str, Any] = {}
+        for p in self.space:
+            if p.applies(point):
+                if not p.contains(resolved.get(p.key)):
+                    return None
+                point[p.key] = resolved[p.key]
+        return point
+
 
 TUNABLES: dict[str, Tunable] = {
     t.name: t
@@ -90,7 +115,7 @@ TUNABLES: dict[str, Tunable] = {
         # vs tuned SASRec"): loss x hidden x lr x dropout x history. Its "bce" is bce_shared
         # here; averaged as cornac does it sits on a plateau on Beauty (valid NDCG@10 < .001
         # for 20 epochs, experiments/sasrec_bce.md), so its weighting is searched too. Queued
-        # first: cornac's winner with the weighting that learns, then the params.yaml default.
+        # first: cornac's winner with the weighting that learns (then the launch's default).
         Tunable(
             "sasrec",
             run=("train_sasrec",),
@@ -119,16 +144,6 @@ TUNABLES: dict[str, Tunable] = {
                     "cornac's tuned SASRec (cornac/models/tiger/README.md), its bce loss with "
                     "each row's positive weighted like its negatives together",
                 ),
-                (
-                    {
-                        "sasrec.loss": "ce",
-                        "sasrec.hidden_dim": 64,
-                        "sasrec.train.lr": 2e-3,
-                        "sasrec.dropout": 0.5,
-                        "sasrec.max_history": 50,
-                    },
-                    "the params.yaml default",
-                ),
             ),
         ),
         Tunable(
@@ -142,18 +157,6 @@ TUNABLES: dict[str, Tunable] = {
                 Param("sidlm.attention_dropout", (0.0, 0.1, 0.2)),
                 Param("sidlm.train.lr", low=5e-4, high=5e-3),
                 Param("sidlm.train.weight_decay", (0.0, 0.01, 0.05)),
-            ),
-            starts=(
-                (
-                    {
-                        "sidlm.hidden_size": 128,
-                        "sidlm.num_layers": 4,
-                        "sidlm.attention_dropout": 0.1,
-                        "sidlm.train.lr": 3e-3,
-                        "sidlm.train.weight_decay": 0.01,
-                    },
-                    "the params.yaml default",
-                ),
             ),
         ),
     )
@@ -248,9 +251,25 @@ def open_search(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=pruner or make_pruner(opts.pruner, epochs),
     )
-    for start, source in tun.starts:
-        ostudy.enqueue_trial(start, user_attrs={"start": source}, skip_if_exists=True)
+    for start, source in queued_starts(tun, params):
+        ostudy.enqueue_trial(start, user_attrs={START: source}, skip_if_exists=True)
     return ostudy
+
+
+START = "start"  # trial user attr: why the trial was queued rather than sampled
+DEFAULT_START = "the launch's default (params.yaml with the profile and --set overrides applied)"
+
+
+def queued_starts(tun: Tunable, params: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The points queued before TPE samples: the published starts, then the launch's default
+    when it is a point of the space (a start equal to an earlier one is queued once)."""
+    starts = list(tun.starts)
+    default = tun.default_point(params)
+    if default is None:
+        log.info("%s: the launch's default lies outside the search space; not queued", tun.name)
+    elif all(default != start for start, _ in starts):
+        starts.append((default, DEFAULT_START))
+    return starts
 
 
 def running_twin(trial: optuna.Trial) -> int | None:
