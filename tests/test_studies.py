@@ -26,7 +26,7 @@ from sidrec_core.studies.index import spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.report import write_study_report
+from sidrec_core.studies.report import Cell, cell_text, write_study_report
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
@@ -324,6 +324,16 @@ def test_mean_ci_and_paired_test_on_hand_values():
     assert holm([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04])
     lv = Level("x", {"a.b": 1})
     assert lv.overrides == {"a.b": 1}
+
+
+def test_cells_show_counts_per_seed_costs_as_ranges_and_quality_as_mean_ci():
+    epochs = Cell({2: 14.0, 0: 11.0, 1: 20.0}, 15.0, 11.38)
+    assert cell_text(epochs, "epochs") == "11, 20, 14"  # seed order, whole numbers
+    assert cell_text(Cell({0: 5e5, 1: 5e5}, 5e5, 0.0), "num_parameters") == "500000"
+    assert cell_text(Cell({0: 3.0, 1: 1.0, 2: 2.0}, 2.0, 2.48), "wall_seconds") == (
+        "2.00 [1.00, 3.00]"
+    )
+    assert cell_text(Cell({0: 0.04, 1: 0.05}, 0.045, 0.0064), "test/ndcg@10") == ("0.0450 ± 0.0064")
 
 
 def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):

@@ -45,6 +45,7 @@ PLOT_KEYS = (
 ALPHA = 0.05
 TESTED = ("test/ndcg@10", "test/hr@10")  # besides the objective
 COST_MARKERS = ("per_second", "seconds", "peak_rss_mb", "peak_cuda_mb", "_mb")
+COUNT_KEYS = ("epochs", "num_parameters")  # whole numbers: shown per seed, not as a mean ± CI
 
 
 @dataclasses.dataclass
@@ -125,9 +126,12 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def _cell_text(c: Cell, col: str = "") -> str:
+def cell_text(c: Cell, col: str = "") -> str:
     if not c.values:
         return "—"
+    if col in COUNT_KEYS:  # e.g. epochs run before early stopping: each seed's, in seed order
+        counts = [f"{c.values[s]:.0f}" for s in sorted(c.values)]
+        return counts[0] if len(set(counts)) == 1 else ", ".join(counts)
     if is_cost(col):  # skewed by shared cores and warm-up: a range, not a symmetric CI
         v = list(c.values.values())
         return f"{_fmt(float(np.median(v)), 2)} [{_fmt(min(v), 2)}, {_fmt(max(v), 2)}]"
@@ -263,10 +267,11 @@ def profile_section(
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for lv in study.labels:
         name = f"**{lv}** (default)" if lv == study.default else lv
-        lines.append("| " + " | ".join([name] + [_cell_text(table[lv][c], c) for c in cols]) + " |")
+        lines.append("| " + " | ".join([name] + [cell_text(table[lv][c], c) for c in cols]) + " |")
     lines += [
         "",
-        "Quality cells: mean ± 95% CI (Student t) over seeds; cost cells (throughput, seconds, "
+        "Quality cells: mean ± 95% CI (Student t) over seeds; counts (epochs run, parameters): "
+        "each seed's, in seed order (one figure when all agree); cost cells (throughput, seconds, "
         "memory): median [min, max] over seeds.",
     ]
     if check:
