@@ -65,6 +65,13 @@ FORGE = "FORGE, Fu et al. 2025 (arXiv:2509.20904), SID generation"
 ETEGREC_PAPER = "ETEGRec, Liu et al., SIGIR 2025 (ablation)"
 # return every beam (None = beam_width); the dynamic beam requires None, so all levels use it
 _EVERY_BEAM = {"decoding.num_return_sequences": None}
+# evaluation-only factors: each trial re-decodes the trained default SID LM of its seed
+_DECODE = dict(
+    run=("eval_sidlm",),
+    reuse=("prepare", "embed", "build_sids", "train_sidlm"),
+    secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
+    group="generation",
+)
 
 # GRPO starts from the trained default SID LM of each seed: the decoding study's default level
 # evaluates exactly that model (same users, same decoding); its validation NDCG@10 is the
@@ -206,12 +213,9 @@ STUDY_LIST: list[Study] = [
             Level(str(b), {"decoding.beam_width": b, **_EVERY_BEAM}) for b in (5, 10, 20, 50, 100)
         ),
         "20",
-        run=("eval_sidlm",),
-        reuse=("prepare", "embed", "build_sids", "train_sidlm"),
         # a width-5 beam returns 5 candidates, so @10 is not reported for it: select on @5
         objective="valid/ndcg@5",
-        secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
-        group="generation",
+        **_DECODE,
     ),
     Study(
         "dynamic_beam",
@@ -229,12 +233,9 @@ STUDY_LIST: list[Study] = [
             for b in _BEAMS
         ),
         "off-B20",
-        run=("eval_sidlm",),
-        reuse=("prepare", "embed", "build_sids", "train_sidlm"),
         # a width-5 beam returns 5 candidates, so @10 is not reported for it: select on @5
         objective="valid/ndcg@5",
-        secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
-        group="generation",
+        **_DECODE,
     ),
     Study(
         "decoding",
@@ -253,10 +254,7 @@ STUDY_LIST: list[Study] = [
                 "equal",
             ),
         ),
-        run=("eval_sidlm",),
-        reuse=("prepare", "embed", "build_sids", "train_sidlm"),
-        secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
-        group="generation",
+        **_DECODE,
     ),
     flag(
         "lm_head_slicing",
