@@ -95,7 +95,7 @@ def test_registry_is_well_formed_and_listed(capsys):
         )
 
 
-def test_sasrec_details_plain_is_the_pipeline_default_and_each_no_level_drops_one_detail():
+def test_sasrec_details_plain_is_the_pipeline_default_and_each_other_level_changes_one_thing():
     """``plain`` must be what ``dvc repro`` trains (params.yaml over the code defaults), or the
     study would not measure cornac's details against this code's SASRec."""
     pipeline = resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -109,6 +109,7 @@ def test_sasrec_details_plain_is_the_pipeline_default_and_each_no_level_drops_on
         ("no-betas", "sasrec.train.betas"),
     ):
         assert levels[label] == {**cornac, key: levels["plain"][key]}, label
+    assert levels["plain-no-stop"] == {**levels["plain"], "sasrec.train.patience": 0}
 
 
 def test_profiles_set_their_name_and_dvc_args():
