@@ -43,9 +43,16 @@ PLOT_KEYS = (
     "peak_rss_mb",
 )
 ALPHA = 0.05
+# a failed trial without an error attr raised nothing: its worker stopped mid-trial (killed or
+# relaunched) and the heartbeat marked it failed
+STOPPED = "no error raised: its worker stopped mid-trial and the heartbeat marked it failed"
 TESTED = ("test/ndcg@10", "test/hr@10")  # besides the objective
 COST_MARKERS = ("per_second", "seconds", "peak_rss_mb", "peak_cuda_mb", "_mb")
-COUNT_KEYS = ("epochs", "num_parameters")  # whole numbers: shown per seed, not as a mean ± CI
+COUNT_KEYS = (
+    "epochs",
+    "num_parameters",
+    "rec_steps",
+)  # whole numbers: shown per seed, not as a mean ± CI
 
 
 @dataclasses.dataclass
@@ -295,7 +302,7 @@ def profile_section(
         lines += ["", "Failed trials (grid points without a complete trial):", ""]
         lines += [
             f"- #{t.number} {t.params.get('level')} seed {trial_seed(t)}: "
-            f"{t.user_attrs.get('error', 'no error recorded')}"
+            f"{t.user_attrs.get('error', STOPPED)}"
             for t in open_[:10]
         ]
     if any(table[lv][cols[0]].values for lv in study.labels):
