@@ -1,6 +1,6 @@
 """Tuning mode: ``python bench/tune.py --model sasrec|sidlm [--profile beauty] [--n-trials 20]``.
 
-Seeded TPE over the model's search space (sidrec_core/studies/tuning.py), objective valid
+Seeded TPE over the model's search space (sidrec_core/studies/spaces.py), objective valid
 NDCG@10 with per-epoch pruning, resumable storage experiments/tune/<model>/optuna.db, then the
 best configuration retrained over 3 seeds; report in experiments/tune/<model>/.
 """
@@ -13,7 +13,8 @@ import sys
 from sidrec_core.config import ConfigError
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
-from sidrec_core.studies.tuning import TUNABLES, TuneOptions, run_tuning
+from sidrec_core.studies.spaces import TUNABLES
+from sidrec_core.studies.tuning import TuneOptions, run_tuning
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sidrec_core.studies import tune_report, tuning
+from sidrec_core.studies import spaces, tune_report, tuning
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.runner import base_params
-from sidrec_core.studies.tuning import Param, Tunable, TuneOptions, run_tuning
+from sidrec_core.studies.spaces import Param, Tunable
+from sidrec_core.studies.tuning import TuneOptions, run_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
 # lr 1e-6 barely moves the weights in 4 epochs; 1e-2 learns the planted successor structure
@@ -41,7 +42,7 @@ def trials(o: TuneOptions, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
+    monkeypatch.setitem(spaces.TUNABLES, "planted", PLANTED)
     o = opts(tmp_path, n_trials=6, max_trials=2)
     first = run_tuning("planted", o)
     assert first["finished"] == 2 and "retrain" not in first  # budget not used yet
@@ -107,7 +108,7 @@ def test_the_best_is_adopted_only_when_it_beats_the_default_beyond_seed_noise():
 
 
 def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatch):
-    monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
+    monkeypatch.setitem(spaces.TUNABLES, "planted", PLANTED)
     run_tuning("planted", opts(tmp_path, n_trials=3, max_trials=2))
     spent = TimeBudget(deadline=time.time())
     summary = run_tuning("planted", opts(tmp_path, n_trials=2, budget=spent))
@@ -116,7 +117,7 @@ def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatc
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):
-    monkeypatch.setitem(tuning.TUNABLES, "planted", PLANTED)
+    monkeypatch.setitem(spaces.TUNABLES, "planted", PLANTED)
     # NDCG never reaches 2: every trial is pruned at its first reported epoch
     monkeypatch.setattr(
         tuning, "make_pruner", lambda name, epochs: optuna.pruners.ThresholdPruner(lower=2.0)
@@ -169,9 +170,9 @@ def test_conditional_param_is_searched_only_where_it_applies():
     assert tun.suggest(optuna.trial.FixedTrial({"sasrec.loss": "ce"})) == {"sasrec.loss": "ce"}
 
 
-@pytest.mark.parametrize("name", sorted(tuning.TUNABLES))
+@pytest.mark.parametrize("name", sorted(spaces.TUNABLES))
 def test_queued_starts_are_exact_points_of_the_space_ending_with_the_launch_default(name):
-    tun = tuning.TUNABLES[name]
+    tun = spaces.TUNABLES[name]
     params = base_params(opts(Path("unused"), profile="beauty"))
     starts = tuning.queued_starts(tun, params)
     for start, source in starts:
@@ -182,7 +183,7 @@ def test_queued_starts_are_exact_points_of_the_space_ending_with_the_launch_defa
 
 
 def test_the_default_start_follows_the_launch_and_is_dropped_outside_the_space():
-    tun = tuning.TUNABLES["sidlm"]
+    tun = spaces.TUNABLES["sidlm"]
     moved = base_params(opts(Path("unused"), profile="beauty", sets=["sidlm.train.lr=0.001"]))
     assert tun.default_point(moved)["sidlm.train.lr"] == 0.001
     outside = base_params(opts(Path("unused")))  # the smoke profile's hidden size 32
