@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.pipeline import PROJECT_ROOT
+from sidrec_core.studies.spaces import Tunable
 from sidrec_core.studies.stats import diff_ci, mean_ci, paired_test
 from sidrec_core.studies.tuning import (
     DUPLICATE_OF,
@@ -23,7 +24,6 @@ from sidrec_core.studies.tuning import (
     RETRAINED,
     START,
     TEST_KEYS,
-    Tunable,
     TuneOptions,
     best_is_default,
     best_overrides_yaml,
