@@ -3,6 +3,7 @@ nested MLflow runs, reports — on the smoke profile (synthetic corpus, MostPop 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -43,6 +44,7 @@ from sidrec_core.studies.study import (
     Study,
     grid_point,
     one_key,
+    trial_level,
     trial_seed,
 )
 
@@ -62,9 +64,7 @@ def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def complete_points(trials) -> list[tuple[str, int]]:
-    return sorted(
-        (t.params["level"], trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE
-    )
+    return sorted((trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE)
 
 
 def test_registry_is_well_formed_and_listed(capsys):
@@ -128,6 +128,24 @@ def test_more_seeds_later_runs_only_the_new_seeds(tmp_path):
     assert complete_points(trials) == [(lv, s) for lv in ("off", "on") for s in (0, 1)]
     assert summary["failed"] == 0
     assert {trial_seed(t) for t in trials if t.number not in first} == {1}
+
+
+def test_a_level_added_later_runs_only_the_new_level(tmp_path, monkeypatch):
+    run_study("exclude_seen", opts(tmp_path))
+    first = {t.number for t in trials_of(opts(tmp_path), "exclude_seen")}
+    study = STUDIES["exclude_seen"]
+    grown = dataclasses.replace(
+        study, levels=(*study.levels, Level("on-again", {"eval.exclude_seen": True}))
+    )
+    monkeypatch.setitem(STUDIES, "exclude_seen", grown)
+    summary = run_study("exclude_seen", opts(tmp_path))
+    trials = trials_of(opts(tmp_path), "exclude_seen")
+    levels = ("off", "on", "on-again")
+    assert complete_points(trials) == sorted((lv, s) for lv in levels for s in (0, 1))
+    assert summary["failed"] == 0
+    assert {trial_level(t) for t in trials if t.number not in first} == {"on-again"}
+    report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
+    assert "| on-again |" in report
 
 
 def test_time_budget_compares_the_median_trial_with_the_time_left():
@@ -544,7 +562,7 @@ def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
     assert bce.state.name == "COMPLETE" and bce.user_attrs["metrics"]["trial_key"]
     run_study("negatives", opts(tmp_path, n_seeds=1, max_trials=2))
     done = {
-        t.params["level"]: t.user_attrs["metrics"]
+        trial_level(t): t.user_attrs["metrics"]
         for t in trials_of(opts(tmp_path), "negatives")
         if t.state.name == "COMPLETE"
     }
@@ -553,7 +571,7 @@ def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
     assert done["uniform"]["test/ndcg@10"] == bce.user_attrs["metrics"]["test/ndcg@10"]
     assert "shared_from" not in done["popular"] and done["uniform"]["spent_seconds"] == 0
     spent = {
-        t.params["level"]: spent_seconds(t)
+        trial_level(t): spent_seconds(t)
         for t in trials_of(opts(tmp_path), "negatives")
         if t.state.name == "COMPLETE"
     }

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, trial_seed
+from sidrec_core.studies.study import Study, trial_level, trial_seed
 
 if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell
@@ -44,7 +44,7 @@ def reference_rows(
         return {}
     rows: dict[int, dict[str, float]] = {}
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.params.get("level") == ref.level:
+        if trial_level(t) == ref.level:
             rows[trial_seed(t)] = scalar_attrs(t.user_attrs)  # holds every stage figure
     return rows
 

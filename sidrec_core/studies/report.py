@@ -25,7 +25,7 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, study_storage, trial_seed
+from sidrec_core.studies.study import Study, study_storage, trial_level, trial_seed
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"
@@ -103,11 +103,11 @@ def summarize_trials(
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     per_level: dict[str, dict[int, dict[str, float]]] = {lv: {} for lv in study.labels}
     for t in trials:
-        if t.state != TrialState.COMPLETE or t.params.get("level") not in per_level:
+        if t.state != TrialState.COMPLETE or trial_level(t) not in per_level:
             continue
         row = scalar_attrs(t.user_attrs)
         row[study.objective] = float(t.value)
-        per_level[t.params["level"]][trial_seed(t)] = row
+        per_level[str(trial_level(t))][trial_seed(t)] = row
     rows = [r for lv in per_level.values() for r in lv.values()]
     cols = metric_columns(study, rows)
     table: dict[str, dict[str, Cell]] = {}
@@ -287,11 +287,9 @@ def profile_section(
         lines += significance_lines(study, cols, table) + claim_lines(study, table)
         where = storage_for or (lambda name: study_storage(out.parent, name))
         lines += reference_lines(study, profile, table, where)
-    done = {
-        (t.params.get("level"), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE
-    }
+    done = {(trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE}
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    open_ = [t for t in failed if (t.params.get("level"), trial_seed(t)) not in done]
+    open_ = [t for t in failed if (trial_level(t), trial_seed(t)) not in done]
     if len(failed) > len(open_):
         lines += [
             "",
@@ -301,7 +299,7 @@ def profile_section(
     if open_:
         lines += ["", "Failed trials (grid points without a complete trial):", ""]
         lines += [
-            f"- #{t.number} {t.params.get('level')} seed {trial_seed(t)}: "
+            f"- #{t.number} {trial_level(t)} seed {trial_seed(t)}: "
             f"{t.user_attrs.get('error', STOPPED)}"
             for t in open_[:10]
         ]

@@ -172,9 +172,10 @@ def enqueue_missing(
     for level in [study.default, *(lv for lv in study.labels if lv != study.default)]:
         for seed in seeds:
             if (level, seed) not in busy:
-                # the seed is a user attribute, not a suggested param: a categorical's choices
-                # are fixed for the life of a study, and --n-seeds may grow them
-                ostudy.enqueue_trial({"level": level}, user_attrs={"grid_point": [level, seed]})
+                # level and seed are a user attribute, not suggested params: a categorical's
+                # choices are fixed for the life of a study, and a new level or --n-seeds may
+                # grow them
+                ostudy.enqueue_trial({}, user_attrs={"grid_point": [level, seed]})
                 queued += 1
     return queued
 
@@ -246,8 +247,9 @@ class Objective:
         point = grid_point(trial)
         if point is None:  # sampled, not queued: the grid was finished by another worker
             raise optuna.TrialPruned("no queued grid point left")
-        label = trial.suggest_categorical("level", study.labels)
-        seed = point[1]
+        label, seed = point
+        if label not in study.labels:
+            raise optuna.TrialPruned(f"level {label!r} is no longer in study {study.name}")
         if self._duplicate(trial, (label, seed)):
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

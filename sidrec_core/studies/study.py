@@ -170,6 +170,16 @@ def grid_point(trial: Any) -> tuple[str, int] | None:
     return (str(point[0]), int(point[1])) if point else None
 
 
+def trial_level(trial: Any) -> str | None:
+    """A trial's level: its grid point's (or, in studies stored before levels became user
+    attributes, its ``level`` param)."""
+    point = grid_point(trial)
+    if point:
+        return point[0]
+    level = trial.params.get("level")
+    return None if level is None else str(level)
+
+
 def trial_seed(trial: Any) -> int | None:
     """A trial's seed: its grid point's (or, in studies stored before seeds became user
     attributes, its ``seed`` param)."""
