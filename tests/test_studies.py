@@ -27,7 +27,13 @@ from sidrec_core.studies.index import spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.report import Cell, cell_text, write_study_report
+from sidrec_core.studies.report import (
+    Cell,
+    cell_text,
+    compare_levels,
+    significance_lines,
+    write_study_report,
+)
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
@@ -552,6 +558,35 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
         "no complete trial there in profile `beauty` yet"
         in (tmp_path / "exp" / "rl" / "report.md").read_text()
     )
+
+
+def test_a_contrast_is_tested_with_the_default_comparisons_and_corrected_with_them():
+    levels = tuple(
+        Level(lv, {"eval.max_valid_users": n}) for lv, n in (("a", 1), ("b", 2), ("c", 3))
+    )
+    study = Study("x", "x", levels, "a", run=("baselines",), reuse=("prepare",), secondary=())
+    means = {"a": 0.040, "b": 0.042, "c": 0.0415}
+    table = {
+        lv: {
+            "valid/ndcg@10": Cell(
+                {s: m + s * 1e-4 + (s == 2) * (lv == "b") * 3e-4 for s in range(3)}, m, 0.0
+            )
+        }
+        for lv, m in means.items()
+    }
+    plain = compare_levels(study, ["valid/ndcg@10"], table)
+    assert [(c.level, c.versus) for c in plain] == [("b", "a"), ("c", "a")]
+    contrasted = dataclasses.replace(study, contrasts=(("b", "c"),))
+    cmps = compare_levels(contrasted, ["valid/ndcg@10"], table)
+    assert [(c.level, c.versus) for c in cmps] == [("b", "a"), ("c", "a"), ("b", "c")]
+    b, c = table["b"]["valid/ndcg@10"].values, table["c"]["valid/ndcg@10"].values
+    assert cmps[2].cell.diff == pytest.approx(0.0006)  # b - c per seed: .0005, .0005, .0008
+    assert (cmps[2].cell.diff, cmps[2].cell.p_value) == paired_test(b, c)
+    assert cmps[2].holm_p == holm([x.cell.p_value for x in cmps])[2]
+    text = "\n".join(significance_lines(contrasted, ["valid/ndcg@10"], table))
+    assert "then `b` against `c`," in text and "| b − c | valid/ndcg@10 |" in text
+    with pytest.raises(ValueError, match="contrast"):
+        dataclasses.replace(study, contrasts=(("b", "z"),))
 
 
 def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):

@@ -23,7 +23,7 @@ from sidrec_core.studies.report import (
     ALPHA,
     PROFILE_ORDER,
     _fmt,
-    compare_to_default,
+    compare_levels,
     is_pipeline_check,
     report_sections,
     summarize_trials,
@@ -100,7 +100,9 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
         effect = f"default {best_or_tied} ({_fmt(table[best][key].mean)}, {seeds} seeds)"
     else:
         cmp = next(
-            c for c in compare_to_default(study, cols, table) if c.level == best and c.metric == key
+            c
+            for c in compare_levels(study, cols, table)
+            if c.level == best and c.versus == study.default and c.metric == key
         )
         c, ci = cmp.cell, cmp.ci
         diff = _fmt(c.diff) if math.isnan(ci) else f"{_fmt(c.diff)} ± {_fmt(ci)}"

@@ -340,6 +340,8 @@ STUDY_LIST: list[Study] = [
         "cornac's SASRec details on the ce default: item bias, sqrt(d) input scale, betas",
         _cornac_details(),
         "plain",
+        # the details against plain trained as long as cornac's runs went: the unconfounded pair
+        contrasts=(("cornac", "plain-no-stop"),),
         **_SASREC,
     ),
     Study(

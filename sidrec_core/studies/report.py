@@ -188,45 +188,54 @@ def is_pipeline_check(ostudy: optuna.Study) -> bool:
 
 @dataclasses.dataclass
 class Comparison:
-    """One level vs the default on one metric: paired mean diff, its 95% CI half-width, raw and
-    Holm-adjusted p (None = undefined)."""
+    """One level vs another (the default, or a study contrast's) on one metric: the paired
+    cell (its ``diff`` and raw ``p_value``), the diff's 95% CI half-width and the Holm-adjusted
+    p (None = undefined)."""
 
     level: str
     metric: str
     cell: Cell
     ci: float
     holm_p: float | None
+    versus: str = ""
 
 
-def compare_to_default(
+def compare_levels(
     study: Study, cols: list[str], table: dict[str, dict[str, Cell]]
 ) -> list[Comparison]:
-    """Paired tests of the objective and headline test metrics vs the default, Holm-corrected
-    over every test returned."""
+    """Paired tests of the objective and headline test metrics, every level vs the default and
+    then the study's contrasts, Holm-corrected over every test returned."""
     headline = [c for c in cols if c.endswith(TESTED)]  # also a model's prefixed keys
     tested = list(dict.fromkeys((study.objective, *headline)))
-    rows = [
-        (lv, col, table[lv][col])
-        for lv in study.labels
-        if lv != study.default and table[lv][study.objective].values
-        for col in tested
-    ]
-    adjusted = holm([c.p_value for _, _, c in rows])
+    pairs = [(lv, study.default) for lv in study.labels if lv != study.default]
+    pairs += list(study.contrasts)
+    rows = []
+    for lv, versus in pairs:
+        measured = table[versus][study.objective].values or versus == study.default
+        if table[lv][study.objective].values and measured:
+            for col in tested:
+                cell, control = table[lv][col], table[versus][col].values
+                diff, p = paired_test(cell.values, control)
+                rows.append((lv, versus, col, dataclasses.replace(cell, diff=diff, p_value=p)))
+    adjusted = holm([c.p_value for *_, c in rows])
     return [
-        Comparison(lv, col, c, diff_ci(c.values, table[study.default][col].values), adj)
-        for (lv, col, c), adj in zip(rows, adjusted, strict=True)
+        Comparison(lv, col, c, diff_ci(c.values, table[versus][col].values), adj, versus)
+        for (lv, versus, col, c), adj in zip(rows, adjusted, strict=True)
     ]
 
 
 def significance_lines(
     study: Study, cols: list[str], table: dict[str, dict[str, Cell]]
 ) -> list[str]:
-    """The section's table of :func:`compare_to_default`."""
-    comparisons = compare_to_default(study, cols, table)
+    """The section's table of :func:`compare_levels`."""
+    comparisons = compare_levels(study, cols, table)
     n_tests = sum(c.holm_p is not None for c in comparisons)
+    contrasts = ", ".join(f"`{a}` against `{b}`" for a, b in study.contrasts)
     lines = [
         "",
-        f"Paired t-test of each level against the default `{study.default}` over the seeds both "
+        f"Paired t-test of each level against the default `{study.default}`"
+        + (f", then {contrasts}," if contrasts else "")
+        + " over the seeds both "
         f"completed; p Holm-corrected over the {n_tests} tests of this section (significant at "
         f"adjusted p < {ALPHA}). p is undefined when every seed's difference is equal.",
         "",
@@ -238,7 +247,8 @@ def significance_lines(
         diff = _fmt(c.diff) if math.isnan(ci) else f"{_fmt(c.diff)} ± {_fmt(ci)}"
         sig = "n/a" if adj is None else ("yes" if adj < ALPHA else "no")
         p = "undefined" if c.p_value is None else _fmt(c.p_value, 3)
-        lines.append(f"| {cmp.level} | {cmp.metric} | {diff} | {p} | {_fmt(adj, 3)} | {sig} |")
+        name = cmp.level if cmp.versus == study.default else f"{cmp.level} − {cmp.versus}"
+        lines.append(f"| {name} | {cmp.metric} | {diff} | {p} | {_fmt(adj, 3)} | {sig} |")
     missing = [lv for lv in study.labels if not table[lv][study.objective].values]
     lines += [f"| {lv} | (no completed trial) | | | | |" for lv in missing if lv != study.default]
     return lines

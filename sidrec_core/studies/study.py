@@ -97,6 +97,9 @@ class Study:
     setup: str | None = None
     claims: tuple[Claim, ...] = ()  # published findings the report compares with
     reference: Reference | None = None  # the starting model, measured by another study
+    # pre-set paired comparisons (level, versus) besides every level against the default,
+    # tested and Holm-corrected with them (e.g. a level against a control other than the default)
+    contrasts: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         labels = [lv.label for lv in self.levels]
@@ -120,6 +123,12 @@ class Study:
                 )
         if set(self.run) & set(self.reuse):
             raise ValueError(f"study {self.name}: a stage cannot be both run and reused")
+        for level, versus in self.contrasts:
+            if {level, versus} - set(labels) or level == versus:
+                raise ValueError(
+                    f"study {self.name}: contrast ({level!r}, {versus!r}) needs two different "
+                    f"levels of {labels}"
+                )
         for claim in self.claims:
             if {claim.level, claim.versus} - set(labels) or claim.expect not in EXPECTATIONS:
                 raise ValueError(
