@@ -10,6 +10,7 @@ studies is :mod:`sidrec_core.studies.registry`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,21 +180,21 @@ def grid_point(trial: Any) -> tuple[str, int] | None:
     return (str(point[0]), int(point[1])) if point else None
 
 
-def trial_level(trial: Any) -> str | None:
-    """A trial's level: its grid point's (or, in studies stored before levels became user
-    attributes, its ``level`` param)."""
+def _point_field(trial: Any, index: int, param: str, cast: Callable[[Any], Any]) -> Any:
+    """Field ``index`` of the trial's grid point or, in studies stored before the grid point
+    held it, the trial's ``param`` param (None when neither is there)."""
     point = grid_point(trial)
     if point:
-        return point[0]
-    level = trial.params.get("level")
-    return None if level is None else str(level)
+        return point[index]
+    value = trial.params.get(param)
+    return None if value is None else cast(value)
+
+
+def trial_level(trial: Any) -> str | None:
+    """A trial's level (a grid point user attribute; a ``level`` param in older studies)."""
+    return _point_field(trial, 0, "level", str)
 
 
 def trial_seed(trial: Any) -> int | None:
-    """A trial's seed: its grid point's (or, in studies stored before seeds became user
-    attributes, its ``seed`` param)."""
-    point = grid_point(trial)
-    if point:
-        return point[1]
-    seed = trial.params.get("seed")
-    return None if seed is None else int(seed)
+    """A trial's seed (a grid point user attribute; a ``seed`` param in older studies)."""
+    return _point_field(trial, 1, "seed", int)
