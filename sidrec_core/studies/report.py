@@ -48,11 +48,8 @@ ALPHA = 0.05
 STOPPED = "no error raised: its worker stopped mid-trial and the heartbeat marked it failed"
 TESTED = ("test/ndcg@10", "test/hr@10")  # besides the objective
 COST_MARKERS = ("per_second", "seconds", "peak_rss_mb", "peak_cuda_mb", "_mb")
-COUNT_KEYS = (
-    "epochs",
-    "num_parameters",
-    "rec_steps",
-)  # whole numbers: shown per seed, not as a mean ± CI
+# whole numbers (epochs run, parameters, recommender steps): shown per seed, not as a mean ± CI
+COUNT_KEYS = ("epochs", "num_parameters", "rec_steps")
 
 
 @dataclasses.dataclass
@@ -62,8 +59,10 @@ class Cell:
     values: dict[int, float]
     mean: float
     half_width: float  # 95% CI half-width (t distribution over seeds); nan with one seed
-    p_value: float | None = None  # paired t-test vs the default level over shared seeds
-    diff: float | None = None  # mean paired difference level - default
+    # set on the cells compare_levels returns: paired t-test p and mean paired difference
+    # (level - versus) over the seeds both completed
+    p_value: float | None = None
+    diff: float | None = None
 
 
 def is_cost(col: str) -> bool:
@@ -117,11 +116,6 @@ def summarize_trials(
             vals = {s: r[col] for s, r in by_seed.items() if col in r and math.isfinite(r[col])}
             mean, hw = mean_ci(list(vals.values()))
             table[lv][col] = Cell(vals, mean, hw)
-    for lv in study.labels:
-        for col in cols:
-            if lv != study.default:
-                cell = table[lv][col]
-                cell.diff, cell.p_value = paired_test(cell.values, table[study.default][col].values)
     return cols, table, counts
 
 
