@@ -50,6 +50,9 @@ TESTED = ("test/ndcg@10", "test/hr@10")  # besides the objective
 COST_MARKERS = ("per_second", "seconds", "peak_rss_mb", "peak_cuda_mb", "_mb")
 # whole numbers (epochs run, parameters, recommender steps): shown per seed, not as a mean ± CI
 COUNT_KEYS = ("epochs", "num_parameters", "rec_steps")
+COUNTS_NOTE = (
+    "counts (epochs run, parameters, steps): each seed's in seed order, one when all agree; "
+)
 
 
 @dataclasses.dataclass
@@ -281,9 +284,9 @@ def profile_section(
         lines.append("| " + " | ".join([name] + [cell_text(table[lv][c], c) for c in cols]) + " |")
     lines += [
         "",
-        "Quality cells: mean ± 95% CI (Student t) over seeds; counts (epochs run, parameters): "
-        "each seed's, in seed order (one figure when all agree); cost cells (throughput, seconds, "
-        "memory): median [min, max] over seeds.",
+        "Quality cells: mean ± 95% CI (Student t) over seeds; "
+        + (COUNTS_NOTE if any(c in COUNT_KEYS for c in cols) else "")
+        + "cost cells (throughput, seconds, memory): median [min, max] over seeds.",
     ]
     if check:
         lines += ["", "No significance test: a synthetic smoke run checks the pipeline only."]
