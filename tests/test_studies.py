@@ -28,6 +28,7 @@ from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
+    STALE_NOTE,
     Cell,
     cell_text,
     compare_levels,
@@ -39,6 +40,7 @@ from sidrec_core.studies.runner import (
     base_params,
     enqueue_missing,
     progress,
+    remaining,
     run_study,
 )
 from sidrec_core.studies.shared import SHARED_FROM
@@ -49,6 +51,8 @@ from sidrec_core.studies.study import (
     Reference,
     Study,
     grid_point,
+    level_spec,
+    live_point,
     one_key,
     trial_level,
     trial_seed,
@@ -152,6 +156,33 @@ def test_a_level_added_later_runs_only_the_new_level(tmp_path, monkeypatch):
     assert {trial_level(t) for t in trials if t.number not in first} == {"on-again"}
     report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
     assert "| on-again |" in report
+
+
+def test_a_redefined_level_runs_again_and_its_old_trials_are_left_out(tmp_path, monkeypatch):
+    run_study("exclude_seen", opts(tmp_path))
+    first = {t.number for t in trials_of(opts(tmp_path), "exclude_seen")}
+    assert all(
+        t.user_attrs["level_spec"] == level_spec(STUDIES["exclude_seen"], trial_level(t))
+        for t in trials_of(opts(tmp_path), "exclude_seen")
+    )
+    study = STUDIES["exclude_seen"]
+    # the same label now measures another configuration: the stored "on" trials are stale
+    on = Level("on", {"eval.exclude_seen": True, "eval.ks": [10, 20]})
+    changed = dataclasses.replace(study, levels=(study.levels[0], on))
+    monkeypatch.setitem(STUDIES, "exclude_seen", changed)
+    o = opts(tmp_path)
+    stored = optuna.load_study(
+        study_name="exclude_seen-smoke", storage=o.storage_url_for("exclude_seen")
+    )
+    assert remaining(stored, changed, [0, 1]) == [("on", 0), ("on", 1)]
+    summary = run_study("exclude_seen", opts(tmp_path))
+    trials = trials_of(opts(tmp_path), "exclude_seen")
+    assert summary["failed"] == 0 and summary["remaining_after"] == 0
+    assert sorted(trial_level(t) for t in trials if t.number not in first) == ["on", "on"]
+    stale = [t for t in trials if t.number in first and trial_level(t) == "on"]
+    assert len(stale) == 2 and all(live_point(changed, t) is None for t in stale)
+    report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
+    assert STALE_NOTE in report and "on seed 0 ran `eval.exclude_seen=True`\n" in report
 
 
 def test_time_budget_compares_the_median_trial_with_the_time_left():

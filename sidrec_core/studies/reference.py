@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, trial_level, trial_seed
+from sidrec_core.studies.study import Study, live_point
 
 if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell
@@ -31,7 +31,9 @@ COMPARED = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
 def reference_rows(
     study: Study, profile: str, storage_for: Callable[[str], str]
 ) -> dict[int, dict[str, float]]:
-    """{seed: figures} of the reference level's complete trials in ``profile`` ({} if none)."""
+    """{seed: figures} of the reference level's complete trials in ``profile`` ({} if none;
+    trials of an earlier definition of the level are left out)."""
+    from sidrec_core.studies.registry import get_study
     from sidrec_core.studies.report import scalar_attrs
 
     ref = study.reference
@@ -42,10 +44,12 @@ def reference_rows(
         other = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # the reference study has no section for this profile
         return {}
+    defined = get_study(ref.study)
     rows: dict[int, dict[str, float]] = {}
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial_level(t) == ref.level:
-            rows[trial_seed(t)] = scalar_attrs(t.user_attrs)  # holds every stage figure
+        point = live_point(defined, t)
+        if point is not None and point[0] == ref.level:
+            rows[point[1]] = scalar_attrs(t.user_attrs)  # holds every stage figure
     return rows
 
 

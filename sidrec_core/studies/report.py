@@ -25,7 +25,7 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, study_storage, trial_level, trial_seed
+from sidrec_core.studies.study import Study, live_point, study_storage, trial_level, trial_seed
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"
@@ -46,6 +46,10 @@ ALPHA = 0.05
 # a failed trial without an error attr raised nothing: its worker stopped mid-trial (killed or
 # relaunched) and the heartbeat marked it failed
 STOPPED = "no error raised: its worker stopped mid-trial and the heartbeat marked it failed"
+STALE_NOTE = (
+    "Left out: complete trials of a level redefined after they ran (they measured another "
+    "configuration; a later launch re-runs the level):"
+)
 TESTED = ("test/ndcg@10", "test/hr@10")  # besides the objective
 COST_MARKERS = ("per_second", "seconds", "peak_rss_mb", "peak_cuda_mb", "_mb")
 # whole numbers (epochs run, parameters, recommender steps): shown per seed, not as a mean ± CI
@@ -105,11 +109,12 @@ def summarize_trials(
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     per_level: dict[str, dict[int, dict[str, float]]] = {lv: {} for lv in study.labels}
     for t in trials:
-        if t.state != TrialState.COMPLETE or trial_level(t) not in per_level:
+        point = live_point(study, t)
+        if t.state != TrialState.COMPLETE or point is None:
             continue
         row = scalar_attrs(t.user_attrs)
         row[study.objective] = float(t.value)
-        per_level[str(trial_level(t))][trial_seed(t)] = row
+        per_level[point[0]][point[1]] = row
     rows = [r for lv in per_level.values() for r in lv.values()]
     cols = metric_columns(study, rows)
     table: dict[str, dict[str, Cell]] = {}
@@ -294,7 +299,8 @@ def profile_section(
         lines += significance_lines(study, cols, table) + claim_lines(study, table)
         where = storage_for or (lambda name: study_storage(out.parent, name))
         lines += reference_lines(study, profile, table, where)
-    done = {(trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    done = {live_point(study, t) for t in complete}
     failed = [t for t in trials if t.state == TrialState.FAIL]
     open_ = [t for t in failed if (trial_level(t), trial_seed(t)) not in done]
     if len(failed) > len(open_):
@@ -310,10 +316,23 @@ def profile_section(
             f"{t.user_attrs.get('error', STOPPED)}"
             for t in open_[:10]
         ]
+    stale = [t for t in complete if trial_level(t) in study.labels and live_point(study, t) is None]
+    if stale:
+        lines += ["", STALE_NOTE, ""]
+        lines += [
+            f"- #{t.number} {trial_level(t)} seed {trial_seed(t)} ran {_spec_text(t)}"
+            for t in stale[:10]
+        ]
     if any(table[lv][cols[0]].values for lv in study.labels):
         png = plot_levels(study, profile, cols, table, out / f"{profile}.png")
         lines += ["", f"![{study.name} {profile}]({png.name})"]
     return lines + [""]
+
+
+def _spec_text(trial: optuna.trial.FrozenTrial) -> str:
+    """The overrides a trial ran with (its ``level_spec``), as ```key=value``` items."""
+    spec = trial.user_attrs["level_spec"]
+    return ", ".join(f"`{k}={v}`" for part in ("fixed", "level") for k, v in spec[part].items())
 
 
 def _profile_key(profile: str) -> tuple[int, str]:

@@ -35,7 +35,7 @@ from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import STUDIES, get_study
 from sidrec_core.studies.shared import SHARED_FROM, existing_storages, is_shared, shared_metrics
-from sidrec_core.studies.study import Study, grid_point, study_storage
+from sidrec_core.studies.study import Study, grid_point, level_spec, live_point, study_storage
 from sidrec_core.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ def enqueue_missing(
     taken = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
     if not retry_failed:
         taken.add(TrialState.FAIL)
-    busy = {grid_point(t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
+    # a trial of a level redefined since it ran takes nothing: its point is queued again
+    busy = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
     queued = 0
     for level in [study.default, *(lv for lv in study.labels if lv != study.default)]:
         for seed in seeds:
@@ -190,13 +191,13 @@ def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     """``trial k/N`` and an ETA from the median duration of the finished trials that ran here
     (a trial whose figures were taken from another study took no time and says nothing)."""
-    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     total = len(study.labels) * len(seeds)
-    text = f"trial {len(done) + 1}/{total}"
+    left = len(remaining(ostudy, study, seeds))
+    text = f"trial {total - left + 1}/{total}"
     secs = ran_seconds(ostudy)
     if secs:
-        left = (total - len(done)) * float(np.median(secs))
-        text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
+        eta = left * float(np.median(secs))
+        text += f", ETA {eta / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
 
 
@@ -210,8 +211,9 @@ def ran_seconds(ostudy: optuna.Study) -> list[float]:
 
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
     """Grid points without a complete trial."""
-    done = {grid_point(t) for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    return [(lv, s) for lv in study.labels for s in seeds if (lv, s) not in done]
+    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    points = {live_point(study, t) for t in done}
+    return [(lv, s) for lv in study.labels for s in seeds if (lv, s) not in points]
 
 
 class Objective:
@@ -232,14 +234,18 @@ class Objective:
         self.opts = opts
         self.parent_run_id = parent_run_id
 
-    def _duplicate(self, trial: optuna.Trial, point: tuple[str, int]) -> bool:
-        """Another worker queued the same point at the same time: the lower number runs it."""
+    def _duplicate(self, study: Study, trial: optuna.Trial, point: tuple[str, int]) -> bool:
+        """Another worker queued the same point at the same time: the lower number runs it (a
+        complete trial of the level's earlier definition does not count)."""
         for t in trial.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
         ):
-            if t.number != trial.number and grid_point(t) == point:
-                if t.state == TrialState.COMPLETE or t.number < trial.number:
-                    return True
+            if t.number == trial.number:
+                continue
+            if t.state == TrialState.COMPLETE and live_point(study, t) == point:
+                return True
+            if t.state == TrialState.RUNNING and grid_point(t) == point and t.number < trial.number:
+                return True
         return False
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -250,9 +256,10 @@ class Objective:
         label, seed = point
         if label not in study.labels:
             raise optuna.TrialPruned(f"level {label!r} is no longer in study {study.name}")
-        if self._duplicate(trial, (label, seed)):
+        if self._duplicate(study, trial, (label, seed)):
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("level_spec", level_spec(study, label))
         log.info(
             "%s: %s level %s seed %d",
             study.name,

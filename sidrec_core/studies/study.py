@@ -10,6 +10,7 @@ studies is :mod:`sidrec_core.studies.registry`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,25 @@ def trial_level(trial: Any) -> str | None:
 def trial_seed(trial: Any) -> int | None:
     """A trial's seed (a grid point user attribute; a ``seed`` param in older studies)."""
     return _point_field(trial, 1, "seed", int)
+
+
+def level_spec(study: Study, label: str) -> dict[str, Any]:
+    """What defines the trials of level ``label`` besides their seed: the study's fixed overrides
+    and the level's own, as a trial's ``level_spec`` user attribute stores them (JSON, so tuples
+    read back as lists)."""
+    spec = {"fixed": study.fixed, "level": study.level(label).overrides}
+    return json.loads(json.dumps(spec, sort_keys=True))
+
+
+def live_point(study: Study, trial: Any) -> tuple[str, int] | None:
+    """The (level, seed) a trial counts for in ``study`` as it is defined now; None when the trial
+    has no level, its level left the study, or the level or the fixed overrides changed since it
+    ran (its recorded ``level_spec`` differs: the trial measured another configuration). Trials
+    stored before specs were recorded count as they are."""
+    label, seed = trial_level(trial), trial_seed(trial)
+    if label is None or seed is None or label not in study.labels:
+        return None
+    spec = trial.user_attrs.get("level_spec")
+    if spec is not None and spec != level_spec(study, label):
+        return None
+    return label, seed
