@@ -171,3 +171,18 @@ def test_a_second_sigterm_kills_a_process_that_swallowed_the_first(tmp_path):
         assert child.wait(timeout=30) == -signal.SIGTERM
     finally:
         child.kill()
+
+
+def test_benchmark_provenance_names_the_command_commit_and_whether_cores_were_idle(monkeypatch):
+    from sidrec_core import perf
+    from sidrec_core.tracking import git_commit
+
+    monkeypatch.setattr("sys.argv", ["bench/perf/sasrec_perf.py", "--steps", "40"])
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    made = perf.provenance(threads=1)
+    assert made["command"] == "python bench/perf/sasrec_perf.py --steps 40"
+    assert made["commit"] == git_commit() and made["threads"] == 1 and made["device"] == "cpu"
+    assert made["idle"] is True and made["load_1m_before"] == 0.2
+    assert json.loads(json.dumps(made)) == made  # goes into the JSON as it is
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.04, 0.9, 0.5))  # another job on a core
+    assert perf.provenance(threads=1)["idle"] is False

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from sidrec_core.io import write_json
 from sidrec_core.models.beam import DecodingConfig, PrefixTable, candidates_to_items, generate_sids
+from sidrec_core.perf import provenance
 
 NUM_SPECIAL = 3  # pad 0, bos 1, eos 2; level l code c -> NUM_SPECIAL + offset_l + c
 
@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    made = provenance(args.threads)
 
     codes, sizes, codes_src = load_codes(Path(args.codes), args.num_items, args.seed)
     offsets = np.cumsum((0, *sizes[:-1]))
@@ -214,10 +215,7 @@ def main() -> None:
     ids, mask = build_prompts(histories, codes, offsets)
     lm = make_model(NUM_SPECIAL + sum(sizes), args.seed)
     result = {
-        "device": "cpu",
-        "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "provenance": made,
         "sid_table": codes_src,
         "num_items": len(codes),
         "codebook_sizes": list(sizes),

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 
 from sidrec_core.io import write_json
 from sidrec_core.models.sidlm import SIDLMConfig, build_sidlm
+from sidrec_core.perf import provenance
 from sidrec_core.rl.grpo import GRPO, RewardInputs, RLConfig
 from sidrec_core.rl.logprobs import group_log_probs, per_completion_log_probs
 from sidrec_core.rl.rollout import history_tensor, rl_rows, rollout
@@ -94,6 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    made = provenance(args.threads)
 
     table, table_src = load_table(Path(args.sid_dir), args.num_items, args.seed)
     cfg = SIDLMConfig(**MODEL)
@@ -136,10 +137,7 @@ def main() -> None:
         max_diff = max(max_diff, float(diff))
     users = bs * (len(batches) - 1)
     result = {
-        "device": "cpu",
-        "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "provenance": made,
         "model": "scratch Qwen2 hidden 128, 4 layers, 4 heads, FFN 384, random weights (seeded)",
         "sid_table": table_src,
         "num_items": table.num_items,

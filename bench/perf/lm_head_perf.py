@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from sidrec_core.io import write_json
+from sidrec_core.perf import provenance
 
 
 def _one(args: dict, queue: mp.Queue) -> None:
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="experiments/perf/lm_head_perf.json")
     args = parser.parse_args(argv)
+    made = provenance(args.threads, args.device)
     ctx = mp.get_context("spawn")
     results = []
     for history in args.histories:
@@ -179,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         args.out,
         {
-            "device": args.device,
+            "provenance": made,
             "results": results,
             "summary": pairs,
-            "note": "CPU peak = process max RSS; timings on a shared 2-core machine",
+            "note": "CPU peak = process max RSS",
         },
     )
     print(json.dumps(pairs, indent=1))

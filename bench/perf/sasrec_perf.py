@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import time
 
 from sidrec_core.data.dataset import load_prepared
@@ -23,6 +22,7 @@ from sidrec_core.io import write_json
 from sidrec_core.models.losses import LOSSES
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
 from sidrec_core.models.sasrec import training_batches as make_batches
+from sidrec_core.perf import provenance
 from sidrec_core.train import TrainConfig
 from sidrec_core.utils import peak_rss_mb, seed_everything, set_threads
 
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--num-negatives", type=int, default=0, help="0 = the loss's default")
     parser.add_argument("--out", default="experiments/perf/sasrec_perf.json")
     args = parser.parse_args()
+    made = provenance(args.threads)
     ctx = mp.get_context("spawn")
     results = []
     for loss in args.losses:
@@ -113,11 +114,7 @@ def main() -> None:
         print(json.dumps(results[-1]))
     write_json(
         args.out,
-        {
-            "machine": platform.processor() or platform.machine(),
-            "note": "CPU shared with other jobs; timings are under contention",
-            "results": results,
-        },
+        {"provenance": made, "results": results},
     )
 
 

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from sidrec_core.io import write_json
+from sidrec_core.perf import provenance
 
 
 def _synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--scales", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--out", default="experiments/perf/sid_perf.json")
     opts = parser.parse_args()
+    made = provenance(opts.threads)
     common = {"threads": opts.threads, "embeddings": opts.embeddings, "dim": 64}
     scale = [
         run({**common, "data": "synthetic", "method": "rqkmeans", "num_items": n})
@@ -112,7 +114,7 @@ def main() -> None:
     ]
     beauty = [run({**common, "data": "beauty", "method": m}) for m in opts.methods]
     report = {
-        "threads": opts.threads,
+        "provenance": made,
         "beauty": beauty,
         "scale": scale,
         "targets": {

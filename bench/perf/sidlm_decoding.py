@@ -27,6 +27,7 @@ from sidrec_core.io import write_json, write_text
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
 from sidrec_core.models.sidlm_train import load_inputs
+from sidrec_core.perf import provenance
 from sidrec_core.stages.context import build_configs
 from sidrec_core.utils import resolve_device, set_threads
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     base, data, eval_cfg, cfg = cfgs["base"], cfgs["data"], cfgs["eval"], cfgs["sidlm"]
     set_threads(base.num_threads)
     device = resolve_device(base.device)
+    made = provenance(base.num_threads, str(device))
     ds, loo, table = load_inputs(data, cfg)
     model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
     test = loo.split("test", data.max_history)
@@ -92,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         args.out,
         {
+            "provenance": made,
             "dataset": ds.name,
             "model": cfg.output_dir,
             "num_users": num_users,
-            "num_threads": base.num_threads,
             "rows": rows,
         },
     )
