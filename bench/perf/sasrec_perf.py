@@ -1,12 +1,15 @@
 """Seconds per epoch and peak memory of SASRec training for each loss on a prepared dataset.
 
-Each loss runs in a fresh process (so its peak RSS is its own): the training batches of one
-epoch are built once, ``--steps`` optimizer steps are timed after ``--warmup`` steps, and seconds
-per epoch are extrapolated from the mean step time over all batches of the epoch
-(``--steps 0`` times the whole epoch). Writes JSON to ``--out``.
+The model is params.yaml's ``sasrec`` section with ``--set sasrec.KEY=VALUE`` overrides (e.g.
+``--set sasrec.train_rows=prefix``); each loss of ``--losses`` replaces its ``loss``. Each loss
+runs in a fresh process (so its peak RSS is its own): the training batches of one epoch are built
+once, ``--steps`` optimizer steps are timed after ``--warmup`` steps, and seconds per epoch are
+extrapolated from the mean step time over all batches of the epoch (``--steps 0`` times the
+whole epoch). Writes JSON to ``--out``.
 
 Usage: python bench/perf/sasrec_perf.py [--prepared data/prepared] [--losses ce bce ...]
-       [--steps 40] [--threads 1] [--out experiments/perf/sasrec_perf.json]
+       [--set sasrec.train.batch_size=256 ...] [--steps 40] [--threads 1]
+       [--out experiments/perf/sasrec_perf.json]
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import argparse
 import json
 import multiprocessing as mp
 import time
+from typing import Any
 
+from sidrec_core.config import apply_overrides, build, load_params, to_dict
 from sidrec_core.data.dataset import load_prepared
 from sidrec_core.data.split import leave_one_out
 from sidrec_core.io import write_json
@@ -23,31 +28,24 @@ from sidrec_core.models.losses import LOSSES
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
 from sidrec_core.models.sasrec import training_batches as make_batches
 from sidrec_core.perf import provenance
-from sidrec_core.train import TrainConfig
 from sidrec_core.utils import peak_rss_mb, seed_everything, set_threads
 
 
 def measure(
     loss: str,
+    sasrec: dict[str, Any],
     prepared: str,
     steps: int,
     warmup: int,
     threads: int,
-    batch_size: int,
-    ce_chunk: int,
-    num_negatives: int = 0,
 ) -> dict:
+    """One loss's timing; ``sasrec`` is the params section (overrides of the code defaults)."""
     import torch
 
     set_threads(threads)
     seed_everything(0)
     loo = leave_one_out(load_prepared(prepared))
-    cfg = SASRecConfig(
-        loss=loss,
-        ce_chunk=ce_chunk,
-        num_negatives=num_negatives,
-        train=TrainConfig(batch_size=batch_size),
-    )
+    cfg = build(SASRecConfig, {**sasrec, "loss": loss}, "sasrec")
     model = build_sasrec(cfg, loo)
     batches = list(make_batches(cfg, loo, seed=0)(1))
     rss_before = peak_rss_mb()
@@ -70,12 +68,10 @@ def measure(
         "seconds_per_epoch": per_epoch,
         "timed_steps": len(timed),
         "batches_per_epoch": len(batches),
-        "batch_size": batch_size,
         "positions_per_second": sum(int((b["targets"] > 0).sum()) for b in timed) / seconds,
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_training_mb": rss_before,
-        "ce_chunk": ce_chunk,
-        "threads": threads,
+        "sasrec": to_dict(cfg),
     }
 
 
@@ -86,36 +82,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps (0 = whole epoch)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--ce-chunk", type=int, default=0)
-    parser.add_argument("--num-negatives", type=int, default=0, help="0 = the loss's default")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--out", default="experiments/perf/sasrec_perf.json")
     args = parser.parse_args()
+    sasrec = apply_overrides(load_params(args.params), args.sets).get("sasrec") or {}
+    for loss in args.losses:  # a bad key or value fails here, in one line, before any timing
+        build(SASRecConfig, {**sasrec, "loss": loss}, "sasrec")
     made = provenance(args.threads)
     ctx = mp.get_context("spawn")
     results = []
     for loss in args.losses:
         with ctx.Pool(1) as pool:
-            results.append(
-                pool.apply(
-                    measure,
-                    (
-                        loss,
-                        args.prepared,
-                        args.steps,
-                        args.warmup,
-                        args.threads,
-                        args.batch_size,
-                        args.ce_chunk,
-                        args.num_negatives,
-                    ),
-                )
-            )
+            job = (loss, sasrec, args.prepared, args.steps, args.warmup, args.threads)
+            results.append(pool.apply(measure, job))
         print(json.dumps(results[-1]))
-    write_json(
-        args.out,
-        {"provenance": made, "results": results},
-    )
+    write_json(args.out, {"provenance": made, "results": results})
 
 
 if __name__ == "__main__":
