@@ -25,7 +25,14 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, live_point, study_storage, trial_level, trial_seed
+from sidrec_core.studies.study import (
+    Study,
+    is_stale,
+    live_point,
+    study_storage,
+    trial_level,
+    trial_seed,
+)
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"
@@ -316,7 +323,7 @@ def profile_section(
             f"{t.user_attrs.get('error', STOPPED)}"
             for t in open_[:10]
         ]
-    stale = [t for t in complete if trial_level(t) in study.labels and live_point(study, t) is None]
+    stale = [t for t in complete if is_stale(study, t)]
     if stale:
         lines += ["", STALE_NOTE, ""]
         lines += [
