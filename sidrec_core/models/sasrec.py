@@ -2,8 +2,15 @@
 
 Item embeddings + learned absolute positions, causal self-attention blocks (pre- or post-LayerNorm
 by ``norm_first``; Xiong et al., 2020 on why pre-LN trains more easily), dropout, and a next-item
-loss on every position of the sequence. Input and output item representations are tied, as in the
-paper. ``recommend`` ranks the whole catalogue with the configured similarity.
+loss on every target of the training rows. Input and output item representations are tied, as in
+the paper. ``recommend`` ranks the whole catalogue with the configured similarity.
+
+Where the training query sits: evaluation encodes a user's whole history, so its query is always
+the row's last item. With the paper's ``sequence`` rows and ``recency`` positions, a training
+query at an earlier position has a different slot from any evaluation query (its slot says how
+far it is from the end of the user's training sequence); ``order`` positions (count from the
+row's first item, as RecBole does) or ``prefix`` rows (one row per target, as cornac does) make
+training queries look like evaluation queries.
 
 Optional SID features (``sid_features``): each item's representation adds (``sum``) or
 concatenates and projects (``concat``) one learned embedding per SID level of its code, so items
@@ -25,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sidrec_core.data.batching import TrainBatches
+from sidrec_core.data.batching import ROW_LAYOUTS, TrainBatches
 from sidrec_core.data.negatives import NEGATIVES, NegativeSampler
 from sidrec_core.data.split import LeaveOneOut
 from sidrec_core.models.base import Recommender, topk_items
@@ -43,6 +50,7 @@ from sidrec_core.train import TrainConfig
 
 log = logging.getLogger(__name__)
 SID_FEATURES = ("none", "sum", "concat")
+POSITIONS = ("recency", "order")
 DEFAULT_NUM_NEGATIVES = {"bce": 1, "sampled_softmax": 256}
 BIAS_LOSSES = ("ce", "bce_shared")  # the losses that score through ``item_bias``
 
@@ -63,6 +71,14 @@ class SASRecConfig:
     dropout: float = 0.5  # Beauty is sparse; the SASRec paper uses 0.5 on it
     norm_first: bool = True
     max_history: int = 50  # the SASRec literature's cap (training inputs and evaluation histories)
+    # which learned position a history item gets (one of POSITIONS): ``recency`` = its slot
+    # counted back from the row's last item (the paper's left-padded layout; cornac), ``order`` =
+    # its index from the row's first item (RecBole, GPT-style LMs)
+    positions: str = "recency"
+    # training rows (one of ROW_LAYOUTS, see sidrec_core.data.batching): ``sequence`` = one per
+    # user, a target at every position; ``prefix`` = one per target (cornac); train.batch_size
+    # counts rows either way
+    train_rows: str = "sequence"
     loss: str = "ce"  # one of LOSSES
     similarity: str = "dot"  # one of SIMILARITIES
     negatives: str = "uniform"  # one of NEGATIVES (bce and sampled_softmax only)
@@ -96,6 +112,8 @@ class SASRecConfig:
         _choice("similarity", self.similarity, SIMILARITIES)
         _choice("negatives", self.negatives, NEGATIVES)
         _choice("sid_features", self.sid_features, SID_FEATURES)
+        _choice("positions", self.positions, POSITIONS)
+        _choice("train_rows", self.train_rows, ROW_LAYOUTS)
         for name in ("hidden_dim", "num_blocks", "num_heads", "ffn_dim", "max_history"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
@@ -272,10 +290,14 @@ class SASRec(Recommender):
                 f"history length {length} exceeds sasrec.max_history {self.cfg.max_history}"
             )
         valid = history > 0
-        # the most recent item always takes the last position, however wide the batch is
-        positions = torch.arange(
-            self.cfg.max_history - length, self.cfg.max_history, device=history.device
-        )
+        if self.cfg.positions == "recency":
+            # the row's last item always takes the last slot, however wide the batch is
+            positions = torch.arange(
+                self.cfg.max_history - length, self.cfg.max_history, device=history.device
+            )
+        else:
+            # the row's first item takes slot 0 (padding's slot is masked out below)
+            positions = (valid.cumsum(dim=1) - 1).clamp(min=0)
         x = F.embedding(history, table)
         if self.cfg.emb_scale:
             x = x * self.cfg.hidden_dim**0.5
@@ -380,4 +402,5 @@ def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBat
         negatives_mode=mode,
         num_negatives=k,
         bucket_window=cfg.bucket_window,
+        rows=cfg.train_rows,
     )

@@ -57,6 +57,20 @@ def _cornac_details() -> tuple[Level, ...]:
     )
 
 
+def _sasrec_rows() -> tuple[Level, ...]:
+    """The default (one row per user, a target at every position, slots counted back from the
+    row's end); slots counted from the row's start; one row per target as cornac trains, in
+    cornac's batches of 512 rows (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py), 257
+    steps an epoch on Beauty against the default's 175 batches of 128 users. Every level trains
+    all its epochs, so early stopping on the valid subsample cannot pick the winner."""
+    default = {"sasrec.positions": "recency", "sasrec.train_rows": "sequence"}
+    return (
+        Level("sequence", {**default, "sasrec.train.batch_size": 128}),
+        Level("order", {**default, "sasrec.positions": "order", "sasrec.train.batch_size": 128}),
+        Level("prefix", {**default, "sasrec.train_rows": "prefix", "sasrec.train.batch_size": 512}),
+    )
+
+
 # the SASRec baselines train train_sasrec alone on the prepared data
 _SASREC = dict(
     run=("train_sasrec",),
@@ -342,6 +356,15 @@ STUDY_LIST: list[Study] = [
         "plain",
         # the details against plain trained as long as cornac's runs went: the unconfounded pair
         contrasts=(("cornac", "plain-no-stop"),),
+        **_SASREC,
+    ),
+    Study(
+        "sasrec_rows",
+        "SASRec training rows and position slots: one row per user (slots from the end, or from "
+        "the start) vs one row per target (cornac)",
+        _sasrec_rows(),
+        "sequence",
+        fixed={"sasrec.train.patience": 0},
         **_SASREC,
     ),
     Study(
