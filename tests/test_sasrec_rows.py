@@ -1,4 +1,4 @@
-"""SASRec training-row layouts (sequence / prefix) and position schemes (recency / order)."""
+"""SASRec training-row layouts (sequence / prefix), position slots (recency / order), blocks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sidrec_core.data.batching import TrainBatches
-from sidrec_core.models.sasrec import SASRec, SASRecConfig
+from sidrec_core.models.sasrec import Block, SASRec, SASRecConfig
 from sidrec_core.models.sasrec import training_batches as make_batches
 from sidrec_core.train import TrainConfig
 
@@ -102,7 +102,29 @@ def test_prefix_rows_train_through_the_config(syn_loo):
     assert float(model.loss(batch)) < 0.8 * first
 
 
-@pytest.mark.parametrize(("key", "value"), [("positions", "absolute"), ("train_rows", "prefixes")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("positions", "absolute"), ("train_rows", "prefixes"), ("block", "post_norm")],
+)
 def test_unknown_layout_settings_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"sasrec.{key}: unknown '{value}'"):
         SASRecConfig(**{key: value})
+
+
+def test_separate_query_and_key_inputs_use_the_fused_projection_split():
+    torch.manual_seed(0)
+    block = Block(16, 2, 16, 0.0, "sasrec").eval()
+    x = torch.randn(3, 5, 16)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    fused = block.attend(x, mask)
+    assert torch.allclose(block.attend(x, mask, kv=x), fused, atol=1e-6)
+    # queries from one input, keys and values from another: row t of the output mixes kv's rows
+    assert not torch.allclose(block.attend(x, mask, kv=2 * x), fused, atol=1e-3)
+
+
+def test_the_sasrec_block_has_no_input_norm_and_a_relu_feed_forward():
+    model = _model(block="sasrec")
+    assert isinstance(model.emb_norm, torch.nn.Identity)
+    assert isinstance(model.final_norm, torch.nn.LayerNorm)
+    assert all(isinstance(b.ffn[1], torch.nn.ReLU) for b in model.blocks)
+    assert isinstance(_model(block="post_ln").final_norm, torch.nn.Identity)

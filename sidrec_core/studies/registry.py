@@ -368,6 +368,15 @@ STUDY_LIST: list[Study] = [
         **_SASREC,
     ),
     Study(
+        "sasrec_block",
+        "SASRec block: pre-LN (default), post-LN, or Kang & McAuley's own (normalised query, "
+        "no input LayerNorm, ReLU feed-forward)",
+        one_key("sasrec.block", ["pre_ln", "post_ln", "sasrec"]),
+        "pre_ln",
+        fixed={"sasrec.train.patience": 0},
+        **_SASREC,
+    ),
+    Study(
         "similarity",
         "SASRec similarity function",
         one_key("sasrec.similarity", ["dot", "cosine", "scaled", "bilinear", "adaptive"]),
