@@ -10,7 +10,9 @@ validation and test targets):
   row per target s_{t+1}, t = 1..m-1, input the prefix s_1..s_t (its last ``max_history``
   items, left-padded) with the target at the last position only. Every row then ends in the
   slot the evaluation history ends in, and targets beyond the ``max_history`` window count too;
-  the encoder sees ~8.6x the tokens of ``sequence`` rows on Beauty.
+  the encoder sees ~8.6x the tokens of ``sequence`` rows on Beauty. Rows are shuffled across
+  users, where cornac fills a batch with consecutive prefixes of shuffled sessions (~57 users in
+  512 rows on Beauty), which matters to losses that use the batch's other targets as negatives.
 
 Users whose training sequence has a single item give no target and are skipped (the data layer
 already dropped sequences shorter than 3).
