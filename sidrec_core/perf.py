@@ -13,28 +13,18 @@ import datetime as dt
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from typing import Any
 
-from sidrec_core.tracking import PROJECT_ROOT, git_commit
+from sidrec_core.tracking import git, git_commit
 
 IDLE_LOAD = 0.5  # other jobs' runnable threads (1-minute load average) below which cores are idle
 
 
 def worktree_dirty() -> bool | None:
     """Whether tracked files differ from the commit (None when git cannot tell)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
 
 
 def provenance(threads: int, device: str = "cpu") -> dict[str, Any]:

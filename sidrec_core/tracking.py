@@ -126,18 +126,19 @@ def mark_stale_runs() -> list[str]:
     return stale
 
 
-def git_commit() -> str:
+def git(*args: str) -> str | None:
+    """``git ARGS`` in the project root -> its stdout (None when git fails or is missing)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
         )
-        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    return (git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
 
 
 class Run:

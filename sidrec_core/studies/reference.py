@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.study import Study, live_point
+from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
 
 if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell
@@ -33,7 +33,7 @@ def reference_rows(
 ) -> dict[int, dict[str, float]]:
     """{seed: figures} of the reference level's complete trials in ``profile`` ({} if none;
     trials of an earlier definition of the level are left out)."""
-    from sidrec_core.studies.registry import get_study
+    from sidrec_core.studies.registry import STUDIES
     from sidrec_core.studies.report import scalar_attrs
 
     ref = study.reference
@@ -44,12 +44,11 @@ def reference_rows(
         other = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # the reference study has no section for this profile
         return {}
-    defined = get_study(ref.study)
+    defined = STUDIES.get(ref.study)  # None: a study made for the occasion, not registered
     rows: dict[int, dict[str, float]] = {}
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        point = live_point(defined, t)
-        if point is not None and point[0] == ref.level:
-            rows[point[1]] = scalar_attrs(t.user_attrs)  # holds every stage figure
+        if trial_level(t) == ref.level and not (defined and is_stale(defined, t)):
+            rows[trial_seed(t)] = scalar_attrs(t.user_attrs)  # holds every stage figure
     return rows
 
 

@@ -35,7 +35,14 @@ from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import STUDIES, get_study
 from sidrec_core.studies.shared import SHARED_FROM, existing_storages, is_shared, shared_metrics
-from sidrec_core.studies.study import Study, grid_point, level_spec, live_point, study_storage
+from sidrec_core.studies.study import (
+    Study,
+    grid_point,
+    is_stale,
+    level_spec,
+    live_point,
+    study_storage,
+)
 from sidrec_core.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -191,13 +198,14 @@ def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     """``trial k/N`` and an ETA from the median duration of the finished trials that ran here
     (a trial whose figures were taken from another study took no time and says nothing)."""
+    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in complete if not is_stale(study, t)]
     total = len(study.labels) * len(seeds)
-    left = len(remaining(ostudy, study, seeds))
-    text = f"trial {total - left + 1}/{total}"
+    text = f"trial {len(done) + 1}/{total}"
     secs = ran_seconds(ostudy)
     if secs:
-        eta = left * float(np.median(secs))
-        text += f", ETA {eta / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
+        left = (total - len(done)) * float(np.median(secs))
+        text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
 
 

@@ -209,15 +209,19 @@ def level_spec(study: Study, label: str) -> dict[str, Any]:
     return json.loads(json.dumps(spec, sort_keys=True))
 
 
+def is_stale(study: Study, trial: Any) -> bool:
+    """Whether the trial ran an earlier definition of its level: its recorded ``level_spec`` (the
+    fixed overrides and the level's) differs from the level's now. Trials stored before specs
+    were recorded, and trials of levels the study no longer has, are not stale."""
+    label, spec = trial_level(trial), trial.user_attrs.get("level_spec")
+    return spec is not None and label in study.labels and spec != level_spec(study, label)
+
+
 def live_point(study: Study, trial: Any) -> tuple[str, int] | None:
     """The (level, seed) a trial counts for in ``study`` as it is defined now; None when the trial
-    has no level, its level left the study, or the level or the fixed overrides changed since it
-    ran (its recorded ``level_spec`` differs: the trial measured another configuration). Trials
-    stored before specs were recorded count as they are."""
+    has no level or seed, its level left the study, or it is stale (:func:`is_stale`: it measured
+    another configuration)."""
     label, seed = trial_level(trial), trial_seed(trial)
-    if label is None or seed is None or label not in study.labels:
-        return None
-    spec = trial.user_attrs.get("level_spec")
-    if spec is not None and spec != level_spec(study, label):
+    if label is None or seed is None or label not in study.labels or is_stale(study, trial):
         return None
     return label, seed
