@@ -46,10 +46,10 @@ def _model(loo, **kw) -> tuple[SASRec, TrainBatches]:
     return SASRec(cfg, loo.num_items), make_batches(cfg, loo, seed=0)
 
 
-@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("block", ["pre_ln", "post_ln", "sasrec"])
 @pytest.mark.parametrize("loss", ["bce", "infonce", "ce", "sampled_softmax"])
-def test_each_loss_decreases_and_reaches_item_embeddings(syn_loo, loss, norm_first):
-    model, batches = _model(syn_loo, loss=loss, norm_first=norm_first, num_negatives=8)
+def test_each_loss_decreases_and_reaches_item_embeddings(syn_loo, loss, block):
+    model, batches = _model(syn_loo, loss=loss, block=block, num_negatives=8)
     batch = next(batches(1))
     first = model.loss(batch)
     first.backward()

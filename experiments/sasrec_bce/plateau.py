@@ -24,7 +24,7 @@ SETTINGS = [  # (batch users, K, extra SASRecConfig fields)
     (8, 64, {}),
     (8, 512, {}),
     (16, 64, {}),
-    (8, 64, {"norm_first": False}),
+    (8, 64, {"block": "post_ln"}),
     (8, 64, {"item_bias": False, "emb_scale": False}),
     (8, 64, {"dropout": 0.2}),
     (16, 64, {"bce_shared_balanced": True}),

@@ -1,10 +1,21 @@
-"""Training batches for next-item models trained on every position (SASRec, Kang & McAuley, 2018).
+"""Training batches for next-item models (SASRec, Kang & McAuley, 2018), in two row layouts.
 
 From a user's training sequence s_1..s_m (:attr:`LeaveOneOut.train_sequences`, i.e. without the
-validation and test targets), the input is s_1..s_{m-1} and the target at each position is the
-next item s_2..s_m, both capped at the ``max_history`` most recent positions and left-padded with
-0 like the evaluation histories. Users whose training sequence has a single item give no target
-and are skipped (the data layer already dropped sequences shorter than 3).
+validation and test targets):
+
+- ``sequence`` rows (the SASRec paper's): one row per user, input s_1..s_{m-1} with a target at
+  every position, the next item s_2..s_m, both capped at the ``max_history`` most recent
+  positions and left-padded with 0 like the evaluation histories.
+- ``prefix`` rows (PreferredAI/cornac ``session_seq_iter``; RecBole's sequence augmentation): one
+  row per target s_{t+1}, t = 1..m-1, input the prefix s_1..s_t (its last ``max_history``
+  items, left-padded) with the target at the last position only. Every row then ends in the
+  slot the evaluation history ends in, and targets beyond the ``max_history`` window count too;
+  the encoder sees ~8.6x the tokens of ``sequence`` rows on Beauty. Rows are shuffled across
+  users, where cornac fills a batch with consecutive prefixes of shuffled sessions (~57 users in
+  512 rows on Beauty), which matters to losses that use the batch's other targets as negatives.
+
+Users whose training sequence has a single item give no target and are skipped (the data layer
+already dropped sequences shorter than 3).
 
 Most sequences are far shorter than ``max_history`` (Beauty: ~6 targets per user against a cap of
 50), so padding would dominate the compute. With ``bucket_window`` > 0, each window of that many
@@ -25,13 +36,16 @@ from sidrec_core.data.negatives import NegativeSampler, shared_negatives
 from sidrec_core.data.split import pad_left
 
 NegativesMode = Literal["none", "per_position", "shared", "shared_unfiltered"]
+RowLayout = Literal["sequence", "prefix"]
+ROW_LAYOUTS = ("sequence", "prefix")
 
 
 class TrainBatches:
     """``batches(epoch)`` -> shuffled batch dicts with
 
-    ``history`` [B, L] input items, ``targets`` [B, L] next items (0 = no target), ``user`` [B]
-    user rows (for excluding a user's positives), and, by ``negatives_mode``, ``negatives``
+    ``history`` [B, L] input items, ``targets`` [B, L] next items (0 = no target; ``prefix`` rows
+    have one, in the last column), ``user`` [B] user rows (for excluding a user's positives;
+    ``prefix`` rows of one user share it), and, by ``negatives_mode``, ``negatives``
     [B, L, K] (``per_position``), ``negatives`` [K] + ``negative_valid`` [B, K] (``shared``), or
     ``negatives`` [K] alone (``shared_unfiltered``: one pool for the batch, no per-user check).
     """
@@ -46,14 +60,27 @@ class TrainBatches:
         negatives_mode: NegativesMode = "none",
         num_negatives: int = 1,
         bucket_window: int = 0,
+        rows: RowLayout = "sequence",
     ):
         if negatives_mode != "none" and sampler is None:
             raise ValueError(f"negatives_mode={negatives_mode!r} needs a NegativeSampler")
-        rows = np.flatnonzero([len(s) >= 2 for s in train_sequences])
-        self.users = rows.astype(np.int64)
-        self.histories = pad_left([train_sequences[u][:-1] for u in rows], max_history)
-        self.targets = pad_left([train_sequences[u][1:] for u in rows], max_history)
-        self.lengths = (self.targets > 0).sum(axis=1)
+        if rows not in ROW_LAYOUTS:
+            raise ValueError(f"rows: unknown {rows!r}; valid choices: {', '.join(ROW_LAYOUTS)}")
+        users = np.flatnonzero([len(s) >= 2 for s in train_sequences])
+        if rows == "sequence":
+            self.users = users.astype(np.int64)
+            self.histories = pad_left([train_sequences[u][:-1] for u in users], max_history)
+            self.targets = pad_left([train_sequences[u][1:] for u in users], max_history)
+        else:
+            counts = np.array([len(train_sequences[u]) - 1 for u in users], dtype=np.int64)
+            self.users = np.repeat(users, counts).astype(np.int64)
+            self.histories = pad_left(
+                [train_sequences[u][:t] for u in users for t in range(1, len(train_sequences[u]))],
+                max_history,
+            )
+            self.targets = np.zeros_like(self.histories)
+            self.targets[:, -1] = np.concatenate([train_sequences[u][1:] for u in users])
+        self.lengths = (self.histories > 0).sum(axis=1)
         self.batch_size, self.seed, self.bucket_window = batch_size, seed, bucket_window
         self.sampler, self.negatives_mode, self.num_negatives = (
             sampler,
@@ -97,7 +124,7 @@ class TrainBatches:
         for idx in self.batch_rows(epoch):
             history, targets = self.histories[idx], self.targets[idx]
             # drop columns that are padding in every row: attention cost follows the batch
-            width = int((targets > 0).sum(axis=1).max())
+            width = int(self.lengths[idx].max())
             batch = {
                 "history": torch.from_numpy(history[:, -width:].copy()),
                 "targets": torch.from_numpy(targets[:, -width:].copy()),

@@ -1,9 +1,16 @@
 """SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
 
-Item embeddings + learned absolute positions, causal self-attention blocks (pre- or post-LayerNorm
-by ``norm_first``; Xiong et al., 2020 on why pre-LN trains more easily), dropout, and a next-item
-loss on every position of the sequence. Input and output item representations are tied, as in the
-paper. ``recommend`` ranks the whole catalogue with the configured similarity.
+Item embeddings + learned absolute positions, causal self-attention blocks (pre-LN, post-LN or the
+paper's own block, ``block``; Xiong et al., 2020 on why pre-LN trains more easily), dropout, and a
+next-item loss on every target of the training rows. Input and output item representations are
+tied, as in the paper. ``recommend`` ranks the whole catalogue with the configured similarity.
+
+Where the training query sits: evaluation encodes a user's whole history, so its query is always
+the row's last item. With the paper's ``sequence`` rows and ``recency`` positions, a training
+query at an earlier position has a different slot from any evaluation query (its slot says how
+far it is from the end of the user's training sequence); ``order`` positions (count from the
+row's first item, as RecBole does) or ``prefix`` rows (one row per target, as cornac does) make
+training queries look like evaluation queries.
 
 Optional SID features (``sid_features``): each item's representation adds (``sum``) or
 concatenates and projects (``concat``) one learned embedding per SID level of its code, so items
@@ -25,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sidrec_core.data.batching import TrainBatches
+from sidrec_core.data.batching import ROW_LAYOUTS, TrainBatches
 from sidrec_core.data.negatives import NEGATIVES, NegativeSampler
 from sidrec_core.data.split import LeaveOneOut
 from sidrec_core.models.base import Recommender, topk_items
@@ -43,6 +50,8 @@ from sidrec_core.train import TrainConfig
 
 log = logging.getLogger(__name__)
 SID_FEATURES = ("none", "sum", "concat")
+POSITIONS = ("recency", "order")
+BLOCKS = ("pre_ln", "post_ln", "sasrec")
 DEFAULT_NUM_NEGATIVES = {"bce": 1, "sampled_softmax": 256}
 BIAS_LOSSES = ("ce", "bce_shared")  # the losses that score through ``item_bias``
 
@@ -61,8 +70,16 @@ class SASRecConfig:
     num_heads: int = 2
     ffn_dim: int = 256
     dropout: float = 0.5  # Beauty is sparse; the SASRec paper uses 0.5 on it
-    norm_first: bool = True
+    block: str = "pre_ln"  # one of BLOCKS (see Block)
     max_history: int = 50  # the SASRec literature's cap (training inputs and evaluation histories)
+    # which learned position a history item gets (one of POSITIONS): ``recency`` = its slot
+    # counted back from the row's last item (the paper's left-padded layout; cornac), ``order`` =
+    # its index from the row's first item (RecBole, GPT-style LMs)
+    positions: str = "recency"
+    # training rows (one of ROW_LAYOUTS, see sidrec_core.data.batching): ``sequence`` = one per
+    # user, a target at every position; ``prefix`` = one per target (cornac); train.batch_size
+    # counts rows either way
+    train_rows: str = "sequence"
     loss: str = "ce"  # one of LOSSES
     similarity: str = "dot"  # one of SIMILARITIES
     negatives: str = "uniform"  # one of NEGATIVES (bce and sampled_softmax only)
@@ -96,6 +113,9 @@ class SASRecConfig:
         _choice("similarity", self.similarity, SIMILARITIES)
         _choice("negatives", self.negatives, NEGATIVES)
         _choice("sid_features", self.sid_features, SID_FEATURES)
+        _choice("positions", self.positions, POSITIONS)
+        _choice("block", self.block, BLOCKS)
+        _choice("train_rows", self.train_rows, ROW_LAYOUTS)
         for name in ("hidden_dim", "num_blocks", "num_heads", "ffn_dim", "max_history"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
@@ -162,38 +182,54 @@ def load_sid_features(cfg: SASRecConfig, sid_dir: str | Path, num_items: int) ->
 
 
 class Block(nn.Module):
-    """Causal multi-head self-attention + position-wise feed-forward, pre- or post-LN."""
+    """Causal multi-head self-attention + position-wise feed-forward, by ``kind`` (one of BLOCKS):
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, norm_first: bool):
+    - ``pre_ln``: x + Attn(LN(x)), then x + FFN(LN(x)) (Xiong et al., 2020);
+    - ``post_ln``: LN(x + Attn(x)), then LN(x + FFN(x)) (Vaswani et al., 2017);
+    - ``sasrec``: Kang & McAuley's block (their code, and PreferredAI/cornac
+      ``cornac/models/sasrec/sasrec.py``): q = LN(x), x = q + Attn(query q, keys and values x),
+      then x = LN(x), x + FFN(x), with a ReLU feed-forward.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, kind: str):
         super().__init__()
-        self.num_heads, self.dropout, self.norm_first = num_heads, dropout, norm_first
+        self.num_heads, self.dropout, self.kind = num_heads, dropout, kind
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        act = nn.ReLU() if kind == "sasrec" else nn.GELU()
         self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+            nn.Linear(dim, ffn_dim), act, nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
         )
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
-    def attend(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x [B, L, D], mask [B, 1, L, L] (True = may attend) -> [B, L, D]."""
+    def attend(self, x: Tensor, mask: Tensor, kv: Tensor | None = None) -> Tensor:
+        """Queries from x [B, L, D], keys and values from ``kv`` (default x), mask [B, 1, L, L]
+        (True = may attend) -> [B, L, D]."""
         b, length, dim = x.shape
-        q, k, v = (
-            self.qkv(x)
-            .view(b, length, 3, self.num_heads, dim // self.num_heads)
-            .permute(2, 0, 3, 1, 4)
-        )
+        heads = (b, length, self.num_heads, dim // self.num_heads)
+        if kv is None:
+            q, k, v = self.qkv(x).view(b, length, 3, *heads[2:]).permute(2, 0, 3, 1, 4)
+        else:
+            w_q, w_kv = self.qkv.weight.split([dim, 2 * dim])
+            b_q, b_kv = self.qkv.bias.split([dim, 2 * dim])
+            q = F.linear(x, w_q, b_q).view(heads).transpose(1, 2)
+            k, v = F.linear(kv, w_kv, b_kv).view(b, length, 2, *heads[2:]).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
         return self.proj(out.transpose(1, 2).reshape(b, length, dim))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if self.norm_first:
+        if self.kind == "pre_ln":
             x = x + self.drop(self.attend(self.norm1(x), mask))
             return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attend(x, mask)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+        if self.kind == "post_ln":
+            x = self.norm1(x + self.drop(self.attend(x, mask)))
+            return self.norm2(x + self.drop(self.ffn(x)))
+        q = self.norm1(x)
+        x = self.norm2(q + self.drop(self.attend(q, mask, kv=x)))
+        return x + self.drop(self.ffn(x))
 
 
 class SASRec(Recommender):
@@ -207,12 +243,14 @@ class SASRec(Recommender):
         dim = cfg.hidden_dim
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_history, dim)
-        self.emb_norm, self.emb_drop = nn.LayerNorm(dim), nn.Dropout(cfg.dropout)
+        # Kang & McAuley's block reads the raw embeddings; the others normalise them first
+        self.emb_norm = nn.Identity() if cfg.block == "sasrec" else nn.LayerNorm(dim)
+        self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.num_heads, cfg.ffn_dim, cfg.dropout, cfg.norm_first)
+            Block(dim, cfg.num_heads, cfg.ffn_dim, cfg.dropout, cfg.block)
             for _ in range(cfg.num_blocks)
         )
-        self.final_norm = nn.LayerNorm(dim) if cfg.norm_first else nn.Identity()
+        self.final_norm = nn.Identity() if cfg.block == "post_ln" else nn.LayerNorm(dim)
         self.similarity = Similarity(cfg.similarity, dim)
         # a Parameter rather than an Embedding so the init below leaves it at 0: no item starts
         # ahead of another
@@ -272,10 +310,14 @@ class SASRec(Recommender):
                 f"history length {length} exceeds sasrec.max_history {self.cfg.max_history}"
             )
         valid = history > 0
-        # the most recent item always takes the last position, however wide the batch is
-        positions = torch.arange(
-            self.cfg.max_history - length, self.cfg.max_history, device=history.device
-        )
+        if self.cfg.positions == "recency":
+            # the row's last item always takes the last slot, however wide the batch is
+            positions = torch.arange(
+                self.cfg.max_history - length, self.cfg.max_history, device=history.device
+            )
+        else:
+            # the row's first item takes slot 0 (padding's slot is masked out below)
+            positions = (valid.cumsum(dim=1) - 1).clamp(min=0)
         x = F.embedding(history, table)
         if self.cfg.emb_scale:
             x = x * self.cfg.hidden_dim**0.5
@@ -380,4 +422,5 @@ def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBat
         negatives_mode=mode,
         num_negatives=k,
         bucket_window=cfg.bucket_window,
+        rows=cfg.train_rows,
     )

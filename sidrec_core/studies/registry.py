@@ -57,6 +57,34 @@ def _cornac_details() -> tuple[Level, ...]:
     )
 
 
+def _sasrec_rows() -> tuple[Level, ...]:
+    """The default (one row per user, a target at every position, slots counted back from the
+    row's end); slots counted from the row's start; one row per target as cornac trains, in
+    cornac's batches of 512 rows (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py), 257
+    steps an epoch on Beauty against the default's 175 batches of 128 users; and RecBole 1.2.1's
+    SASRec recipe (RUCAIBox/RecBole: recbole/properties/overall.yaml, train_batch_size 2048 and
+    Adam lr 1e-3 with no clipping; recbole/model/sequential_recommender/sasrec.py and
+    recbole/model/layers.py, post-LN blocks over one right-padded row per target, i.e. order
+    slots), whose model sizes are this code's defaults. Every level trains all its epochs, so
+    early stopping on the valid subsample cannot pick the winner."""
+    rows = {"sasrec.positions": "recency", "sasrec.train_rows": "sequence"}
+    recbole = {
+        "sasrec.positions": "order",
+        "sasrec.train_rows": "prefix",
+        "sasrec.block": "post_ln",
+        "sasrec.train.batch_size": 2048,
+        "sasrec.train.lr": 0.001,
+        "sasrec.train.schedule": "constant",
+        "sasrec.train.grad_clip": 0.0,
+    }
+    return (
+        Level("sequence", dict(rows)),
+        Level("order", {**rows, "sasrec.positions": "order"}),
+        Level("prefix", {**rows, "sasrec.train_rows": "prefix", "sasrec.train.batch_size": 512}),
+        Level("recbole", recbole),
+    )
+
+
 # the SASRec baselines train train_sasrec alone on the prepared data
 _SASREC = dict(
     run=("train_sasrec",),
@@ -342,6 +370,24 @@ STUDY_LIST: list[Study] = [
         "plain",
         # the details against plain trained as long as cornac's runs went: the unconfounded pair
         contrasts=(("cornac", "plain-no-stop"),),
+        **_SASREC,
+    ),
+    Study(
+        "sasrec_rows",
+        "SASRec training rows and position slots: one row per user (slots from the end, or from "
+        "the start) vs one row per target (cornac), and RecBole's recipe",
+        _sasrec_rows(),
+        "sequence",
+        fixed={"sasrec.train.patience": 0},
+        **_SASREC,
+    ),
+    Study(
+        "sasrec_block",
+        "SASRec block: pre-LN (default), post-LN, or Kang & McAuley's own (normalised query, "
+        "no input LayerNorm, ReLU feed-forward)",
+        one_key("sasrec.block", ["pre_ln", "post_ln", "sasrec"]),
+        "pre_ln",
+        fixed={"sasrec.train.patience": 0},
         **_SASREC,
     ),
     Study(
