@@ -39,7 +39,9 @@ from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
     enqueue_missing,
+    next_level,
     progress,
+    ran_seconds,
     remaining,
     run_study,
 )
@@ -667,15 +669,49 @@ def test_eta_counts_only_trials_that_ran_here():
                 value=0.1,
                 datetime_start=start,
                 datetime_complete=start + dt.timedelta(seconds=secs),
-                params={"level": label},
-                distributions={"level": optuna.distributions.CategoricalDistribution(study.labels)},
-                user_attrs={"metrics": metrics},
+                params={},
+                distributions={},
+                user_attrs={"grid_point": [label, 0], "metrics": metrics},
                 system_attrs={},
                 intermediate_values={},
                 trial_id=0,
             )
         )
     assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
+
+
+def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
+    """A level that runs 50x longer than the others (one row per target) must not start on the
+    others' median with too little time left; a level with no trial of its own yet falls back
+    on all of them."""
+    ostudy = optuna.create_study()
+    start = dt.datetime(2026, 1, 1)
+    for label, seed, secs in [("ce", 0, 60), ("ce", 1, 60), ("bce", 0, 3000)]:
+        ostudy.add_trial(
+            optuna.trial.FrozenTrial(
+                number=0,
+                state=TrialState.COMPLETE,
+                value=0.1,
+                datetime_start=start,
+                datetime_complete=start + dt.timedelta(seconds=secs),
+                params={},
+                distributions={},
+                user_attrs={"grid_point": [label, seed], "metrics": {}},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=0,
+            )
+        )
+    assert ran_seconds(ostudy, "ce") == [60.0, 60.0]
+    assert ran_seconds(ostudy, "bce") == [3000.0]
+    assert sorted(ran_seconds(ostudy, "bpr")) == [60.0, 60.0, 3000.0]  # none of its own yet
+    assert next_level(ostudy) is None
+    ostudy.enqueue_trial({}, user_attrs={"grid_point": ["bce", 1]})
+    ostudy.enqueue_trial({}, user_attrs={"grid_point": ["ce", 2]})
+    assert next_level(ostudy) == "bce"  # Optuna runs the lowest-numbered WAITING trial first
+    ten_minutes = TimeBudget(deadline=time.time() + 600)
+    assert ten_minutes.allows(ran_seconds(ostudy))  # the overall median (60 s) would start it
+    assert not ten_minutes.allows(ran_seconds(ostudy, next_level(ostudy)))
 
 
 def test_a_rerouted_input_keys_the_stage_by_what_it_names():

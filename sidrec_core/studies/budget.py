@@ -3,8 +3,9 @@ trial is expected to end inside the budget, so a batch job or a work session end
 instead of killing one part-way (the stopped study resumes with the same command).
 
 The expected length of the next trial is the median duration of the trials that already ran
-(stored in the study, so it carries over launches and machines); before any trial has run it is
-unknown and the trial starts.
+(stored in the study, so it carries over launches and machines), those of the next trial's level
+when some of them ran (the caller picks the durations); before any trial has run it is unknown
+and the trial starts.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from sidrec_core.studies.study import (
     level_spec,
     live_point,
     study_storage,
+    trial_level,
 )
 from sidrec_core.tracking import start_run
 
@@ -196,25 +197,41 @@ def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
-    """``trial k/N`` and an ETA from the median duration of the finished trials that ran here
-    (a trial whose figures were taken from another study took no time and says nothing)."""
+    """``trial k/N`` and an ETA: the remaining grid points, each at the median duration of its
+    level's finished trials that ran here (of all of them for a level none of whose trials ran;
+    a trial whose figures were taken from another study took no time and says nothing)."""
     complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = [t for t in complete if not is_stale(study, t)]
     total = len(study.labels) * len(seeds)
     text = f"trial {len(done) + 1}/{total}"
     secs = ran_seconds(ostudy)
     if secs:
-        left = (total - len(done)) * float(np.median(secs))
+        left = sum(
+            float(np.median(ran_seconds(ostudy, level)))
+            for level, _ in remaining(ostudy, study, seeds)
+        )
         text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
 
 
-def ran_seconds(ostudy: optuna.Study) -> list[float]:
-    """Durations of the complete trials that ran here (not taken from another study)."""
-    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [
-        (t.datetime_complete - t.datetime_start).total_seconds() for t in done if not is_shared(t)
+def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
+    """Durations of the complete trials that ran here (not taken from another study). With
+    ``level``: those of that level's trials, when any ran (levels can differ in cost many times
+    over, one row per target against one per user), else all of them."""
+    done = [
+        t
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not is_shared(t)
     ]
+    mine = [t for t in done if level is not None and trial_level(t) == level]
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine or done]
+
+
+def next_level(ostudy: optuna.Study) -> str | None:
+    """The level of the queued trial a worker runs next (Optuna takes the lowest-numbered
+    WAITING trial); None when nothing is queued."""
+    waiting = ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return trial_level(min(waiting, key=lambda t: t.number)) if waiting else None
 
 
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
@@ -352,7 +369,7 @@ def _work(
         optuna.storages.fail_stale_trials(ostudy)
         state = counts(ostudy)
         if state[TrialState.WAITING]:
-            if not opts.budget.allows(ran_seconds(ostudy)):
+            if not opts.budget.allows(ran_seconds(ostudy, next_level(ostudy))):
                 break
             ostudy.optimize(objective, n_trials=1, catch=(Exception,))
             count += 1
