@@ -178,6 +178,21 @@ def test_a_redefined_level_runs_again_and_its_old_trials_are_left_out(tmp_path, 
         study_name="exclude_seen-smoke", storage=o.storage_url_for("exclude_seen")
     )
     assert remaining(stored, changed, [0, 1]) == [("on", 0), ("on", 1)]
+    # a default written into the level, with the old spelling kept as ``formerly``: still counts
+    spelled = Level(on.label, on.overrides, formerly=(study.levels[1].overrides,))
+    kept = dataclasses.replace(study, levels=(study.levels[0], spelled))
+    assert remaining(stored, kept, [0, 1]) == []
+    # the same for the study's fixed overrides: a default written into them, the old kept
+    pinned = dataclasses.replace(study, fixed={"eval.ks": [10, 20]}, formerly_fixed=({},))
+    assert remaining(stored, pinned, [0, 1]) == []
+    assert remaining(stored, dataclasses.replace(pinned, formerly_fixed=()), [0, 1]) == [
+        (lv, s) for lv in ("off", "on") for s in (0, 1)
+    ]
+    write_study_report(
+        pinned, o.storage_url_for("exclude_seen"), tmp_path / "exp", o.storage_url_for
+    )
+    report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
+    assert "Every level (and the reused stages) runs with `eval.ks=[10, 20]`." in report
     summary = run_study("exclude_seen", opts(tmp_path))
     trials = trials_of(opts(tmp_path), "exclude_seen")
     assert summary["failed"] == 0 and summary["remaining_after"] == 0

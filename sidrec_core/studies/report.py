@@ -383,6 +383,9 @@ def write_study_report(
         f"({study.direction}); cells are mean ± 95% CI (Student t) over seeds.",
         "",
     ]
+    if study.fixed:
+        pinned = ", ".join(f"`{k}={v}`" for k, v in study.fixed.items())
+        lines[-1:-1] = [f"Every level (and the reused stages) runs with {pinned}."]
     report = out / "report.md"
     # profiles run against another storage (another machine, a deleted optuna.db) keep the
     # section their run wrote

@@ -39,10 +39,13 @@ TOKENIZER_PIPELINE = dict(
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-    """One setting of the factor: a label and the dotted params keys it sets."""
+    """One setting of the factor: a label and the dotted params keys it sets. ``formerly``: earlier
+    overrides of this same configuration, from before a params.yaml default the level relied on
+    changed and was written into the level; trials that recorded them still count (not stale)."""
 
     label: str
     overrides: dict[str, Any]
+    formerly: tuple[dict[str, Any], ...] = ()
 
 
 EXPECTATIONS = ("better", "not_worse", "equal")
@@ -91,6 +94,9 @@ class Study:
     run: tuple[str, ...]
     reuse: tuple[str, ...] = ()
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # earlier ``fixed`` of the same context, from before a params.yaml default the study relied
+    # on changed and was written into ``fixed``: trials that recorded them still count
+    formerly_fixed: tuple[dict[str, Any], ...] = ()
     objective: str = VALID_NDCG
     direction: str = "maximize"
     secondary: tuple[str, ...] = TEST_KEYS + COST_KEYS
@@ -201,20 +207,34 @@ def trial_seed(trial: Any) -> int | None:
     return _point_field(trial, 1, "seed", int)
 
 
-def level_spec(study: Study, label: str) -> dict[str, Any]:
+def level_spec(
+    study: Study,
+    label: str,
+    overrides: dict[str, Any] | None = None,
+    fixed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What defines the trials of level ``label`` besides their seed: the study's fixed overrides
-    and the level's own, as a trial's ``level_spec`` user attribute stores them (JSON, so tuples
-    read back as lists)."""
-    spec = {"fixed": study.fixed, "level": study.level(label).overrides}
+    and the level's own (``fixed``, ``overrides``: earlier spellings of them), as a trial's
+    ``level_spec`` user attribute stores them (JSON, so tuples read back as lists)."""
+    own = study.level(label).overrides if overrides is None else overrides
+    spec = {"fixed": study.fixed if fixed is None else fixed, "level": own}
     return json.loads(json.dumps(spec, sort_keys=True))
 
 
 def is_stale(study: Study, trial: Any) -> bool:
     """Whether the trial ran an earlier definition of its level: its recorded ``level_spec`` (the
-    fixed overrides and the level's) differs from the level's now. Trials stored before specs
-    were recorded, and trials of levels the study no longer has, are not stale."""
+    fixed overrides and the level's) matches no spelling of the level's now (``fixed`` or one of
+    ``formerly_fixed``, with the level's overrides or one of its ``formerly``). Trials stored
+    before specs were recorded, and trials of levels the study no longer has, are not stale."""
     label, spec = trial_level(trial), trial.user_attrs.get("level_spec")
-    return spec is not None and label in study.labels and spec != level_spec(study, label)
+    if spec is None or label not in study.labels:
+        return False
+    level = study.level(label)
+    return all(
+        spec != level_spec(study, label, o, f)
+        for o in (level.overrides, *level.formerly)
+        for f in (study.fixed, *study.formerly_fixed)
+    )
 
 
 def live_point(study: Study, trial: Any) -> tuple[str, int] | None:
