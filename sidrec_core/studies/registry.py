@@ -69,10 +69,11 @@ def _cornac_details() -> tuple[Level, ...]:
 
 
 def _sasrec_rows() -> tuple[Level, ...]:
-    """The default (one row per user, a target at every position, slots counted back from the
-    row's end); slots counted from the row's start; one row per target as cornac trains, in
-    cornac's batches of 512 rows (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py), 257
-    steps an epoch on Beauty against the default's 175 batches of 128 users; and RecBole 1.2.1's
+    """One row per user, a target at every position, slots counted back from the row's end (the
+    default until this study made ``prefix`` it); the same with slots counted from the row's start;
+    one row per target as cornac trains (the default now), in cornac's batches of 512 rows
+    (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py), 257 steps an epoch on Beauty
+    against 175 batches of 128 users; and RecBole 1.2.1's
     SASRec recipe (RUCAIBox/RecBole: recbole/properties/overall.yaml, train_batch_size 2048 and
     Adam lr 1e-3 with no clipping; recbole/model/sequential_recommender/sasrec.py and
     recbole/model/layers.py, post-LN blocks over one right-padded row per target, i.e. order
@@ -396,7 +397,7 @@ STUDY_LIST: list[Study] = [
         "SASRec training rows and position slots: one row per user (slots from the end, or from "
         "the start) vs one row per target (cornac), and RecBole's recipe",
         _sasrec_rows(),
-        "sequence",
+        "prefix",
         fixed={"sasrec.train.patience": 0},
         **_SASREC,
     ),
