@@ -75,7 +75,8 @@ def _label(stage_file: str, params: dict[str, Any]) -> str:
     feats = f", sid_features={cfg.sid_features}" if cfg.sid_features != "none" else ""
     name = f"SASRec {suffix}" if suffix else "SASRec"
     neg = cfg.negatives_label
-    return f"{name} (loss={cfg.loss}, similarity={cfg.similarity}, negatives={neg}{feats})"
+    rows = f"rows={cfg.train_rows}"
+    return f"{name} (loss={cfg.loss}, {rows}, similarity={cfg.similarity}, negatives={neg}{feats})"
 
 
 def collect_rows(metrics_dir: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
