@@ -672,27 +672,30 @@ def test_the_default_level_is_queued_first():
     assert enqueue_missing(ostudy, STUDIES["sasrec_loss"], [0, 1]) == 0  # all queued already
 
 
+def finished(label: str, seed: int, secs: float, metrics: dict) -> optuna.trial.FrozenTrial:
+    """A complete trial of grid point (label, seed) that took ``secs`` seconds."""
+    start = dt.datetime(2026, 1, 1)
+    return optuna.trial.FrozenTrial(
+        number=0,
+        state=TrialState.COMPLETE,
+        value=0.1,
+        datetime_start=start,
+        datetime_complete=start + dt.timedelta(seconds=secs),
+        params={},
+        distributions={},
+        user_attrs={"grid_point": [label, seed], "metrics": metrics},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=0,
+    )
+
+
 def test_eta_counts_only_trials_that_ran_here():
     """A level taken from another study took no time; it must not shrink the ETA."""
     study = STUDIES["sasrec_loss"]
     ostudy = optuna.create_study()
-    start = dt.datetime(2026, 1, 1)
     for label, secs, metrics in [("ce", 0, {SHARED_FROM: "x#1"}), ("bce", 600, {})]:
-        ostudy.add_trial(
-            optuna.trial.FrozenTrial(
-                number=0,
-                state=TrialState.COMPLETE,
-                value=0.1,
-                datetime_start=start,
-                datetime_complete=start + dt.timedelta(seconds=secs),
-                params={},
-                distributions={},
-                user_attrs={"grid_point": [label, 0], "metrics": metrics},
-                system_attrs={},
-                intermediate_values={},
-                trial_id=0,
-            )
-        )
+        ostudy.add_trial(finished(label, 0, secs, metrics))
     assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
 
 
@@ -701,23 +704,8 @@ def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
     others' median with too little time left; a level with no trial of its own yet falls back
     on all of them."""
     ostudy = optuna.create_study()
-    start = dt.datetime(2026, 1, 1)
     for label, seed, secs in [("ce", 0, 60), ("ce", 1, 60), ("bce", 0, 3000)]:
-        ostudy.add_trial(
-            optuna.trial.FrozenTrial(
-                number=0,
-                state=TrialState.COMPLETE,
-                value=0.1,
-                datetime_start=start,
-                datetime_complete=start + dt.timedelta(seconds=secs),
-                params={},
-                distributions={},
-                user_attrs={"grid_point": [label, seed], "metrics": {}},
-                system_attrs={},
-                intermediate_values={},
-                trial_id=0,
-            )
-        )
+        ostudy.add_trial(finished(label, seed, secs, {}))
     assert ran_seconds(ostudy, "ce") == [60.0, 60.0]
     assert ran_seconds(ostudy, "bce") == [3000.0]
     assert sorted(ran_seconds(ostudy, "bpr")) == [60.0, 60.0, 3000.0]  # none of its own yet
