@@ -225,10 +225,9 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     text = f"trial {len(done) + 1}/{total}"
     secs = ran_seconds(ostudy)
     if secs:
-        left = sum(
-            float(np.median(ran_seconds(ostudy, level)))
-            for level, _ in remaining(ostudy, study, seeds)
-        )
+        todo = [level for level, _ in remaining(ostudy, study, seeds)]
+        median = {lv: float(np.median(ran_seconds(ostudy, lv))) for lv in set(todo)}
+        left = sum(median[lv] for lv in todo)
         text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
 
