@@ -332,6 +332,17 @@ STUDY_LIST: list[Study] = [
         group="generation",
     ),
     Study(
+        "sidlm_epochs",
+        "SID-LM training length: epochs of warm-up + cosine decay to zero (early stopping on valid "
+        "as the default)",
+        one_key("sidlm.train.epochs", [12, 20, 30]),
+        "12",
+        run=("train_sidlm", "eval_sidlm"),
+        reuse=("prepare", "embed", "build_sids"),
+        secondary=TEST_KEYS + ("epochs", "best_epoch", "seconds_per_epoch") + COST_KEYS,
+        group="generation",
+    ),
+    Study(
         "load_mode",
         "SID-LM initialisation (sidlm.load)",
         one_key("sidlm.load", ["scratch", "dense", "pretrained", "lora"]),
