@@ -106,8 +106,8 @@ def _sidlm_epochs() -> tuple[Level, ...]:
     """The default's 12 epochs, then 20 trained in full (no early stopping: the cosine reaches
     zero), then 20 and 30 stopped as the default stops (patience 2 evaluations, every 2 epochs,
     on the 1,000-user valid subsample). ``20-full`` comes second so that it runs first after the
-    default: at seed 0 on Beauty the early-stopped 20 and 30 stopped
-    at epochs 14 and 18, before their learning rate had decayed."""
+    default: at seed 0 on Beauty the early-stopped 20 and 30 stopped at epochs 14 and 18, before
+    their learning rate had decayed."""
     return (
         Level("12", {"sidlm.train.epochs": 12}),
         Level("20-full", {"sidlm.train.epochs": 20, "sidlm.train.patience": 0}),
