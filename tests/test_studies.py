@@ -699,6 +699,19 @@ def test_eta_counts_only_trials_that_ran_here():
     assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
 
 
+def test_a_worker_counts_the_seeds_another_launch_queued():
+    """A launch with --n-seeds 1 takes the seed-1 points a --n-seeds 2 launch queued: its
+    progress must count them (not 'trial 4/2'), and what remains includes them."""
+    study = STUDIES["sasrec_loss"]
+    ostudy = optuna.create_study()
+    enqueue_missing(ostudy, study, [0, 1])
+    ostudy.add_trial(finished("ce", 0, 600, {}))
+    ostudy.add_trial(finished("ce", 1, 600, {}))
+    assert remaining(ostudy, study, [0])[:2] == [("bce", 0), ("bce", 1)]
+    assert len(remaining(ostudy, study, [0])) == 6
+    assert progress(ostudy, study, [0]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
+
+
 def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
     """A level that runs 50x longer than the others (one row per target) must not start on the
     others' median with too little time left; a level with no trial of its own yet falls back

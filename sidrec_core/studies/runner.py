@@ -40,7 +40,6 @@ from sidrec_core.studies.shared import SHARED_FROM, existing_storages, is_shared
 from sidrec_core.studies.study import (
     Study,
     grid_point,
-    is_stale,
     level_spec,
     live_point,
     study_storage,
@@ -219,15 +218,14 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     """``trial k/N`` and an ETA: the remaining grid points, each at the median duration of its
     level's finished trials that ran here (of all of them for a level none of whose trials ran;
     a trial whose figures were taken from another study took no time and says nothing)."""
-    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = [t for t in complete if not is_stale(study, t)]
-    total = len(study.labels) * len(seeds)
-    text = f"trial {len(done) + 1}/{total}"
+    todo = remaining(ostudy, study, seeds)
+    total = len(grid(ostudy, study, seeds))
+    text = f"trial {total - len(todo) + 1}/{total}"
     secs = ran_seconds(ostudy)
     if secs:
-        todo = [level for level, _ in remaining(ostudy, study, seeds)]
-        median = {lv: float(np.median(ran_seconds(ostudy, lv))) for lv in set(todo)}
-        left = sum(median[lv] for lv in todo)
+        levels = [level for level, _ in todo]
+        median = {lv: float(np.median(ran_seconds(ostudy, lv))) for lv in set(levels)}
+        left = sum(median[lv] for lv in levels)
         text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
 
@@ -252,11 +250,22 @@ def next_level(ostudy: optuna.Study) -> str | None:
     return trial_level(min(waiting, key=lambda t: t.number)) if waiting else None
 
 
+def grid(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
+    """The grid points of ``seeds``, and those of any other seed that another launch (with a
+    larger ``--n-seeds``) queued, runs or finished: a worker takes whatever is queued, so its
+    progress counts them too. Level order, then seed."""
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    stored = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False, states=states)}
+    points = {(lv, s) for lv in study.labels for s in seeds} | (stored - {None})
+    order = {lv: i for i, lv in enumerate(study.labels)}
+    return sorted(points, key=lambda p: (order[p[0]], p[1]))
+
+
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
-    """Grid points without a complete trial."""
+    """Grid points (:func:`grid`) without a complete trial."""
     done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     points = {live_point(study, t) for t in done}
-    return [(lv, s) for lv in study.labels for s in seeds if (lv, s) not in points]
+    return [p for p in grid(ostudy, study, seeds) if p not in points]
 
 
 class Objective:
