@@ -218,9 +218,9 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     """``trial k/N`` and an ETA: the remaining grid points, each at the median duration of its
     level's finished trials that ran here (of all of them for a level none of whose trials ran;
     a trial whose figures were taken from another study took no time and says nothing)."""
-    todo = remaining(ostudy, study, seeds)
-    total = len(grid(ostudy, study, seeds))
-    text = f"trial {total - len(todo) + 1}/{total}"
+    points, done = grid(ostudy, study, seeds)
+    todo = [p for p in points if p not in done]
+    text = f"trial {len(done) + 1}/{len(points)}"
     secs = ran_seconds(ostudy)
     if secs:
         levels = [level for level, _ in todo]
@@ -250,22 +250,27 @@ def next_level(ostudy: optuna.Study) -> str | None:
     return trial_level(min(waiting, key=lambda t: t.number)) if waiting else None
 
 
-def grid(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
-    """The grid points of ``seeds``, and those of any other seed that another launch (with a
-    larger ``--n-seeds``) queued, runs or finished: a worker takes whatever is queued, so its
-    progress counts them too. Level order, then seed."""
+def grid(
+    ostudy: optuna.Study, study: Study, seeds: list[int]
+) -> tuple[list[tuple[str, int]], set[tuple[str, int]]]:
+    """(the grid points, those with a complete trial), from one read of the storage. The grid is
+    the points of ``seeds`` and those of any other seed that another launch (with a larger
+    ``--n-seeds``) queued, runs or finished: a worker takes whatever is queued, so its progress
+    counts them too. Level order, then seed."""
     states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    stored = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False, states=states)}
-    points = {(lv, s) for lv in study.labels for s in seeds} | (stored - {None})
+    live = [
+        (t.state, live_point(study, t)) for t in ostudy.get_trials(deepcopy=False, states=states)
+    ]
+    points = {(lv, s) for lv in study.labels for s in seeds} | {p for _, p in live if p}
+    done = {p for state, p in live if p and state == TrialState.COMPLETE}
     order = {lv: i for i, lv in enumerate(study.labels)}
-    return sorted(points, key=lambda p: (order[p[0]], p[1]))
+    return sorted(points, key=lambda p: (order[p[0]], p[1])), done
 
 
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
     """Grid points (:func:`grid`) without a complete trial."""
-    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    points = {live_point(study, t) for t in done}
-    return [p for p in grid(ostudy, study, seeds) if p not in points]
+    points, done = grid(ostudy, study, seeds)
+    return [p for p in points if p not in done]
 
 
 class Objective:
