@@ -116,6 +116,15 @@ def _sidlm_epochs() -> tuple[Level, ...]:
     )
 
 
+# the SID-LM search's best trial after its first 7 (experiments/tune/sidlm/optuna.db, trial 3),
+# its sampled values as stored
+_SEARCH_T3 = {
+    "sidlm.hidden_size": 256,
+    "sidlm.num_layers": 2,
+    "sidlm.attention_dropout": 0.0,
+    "sidlm.train.lr": 0.001033916902739326,
+}
+
 # the SASRec baselines train train_sasrec alone on the prepared data
 _SASREC = dict(
     run=("train_sasrec",),
@@ -354,6 +363,19 @@ STUDY_LIST: list[Study] = [
         run=("train_sidlm", "eval_sidlm"),
         reuse=("prepare", "embed", "build_sids"),
         secondary=TEST_KEYS + ("epochs", "best_epoch", "seconds_per_epoch") + COST_KEYS,
+        group="generation",
+    ),
+    Study(
+        "sidlm_tuned",
+        "SID-LM default vs the tuning search's best trial so far (experiments/tune/sidlm, trial 3 "
+        "of the first 7: wider and shallower, no attention dropout, a third of the learning rate)",
+        (Level("default", {}), Level("search-t3", _SEARCH_T3)),
+        "default",
+        run=("train_sidlm", "eval_sidlm"),
+        reuse=("prepare", "embed", "build_sids"),
+        secondary=TEST_KEYS
+        + ("num_parameters", "epochs", "best_epoch", "seconds_per_epoch")
+        + COST_KEYS,
         group="generation",
     ),
     Study(
