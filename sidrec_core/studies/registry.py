@@ -116,6 +116,13 @@ def _sidlm_epochs() -> tuple[Level, ...]:
     )
 
 
+# the params.yaml SID-LM values the search varied, spelled out so the level stays what it measured
+_SIDLM_DEFAULT = {
+    "sidlm.hidden_size": 128,
+    "sidlm.num_layers": 4,
+    "sidlm.attention_dropout": 0.1,
+    "sidlm.train.lr": 0.003,
+}
 # the SID-LM search's best trial after its first 7 (experiments/tune/sidlm/optuna.db, trial 3),
 # its sampled values as stored
 _SEARCH_T3 = {
@@ -367,9 +374,10 @@ STUDY_LIST: list[Study] = [
     ),
     Study(
         "sidlm_tuned",
-        "SID-LM default vs the tuning search's best trial so far (experiments/tune/sidlm, trial 3 "
-        "of the first 7: wider and shallower, no attention dropout, a third of the learning rate)",
-        (Level("default", {}), Level("search-t3", _SEARCH_T3)),
+        "SID-LM default (4 layers of 128) vs the tuning search's best trial after 7 "
+        "(experiments/tune/sidlm, trial 3: 2 layers of 256, no attention dropout, a third of the "
+        "learning rate)",
+        (Level("default", _SIDLM_DEFAULT, formerly=({},)), Level("search-t3", _SEARCH_T3)),
         "default",
         run=("train_sidlm", "eval_sidlm"),
         reuse=("prepare", "embed", "build_sids"),
