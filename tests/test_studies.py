@@ -125,6 +125,16 @@ def test_sasrec_details_plain_is_the_pipeline_default_and_each_other_level_chang
     assert levels["plain-no-stop"] == {**levels["plain"], "sasrec.train.patience": 0}
 
 
+def test_sidlm_tuned_default_is_the_pipeline_default_and_search_t3_its_four_values():
+    """The search's best is compared with what ``dvc repro`` trains; when params.yaml adopts
+    it, the study's ``default`` level has to be renamed to the former default it measured."""
+    pipeline = resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    levels = {lv.label: lv.overrides for lv in STUDIES["sidlm_tuned"].levels}
+    assert resolve_params(with_overrides(pipeline, levels["default"])) == pipeline
+    assert levels["search-t3"].keys() == levels["default"].keys()
+    assert all(levels["search-t3"][k] != v for k, v in levels["default"].items())
+
+
 def test_profiles_set_their_name_and_dvc_args():
     params = load_profile("smoke", {"data": {"name": "beauty", "max_history": 20}})
     assert params["base"]["profile"] == "smoke" and params["data"]["name"] == "synthetic"
