@@ -108,11 +108,17 @@ def test_registry_is_well_formed_and_listed(capsys):
         )
 
 
+def pipeline_and_levels(study: str) -> tuple[dict, dict[str, dict]]:
+    """What ``dvc repro`` trains (params.yaml over the code defaults), and ``study``'s levels
+    as {label: overrides}."""
+    pipeline = resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    return pipeline, {lv.label: lv.overrides for lv in STUDIES[study].levels}
+
+
 def test_sasrec_details_plain_is_the_pipeline_default_and_each_other_level_changes_one_thing():
     """``plain`` must be what ``dvc repro`` trains (params.yaml over the code defaults), or the
     study would not measure cornac's details against this code's SASRec."""
-    pipeline = resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    levels = {lv.label: lv.overrides for lv in STUDIES["sasrec_details"].levels}
+    pipeline, levels = pipeline_and_levels("sasrec_details")
     assert resolve_params(with_overrides(pipeline, levels["plain"])) == pipeline
     cornac = levels["cornac"]
     assert all(levels["plain"][k] != v for k, v in cornac.items())
@@ -128,8 +134,7 @@ def test_sasrec_details_plain_is_the_pipeline_default_and_each_other_level_chang
 def test_sidlm_tuned_default_is_the_pipeline_default_and_search_t3_its_four_values():
     """The search's best is compared with what ``dvc repro`` trains; when params.yaml adopts
     it, the study's ``default`` level has to be renamed to the former default it measured."""
-    pipeline = resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    levels = {lv.label: lv.overrides for lv in STUDIES["sidlm_tuned"].levels}
+    pipeline, levels = pipeline_and_levels("sidlm_tuned")
     assert resolve_params(with_overrides(pipeline, levels["default"])) == pipeline
     assert levels["search-t3"].keys() == levels["default"].keys()
     assert all(levels["search-t3"][k] != v for k, v in levels["default"].items())
