@@ -3,6 +3,8 @@ better setting, a stopped search resumes without redoing trials, pruned trials a
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,9 +15,11 @@ from optuna.trial import TrialState
 
 from sidrec_core.studies import spaces, tune_report, tuning
 from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.runner import base_params
 from sidrec_core.studies.spaces import Param, Tunable
 from sidrec_core.studies.tuning import TuneOptions, run_tuning
+from sidrec_core.tracking import HOST_TAG, PID_TAG, START_TAG, process_start
 
 ROOT = Path(__file__).resolve().parent.parent
 # lr 1e-6 barely moves the weights in 4 epochs; 1e-2 learns the planted successor structure
@@ -114,6 +118,38 @@ def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatc
     summary = run_tuning("planted", opts(tmp_path, n_trials=2, budget=spent))
     assert summary["finished"] == 2 and summary["retrain"] == {}
     assert not (tmp_path / "exp" / "tune" / "planted" / "smoke" / "retrain").exists()
+
+
+def test_workers_sharing_a_search_split_the_retrain_seeds(tmp_path, monkeypatch):
+    monkeypatch.setitem(spaces.TUNABLES, "planted", PLANTED)
+    monkeypatch.setattr(tuning, "CLAIM_SETTLE", 0.0)
+    o = opts(tmp_path, n_trials=3, max_trials=2, retrain_seeds=3)
+    run_tuning("planted", o)
+    ostudy, params = tuning.open_search(PLANTED, o), base_params(o)
+    best = ostudy.best_trial.params
+    ran: list[int] = []
+
+    def spy(*args, **kwargs):  # while seed 0 trains, another worker stores seed 2
+        ran.append(args[2]["base"]["seed"])
+        if len(ran) == 1:
+            ostudy.set_user_attr("retrain", {"2": {"valid/ndcg@10": 0.5}})
+            ostudy.set_user_attr("retrain_params", best)
+        return execute_trial(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "execute_trial", spy)
+    other = subprocess.Popen(["sleep", "120"])
+    try:
+        tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(other.pid), "at": time.time()}
+        ostudy.set_user_attr("retrain_claim_s1", {**tags, START_TAG: process_start(other.pid)})
+        done = tuning.retrain(PLANTED, ostudy, params, o)
+        assert ran == [0] and sorted(done) == ["0", "2"]  # seed 1 is the live worker's
+        assert done["2"] == {"valid/ndcg@10": 0.5} and "test/ndcg@10" in done["0"]
+    finally:
+        other.kill()
+        other.wait()
+    done = tuning.retrain(PLANTED, ostudy, params, o)  # its process is gone: the seed is taken
+    assert ran == [0, 1] and sorted(done) == ["0", "1", "2"]
+    assert ostudy.user_attrs["retrain_claim_s1"] == {}
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):

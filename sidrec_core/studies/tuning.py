@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import statistics
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.profiles import get_dotted, with_overrides
 from sidrec_core.studies.runner import StudyOptions, base_params, make_storage, ran_seconds
 from sidrec_core.studies.spaces import Tunable, get_tunable
-from sidrec_core.tracking import start_run
+from sidrec_core.tracking import (
+    HOST_TAG,
+    PID_TAG,
+    START_TAG,
+    pid_alive,
+    process_tags,
+    start_run,
+)
 from sidrec_core.train import validation_hook
 
 log = logging.getLogger(__name__)
@@ -213,6 +221,45 @@ class TuneObjective:
 
 
 RETRAINED = {"best": "retrain", "default": "retrain_default"}  # study user attrs per config
+CLAIM_SECONDS = 12 * 3600  # a retrain claim from another host is abandoned after this long
+CLAIM_SETTLE = 1.0  # seconds between writing a claim and reading back who holds it
+
+
+def _claim_key(attr: str, seed: int) -> str:
+    return f"{attr}_claim_s{seed}"
+
+
+def _held_by_other(claim: Any) -> bool:
+    """Whether ``claim`` (a study user attr: process tags plus ``at``) belongs to another live
+    process: one on this host that is still running, or one elsewhere claimed recently."""
+    if not isinstance(claim, dict) or not claim:
+        return False
+    mine = process_tags()
+    if all(claim.get(k) == v for k, v in mine.items()):
+        return False
+    if claim.get(HOST_TAG) == mine[HOST_TAG] and str(claim.get(PID_TAG, "")).isdigit():
+        return pid_alive(int(claim[PID_TAG]), claim.get(START_TAG))
+    return time.time() - float(claim.get("at", 0.0)) < CLAIM_SECONDS
+
+
+def claim_seed(ostudy: optuna.Study, attr: str, seed: int) -> bool:
+    """Claim a retrain seed for this process, so that workers sharing the storage split the
+    seeds instead of training the same one. Last writer wins: each writes its claim, waits
+    ``CLAIM_SETTLE`` seconds and reads back whose claim stands. A claim whose process is gone
+    (or, from another host, older than ``CLAIM_SECONDS``) is taken over."""
+    key = _claim_key(attr, seed)
+    if _held_by_other(ostudy.user_attrs.get(key)):
+        return False
+    ostudy.set_user_attr(key, {**process_tags(), "at": time.time()})
+    time.sleep(CLAIM_SETTLE)
+    return not _held_by_other(ostudy.user_attrs.get(key))
+
+
+def _stored(ostudy: optuna.Study, attr: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The retrained seeds stored for ``attr``, if they were trained with ``overrides``."""
+    if ostudy.user_attrs.get(f"{attr}_params") != overrides:
+        return {}
+    return dict(ostudy.user_attrs.get(attr) or {})
 
 
 def retrain(
@@ -225,28 +272,31 @@ def retrain(
     """Retrain ``which`` configuration, the best trial's overrides or the launch's ``default``
     (``params`` as is), over ``opts.retrain_seeds`` seeds -> {seed: objective + test metrics}.
     Each seed runs once: finished seeds are kept in the study's user attributes (a seed whose
-    stages a trial already ran comes from the cache), and a seed that would overrun the time
+    stages a trial already ran comes from the cache), a seed another live worker has claimed is
+    left to it (its figures are merged in when it ends), and a seed that would overrun the time
     budget waits for the next launch."""
     overrides = ostudy.best_trial.params if which == "best" else {}
     attr = RETRAINED[which]
-    done: dict[str, dict[str, float]] = dict(ostudy.user_attrs.get(attr) or {})
-    if ostudy.user_attrs.get(f"{attr}_params") != overrides:
-        done = {}
     first = int(get_dotted(params, "base.seed", 0))
     for seed in range(first, first + opts.retrain_seeds):
-        if str(seed) in done:
+        if str(seed) in _stored(ostudy, attr, overrides):
             continue
         if not opts.budget.allows(ran_seconds(ostudy), "retrain"):
             break
+        if not claim_seed(ostudy, attr, seed):
+            log.info("%s seed %d: claimed by another worker", attr, seed)
+            continue
         seeded = with_overrides(params, {"base.seed": seed})
         folder = opts.folder(tun.name) / opts.profile / attr / f"s{seed}"
         metrics = execute_trial(
             tun.run, tun.reuse, seeded, with_overrides(seeded, overrides), folder, opts.cache_root
         )
+        done = _stored(ostudy, attr, overrides)  # re-read: other workers may have added seeds
         done[str(seed)] = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
         ostudy.set_user_attr(attr, done)
         ostudy.set_user_attr(f"{attr}_params", overrides)
-    return done
+        ostudy.set_user_attr(_claim_key(attr, seed), {})
+    return _stored(ostudy, attr, overrides)
 
 
 def best_is_default(ostudy: optuna.Study, params: dict[str, Any]) -> bool:
