@@ -241,6 +241,12 @@ def test_progress_line_names_the_trial_the_best_and_the_eta():
     line = tuning.progress_line(ostudy, 5)
     assert line.startswith("tune-x-smoke: trial #1 complete ")
     assert f"(#{best})" in line and "finished 2/5" in line and "ETA 0 min" in line
+    twin = ostudy.ask({"a": optuna.distributions.FloatDistribution(0, 1)})
+    twin.set_user_attr(tuning.DUPLICATE_OF, 0)
+    ostudy.tell(twin, state=TrialState.PRUNED)
+    ostudy.ask()  # another worker's trial, newer than the one this line is about
+    line = tuning.progress_line(ostudy, 5, ostudy.trials[1])
+    assert line.startswith("tune-x-smoke: trial #1 complete ") and "finished 2/5" in line
 
 
 def test_a_concurrent_twin_is_pruned_and_not_counted():

@@ -334,9 +334,15 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
                 break
             if not opts.budget.allows(ran_seconds(ostudy)):
                 break
-            ostudy.optimize(objective, n_trials=1, catch=(Exception,))
+            ran: list[optuna.trial.FrozenTrial] = []
+            ostudy.optimize(
+                objective,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[lambda _, t, out=ran: out.append(t)],
+            )
             launched += 1
-            log.info(progress_line(ostudy, opts.n_trials))
+            log.info(progress_line(ostudy, opts.n_trials, ran[0] if ran else None))
         summary: dict[str, Any] = {
             "study": ostudy.study_name,
             "storage": opts.tune_storage(name),
@@ -362,17 +368,22 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
     return summary
 
 
-def progress_line(ostudy: optuna.Study, budget: int) -> str:
-    """One line after a trial: its state and value, the best so far, finished of budget, ETA
-    (median duration of the finished trials times those left)."""
+def progress_line(
+    ostudy: optuna.Study, budget: int, trial: optuna.trial.FrozenTrial | None = None
+) -> str:
+    """One line after a trial: ``trial``'s (default: the newest trial's) state and value, the
+    best so far, finished of budget (as the budget counts them: a duplicate of a concurrent
+    trial is not counted), ETA (median duration of those finished trials times those left)."""
     trials = ostudy.get_trials(deepcopy=False)
-    last = trials[-1]
+    last = trial or trials[-1]
     done = [
         t.duration.total_seconds()
         for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.duration is not None
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and t.duration is not None
+        and DUPLICATE_OF not in t.user_attrs
     ]
-    left = max(budget - len(done), 0)
+    left = max(budget - _finished(ostudy), 0)
     eta = f"{statistics.median(done) * left / 60:.0f} min" if done else "unknown"
     value = "—" if last.value is None else f"{last.value:.4f}"
     try:
@@ -381,7 +392,7 @@ def progress_line(ostudy: optuna.Study, budget: int) -> str:
         best = "—"
     return (
         f"{ostudy.study_name}: trial #{last.number} {last.state.name.lower()} {value}; "
-        f"best {best}; finished {len(done)}/{budget}; ETA {eta}"
+        f"best {best}; finished {_finished(ostudy)}/{budget}; ETA {eta}"
     )
 
 
