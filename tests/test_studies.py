@@ -265,6 +265,33 @@ def test_grid_coverage_with_seeds_report_and_cache(tmp_path):
     assert again["remaining_before"] == 0 and len(trials_of(o, "exclude_seen")) == len(trials)
 
 
+def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> list:
+    """Launch the worker and SIGKILL it once one trial has completed and another is running;
+    return the trials as the kill left them. A trial can finish between the poll that saw it
+    running and the kill: such a kill left nothing running, so a new worker (resuming the study)
+    is launched and killed again."""
+    db = Path(o.out_dir) / "sasrec_loss" / "optuna.db"
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        deadline, reached = time.time() + 240, False
+        while not reached and time.time() < deadline:
+            time.sleep(0.5)
+            if not db.exists():
+                continue
+            try:
+                states = [t.state for t in trials_of(o, "sasrec_loss")]
+            except Exception:  # the worker is still creating the study
+                continue
+            reached = TrialState.COMPLETE in states and TrialState.RUNNING in states
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert reached, "the worker did not reach a mid-study state within 240 s"
+        trials = trials_of(o, "sasrec_loss")
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return trials
+    raise AssertionError("three kills in a row landed between two trials")
+
+
 def test_resume_after_kill_runs_only_remaining(tmp_path):
     """A worker process killed mid-trial (SIGKILL): the next launch fails its stale trial through
     the storage heartbeat, queues the point again and runs only the remaining points."""
@@ -282,23 +309,8 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
         str(out),
     ]
     env = {**os.environ, "SIDREC_TRACKING": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     o = opts(tmp_path, n_seeds=1, grace_seconds=2)
-    deadline, reached = time.time() + 240, False
-    while not reached and time.time() < deadline:
-        time.sleep(0.5)
-        if not (out / "sasrec_loss" / "optuna.db").exists():
-            continue
-        try:
-            trials = trials_of(o, "sasrec_loss")
-        except Exception:  # the worker is still creating the study
-            continue
-        states = [t.state for t in trials]
-        reached = TrialState.COMPLETE in states and TrialState.RUNNING in states
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert reached, "the worker did not reach a mid-study state within 240 s"
-    before = {t.number: t.datetime_complete for t in trials_of(o, "sasrec_loss")}
+    before = {t.number: t.datetime_complete for t in kill_mid_trial(cmd, env, o)}
     done_before = sum(d is not None for d in before.values())
     assert 1 <= done_before < 4, "the worker must die mid-study"
     time.sleep(3)  # past the grace period: the killed trial's heartbeat is stale
