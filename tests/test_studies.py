@@ -486,6 +486,21 @@ def test_report_keeps_sections_of_profiles_run_against_another_storage(tmp_path)
     assert "| dev |" in row and "[report](exclude_seen/report.md)" in row
 
 
+def test_index_lists_tuning_reports_at_any_depth(tmp_path):
+    """A search's report and a retrain's report in a folder below it are both listed."""
+    out = tmp_path / "exp"
+    for folder in (out / "tune" / "sidlm", out / "tune" / "sidlm" / "confirm"):
+        folder.mkdir(parents=True)
+        (folder / "report_beauty.md").write_text("# Tuning\n")
+    (out / "tune" / "sidlm" / "notes.md").write_text("not a report\n")
+    lines = write_index(out).read_text().splitlines()
+    listed = [line for line in lines if line.startswith("| [`tune/")]
+    assert [line.split("`")[1] for line in listed] == [
+        "tune/sidlm/confirm/report_beauty.md",
+        "tune/sidlm/report_beauty.md",
+    ]
+
+
 def test_cache_key_follows_every_dep_like_dvc(tmp_path):
     """Editing a file under sidrec_core/sid changes the key of build_sids and of every stage
     after it, and of nothing before it."""

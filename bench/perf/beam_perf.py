@@ -202,6 +202,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # decoding only: without this every decode step of ours would record an autograd graph
+    # (generate_sids leaves grad mode to its caller), costing time and tens of GiB at width 50
+    torch.set_grad_enabled(False)
     made = provenance(args.threads)
 
     codes, sizes, codes_src = load_codes(Path(args.codes), args.num_items, args.seed)

@@ -222,7 +222,7 @@ def write_index(out_dir: Path) -> Path:
     for name, how in RESULTS_FILES.items():
         if (out_dir / name).exists():
             lines.append(f"| [`{name}`]({name}) | {how} | {last_commit(out_dir / name)} |")
-    for report in sorted((out_dir / "tune").glob("*/report_*.md")):
+    for report in sorted((out_dir / "tune").rglob("report_*.md")):
         rel = report.relative_to(out_dir)
         lines.append(f"| [`{rel}`]({rel}) | `python bench/tune.py` | {last_commit(report)} |")
     path = out_dir / "README.md"
