@@ -19,6 +19,8 @@ import json
 import sys
 import time
 
+import torch
+
 from sidrec_core.config import BaseConfig, apply_overrides, load_params
 from sidrec_core.data.dataset import DataConfig
 from sidrec_core.data.split import subsample_rows
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     base, data, eval_cfg, cfg = cfgs["base"], cfgs["data"], cfgs["eval"], cfgs["sidlm"]
     set_threads(base.num_threads)
     device = resolve_device(base.device)
-    made = provenance(base.num_threads, str(device))
+    made = provenance(torch.get_num_threads(), str(device))  # the count in effect, not 0
     ds, loo, table = load_inputs(data, cfg)
     model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
     test = loo.split("test", data.max_history)

@@ -42,6 +42,8 @@ RESULTS_FILES: dict[str, str] = {
     "sid_quality.md": "`OMP_NUM_THREADS=1 python bench/sid_quality.py --epochs 50`, Beauty",
     "perf/sid_perf.json": "`python bench/perf/sid_perf.py --threads 2`",
     "perf/sasrec_perf.json": "`python bench/perf/sasrec_perf.py`",
+    "perf/sasrec_sequence_perf.json": "`python bench/perf/sasrec_perf.py --losses ce --set "
+    "sasrec.train_rows=sequence --set sasrec.train.batch_size=128`",
     "perf/beam_perf.json": "`python bench/perf/beam_perf.py`",
     "perf/lm_head_perf.json": "`python bench/perf/lm_head_perf.py`",
     "perf/grpo_perf.json": "`OMP_NUM_THREADS=1 python bench/perf/grpo_perf.py --steps 12`",
