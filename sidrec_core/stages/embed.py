@@ -7,8 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidrec_core.data.dataset import DataConfig, load_prepared, prepared_texts
-from sidrec_core.data.embeddings import EmbedConfig, encode_texts, load_precomputed
+from sidrec_core.data.dataset import (
+    DataConfig,
+    file_sha256,
+    load_prepared,
+    prepared_texts,
+    resolve_dataset_dir,
+)
+from sidrec_core.data.embeddings import EmbedConfig, encode_texts, load_precomputed, load_shipped
 from sidrec_core.io import save_npy
 from sidrec_core.stages.context import stage_context
 
@@ -16,25 +22,34 @@ log = logging.getLogger(__name__)
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
-    """Embed every prepared item's text (or load ``embed.precomputed``)."""
+    """Embed every prepared item's text, or take the dataset's shipped table of the same texts
+    (``embed.shipped``), or load ``embed.precomputed``; ``source`` in the metrics says which."""
     with stage_context(
         "embed", params, output_key="embed.output", data=DataConfig, embed=EmbedConfig
     ) as ctx:
         data, cfg = ctx.cfg["data"], ctx.cfg["embed"]
         texts = prepared_texts(data.prepared_dir)
         start = time.perf_counter()
+        vectors, source = None, "computed"
         if cfg.precomputed:
-            vectors = load_precomputed(cfg.precomputed, len(texts))
+            vectors, source = load_precomputed(cfg.precomputed, len(texts)), "precomputed"
         elif data.name == "synthetic" and cfg.model == "synthetic":
             from sidrec_core.data.synthetic import synthetic_embeddings
 
             vectors = synthetic_embeddings(load_prepared(data.prepared_dir), seed=ctx.base.seed)
-        else:
+        elif cfg.shipped and data.name != "synthetic":
+            vectors = load_shipped(resolve_dataset_dir(data.name), cfg.model, texts)
+            source = "shipped" if vectors is not None else source
+        if vectors is None:
             vectors = encode_texts(texts, cfg, device=str(ctx.device))
         seconds = time.perf_counter() - start
         save_npy(Path(cfg.output), vectors)
-        log.info("embedded %d items -> %s in %.1fs", len(vectors), cfg.output, seconds)
+        log.info(
+            "embeddings (%s) of %d items -> %s in %.1fs", source, len(vectors), cfg.output, seconds
+        )
         ctx.run.record(
+            source=source,
+            embeddings_sha256=file_sha256(Path(cfg.output)),
             num_items=int(vectors.shape[0]),
             dim=int(vectors.shape[1]),
             embed_seconds=seconds,
