@@ -1,13 +1,18 @@
 """Statistics of a study over seeds: mean with a Student-t 95% CI, the paired t-test of two levels
 (paired over seeds: trials with the same seed share upstream artifacts and initialisation), the
-CI of a paired difference, and Holm's correction of a family of p-values."""
+CI of a paired difference, Holm's correction of a family of p-values, the smallest effect a paired
+test could have detected, and a CI that carries test-user sampling besides seed variance.
+
+The seed-level t treats each seed's test-set mean as exact; the test users are one sample of
+users, so :func:`seed_user_ci` resamples both, seeds and users (a two-way bootstrap of the paired
+per-user difference)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -53,3 +58,54 @@ def diff_ci(a: dict[int, float], b: dict[int, float]) -> float:
     """95% CI half-width of the paired difference a - b over shared seeds (nan if < 2)."""
     shared = sorted(set(a) & set(b))
     return mean_ci([a[s] - b[s] for s in shared])[1]
+
+
+CHUNK = 50  # bootstrap resamples drawn at once
+
+
+def min_detectable_effect(
+    sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8
+) -> float | None:
+    """Smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with
+    probability ``power`` at level ``alpha``, given the seed-difference SD ``sd`` (None when
+    ``n`` < 2 or ``sd`` is not a positive number). "No effect" then reads "no effect larger".
+    """
+    if n < 2 or not sd > 0 or not math.isfinite(sd):
+        return None
+    df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+    se = sd / math.sqrt(n)
+
+    def shortfall(effect: float) -> float:
+        nc = effect / se
+        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) - power
+
+    high = se
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=se * 1e-6))
+
+
+def seed_user_ci(
+    diffs: dict[int, np.ndarray], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Two-way bootstrap of paired per-user differences -> (mean, 2.5%, 97.5%).
+
+    ``diffs[s]`` [U] is level - control per test user at training seed ``s``, the same users in
+    the same order at every seed. Seeds and users are crossed (every seed is scored on the one
+    test set), so each resample draws the users once, shared by all seeds, and the seeds
+    independently, both with replacement (Owen 2007, "the pigeonhole bootstrap"). Resampling the
+    users anew within each seed would average their sampling noise away over seeds and give a CI
+    too narrow by up to the square root of the seed count."""
+    seeds = sorted(diffs)
+    if not seeds:
+        return float("nan"), float("nan"), float("nan")
+    d = np.stack([np.asarray(diffs[s], dtype=np.float64) for s in seeds])  # [S, U]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(resamples)
+    for start in range(0, resamples, CHUNK):  # [S, chunk, U] draws at a time bound the memory
+        rows = min(CHUNK, resamples - start)
+        per_seed = d[:, rng.integers(d.shape[1], size=(rows, d.shape[1]))].mean(-1)  # [S, rows]
+        picked = rng.integers(len(seeds), size=(rows, len(seeds)))
+        boot[start : start + rows] = np.take_along_axis(per_seed.T, picked, axis=1).mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
