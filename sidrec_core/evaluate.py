@@ -19,6 +19,7 @@ from sidrec_core.data.split import Split
 from sidrec_core.metrics import (
     DEFAULT_KS,
     candidate_diagnostics,
+    encode_ranks,
     per_user_metrics,
     summarize,
     target_ranks,
@@ -47,6 +48,11 @@ class EvalResult:
     per_user: dict[str, np.ndarray]
     item_ids: np.ndarray  # [U, max(ks)]
     scores: np.ndarray  # [U, max(ks)]
+    ranks: np.ndarray  # [U] 0-based rank of each user's target, inf when not retrieved
+
+    def ranks_record(self) -> str:
+        """Per-user ranks as stored on a trial (the seed x user statistics read them)."""
+        return encode_ranks(self.ranks, self.item_ids.shape[1])
 
 
 def _drop_seen(ids: torch.Tensor, scores: torch.Tensor, history: torch.Tensor, k: int):
@@ -124,4 +130,4 @@ def evaluate(
         stats.get("duplicate"),
     )
     metrics.update({f"{split.name}/{key}": value for key, value in diag.items()})
-    return EvalResult(metrics, per_user, item_ids, scores)
+    return EvalResult(metrics, per_user, item_ids, scores, ranks)

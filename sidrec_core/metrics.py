@@ -7,6 +7,9 @@ agree by construction. Metric keys follow ``{split}/{metric}@{k}``.
 
 from __future__ import annotations
 
+import base64
+import zlib
+
 import numpy as np
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
@@ -28,6 +31,30 @@ def target_ranks(item_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
     first = hit.argmax(axis=1).astype(np.float64)
     first[~hit.any(axis=1)] = np.inf
     return first
+
+
+RANKS_CODEC = "u16z"  # uint16 ranks clipped at the largest cut-off, zlib, base64
+
+
+def encode_ranks(ranks: np.ndarray, cap: int) -> str:
+    """Per-user target ranks [U] as a compact string for a trial's record: ranks at or beyond
+    ``cap`` (the largest cut-off; ``inf`` = not retrieved) are stored as ``cap``, which keeps
+    every metric at every cut-off up to ``cap`` exact. ``<codec>:<cap>:<base64>``."""
+    if not 1 <= cap < 2**16:
+        raise ValueError(f"cap must be in [1, 65535], got {cap}")
+    clipped = np.minimum(np.asarray(ranks, dtype=np.float64), cap).astype("<u2")
+    blob = base64.b64encode(zlib.compress(clipped.tobytes(), 9)).decode()
+    return f"{RANKS_CODEC}:{cap}:{blob}"
+
+
+def decode_ranks(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_ranks` -> float ranks [U] (``inf`` where ``>= cap``)."""
+    codec, cap, blob = text.split(":", 2)
+    if codec != RANKS_CODEC:
+        raise ValueError(f"per-user ranks: unknown codec {codec!r}, expected {RANKS_CODEC!r}")
+    ranks = np.frombuffer(zlib.decompress(base64.b64decode(blob)), dtype="<u2").astype(np.float64)
+    ranks[ranks >= int(cap)] = np.inf
+    return ranks
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> np.ndarray:

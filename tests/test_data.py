@@ -226,7 +226,12 @@ def test_real_beauty_counts(monkeypatch, tmp_path):
 def test_shipped_beauty_matches_its_checksums():
     shipped = dataset_mod.SHIPPED_DATASETS / "beauty"
     sums = dataset_mod.read_checksums(shipped)
-    assert set(sums) == {"sequences.txt.gz", "items.jsonl.gz"}
+    assert set(sums) == {
+        "sequences.txt.gz",
+        "items.jsonl.gz",
+        "embeddings.all-MiniLM-L6-v2.npy",
+        "embeddings.all-MiniLM-L6-v2.json",
+    }
     for name, expected in sums.items():
         assert dataset_mod.file_sha256(shipped / name) == expected
 

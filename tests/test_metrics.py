@@ -61,3 +61,18 @@ def test_candidate_diagnostics():
     assert d["empty_slot_rate"] == pytest.approx(2 / 6)
     assert d["invalid_rate"] == pytest.approx(0.25)
     assert d["duplicate_rate"] == pytest.approx(0.125)
+
+
+def test_ranks_record_round_trips_every_metric_up_to_its_cap():
+    from sidrec_core.metrics import decode_ranks, encode_ranks, per_user_metrics
+
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(0, 80, size=5000).astype(np.float64)
+    ranks[rng.random(5000) < 0.5] = np.inf
+    back = decode_ranks(encode_ranks(ranks, 50))
+    assert np.array_equal(back[ranks < 50], ranks[ranks < 50])
+    assert np.isinf(back[ranks >= 50]).all()
+    for key, values in per_user_metrics(ranks, (1, 10, 50)).items():
+        np.testing.assert_array_equal(per_user_metrics(back, (1, 10, 50))[key], values)
+    with pytest.raises(ValueError, match="unknown codec"):
+        decode_ranks("f32:50:AAAA")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sidrec_core.io import save_npz, write_jsonl
+from sidrec_core.io import file_sha256, save_npz, write_jsonl
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -138,14 +138,6 @@ def _find(directory: Path, filename: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checksums(directory: Path) -> dict[str, str]:

@@ -33,13 +33,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                 nested=True,
                 tags={"model": name},
             ) as run:
-                metrics: dict[str, float] = {}
+                metrics: dict[str, Any] = {}
                 for split in ("valid", "test"):
                     res = evaluate(
                         rec, loo.split(split, data.max_history), ev, num_items=loo.num_items
                     )
                     metrics.update(res.metrics)
                 run.log_metrics(metrics)
-                out[name] = metrics
+                out[name] = dict(metrics, **{"test/ranks": res.ranks_record()})
         ctx.run.record(**out)
     return {f"{m}/{k}": v for m, d in out.items() for k, v in d.items()}

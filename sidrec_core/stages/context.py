@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sidrec_core.config import BaseConfig, build, to_dict
+from sidrec_core.io import path_sha256
 from sidrec_core.tracking import Run, start_run
 from sidrec_core.utils import resolve_device, seed_everything, set_threads
 
@@ -38,6 +39,11 @@ class StageContext:
     def fingerprint(self, **extra: Any) -> dict[str, Any]:
         """What a resumable run must match to continue: every config it read (+ ``extra``)."""
         return {"base": to_dict(self.base), **{k: to_dict(v) for k, v in self.cfg.items()}, **extra}
+
+    def record_sha256(self, **paths: str | Path) -> None:
+        """Record ``<name>_sha256`` of each file or folder read or written (see
+        :func:`~sidrec_core.io.path_sha256`): two trials are paired only on equal inputs."""
+        self.run.record(**{f"{name}_sha256": path_sha256(p) for name, p in paths.items()})
 
     def result(self) -> dict[str, Any]:
         """The flat metrics a stage returns (what it also wrote to ``metrics/<stage>.json``)."""

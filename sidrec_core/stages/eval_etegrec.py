@@ -62,6 +62,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             valid_users=len(users) if users is not None else len(valid),
             test_users=len(test),
             candidates_per_user=model.num_candidates(),
+            **{"test/ranks": res_test.ranks_record()},
             **{
                 k: res_test.metrics[f"test/{k}"]
                 for k in EVAL_KEYS

@@ -75,6 +75,7 @@ class Scores:
             "test_users": len(self.test_split),
             "candidates_per_user": self.candidates_per_user,
             **{k: self.test.metrics[f"test/{k}"] for k in EVAL_KEYS},
+            "test/ranks": self.test.ranks_record(),
         }
 
 
@@ -125,5 +126,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ctx.run.log_metrics({**scores.valid.metrics, **scores.test.metrics})
         path = write_predictions(cfg.predictions_dir, scores, ds.user_ids)
         ctx.run.record(**scores.figures())
+        ctx.record_sha256(model=cfg.output_dir, sids=Path(cfg.sid_dir) / "codes.npy")
         log.info("wrote %d predictions -> %s", len(scores.test_split), path)
         return ctx.result()

@@ -79,8 +79,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         )
         metrics: dict[str, float] = {}
         for split in (valid, test):
-            metrics.update(evaluate(model, split, ev, device, num_items=loo.num_items).metrics)
+            res = evaluate(model, split, ev, device, num_items=loo.num_items)
+            metrics.update(res.metrics)
         ctx.run.log_metrics(metrics)
+        ctx.record_sha256(prepared=Path(data.prepared_dir) / "dataset.npz", model=cfg.checkpoint)
         ctx.run.record(
             epochs=result.epochs,
             best_epoch=result.best_epoch,
@@ -88,6 +90,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             seconds_per_epoch=result.seconds_per_epoch,
             num_parameters=sum(p.numel() for p in model.parameters()),
             **model.epoch_metrics(),
+            **{"test/ranks": res.ranks_record()},
         )
         curves = [
             {k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history
