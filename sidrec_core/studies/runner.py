@@ -141,18 +141,20 @@ def open_study(
         direction=study.direction,
         load_if_exists=True,
     )
-    for key, value in {
+    attrs = {
         "factor": study.factor,
         "profile": opts.profile,
         "levels": study.labels,
         "default": study.default,
         "objective": study.objective,
         "seeds": seeds,
-    }.items():
-        ostudy.set_user_attr(key, value)
+    }
     if params is not None:
-        ostudy.set_user_attr("dataset", resolve_params(params)["data"]["name"])
-        ostudy.set_user_attr("profile_overrides", profile_overrides(opts))
+        attrs["dataset"] = resolve_params(params)["data"]["name"]
+        attrs["profile_overrides"] = profile_overrides(opts)
+    for key, value in attrs.items():
+        if ostudy.user_attrs.get(key) != value:  # a launch that changes nothing appends nothing
+            ostudy.set_user_attr(key, value)
     return ostudy
 
 
