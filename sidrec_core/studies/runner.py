@@ -41,6 +41,7 @@ from sidrec_core.studies.storage import (
     check_storage,
     exists,
     fail_dead_trials,
+    load_or_create,
     make_storage,
     study_journal,
     worker_id,
@@ -134,12 +135,11 @@ def open_study(
 ) -> optuna.Study:
     """Create or load the Optuna study; grid points are queued by :func:`enqueue_missing`.
     With ``params``, records the dataset and the profile's overrides for the report."""
-    ostudy = optuna.create_study(
-        storage=opts.open_storage(opts.storage_url_for(study.name)),
-        sampler=optuna.samplers.RandomSampler(seed=GRID_SEED),
-        study_name=optuna_name(study, opts.profile),
-        direction=study.direction,
-        load_if_exists=True,
+    ostudy = load_or_create(
+        opts.open_storage(opts.storage_url_for(study.name)),
+        optuna_name(study, opts.profile),
+        study.direction,
+        optuna.samplers.RandomSampler(seed=GRID_SEED),
     )
     attrs = {
         "factor": study.factor,

@@ -99,6 +99,18 @@ def make_storage(
     raise AssertionError("unreachable")
 
 
+def load_or_create(
+    storage: BaseStorage, name: str, direction: str, sampler: optuna.samplers.BaseSampler
+) -> optuna.Study:
+    """Load study ``name``, creating it when missing (``create_study(load_if_exists=True)``
+    would append a record of the attempt to a journal on every launch)."""
+    if name in optuna.get_all_study_names(storage):
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    return optuna.create_study(
+        storage=storage, study_name=name, direction=direction, sampler=sampler, load_if_exists=True
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def read_storage(location: str) -> BaseStorage:
     """The existing storage at ``location``, one object per process (a journal is read once)."""

@@ -41,6 +41,7 @@ from sidrec_core.studies.storage import (
     WORKER,
     check_storage,
     fail_dead_trials,
+    load_or_create,
     read_storage,
     worker_id,
 )
@@ -122,9 +123,7 @@ def open_search(
     does not replay the first worker's suggestions."""
     storage = opts.open_storage(opts.tune_storage(tun.name))
     name = f"tune-{tun.name}-{opts.profile}"
-    stored = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", load_if_exists=True
-    )
+    stored = load_or_create(storage, name, "maximize", optuna.samplers.RandomSampler())
     params = base_params(opts)
     seed = int(get_dotted(params, "base.seed", 0)) + len(stored.get_trials(deepcopy=False))
     epochs = trial_epochs(tun, params)
@@ -216,12 +215,8 @@ RETRAINED = {"best": "retrain", "default": "retrain_default"}  # folder per conf
 
 def open_retrains(tun: Tunable, opts: TuneOptions) -> optuna.Study:
     """The sibling study ``tune-<model>-<profile>-retrain``: one trial per retrained seed."""
-    return optuna.create_study(
-        storage=opts.open_storage(opts.tune_storage(tun.name)),
-        study_name=f"tune-{tun.name}-{opts.profile}-retrain",
-        direction="maximize",
-        load_if_exists=True,
-    )
+    name, sampler = f"tune-{tun.name}-{opts.profile}-retrain", optuna.samplers.RandomSampler()
+    return load_or_create(opts.open_storage(opts.tune_storage(tun.name)), name, "maximize", sampler)
 
 
 def retrain_point(which: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
