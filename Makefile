@@ -6,13 +6,20 @@ BIN := $(VENV)/bin
 export TORCH_DEVICE_BACKEND_AUTOLOAD ?= 0
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: setup test lint repro clean
+.PHONY: setup setup-postgres test lint repro clean
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade -c constraints.txt "pip>=24"
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	$(BIN)/python -c "import torch, transformers, faiss, k_means_constrained, mlflow, optuna, peft, accelerate; print('torch', torch.__version__)"
+
+# PostgreSQL's server programs (Debian package), for the test that shares a study between two
+# working copies through a real server; without them that test is skipped.
+setup-postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y postgresql; }
 
 test:
 	$(BIN)/python -m pytest

@@ -1,8 +1,9 @@
 """Tuning mode: ``python bench/tune.py --model sasrec|sidlm [--profile beauty] [--n-trials 20]``.
 
 Seeded TPE over the model's search space (sidrec_core/studies/spaces.py), objective valid
-NDCG@10 with per-epoch pruning, resumable storage experiments/tune/<model>/optuna.db, then the
-best configuration retrained over 3 seeds; report in experiments/tune/<model>/.
+NDCG@10 with per-epoch pruning, resumable storage experiments/tune/<model>/optuna.jsonl (an Optuna
+journal), then the best configuration retrained over 3 seeds; report in experiments/tune/<model>/.
+``--report-only`` rewrites the report from the storage (give the flags the search ran with).
 """
 
 import argparse
@@ -14,7 +15,8 @@ from sidrec_core.config import ConfigError
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.spaces import TUNABLES
-from sidrec_core.studies.tuning import TuneOptions, run_tuning
+from sidrec_core.studies.tune_report import write_tune_report
+from sidrec_core.studies.tuning import TuneOptions, open_report, run_tuning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pruner", default="median", help="median | hyperband | none")
     p.add_argument("--retrain-seeds", type=int, default=3)
-    p.add_argument("--storage", default=None, help="Optuna RDB URL (default: per-model SQLite)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="an Optuna journal file or RDB URL (default: the model's own journal "
+        "<out>/tune/<model>/optuna.jsonl; postgresql://USER@HOST/DB for several machines)",
+    )
+    p.add_argument(
+        "--new-storage", action="store_true", help="create --storage when it does not exist"
+    )
+    p.add_argument("--report-only", action="store_true", help="rewrite the report, run nothing")
     p.add_argument("--out", default=str(EXPERIMENTS_DIR))
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -44,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = TuneOptions(
             profile=args.profile,
             storage=args.storage,
+            new_storage=args.new_storage,
             max_trials=args.max_trials,
             budget=TimeBudget.minutes(args.time_budget),
             out_dir=args.out,
@@ -53,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             pruner=args.pruner,
             retrain_seeds=args.retrain_seeds,
         )
+        if args.report_only:
+            paths = write_tune_report(*open_report(args.model, opts), opts)
+            print(json.dumps({"model": args.model, "report": str(paths[0])}))
+            return 0
         summary = run_tuning(args.model, opts)
     except (ConfigError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

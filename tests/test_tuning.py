@@ -18,8 +18,9 @@ from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.runner import base_params
 from sidrec_core.studies.spaces import Param, Tunable
+from sidrec_core.studies.storage import WORKER, make_storage
 from sidrec_core.studies.tuning import TuneOptions, run_tuning
-from sidrec_core.tracking import HOST_TAG, PID_TAG, START_TAG, process_start
+from sidrec_core.tracking import process_start
 
 ROOT = Path(__file__).resolve().parent.parent
 # lr 1e-6 barely moves the weights in 4 epochs; 1e-2 learns the planted successor structure
@@ -41,7 +42,7 @@ def opts(tmp_path: Path, **kw) -> TuneOptions:
 
 def trials(o: TuneOptions, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(
-        study_name=f"tune-{name}-smoke", storage=o.tune_storage(name)
+        study_name=f"tune-{name}-smoke", storage=make_storage(o.tune_storage(name))
     ).get_trials()
 
 
@@ -92,13 +93,15 @@ def test_the_best_is_adopted_only_when_it_beats_the_default_beyond_seed_noise():
             params={"sasrec.train.lr": 0.0123}, distributions={"sasrec.train.lr": lr}, value=0.05
         )
     )
-    study.set_user_attr("retrain_default", _retrained([0.040, 0.041, 0.042]))
-    study.set_user_attr("retrain", _retrained([0.045, 0.047, 0.046]))  # +.005, .006, .004
-    text = "\n".join(tune_report.versus_default(study, params))
+    default = _retrained([0.040, 0.041, 0.042])
+    better = _retrained([0.045, 0.047, 0.046])  # +.005, .006, .004
+    text = "\n".join(tune_report.versus_default(study, params, better, default))
     assert "| valid/ndcg@10 | 0.0460 | 0.0410 | 0.0050 ± 0.0025 |" in text
     assert "adopt its params" in text
-    study.set_user_attr("retrain", _retrained([0.045, 0.037, 0.046]))  # one seed below
-    assert "keep the default" in "\n".join(tune_report.versus_default(study, params))
+    noisy = _retrained([0.045, 0.037, 0.046])  # one seed below
+    assert "keep the default" in "\n".join(
+        tune_report.versus_default(study, params, noisy, default)
+    )
     default_lr = tuning.flatten(tuning.resolve_params(params))["sasrec.train.lr"]
     same = optuna.create_study(direction="maximize")
     same.add_trial(
@@ -108,7 +111,7 @@ def test_the_best_is_adopted_only_when_it_beats_the_default_beyond_seed_noise():
             value=0.05,
         )
     )
-    assert "nothing to compare" in "\n".join(tune_report.versus_default(same, params))
+    assert "nothing to compare" in "\n".join(tune_report.versus_default(same, params, {}, {}))
 
 
 def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatch):
@@ -121,35 +124,40 @@ def test_a_retrain_that_would_overrun_the_time_budget_waits(tmp_path, monkeypatc
 
 
 def test_workers_sharing_a_search_split_the_retrain_seeds(tmp_path, monkeypatch):
+    """Retrain seeds are queued trials: a seed another live worker runs is left to it, one it
+    finished is merged in, and the seed of a worker that died is failed and queued again."""
     monkeypatch.setitem(spaces.TUNABLES, "planted", PLANTED)
-    monkeypatch.setattr(tuning, "CLAIM_SETTLE", 0.0)
     o = opts(tmp_path, n_trials=3, max_trials=2, retrain_seeds=3)
     run_tuning("planted", o)
     ostudy, params = tuning.open_search(PLANTED, o), base_params(o)
     best = ostudy.best_trial.params
-    ran: list[int] = []
-
-    def spy(*args, **kwargs):  # while seed 0 trains, another worker stores seed 2
-        ran.append(args[2]["base"]["seed"])
-        if len(ran) == 1:
-            ostudy.set_user_attr("retrain", {"2": {"valid/ndcg@10": 0.5}})
-            ostudy.set_user_attr("retrain_params", best)
-        return execute_trial(*args, **kwargs)
-
-    monkeypatch.setattr(tuning, "execute_trial", spy)
+    retrains = tuning.open_retrains(PLANTED, o)
+    for seed in (1, 2):  # another worker took seeds 1 and 2 and finished seed 2
+        point = tuning.retrain_point("best", seed, best)
+        retrains.enqueue_trial(point, user_attrs=point)
     other = subprocess.Popen(["sleep", "120"])
     try:
-        tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(other.pid), "at": time.time()}
-        ostudy.set_user_attr("retrain_claim_s1", {**tags, START_TAG: process_start(other.pid)})
-        done = tuning.retrain(PLANTED, ostudy, params, o)
-        assert ran == [0] and sorted(done) == ["0", "2"]  # seed 1 is the live worker's
-        assert done["2"] == {"valid/ndcg@10": 0.5} and "test/ndcg@10" in done["0"]
+        busy, done = retrains.ask(), retrains.ask()
+        busy.set_user_attr(WORKER, f"{socket.gethostname()}:{other.pid}:{process_start(other.pid)}")
+        done.set_user_attr("metrics", {"valid/ndcg@10": 0.5})
+        retrains.tell(done, 0.5)
+        ran: list[int] = []
+
+        def spy(*args, **kwargs):
+            ran.append(args[2]["base"]["seed"])
+            return execute_trial(*args, **kwargs)
+
+        monkeypatch.setattr(tuning, "execute_trial", spy)
+        got = tuning.retrain(PLANTED, ostudy, params, o)
+        assert ran == [0] and sorted(got) == ["0", "2"]  # seed 1 is the live worker's
+        assert got["2"] == {"valid/ndcg@10": 0.5} and "test/ndcg@10" in got["0"]
     finally:
         other.kill()
         other.wait()
-    done = tuning.retrain(PLANTED, ostudy, params, o)  # its process is gone: the seed is taken
-    assert ran == [0, 1] and sorted(done) == ["0", "1", "2"]
-    assert ostudy.user_attrs["retrain_claim_s1"] == {}
+    got = tuning.retrain(PLANTED, ostudy, params, o)  # its process is gone: seed 1 runs here
+    assert ran == [0, 1] and sorted(got) == ["0", "1", "2"]
+    states = [t.state for t in retrains.get_trials() if t.user_attrs.get("seed") == 1]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):
@@ -241,27 +249,8 @@ def test_progress_line_names_the_trial_the_best_and_the_eta():
     line = tuning.progress_line(ostudy, 5)
     assert line.startswith("tune-x-smoke: trial #1 complete ")
     assert f"(#{best})" in line and "finished 2/5" in line and "ETA 0 min" in line
-    twin = ostudy.ask({"a": optuna.distributions.FloatDistribution(0, 1)})
-    twin.set_user_attr(tuning.DUPLICATE_OF, 0)
-    ostudy.tell(twin, state=TrialState.PRUNED)
+    pruned = ostudy.ask({"a": optuna.distributions.FloatDistribution(0, 1)})
+    ostudy.tell(pruned, state=TrialState.PRUNED)  # a pruned trial uses the budget too
     ostudy.ask()  # another worker's trial, newer than the one this line is about
     line = tuning.progress_line(ostudy, 5, ostudy.trials[1])
-    assert line.startswith("tune-x-smoke: trial #1 complete ") and "finished 2/5" in line
-
-
-def test_a_concurrent_twin_is_pruned_and_not_counted():
-    """Two workers that suggest the same params at once: the second trial is pruned as a
-    duplicate of the running one and does not use the budget."""
-    ostudy = optuna.create_study(direction="maximize")
-    for _ in range(2):
-        ostudy.enqueue_trial({"sasrec.loss": "ce"})
-    first, second = ostudy.ask(), ostudy.ask()
-    for t in (first, second):
-        t.suggest_categorical("sasrec.loss", ["ce", "bce"])
-    assert tuning.running_twin(second) == first.number
-    assert tuning.running_twin(first) == second.number
-    ostudy.tell(first, 0.5)
-    assert tuning.running_twin(second) is None  # the twin has finished
-    second.set_user_attr(tuning.DUPLICATE_OF, first.number)
-    ostudy.tell(second, state=TrialState.PRUNED)
-    assert tuning._finished(ostudy) == 1
+    assert line.startswith("tune-x-smoke: trial #1 complete ") and "finished 3/5" in line

@@ -42,8 +42,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storage",
         default=None,
-        help="Optuna RDB URL (default: the study's own <out>/<study>/optuna.db, kept in the "
-        "repository; postgresql://... to share a study between machines)",
+        help="an Optuna journal file or RDB URL (default: the study's own journal "
+        "<out>/<study>/optuna.jsonl, kept in the repository; postgresql://USER@HOST/DB to "
+        "share a study between machines)",
+    )
+    p.add_argument(
+        "--new-storage",
+        action="store_true",
+        help="create --storage if missing (else an error: a typo never starts an empty study)",
     )
     p.add_argument("--n-seeds", type=int, default=3, help="seeds per level (default 3)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this study")
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = StudyOptions(
             profile=args.profile,
             storage=args.storage,
+            new_storage=args.new_storage,
             n_seeds=args.n_seeds,
             workers=args.workers,
             max_trials=args.max_trials,

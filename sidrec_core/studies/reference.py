@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
+from sidrec_core.studies.storage import read_storage
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ def reference_rows(
         return {}
     try:
         name, storage = f"{ref.study}-{profile}", storage_for(ref.study)
-        other = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:  # the reference study has no section for this profile
+        other = optuna.load_study(study_name=name, storage=read_storage(storage))
+    except (KeyError, ValueError):  # no section for this profile (KeyError) or no storage
         return {}
     defined = STUDIES.get(ref.study)  # None: a study made for the occasion, not registered
     rows: dict[int, dict[str, float]] = {}

@@ -123,7 +123,7 @@ _SIDLM_DEFAULT = {
     "sidlm.attention_dropout": 0.1,
     "sidlm.train.lr": 0.003,
 }
-# the SID-LM search's best trial after its first 7 (experiments/tune/sidlm/optuna.db, trial 3),
+# the SID-LM search's best trial after its first 7 (experiments/tune/sidlm/optuna.jsonl, trial 3),
 # its sampled values as stored
 _SEARCH_T3 = {
     "sidlm.hidden_size": 256,

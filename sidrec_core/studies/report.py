@@ -25,11 +25,11 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
+from sidrec_core.studies.storage import exists, read_storage, study_journal
 from sidrec_core.studies.study import (
     Study,
     is_stale,
     live_point,
-    study_storage,
     trial_level,
     trial_seed,
 )
@@ -271,7 +271,7 @@ def profile_section(
     storage_for: Callable[[str], str] | None = None,
 ) -> list[str]:
     """One ``## Profile`` section; ``storage_for(study name)`` finds the storage of the study
-    :attr:`Study.reference` names (default: its ``optuna.db`` beside this study's folder)."""
+    :attr:`Study.reference` names (default: its journal beside this study's folder)."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table, counts = summarize_trials(study, trials)
     seeds = ostudy.user_attrs.get("seeds", [])
@@ -304,7 +304,7 @@ def profile_section(
         lines += ["", "No significance test: a synthetic smoke run checks the pipeline only."]
     else:
         lines += significance_lines(study, cols, table) + claim_lines(study, table)
-        where = storage_for or (lambda name: study_storage(out.parent, name))
+        where = storage_for or (lambda name: study_journal(out.parent, name))
         lines += reference_lines(study, profile, table, where)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     done = {live_point(study, t) for t in complete}
@@ -364,7 +364,7 @@ def write_study_report(
     found in ``storage``; ``storage_for`` as in :func:`profile_section`. Returns the written
     paths (report first)."""
     out = out_dir / study.name
-    names = set(optuna.get_all_study_names(storage))
+    names = set(optuna.get_all_study_names(read_storage(storage))) if exists(storage) else set()
     profiles = [n.removeprefix(f"{study.name}-") for n in names if n.startswith(f"{study.name}-")]
     profiles.sort(key=_profile_key)
     lines = [
@@ -387,7 +387,7 @@ def write_study_report(
         pinned = ", ".join(f"`{k}={v}`" for k, v in study.fixed.items())
         lines[-1:-1] = [f"Every level (and the reused stages) runs with {pinned}."]
     report = out / "report.md"
-    # profiles run against another storage (another machine, a deleted optuna.db) keep the
+    # profiles run against another storage (another machine, a deleted journal) keep the
     # section their run wrote
     kept = {p: text for p, text in report_sections(report).items() if p not in profiles}
     written: list[Path] = []
@@ -395,7 +395,9 @@ def write_study_report(
         if profile in kept:
             lines += kept[profile].rstrip("\n").split("\n") + [""]
             continue
-        ostudy = optuna.load_study(study_name=f"{study.name}-{profile}", storage=storage)
+        ostudy = optuna.load_study(
+            study_name=f"{study.name}-{profile}", storage=read_storage(storage)
+        )
         lines += profile_section(study, profile, ostudy, out, storage_for)
         if (out / f"{profile}.png").exists():
             written.append(out / f"{profile}.png")

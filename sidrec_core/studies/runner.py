@@ -1,14 +1,14 @@
-"""Optuna driver of the ablation studies, on Optuna's public API: named studies in RDB storage
-(one SQLite file per study under ``experiments/<study>/`` by default, committed so a study moves
-between machines), every (level x seed) grid point queued with ``enqueue_trial``, one MLflow
-parent run per study and a nested run per trial (optuna/optuna-examples; STYLE.md).
+"""Optuna driver of the ablation studies, on Optuna's public API: named studies in one storage per
+study (an Optuna journal under ``experiments/<study>/`` by default, committed so a study moves
+between machines; see :mod:`~sidrec_core.studies.storage`), every (level x seed) grid point queued
+with ``enqueue_trial``, one MLflow parent run per study and a nested run per trial
+(optuna/optuna-examples; STYLE.md).
 
 Resume: a launch queues each grid point that has no COMPLETE, RUNNING or WAITING trial, so only
-the remaining points run. A killed worker stops heartbeating; after the grace period its trial is
-failed as stale and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` queues it again.
-Two workers never run one point twice: each trial carries its point as a user attribute, the
-rare race (two launches queueing the same point at once) is pruned before any work, and on SQLite
-a queued trial is taken inside a write-locked transaction (:func:`serialize_sqlite`).
+the remaining points run. A killed worker's trial is failed (its process is gone, or on an RDB
+storage its heartbeat stopped) and its point queued again. Two workers never take one queued
+trial (the storage's lock); two launches queueing the same point at once (the race
+``enqueue_trial(skip_if_exists=True)`` documents) leave a twin that is pruned before any work.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import dataclasses
 import importlib
 import logging
 import multiprocessing
-import os
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -26,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
 from sidrec_core.config import apply_overrides, flatten, load_params
@@ -36,13 +33,24 @@ from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import STUDIES, get_study
-from sidrec_core.studies.shared import SHARED_FROM, existing_storages, is_shared, shared_metrics
+from sidrec_core.studies.shared import SHARED_FROM, is_shared, shared_metrics
+from sidrec_core.studies.storage import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    WORKER,
+    check_storage,
+    exists,
+    fail_dead_trials,
+    load_or_create,
+    make_storage,
+    study_journal,
+    worker_id,
+)
 from sidrec_core.studies.study import (
     Study,
     grid_point,
     level_spec,
     live_point,
-    study_storage,
     trial_level,
 )
 from sidrec_core.tracking import start_run
@@ -51,7 +59,6 @@ log = logging.getLogger(__name__)
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 GRID_SEED = 0
 POLL_SECONDS = 5.0  # how often a worker with nothing queued checks other workers' trials
-HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a killed worker's trial is retried after ~30 s
 
 
 @dataclasses.dataclass
@@ -59,7 +66,8 @@ class StudyOptions:
     """Everything a launch of ``bench/ablate.py --study NAME`` decides."""
 
     profile: str = "smoke"
-    storage: str | None = None  # default sqlite:///<out_dir>/<study>/optuna.db
+    storage: str | None = None  # RDB URL or journal path; default <out_dir>/<study>/optuna.jsonl
+    new_storage: bool = False  # create ``storage`` when it does not exist (--new-storage)
     n_seeds: int = 3
     workers: int = 1
     max_trials: int | None = None  # per worker and launch (None: until the grid is done)
@@ -79,14 +87,27 @@ class StudyOptions:
             raise ValueError(f"--n-seeds must be >= 1, got {self.n_seeds}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.storage is not None:
+            check_storage(self.storage, self.new_storage)
+            if self.workers > 1 and self.storage.startswith("sqlite"):
+                raise ValueError(
+                    "--workers > 1 with a sqlite:/// --storage: SQLite can hand one queued trial "
+                    "to two workers; use the default journal or postgresql://"
+                )
 
     def storage_url_for(self, study: str) -> str:
-        """``--storage`` or the study's own SQLite file (kept in the repository)."""
-        return self.storage or study_storage(Path(self.out_dir), study)
+        """``--storage`` or the study's own journal (kept in the repository)."""
+        return self.storage or study_journal(Path(self.out_dir), study)
+
+    def open_storage(self, location: str) -> optuna.storages.BaseStorage:
+        """The storage at ``location``; a missing one is created for a study's own journal (the
+        default) or with ``--new-storage``, never for a mistyped ``--storage``."""
+        create = self.storage is None or self.new_storage
+        return make_storage(location, self.heartbeat_seconds, self.grace_seconds, create=create)
 
     def all_storages(self) -> list[tuple[str, str]]:
         """(study, storage URL) of every registered study that has a storage."""
-        return existing_storages(STUDIES, self.storage_url_for)
+        return [(n, self.storage_url_for(n)) for n in STUDIES if exists(self.storage_url_for(n))]
 
     @property
     def cache_root(self) -> Path:
@@ -95,42 +116,6 @@ class StudyOptions:
 
 def optuna_name(study: Study, profile: str) -> str:
     return f"{study.name}-{profile}"
-
-
-def make_storage(
-    url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS
-) -> optuna.storages.RDBStorage:
-    """RDB storage; SQLite waits on locks (several local workers). Running trials heartbeat;
-    a stale one (its worker died, here or on another machine) is failed and queued again."""
-    sqlite = url.startswith("sqlite")
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # the driver's own transactions off: every transaction is opened by serialize_sqlite
-    kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {}
-    storage = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=kwargs,
-        heartbeat_interval=heartbeat,
-        grace_period=grace,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=3
-        ),
-    )
-    if sqlite:
-        sqlalchemy.event.listen(storage.engine, "begin", serialize_sqlite)
-    return storage
-
-
-def serialize_sqlite(conn: sqlalchemy.engine.Connection) -> None:
-    """Open every SQLite transaction with ``BEGIN IMMEDIATE`` (the write lock at once).
-
-    Optuna takes a queued trial by reading that it is WAITING and then writing RUNNING, in one
-    transaction that on a server RDB locks the row (``SELECT ... FOR UPDATE``). SQLite has no row
-    lock and Python's driver begins the transaction only at the write, so two workers asking at
-    the same moment both read WAITING and both run the trial (measured: 2 to 5 of 20 queued
-    trials taken twice by two processes asking at once). Holding the write lock from the read on
-    makes the read-then-write atomic."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def base_params(opts: StudyOptions) -> dict[str, Any]:
@@ -150,27 +135,26 @@ def open_study(
 ) -> optuna.Study:
     """Create or load the Optuna study; grid points are queued by :func:`enqueue_missing`.
     With ``params``, records the dataset and the profile's overrides for the report."""
-    ostudy = optuna.create_study(
-        storage=make_storage(
-            opts.storage_url_for(study.name), opts.heartbeat_seconds, opts.grace_seconds
-        ),
-        sampler=optuna.samplers.RandomSampler(seed=GRID_SEED),
-        study_name=optuna_name(study, opts.profile),
-        direction=study.direction,
-        load_if_exists=True,
+    ostudy = load_or_create(
+        opts.open_storage(opts.storage_url_for(study.name)),
+        optuna_name(study, opts.profile),
+        study.direction,
+        optuna.samplers.RandomSampler(seed=GRID_SEED),
     )
-    for key, value in {
+    attrs = {
         "factor": study.factor,
         "profile": opts.profile,
         "levels": study.labels,
         "default": study.default,
         "objective": study.objective,
         "seeds": seeds,
-    }.items():
-        ostudy.set_user_attr(key, value)
+    }
     if params is not None:
-        ostudy.set_user_attr("dataset", resolve_params(params)["data"]["name"])
-        ostudy.set_user_attr("profile_overrides", profile_overrides(opts))
+        attrs["dataset"] = resolve_params(params)["data"]["name"]
+        attrs["profile_overrides"] = profile_overrides(opts)
+    for key, value in attrs.items():
+        if ostudy.user_attrs.get(key) != value:  # a launch that changes nothing appends nothing
+            ostudy.set_user_attr(key, value)
     return ostudy
 
 
@@ -315,7 +299,7 @@ class Objective:
             raise optuna.TrialPruned(f"level {label!r} is no longer in study {study.name}")
         if self._duplicate(study, trial, (label, seed)):
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(WORKER, worker_id())
         trial.set_user_attr("level_spec", level_spec(study, label))
         log.info(
             "%s: %s level %s seed %d",
@@ -391,14 +375,14 @@ def _work(
 ) -> None:
     """A worker: run queued trials until none is left, ``max_trials`` ran or the next one would
     overrun the time budget. RUNNING trials of other workers are waited for: a dead worker's
-    trial turns stale after the storage's grace period and the heartbeat callback queues it
-    again."""
+    trial is failed (:func:`fail_dead_trials`) and its point queued again."""
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds)
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     count = 0
     while opts.max_trials is None or count < opts.max_trials:
-        optuna.storages.fail_stale_trials(ostudy)
+        if fail_dead_trials(ostudy):
+            enqueue_missing(ostudy, study, seeds, opts.retry_failed)
         state = counts(ostudy)
         if state[TrialState.WAITING]:
             if not opts.budget.allows(ran_seconds(ostudy, next_level(ostudy))):
@@ -430,7 +414,7 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         params = with_overrides(params, setup(params, Path(opts.out_dir)))
     seeds = seeds_for(params, opts.n_seeds)
     ostudy = open_study(study, opts, seeds, params)
-    optuna.storages.fail_stale_trials(ostudy)
+    fail_dead_trials(ostudy)
     before = len(remaining(ostudy, study, seeds))
     queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
     parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")

@@ -10,8 +10,7 @@ code change (a new key) is never matched with figures of the old code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -20,6 +19,7 @@ from optuna.trial import TrialState
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import stage_keys, trial_key
 from sidrec_core.studies.pipeline import load_pipeline
+from sidrec_core.studies.storage import read_storage
 from sidrec_core.studies.study import Study
 
 SHARED_FROM = "shared_from"  # the trial's figures are those of study#number
@@ -30,20 +30,6 @@ def is_shared(trial: optuna.trial.FrozenTrial) -> bool:
     return SHARED_FROM in (trial.user_attrs.get("metrics") or {})
 
 
-def existing_storages(
-    names: Iterable[str], storage_for: Callable[[str], str]
-) -> list[tuple[str, str]]:
-    """(study, storage URL) for each study whose storage exists: a SQLite file that is not
-    there is skipped, not created."""
-    out = []
-    for name in names:
-        url = storage_for(name)
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-            continue
-        out.append((name, url))
-    return out
-
-
 def find_shared(
     key: str, profile: str, storages: Iterable[tuple[str, str]]
 ) -> tuple[str, optuna.trial.FrozenTrial] | None:
@@ -51,7 +37,7 @@ def find_shared(
     given storages -> (its study, the trial); None if there is none."""
     for name, url in storages:
         try:
-            ostudy = optuna.load_study(study_name=f"{name}-{profile}", storage=url)
+            ostudy = optuna.load_study(study_name=f"{name}-{profile}", storage=read_storage(url))
         except KeyError:  # the study was never run in this profile
             continue
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sidrec_core.studies.pipeline import load_pipeline, upstream
@@ -174,11 +173,6 @@ def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
 def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
     """An on/off study of one boolean flag."""
     return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
-
-
-def study_storage(out_dir: Path, study: str) -> str:
-    """A study's own SQLite storage, ``<out_dir>/<study>/optuna.db`` (kept in the repository)."""
-    return f"sqlite:///{Path(out_dir).resolve() / study / 'optuna.db'}"
 
 
 def grid_point(trial: Any) -> tuple[str, int] | None:

@@ -21,12 +21,13 @@ from sidrec_core.studies.tuning import (
     DUPLICATE_OF,
     OBJECTIVE,
     PRUNER,
-    RETRAINED,
     START,
     TEST_KEYS,
     TuneOptions,
     best_is_default,
     best_overrides_yaml,
+    open_retrains,
+    retrained,
 )
 
 
@@ -73,12 +74,17 @@ def importances(ostudy: optuna.Study) -> dict[str, float] | str:
         return f"not computable ({exc})"
 
 
-def versus_default(ostudy: optuna.Study, params: dict[str, Any]) -> list[str]:
-    """Report lines: the retrained best against the retrained default, paired over seeds, and
-    whether the best should become the default (its objective's paired 95% CI above 0; the
-    test figures are for reading, never for the choice)."""
-    best = {int(s): m for s, m in (ostudy.user_attrs.get(RETRAINED["best"]) or {}).items()}
-    base = {int(s): m for s, m in (ostudy.user_attrs.get(RETRAINED["default"]) or {}).items()}
+def versus_default(
+    ostudy: optuna.Study,
+    params: dict[str, Any],
+    retrain: dict[str, dict[str, float]],
+    retrain_default: dict[str, dict[str, float]],
+) -> list[str]:
+    """Report lines: the retrained best against the retrained default (``{seed: figures}``),
+    paired over seeds, and whether the best should become the default (its objective's paired
+    95% CI above 0; the test figures are for reading, never for the choice)."""
+    best = {int(s): m for s, m in retrain.items()}
+    base = {int(s): m for s, m in retrain_default.items()}
     lines = ["", "## Best against the default, paired over seeds", ""]
     if best_is_default(ostudy, params):
         return [*lines, "The best trial's params are the defaults: nothing to compare."]
@@ -182,7 +188,8 @@ def write_tune_report(
         "|---|---|",
     ]
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in best.params.items()]
-    retrain = ostudy.user_attrs.get("retrain") or {}
+    retrains = open_retrains(tun, opts)
+    retrain = retrained(retrains, "best", best.params)
     lines += ["", f"## Best configuration retrained over seeds {sorted(retrain) or '—'}", ""]
     if retrain:
         lines += ["| metric | mean ± 95% CI | per seed |", "|---|---|---|"]
@@ -194,7 +201,7 @@ def write_tune_report(
                 lines.append(f"| {key} | {cell} | {', '.join(_fmt(v) for v in vals)} |")
     else:
         lines.append("Not yet: the search has not used its budget (or the time budget stopped it).")
-    lines += versus_default(ostudy, params)
+    lines += versus_default(ostudy, params, retrain, retrained(retrains, "default", {}))
     imp = importances(ostudy)
     lines += ["", "## Parameter importances (Optuna, fANOVA)", ""]
     if isinstance(imp, str):

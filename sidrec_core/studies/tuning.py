@@ -1,25 +1,28 @@
 """Tuning mode: a seeded Optuna TPE search over a model's declared search space, beside the
-ablation mode and on the same machinery (``dvc.yaml`` stages, cached upstream artifacts, RDB
-storage per model, nested MLflow runs, heartbeat resume).
+ablation mode and on the same machinery (``dvc.yaml`` stages, cached upstream artifacts, one
+storage per model, nested MLflow runs, resume).
 
 The objective is ``valid/ndcg@10``; every validation during training is reported as an
 intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early,
 never before a quarter of their epochs, and they are recorded as PRUNED. Every model gets the
-same trial budget (``n_trials`` finished = complete + pruned trials). The published best
+same trial budget (``n_trials`` finished = complete + pruned trials, Optuna's
+``MaxTrialsCallback``); concurrent workers sample apart (TPE's constant liar). The published best
 configuration, when there is one, is queued first, then the launch's own default (params.yaml
 with the profile and ``--set`` applied), so the search starts from both. The best trial
 and the default are then retrained over the same 3 seeds and compared pairwise (the best is
 adopted only when it beats the default on the objective beyond seed noise); the best overrides
-are written as a params file usable with any stage (``--params``).
+are written as a params file usable with any stage (``--params``). Each retrain seed is a queued
+trial of the sibling study ``<search>-retrain``, so workers sharing the storage split the seeds
+the way they split any queued trials.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -31,16 +34,18 @@ from sidrec_core.config import flatten
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.profiles import get_dotted, with_overrides
-from sidrec_core.studies.runner import StudyOptions, base_params, make_storage, ran_seconds
+from sidrec_core.studies.runner import StudyOptions, base_params, ran_seconds
 from sidrec_core.studies.spaces import Tunable, get_tunable
-from sidrec_core.tracking import (
-    HOST_TAG,
-    PID_TAG,
-    START_TAG,
-    pid_alive,
-    process_tags,
-    start_run,
+from sidrec_core.studies.storage import (
+    JOURNAL,
+    WORKER,
+    check_storage,
+    fail_dead_trials,
+    load_or_create,
+    read_storage,
+    worker_id,
 )
+from sidrec_core.tracking import start_run
 from sidrec_core.train import validation_hook
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ class TuneOptions(StudyOptions):
         return Path(self.out_dir) / "tune" / model
 
     def tune_storage(self, model: str) -> str:
-        return self.storage or f"sqlite:///{self.folder(model).resolve() / 'optuna.db'}"
+        return self.storage or str(self.folder(model).resolve() / JOURNAL)
 
 
 WARMUP_FRACTION = 0.25  # no trial is pruned before this share of its epochs
@@ -102,13 +107,12 @@ def trial_epochs(tun: Tunable, params: dict[str, Any]) -> int:
     return int(flatten(resolve_params(params))[tun.epochs_key]) if tun.epochs_key else 0
 
 
-DUPLICATE_OF = "duplicate_of"  # a trial stopped because another worker runs the same params
+DUPLICATE_OF = "duplicate_of"  # trials of older searches pruned as twins of a running trial
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states the budget counts
 
 
 def _finished(ostudy: optuna.Study) -> int:
-    states = (TrialState.COMPLETE, TrialState.PRUNED)
-    trials = ostudy.get_trials(deepcopy=False, states=states)
-    return sum(DUPLICATE_OF not in t.user_attrs for t in trials)
+    return len(ostudy.get_trials(deepcopy=False, states=FINISHED))
 
 
 def open_search(
@@ -117,18 +121,16 @@ def open_search(
     """Create or resume the search. The TPE seed is ``base.seed`` plus the number of trials
     already stored: a fresh search is reproducible, and a worker that joins a running search
     does not replay the first worker's suggestions."""
-    storage = make_storage(opts.tune_storage(tun.name), opts.heartbeat_seconds, opts.grace_seconds)
+    storage = opts.open_storage(opts.tune_storage(tun.name))
     name = f"tune-{tun.name}-{opts.profile}"
-    stored = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", load_if_exists=True
-    )
+    stored = load_or_create(storage, name, "maximize", optuna.samplers.RandomSampler())
     params = base_params(opts)
     seed = int(get_dotted(params, "base.seed", 0)) + len(stored.get_trials(deepcopy=False))
     epochs = trial_epochs(tun, params)
     ostudy = optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         pruner=pruner or make_pruner(opts.pruner, epochs),
     )
     for start, source in queued_starts(tun, params):
@@ -152,15 +154,6 @@ def queued_starts(tun: Tunable, params: dict[str, Any]) -> list[tuple[dict[str, 
     return starts
 
 
-def running_twin(trial: optuna.Trial) -> int | None:
-    """The number of another RUNNING trial with exactly ``trial``'s params (a concurrent
-    worker's), or None."""
-    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if other.number != trial.number and other.params == trial.params:
-            return other.number
-    return None
-
-
 class TuneObjective:
     """One trial: suggest the overrides, run the model's stages with per-epoch reporting."""
 
@@ -171,10 +164,7 @@ class TuneObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         overrides = self.tun.suggest(trial)
         trial.set_user_attr(PRUNER, self.pruner)
-        twin = running_twin(trial)
-        if twin is not None:  # its figures will be the twin's: neither wait nor count it
-            trial.set_user_attr(DUPLICATE_OF, twin)
-            raise optuna.TrialPruned(f"same params as running trial #{twin}")
+        trial.set_user_attr(WORKER, worker_id())
         trial_dir = (
             self.opts.folder(self.tun.name) / self.opts.profile / "trials" / f"{trial.number:04d}"
         )
@@ -220,46 +210,31 @@ class TuneObjective:
         return float(metrics[OBJECTIVE])
 
 
-RETRAINED = {"best": "retrain", "default": "retrain_default"}  # study user attrs per config
-CLAIM_SECONDS = 12 * 3600  # a retrain claim from another host is abandoned after this long
-CLAIM_SETTLE = 1.0  # seconds between writing a claim and reading back who holds it
+RETRAINED = {"best": "retrain", "default": "retrain_default"}  # folder per configuration
 
 
-def _claim_key(attr: str, seed: int) -> str:
-    return f"{attr}_claim_s{seed}"
+def open_retrains(tun: Tunable, opts: TuneOptions) -> optuna.Study:
+    """The sibling study ``tune-<model>-<profile>-retrain``: one trial per retrained seed."""
+    name, sampler = f"tune-{tun.name}-{opts.profile}-retrain", optuna.samplers.RandomSampler()
+    return load_or_create(opts.open_storage(opts.tune_storage(tun.name)), name, "maximize", sampler)
 
 
-def _held_by_other(claim: Any) -> bool:
-    """Whether ``claim`` (a study user attr: process tags plus ``at``) belongs to another live
-    process: one on this host that is still running, or one elsewhere claimed recently."""
-    if not isinstance(claim, dict) or not claim:
-        return False
-    mine = process_tags()
-    if all(claim.get(k) == v for k, v in mine.items()):
-        return False
-    if claim.get(HOST_TAG) == mine[HOST_TAG] and str(claim.get(PID_TAG, "")).isdigit():
-        return pid_alive(int(claim[PID_TAG]), claim.get(START_TAG))
-    return time.time() - float(claim.get("at", 0.0)) < CLAIM_SECONDS
+def retrain_point(which: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What a retrain trial runs (its queued params and user attributes)."""
+    return {"config": which, "seed": seed, "overrides": json.dumps(overrides, sort_keys=True)}
 
 
-def claim_seed(ostudy: optuna.Study, attr: str, seed: int) -> bool:
-    """Claim a retrain seed for this process, so that workers sharing the storage split the
-    seeds instead of training the same one. Last writer wins: each writes its claim, waits
-    ``CLAIM_SETTLE`` seconds and reads back whose claim stands. A claim whose process is gone
-    (or, from another host, older than ``CLAIM_SECONDS``) is taken over."""
-    key = _claim_key(attr, seed)
-    if _held_by_other(ostudy.user_attrs.get(key)):
-        return False
-    ostudy.set_user_attr(key, {**process_tags(), "at": time.time()})
-    time.sleep(CLAIM_SETTLE)
-    return not _held_by_other(ostudy.user_attrs.get(key))
-
-
-def _stored(ostudy: optuna.Study, attr: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The retrained seeds stored for ``attr``, if they were trained with ``overrides``."""
-    if ostudy.user_attrs.get(f"{attr}_params") != overrides:
-        return {}
-    return dict(ostudy.user_attrs.get(attr) or {})
+def retrained(
+    retrains: optuna.Study, which: str, overrides: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """{seed: objective + test metrics} of the complete retrains of ``which`` configuration
+    trained with ``overrides``, in trial order."""
+    return {
+        str(t.user_attrs["seed"]): t.user_attrs["metrics"]
+        for t in retrains.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("config") == which
+        and json.loads(t.user_attrs["overrides"]) == overrides
+    }
 
 
 def retrain(
@@ -271,38 +246,58 @@ def retrain(
 ) -> dict[str, dict[str, float]]:
     """Retrain ``which`` configuration, the best trial's overrides or the launch's ``default``
     (``params`` as is), over ``opts.retrain_seeds`` seeds -> {seed: objective + test metrics}.
-    Each seed runs once: finished seeds are kept in the study's user attributes (a seed whose
-    stages a trial already ran comes from the cache), a seed another live worker has claimed is
-    left to it (its figures are merged in when it ends), and a seed that would overrun the time
-    budget waits for the next launch."""
+    Each seed is queued once (again after a failure) and run by whichever worker takes it (a
+    seed whose stages a trial already ran comes from the cache); a seed that would overrun the
+    time budget waits for the next launch."""
     overrides = ostudy.best_trial.params if which == "best" else {}
-    attr = RETRAINED[which]
+    retrains = open_retrains(tun, opts)
+    fail_dead_trials(retrains)
     first = int(get_dotted(params, "base.seed", 0))
     for seed in range(first, first + opts.retrain_seeds):
-        if str(seed) in _stored(ostudy, attr, overrides):
-            continue
+        point = retrain_point(which, seed, overrides)
+        trials = retrains.get_trials(deepcopy=False)
+        tried = [t for t in trials if all(t.user_attrs.get(k) == v for k, v in point.items())]
+        if not tried:
+            retrains.enqueue_trial(point, user_attrs=point, skip_if_exists=True)
+        elif all(t.state == TrialState.FAIL for t in tried):  # failed before: queued again
+            retrains.enqueue_trial(point, user_attrs=point)
+
+    def run(trial: optuna.Trial) -> float:  # whichever queued seed the storage hands over
+        if "config" not in trial.user_attrs:  # sampled, not queued: another worker took the last
+            raise optuna.TrialPruned("no queued retrain left")
+        trial.set_user_attr(WORKER, worker_id())
+        config, seed = trial.user_attrs["config"], int(trial.user_attrs["seed"])
+        seeded = with_overrides(params, {"base.seed": seed})
+        trained = with_overrides(seeded, json.loads(trial.user_attrs["overrides"]))
+        folder = opts.folder(tun.name) / opts.profile / RETRAINED[config] / f"s{seed}"
+        metrics = execute_trial(tun.run, tun.reuse, seeded, trained, folder, opts.cache_root)
+        trial.set_user_attr(
+            "metrics", {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
+        )
+        return float(metrics[OBJECTIVE])
+
+    while retrains.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if not opts.budget.allows(ran_seconds(ostudy), "retrain"):
             break
-        if not claim_seed(ostudy, attr, seed):
-            log.info("%s seed %d: claimed by another worker", attr, seed)
-            continue
-        seeded = with_overrides(params, {"base.seed": seed})
-        folder = opts.folder(tun.name) / opts.profile / attr / f"s{seed}"
-        metrics = execute_trial(
-            tun.run, tun.reuse, seeded, with_overrides(seeded, overrides), folder, opts.cache_root
-        )
-        done = _stored(ostudy, attr, overrides)  # re-read: other workers may have added seeds
-        done[str(seed)] = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
-        ostudy.set_user_attr(attr, done)
-        ostudy.set_user_attr(f"{attr}_params", overrides)
-        ostudy.set_user_attr(_claim_key(attr, seed), {})
-    return _stored(ostudy, attr, overrides)
+        retrains.optimize(run, n_trials=1)
+    return retrained(retrains, which, overrides)
 
 
 def best_is_default(ostudy: optuna.Study, params: dict[str, Any]) -> bool:
     """Whether the best trial's params are the launch's defaults (nothing to compare)."""
     resolved = flatten(resolve_params(params))
     return all(resolved.get(k) == v for k, v in ostudy.best_trial.params.items())
+
+
+def open_report(name: str, opts: TuneOptions) -> tuple[Tunable, optuna.Study, dict[str, Any]]:
+    """(the model, its stored search, the launch's params): what the report reads."""
+    tun = get_tunable(name)
+    location = opts.tune_storage(name)
+    check_storage(location, flag="--storage" if opts.storage else "the search's storage")
+    ostudy = optuna.load_study(
+        study_name=f"tune-{name}-{opts.profile}", storage=read_storage(location)
+    )
+    return tun, ostudy, base_params(opts)
 
 
 def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
@@ -313,7 +308,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
     tun = get_tunable(name)
     params = base_params(opts)
     ostudy = open_search(tun, opts)
-    optuna.storages.fail_stale_trials(ostudy)
+    fail_dead_trials(ostudy)
     before = _finished(ostudy)
     with start_run(
         f"tune/{name}",
@@ -328,21 +323,19 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
         if parent.run_id and parent.run_id != ostudy.user_attrs.get("mlflow_parent_run_id"):
             ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
         objective = TuneObjective(tun, params, opts, parent.run_id)
-        launched = 0
-        while _finished(ostudy) < opts.n_trials:
-            if opts.max_trials is not None and launched >= opts.max_trials:
-                break
-            if not opts.budget.allows(ran_seconds(ostudy)):
-                break
-            ran: list[optuna.trial.FrozenTrial] = []
+
+        def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            log.info(progress_line(study, opts.n_trials, trial))
+            if not opts.budget.allows(ran_seconds(study)):
+                study.stop()  # the next trial would overrun the time budget
+
+        if _finished(ostudy) < opts.n_trials and opts.budget.allows(ran_seconds(ostudy)):
             ostudy.optimize(
                 objective,
-                n_trials=1,
+                n_trials=opts.max_trials,
                 catch=(Exception,),
-                callbacks=[lambda _, t, out=ran: out.append(t)],
+                callbacks=[optuna.study.MaxTrialsCallback(opts.n_trials, FINISHED), after],
             )
-            launched += 1
-            log.info(progress_line(ostudy, opts.n_trials, ran[0] if ran else None))
         summary: dict[str, Any] = {
             "study": ostudy.study_name,
             "storage": opts.tune_storage(name),
@@ -372,17 +365,11 @@ def progress_line(
     ostudy: optuna.Study, budget: int, trial: optuna.trial.FrozenTrial | None = None
 ) -> str:
     """One line after a trial: ``trial``'s (default: the newest trial's) state and value, the
-    best so far, finished of budget (as the budget counts them: a duplicate of a concurrent
-    trial is not counted), ETA (median duration of those finished trials times those left)."""
+    best so far, finished of budget, ETA (median duration of the finished trials times those
+    left)."""
     trials = ostudy.get_trials(deepcopy=False)
     last = trial or trials[-1]
-    done = [
-        t.duration.total_seconds()
-        for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        and t.duration is not None
-        and DUPLICATE_OF not in t.user_attrs
-    ]
+    done = [t.duration.total_seconds() for t in trials if t.state in FINISHED and t.duration]
     left = max(budget - _finished(ostudy), 0)
     eta = f"{statistics.median(done) * left / 60:.0f} min" if done else "unknown"
     value = "—" if last.value is None else f"{last.value:.4f}"

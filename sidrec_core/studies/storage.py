@@ -1,0 +1,141 @@
+"""Where studies are stored: by default one Optuna journal per study, ``<out>/<study>/optuna.jsonl``
+(append-only JSON lines kept in the repository), or an RDB URL given with ``--storage``.
+
+A journal's file lock hands each queued trial to one worker of this machine; a PostgreSQL server's
+row lock does so for many machines, and its heartbeat fails (and re-queues) the trial of a dead
+worker. A journal has no heartbeat: :func:`fail_dead_trials` fails a RUNNING trial whose worker
+process on this machine is gone. SQLite has no row lock and serves one worker. A missing storage
+is created only when asked (``--new-storage``, or a study's own journal, announced in one line),
+so a mistyped path fails instead of starting an empty study.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from sidrec_core.tracking import HOST_TAG, PID_TAG, START_TAG, pid_alive, process_tags
+
+log = logging.getLogger(__name__)
+JOURNAL = "optuna.jsonl"
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a killed worker's trial is retried after ~30 s
+WORKER = "worker"  # trial user attr: host:pid:start of the process that ran it
+EXPECTED = "expected an RDB URL (sqlite:///PATH, postgresql://USER@HOST/DB) or a journal path"
+# the package of each driver SQLAlchemy may import (``postgresql://`` is psycopg 3)
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL"}
+
+
+def study_journal(out_dir: Path, study: str) -> str:
+    return str(Path(out_dir).resolve() / study / JOURNAL)
+
+
+def is_rdb(location: str) -> bool:
+    return "://" in location
+
+
+def exists(location: str, flag: str = "--storage") -> bool:
+    """Whether the storage is there: a journal or SQLite file that exists, or a server."""
+    if not is_rdb(location):
+        return Path(location).is_file()
+    try:
+        url = sqlalchemy.engine.make_url(location)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise ValueError(f"{flag} {location!r}: not a storage URL; {EXPECTED}") from None
+    return url.get_backend_name() != "sqlite" or Path(url.database or "").is_file()
+
+
+def check_storage(location: str, create: bool = False, flag: str = "--storage") -> None:
+    """Raise ValueError naming ``flag`` unless the storage exists (or ``create``)."""
+    if not exists(location, flag) and not create:
+        raise ValueError(f"{flag} {location!r}: no such storage ({EXPECTED}); add --new-storage")
+
+
+def make_storage(
+    location: str,
+    heartbeat: int = HEARTBEAT_SECONDS,
+    grace: int = GRACE_SECONDS,
+    create: bool = False,
+    flag: str = "--storage",
+) -> BaseStorage:
+    """The storage at ``location``; errors are one-line ValueErrors naming ``flag``."""
+    check_storage(location, create, flag)
+    if not exists(location):
+        log.info("new study storage: %s", location)
+    if not is_rdb(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(location))
+    url = sqlalchemy.engine.make_url(location)
+    if url.get_backend_name() == "sqlite" and url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        try:
+            return RDBStorage(
+                location,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+        except ImportError as exc:  # Optuna's, raised from the driver's ModuleNotFoundError
+            missing = str(getattr(exc.__cause__, "name", None) or url.get_driver_name())
+            why = f"its driver is not installed (pip install {DRIVERS.get(missing, missing)})"
+        except sqlalchemy.exc.ArgumentError:  # a dialect SQLAlchemy does not know
+            why = f"not a storage URL; {EXPECTED}"
+        except sqlalchemy.exc.DBAPIError as exc:
+            # on a fresh storage another launch may be creating the schema (IntegrityError,
+            # ProgrammingError) or hold the lock (OperationalError): it is there after a wait
+            why = f"cannot open the database: {str(exc.orig).strip().splitlines()[0]}"
+            if attempt < 2:
+                time.sleep(1.0 + attempt)
+                continue
+        raise ValueError(f"{flag} {location!r}: {why}")
+    raise AssertionError("unreachable")
+
+
+def load_or_create(
+    storage: BaseStorage, name: str, direction: str, sampler: optuna.samplers.BaseSampler
+) -> optuna.Study:
+    """Load study ``name``, creating it when missing (``create_study(load_if_exists=True)``
+    would append a record of the attempt to a journal on every launch)."""
+    if name in optuna.get_all_study_names(storage):
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    return optuna.create_study(
+        storage=storage, study_name=name, direction=direction, sampler=sampler, load_if_exists=True
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def read_storage(location: str) -> BaseStorage:
+    """The existing storage at ``location``, one object per process (a journal is read once)."""
+    return make_storage(location)
+
+
+def worker_id() -> str:
+    """This process as a trial's ``worker``: ``host:pid:start`` (start tells a reused pid apart)."""
+    tags = process_tags()
+    return f"{tags[HOST_TAG]}:{tags[PID_TAG]}:{tags.get(START_TAG, '')}"
+
+
+def fail_dead_trials(ostudy: optuna.Study) -> int:
+    """Fail the RUNNING trials whose worker process on this host is gone, and on an RDB storage
+    those whose heartbeat stopped. Returns how many were failed here (not by heartbeat)."""
+    optuna.storages.fail_stale_trials(ostudy)
+    failed = 0
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, rest = str(t.user_attrs.get(WORKER, "")).partition(":")
+        pid, _, start = rest.partition(":")
+        if (
+            host == process_tags()[HOST_TAG]
+            and pid.isdigit()
+            and not pid_alive(int(pid), start or None)
+        ):
+            ostudy.tell(t.number, state=TrialState.FAIL)
+            failed += 1
+    return failed
