@@ -6,6 +6,7 @@ A crash mid-write leaves the previous file (or nothing), never a half-written ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -33,9 +34,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # mkstemp creates 0600; an artifact is read by the group like any build output
         tmp_path.chmod(FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.filename is None:  # a full disk reports no file; name the artifact being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an I/O failure: the file, what went wrong and what to do about it."""
+    where = exc.filename if exc.filename is not None else "output"
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return f"{where}: {what}; free some space or write to another folder"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{where}: {what}; choose a writable output folder"
+    return f"{where}: {what}"
 
 
 def write_text(path: str | Path, text: str) -> None:

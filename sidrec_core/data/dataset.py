@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,33 @@ def _find(directory: Path, filename: str) -> Path | None:
     return None
 
 
+def _find_one(directory: Path, filename: str) -> Path | None:
+    """``filename`` or ``filename.gz`` in ``directory``; when both are there they must hold the
+    same text, else which one the pipeline reads would be a silent choice."""
+    plain, packed = directory / filename, directory / f"{filename}.gz"
+    if plain.is_file() and packed.is_file():
+        with open(plain, "rb") as a, gzip.open(packed, "rb") as b:
+            try:
+                same = _same_stream(a, b)
+            except (EOFError, gzip.BadGzipFile, zlib.error):
+                same = False
+        if not same:
+            raise DataError(
+                f"{directory}: both {filename} and {filename}.gz are present and they differ; "
+                f"remove the one that is out of date"
+            )
+    return _find(directory, filename)
+
+
+def _same_stream(a: Any, b: Any, chunk: int = 1 << 20) -> bool:
+    while True:
+        x, y = a.read(chunk), b.read(chunk)
+        if x != y:
+            return False
+        if not x:
+            return True
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -177,10 +205,38 @@ def verify_file(path: Path, sums: dict[str, str]) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file, gzip-compressed when it ends in ``.gz``; a truncated
+    or corrupt archive, or bytes that are not UTF-8, raise :class:`DataError` naming the file and
+    the line where reading stopped."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            yield lineno, line.rstrip("\n")
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                yield lineno, line.rstrip("\n")
+    except UnicodeDecodeError as exc:
+        # text mode decodes in chunks, so the line is found again from the raw bytes
+        line, detail = _bad_utf8(path, opener)
+        raise DataError(f"{path}:{line}: not UTF-8 text ({detail})") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(
+            f"{path}:{lineno + 1}: corrupt or truncated gzip file ({exc}); restore it from its "
+            f"source"
+        ) from exc
+
+
+def _bad_utf8(path: Path, opener: Any) -> tuple[int | str, str]:
+    """Line number and reason of the first line of ``path`` that is not valid UTF-8."""
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (
+                    lineno,
+                    f"{exc.reason} at column {exc.start + 1}: byte 0x{raw[exc.start]:02x}",
+                )
+    return "?", "undecodable bytes"
 
 
 def read_items(path: Path) -> dict[str, dict[str, Any]]:
@@ -259,6 +315,12 @@ def build_dataset(
             keep_users.append(user)
             keep_seqs.append(seq)
     dropped = {"short_sequences": len(users) - len(keep_users)}
+    if not keep_users:
+        raise DataError(
+            f"{source or name}: all {len(users)} users have fewer than "
+            f"{cfg.min_sequence_length} items (data.min_sequence_length: one training item, a "
+            f"validation and a test target), so no user is left"
+        )
     if dropped["short_sequences"]:
         log.warning(
             "%s: dropped %d users with fewer than %d items",
@@ -309,13 +371,13 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 
 
 def load_dataset_dir(directory: Path, cfg: DataConfig, name: str | None = None) -> Dataset:
-    seq_path = _find(directory, "sequences.txt")
+    seq_path = _find_one(directory, "sequences.txt")
     if seq_path is None:
         raise DataError(f"{directory}: no sequences.txt or sequences.txt.gz")
     sums = read_checksums(directory)
     sources = {str(seq_path): verify_file(seq_path, sums)}
     users, seqs = read_sequences(seq_path)
-    items_path = _find(directory, "items.jsonl")
+    items_path = _find_one(directory, "items.jsonl")
     items = None
     if items_path is not None:
         sources[str(items_path)] = verify_file(items_path, sums)

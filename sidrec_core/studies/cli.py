@@ -8,7 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+import sqlalchemy.exc
+
 from sidrec_core.config import ConfigError
+from sidrec_core.io import os_error_line
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 from sidrec_core.studies.registry import STUDIES, get_study
@@ -137,4 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except (ConfigError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out read-only or full
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except sqlalchemy.exc.OperationalError as exc:  # the SQLite storage's disk is full
+        where = args.storage or f"under {args.out}"
+        print(f"error: Optuna storage {where}: {exc.orig}", file=sys.stderr)
         return 2
