@@ -44,15 +44,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+class ArtifactError(ValueError):
+    """A file on disk that cannot be read back (truncated, corrupt); the message names it."""
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, remedy: str) -> Iterator[None]:
+    """Turn a failure to parse ``path`` inside the block into one :class:`ArtifactError` line
+    naming the file, the parser's first line of complaint and ``remedy`` (what to re-run).
+
+    A missing file and an error that already names its file pass through unchanged; keep the
+    block to the read itself, since any other exception in it is blamed on the file.
+    """
+    try:
+        yield
+    except (FileNotFoundError, ArtifactError):
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        detail = f"{type(exc).__name__}: {lines[0][:200]}".rstrip(": ")
+        raise ArtifactError(f"{path}: corrupt or truncated ({detail}); {remedy}") from exc
+
+
 def os_error_line(exc: OSError) -> str:
     """One line for an I/O failure: the file, what went wrong and what to do about it."""
-    where = exc.filename if exc.filename is not None else "output"
-    what = exc.strerror or str(exc)
+    line = exc.strerror or str(exc)
+    if exc.filename is not None:
+        line = f"{exc.filename}: {line}"
     if exc.errno == errno.ENOSPC:
-        return f"{where}: {what}; free some space or write to another folder"
+        return f"{line}; free some space or write to another folder"
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"{where}: {what}; choose a writable output folder"
-    return f"{where}: {what}"
+        return f"{line}; choose a writable output folder"
+    return line
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -77,6 +77,20 @@ def check_monitor(key: str) -> None:
         )
 
 
+def check_validated_monitor(key: str, monitor: str, ks: tuple[int, ...]) -> None:
+    """A stage that validates with :func:`sidrec_core.evaluate.evaluate` reports
+    ``valid/{metric}@{k}`` for each ``k`` in ``eval.ks``; a monitor outside that set would fail
+    only after the first epoch, so it fails when the configs are built, naming ``key``."""
+    split, _, name = monitor.partition("/")
+    metric, _, k = name.partition("@")
+    if split == "valid" and metric in METRICS and k.isdigit() and int(k) in ks:
+        return
+    raise ValueError(
+        f"{key} {monitor!r}: validation reports valid/{{metric}}@{{k}} with metric one of "
+        f"{', '.join(METRICS)} and k one of eval.ks {list(ks)}"
+    )
+
+
 @dataclasses.dataclass
 class _State:
     """The training loop's progress and early-stopping state (what a resume restores)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sidrec_core.io import save_npz, write_jsonl
+from sidrec_core.io import reading, save_npz, write_jsonl
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -427,7 +427,8 @@ def load_prepared(directory: str | Path) -> Dataset:
     npz_path = directory / "dataset.npz"
     if not npz_path.exists():
         raise DataError(f"{npz_path} not found: run the prepare stage first (dvc repro prepare)")
-    with np.load(npz_path) as z:
+    remedy = "re-run the prepare stage (dvc repro prepare)"
+    with reading(npz_path, remedy), np.load(npz_path) as z:
         offsets = z["seq_offsets"]
         items = z["seq_items"]
         sequences = [items[offsets[i] : offsets[i + 1]].copy() for i in range(len(offsets) - 1)]
@@ -435,7 +436,7 @@ def load_prepared(directory: str | Path) -> Dataset:
         item_keys = z["item_keys"].tolist()
         name, synthetic = str(z["name"]), bool(z["synthetic"])
     meta: list[dict[str, Any]] = [{}]
-    with open(directory / "items.jsonl") as f:
+    with reading(directory / "items.jsonl", remedy), open(directory / "items.jsonl") as f:
         meta += [json.loads(line)["meta"] for line in f]
     return Dataset(name, user_ids, item_keys, sequences, meta, synthetic)
 
@@ -445,7 +446,7 @@ def prepared_texts(directory: str | Path) -> list[str]:
     from sidrec_core.data.text import warn_empty_texts
 
     path = Path(directory) / "items.jsonl"
-    with open(path) as f:
+    with reading(path, "re-run the prepare stage (dvc repro prepare)"), open(path) as f:
         texts = [json.loads(line)["text"] for line in f]
     warn_empty_texts(texts, str(path))
     return texts

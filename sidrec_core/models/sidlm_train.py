@@ -101,6 +101,7 @@ def train_sidlm(
     :func:`sidrec_core.train.fit` (one file per process: each rank's RNG state differs). Returns
     training figures for the metrics JSON."""
     device = acc.device
+    eval_cfg.check_catalogue(loo.num_items)  # before training, not at the first validation
     examples = (
         Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + "_examples") / "train.jsonl"
     )
