@@ -39,6 +39,7 @@ from sidrec_core.models.beam import (
     DecodingConfig,
     PrefixTable,
     candidates_to_items,
+    fit_to_catalogue,
     generate_sids,
     schedule,
 )
@@ -258,6 +259,16 @@ class SIDLM(Recommender):
         # training-time validation decodes with the defaults; eval_sidlm sets the decoding section
         self.decoding = DecodingConfig()
         self.reset_candidate_stats()
+
+    @property
+    def decoding(self) -> DecodingConfig:
+        """How :meth:`recommend` decodes; set it to a ``decoding`` section, and a beam wider
+        than the SID table is fitted to it (:func:`~sidrec_core.models.beam.fit_to_catalogue`)."""
+        return self._decoding
+
+    @decoding.setter
+    def decoding(self, cfg: DecodingConfig) -> None:
+        self._decoding = fit_to_catalogue(cfg, self.table.num_items)
 
     def num_candidates(self) -> int:
         """SIDs (hence items, at most) returned per user under ``self.decoding``."""
