@@ -133,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"study": name, "report": str(paths[0])}))
                 continue
             summary = run_study(name, opts)
+            if summary.get("up_to_date"):
+                print(
+                    f"{name}: study complete: {summary['complete']} trials in "
+                    f"{summary['storage']}, nothing to run (--report-only rewrites its report; "
+                    f"--out DIR re-runs it in a fresh folder)"
+                )
+                continue
             print(json.dumps(summary, indent=2))
             stopped_early = args.max_trials is not None or args.time_budget is not None
             if summary["remaining_after"] and not stopped_early:
