@@ -88,11 +88,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def flag_conflict(args: argparse.Namespace) -> str | None:
+    """The flags that would silently override one another, as one line; None if they agree.
+    ``--list`` and ``--dvc-args`` print and exit, ``--report-only`` writes reports of
+    ``--study``; each is its own mode."""
+    modes = [f for f, on in (("--list", args.list), ("--dvc-args", args.dvc_args)) if on]
+    if args.report_only:
+        modes.append("--report-only")
+    if len(modes) > 1:
+        return f"{' and '.join(modes)} are separate modes; give one of them"
+    if modes[:1] in (["--list"], ["--dvc-args"]) and args.study:
+        what = "lists every study" if args.list else "prints the profile's -S flags"
+        return f"{modes[0]} {what} and runs nothing; drop --study {' '.join(args.study)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if conflict := flag_conflict(args):
+        print(f"error: {conflict}", file=sys.stderr)
+        return 2
     try:
         if args.dvc_args:
             print(" ".join(dvc_set_args(args.profile)))

@@ -440,6 +440,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
             "study": optuna_name(study, opts.profile),
             "storage": opts.storage_url_for(study.name),
             "grid_points": len(study.labels) * len(seeds),
+            "remaining_before": 0,
+            "remaining_after": 0,
             "complete": state[TrialState.COMPLETE],
             "up_to_date": True,
         }
