@@ -1,6 +1,7 @@
 """Progress lines of long user loops and silenced import noise."""
 
 import logging
+import time
 import warnings
 
 import numpy as np
@@ -55,3 +56,10 @@ def test_import_noise_is_filtered():
         warnings.warn(arg, ExperimentalWarning, stacklevel=1)
         warnings.warn("a real problem", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a real problem"]
+
+
+def test_training_eta_counts_the_epochs_left():
+    from sidrec_core.train import eta_text
+
+    assert eta_text(time.perf_counter() - 20, 2, 3) == "10s/epoch, ETA <= 30s"
+    assert eta_text(time.perf_counter() - 90, 1, 0) == "1m30s/epoch, done"
