@@ -92,10 +92,10 @@ def check_validated_monitor(key: str, monitor: str, ks: tuple[int, ...]) -> None
     )
 
 
-def eta_text(start: float, epochs_done: int, epochs_left: int) -> str:
-    """``Ns/epoch, ETA ...`` from the wall time (training and validation) of the epochs this
+def eta_text(elapsed: float, epochs_done: int, epochs_left: int) -> str:
+    """``Ns/epoch, ETA ...`` from the wall seconds (training and validation) of the epochs this
     process ran; an upper bound when early stopping may end the run sooner."""
-    per_epoch = (time.perf_counter() - start) / max(epochs_done, 1)
+    per_epoch = elapsed / max(epochs_done, 1)
     eta = "done" if epochs_left <= 0 else f"ETA <= {format_seconds(per_epoch * epochs_left)}"
     return f"{format_seconds(per_epoch)}/epoch, {eta}"
 
@@ -259,7 +259,7 @@ def fit(
                 epoch,
                 cfg.epochs,
                 record["train/loss"],
-                eta_text(run_start, epoch - first_epoch, cfg.epochs - epoch),
+                eta_text(time.perf_counter() - run_start, epoch - first_epoch, cfg.epochs - epoch),
             )
         if validates:
             record.update(validate())
@@ -283,7 +283,7 @@ def fit(
                 record[cfg.monitor],
                 st.best,
                 st.best_epoch,
-                eta_text(run_start, epoch - first_epoch, cfg.epochs - epoch),
+                eta_text(time.perf_counter() - run_start, epoch - first_epoch, cfg.epochs - epoch),
             )
             for hook in _VALIDATION_HOOKS.get():
                 hook(epoch, record)
