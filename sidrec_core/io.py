@@ -53,12 +53,13 @@ def reading(path: str | Path, remedy: str) -> Iterator[None]:
     """Turn a failure to parse ``path`` inside the block into one :class:`ArtifactError` line
     naming the file, the parser's first line of complaint and ``remedy`` (what to re-run).
 
-    A missing file and an error that already names its file pass through unchanged; keep the
-    block to the read itself, since any other exception in it is blamed on the file.
+    A missing or unreadable file and an error that already names its file pass through
+    unchanged; keep the block to the read itself, since any other exception in it is blamed on
+    the file.
     """
     try:
         yield
-    except (FileNotFoundError, ArtifactError):
+    except (FileNotFoundError, PermissionError, IsADirectoryError, ArtifactError):
         raise
     except Exception as exc:
         lines = str(exc).strip().splitlines() or [""]
