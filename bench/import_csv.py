@@ -3,7 +3,8 @@
 Usage: python bench/import_csv.py interactions.csv data/raw/mydata [--items items.csv]
 then run the pipeline with --set data.name=mydata (or dvc exp run -S data.name=mydata).
 Bad input prints one line naming the file, line and column and exits with status 2; nothing is
-written then.
+written then. A UTF-8 byte-order mark is accepted; a row repeating an earlier row's user, item and
+timestamp is dropped and counted (duplicate_rows_dropped); with --items every item must be listed.
 """
 
 import argparse

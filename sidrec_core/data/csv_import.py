@@ -4,6 +4,10 @@ dataset directory format (``sequences.txt`` + ``items.jsonl``).
 Everything is validated before anything is written, and every error is one line naming the file,
 the line and the column. The dataset directory appears in one rename, so a failed import leaves
 the previous directory (or nothing) in place, never a half-written one.
+
+Duplicate rows: a row repeating an earlier row's user, item and timestamp is the same interaction
+exported twice; it is dropped and counted (a warning names the first). The same user and item at
+another time is a repeat interaction and is kept.
 """
 
 from __future__ import annotations
