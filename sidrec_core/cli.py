@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidrec_core.config import ConfigError, load_from_args, stage_parser
+from sidrec_core.io import os_error_line
 
 
 def main(
@@ -29,6 +30,11 @@ def main(
         if os.environ.get("SIDREC_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output folder that is read-only or full
+        if os.environ.get("SIDREC_DEBUG"):
+            raise
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
     print(json.dumps(summary, indent=2, sort_keys=True))

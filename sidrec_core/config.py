@@ -47,10 +47,16 @@ def load_params(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: expected a mapping of sections at top level, got {type(data).__name__}"
@@ -62,6 +68,26 @@ def load_params(path: str | Path) -> dict[str, Any]:
                 f"{path}: section '{key}' must be a mapping, got {type(value).__name__}"
             )
     return data
+
+
+def _check_unique_keys(node: yaml.Node | None, path: Path, prefix: str = "") -> None:
+    """Fail on a key repeated within one mapping, naming the dotted key and both lines: plain
+    ``safe_load`` keeps the last value silently (``loss: bce`` then ``loss: ce`` trains ce)."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, path, f"{prefix}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in first:
+            raise ConfigError(
+                f"{path}:{line}: duplicate key {key} (first on line {first[key]}); keep one"
+            )
+        first[key] = line
+        _check_unique_keys(value_node, path, key)
 
 
 def check_section(key: Any, where: str) -> None:
@@ -173,7 +199,19 @@ def build(cls: type[T], section: dict[str, Any] | None, prefix: str) -> T:
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"{prefix}: {exc}") from exc
+        raise ConfigError(_with_prefix(prefix, str(exc))) from exc
+
+
+def _with_prefix(prefix: str, msg: str) -> str:
+    """``msg`` led by the dotted ``prefix`` once: a message that already names the key in full
+    (``rl.weights.cf ...``) or by its last part (``train.lr ...`` under ``sasrec.train``) is
+    completed rather than prefixed again."""
+    if msg.startswith(prefix) and msg[len(prefix) : len(prefix) + 1] in (".", ":", " "):
+        return msg
+    parent, _, last = prefix.rpartition(".")
+    if parent and msg.startswith(last) and msg[len(last) : len(last) + 1] in (".", ":", " "):
+        return f"{parent}.{msg}"
+    return f"{prefix}: {msg}"
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

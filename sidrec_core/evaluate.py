@@ -41,6 +41,16 @@ class EvalConfig:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive cut-offs, got {self.ks}")
 
+    def check_catalogue(self, num_items: int) -> None:
+        """A cut-off above the number of items ranks the whole catalogue (every metric at it is
+        trivially 1); fail naming ``eval.ks`` once the catalogue size is known."""
+        over = [k for k in self.ks if k > num_items]
+        if over:
+            raise ValueError(
+                f"eval.ks: cut-off(s) {over} exceed the catalogue's {num_items} items (a list "
+                f"that long holds every item); lower eval.ks"
+            )
+
 
 @dataclasses.dataclass
 class EvalResult:
@@ -84,6 +94,8 @@ def evaluate(
     done, users/s and the ETA (beam decoding over a whole split takes minutes).
     """
     device = torch.device(device)
+    if num_items is not None:
+        cfg.check_catalogue(num_items)
     rows = np.arange(len(split)) if users is None else np.asarray(users)
     k = max(cfg.ks)
     if hasattr(recommender, "reset_candidate_stats"):

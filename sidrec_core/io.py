@@ -6,6 +6,7 @@ A crash mid-write leaves the previous file (or nothing), never a half-written ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,9 +35,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # mkstemp creates 0600; an artifact is read by the group like any build output
         tmp_path.chmod(FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.filename is None:  # a full disk reports no file; name the artifact being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+class ArtifactError(ValueError):
+    """A file on disk that cannot be read back (truncated, corrupt); the message names it."""
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, remedy: str) -> Iterator[None]:
+    """Turn a failure to parse ``path`` inside the block into one :class:`ArtifactError` line
+    naming the file, the parser's first line of complaint and ``remedy`` (what to re-run).
+
+    A missing or unreadable file and an error that already names its file pass through
+    unchanged; keep the block to the read itself, since any other exception in it is blamed on
+    the file.
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError, ArtifactError):
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        detail = f"{type(exc).__name__}: {lines[0][:200]}".rstrip(": ")
+        raise ArtifactError(f"{path}: corrupt or truncated ({detail}); {remedy}") from exc
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an I/O failure: the file, what went wrong and what to do about it."""
+    line = exc.strerror or str(exc)
+    if exc.filename is not None:
+        line = f"{exc.filename}: {line}"
+    if exc.errno == errno.ENOSPC:
+        return f"{line}; free some space or write to another folder"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{line}; choose a writable output folder"
+    return line
 
 
 def write_text(path: str | Path, text: str) -> None:

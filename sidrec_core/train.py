@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from sidrec_core import checkpoint as ckpt
 from sidrec_core.io import save_torch
 from sidrec_core.metrics import METRICS
+from sidrec_core.progress import format_seconds
 from sidrec_core.tracking import Run
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,28 @@ def check_monitor(key: str) -> None:
             f"train.monitor {key!r}: expected {{split}}/{{metric}}@{{k}} with metric one of "
             f"{', '.join(METRICS)} and k a positive integer"
         )
+
+
+def check_validated_monitor(key: str, monitor: str, ks: tuple[int, ...]) -> None:
+    """A stage that validates with :func:`sidrec_core.evaluate.evaluate` reports
+    ``valid/{metric}@{k}`` for each ``k`` in ``eval.ks``; a monitor outside that set would fail
+    only after the first epoch, so it fails when the configs are built, naming ``key``."""
+    split, _, name = monitor.partition("/")
+    metric, _, k = name.partition("@")
+    if split == "valid" and metric in METRICS and k.isdigit() and int(k) in ks:
+        return
+    raise ValueError(
+        f"{key} {monitor!r}: validation reports valid/{{metric}}@{{k}} with metric one of "
+        f"{', '.join(METRICS)} and k one of eval.ks {list(ks)}"
+    )
+
+
+def eta_text(elapsed: float, epochs_done: int, epochs_left: int) -> str:
+    """``Ns/epoch, ETA ...`` from the wall seconds (training and validation) of the epochs this
+    process ran; an upper bound when early stopping may end the run sooner."""
+    per_epoch = elapsed / max(epochs_done, 1)
+    eta = "done" if epochs_left <= 0 else f"ETA <= {format_seconds(per_epoch * epochs_left)}"
+    return f"{format_seconds(per_epoch)}/epoch, {eta}"
 
 
 @dataclasses.dataclass
@@ -198,6 +221,7 @@ def fit(
         ckpt.set_rng_state(saved["rng"])
         st = _State(**saved["loop"])
         log.info("resumed from %s after epoch %d (step %d)", resume, st.epoch, st.step)
+    run_start, first_epoch = time.perf_counter(), st.epoch
     while not st.done and st.epoch < cfg.epochs:
         st.epoch += 1
         epoch = st.epoch
@@ -228,7 +252,16 @@ def fit(
         if epoch_metrics is not None:
             record.update(epoch_metrics())
         stop = bool(cfg.max_steps and st.step >= cfg.max_steps)
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or stop:
+        validates = epoch % cfg.eval_every == 0 or epoch == cfg.epochs or stop
+        if not validates:
+            log.info(
+                "epoch %d/%d loss %.4f, %s",
+                epoch,
+                cfg.epochs,
+                record["train/loss"],
+                eta_text(time.perf_counter() - run_start, epoch - first_epoch, cfg.epochs - epoch),
+            )
+        if validates:
             record.update(validate())
             if cfg.monitor not in record:
                 raise KeyError(
@@ -242,13 +275,15 @@ def fit(
             else:
                 st.bad_evals += 1
             log.info(
-                "epoch %d loss %.4f %s %.4f (best %.4f @ %d)",
+                "epoch %d/%d loss %.4f %s %.4f (best %.4f @ %d), %s",
                 epoch,
+                cfg.epochs,
                 record["train/loss"],
                 cfg.monitor,
                 record[cfg.monitor],
                 st.best,
                 st.best_epoch,
+                eta_text(time.perf_counter() - run_start, epoch - first_epoch, cfg.epochs - epoch),
             )
             for hook in _VALIDATION_HOOKS.get():
                 hook(epoch, record)

@@ -19,6 +19,7 @@ from sidrec_core.models.beam import (
     DecodingConfig,
     PrefixTable,
     candidates_to_items,
+    fit_to_catalogue,
     generate_sids,
     schedule,
 )
@@ -336,6 +337,23 @@ def test_config_errors():
     with pytest.raises(ValueError, match="beam_width"):
         DecodingConfig(beam_width=0)
     assert schedule(DecodingConfig(beam_width=5, num_return_sequences=2), 3)[-1] == (5, 2)
+
+
+@pytest.mark.parametrize("strategy", ["constrained", "dynamic"])
+def test_beam_wider_than_catalogue_is_clamped_to_the_same_candidates(setup, strategy, caplog):
+    lm, codes, tokens, ids, mask, table, _ = setup
+    n = len(codes)
+    wide = DecodingConfig(strategy=strategy, beam_width=n + 7)
+    fitted = fit_to_catalogue(wide, n)
+    assert fitted.beam_width == n and f"decoding.beam_width {n + 7} exceeds the {n}" in caplog.text
+    # the claim behind the clamp: a constrained beam never holds more than n valid prefixes
+    got = candidates_to_items(generate_sids(lm, ids, mask, tokens, fitted, table), table, n)
+    want = candidates_to_items(generate_sids(lm, ids, mask, tokens, wide, table), table, n)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert fit_to_catalogue(DecodingConfig(beam_width=n), n).beam_width == n
+    with pytest.raises(ValueError, match=rf"decoding.beam_width {n + 1} exceeds the {n} items"):
+        fit_to_catalogue(DecodingConfig(strategy="beam", beam_width=n + 1), n)
 
 
 def test_mismatched_inputs_raise(setup):

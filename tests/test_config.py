@@ -18,6 +18,8 @@ from sidrec_core.config import (
 )
 from sidrec_core.data.dataset import DataConfig
 from sidrec_core.evaluate import EvalConfig
+from sidrec_core.models.sasrec import SASRecConfig
+from sidrec_core.rl.grpo import RLConfig
 from sidrec_core.train import TrainConfig
 from sidrec_core.utils import resolve_device, seed_everything
 
@@ -96,6 +98,83 @@ def test_misspelled_section_is_rejected_in_file_and_set(tmp_path):
     assert apply_overrides({}, ["sasrec.train.epochs=1"]) == {"sasrec": {"train": {"epochs": 1}}}
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sasrec:\n  loss: bce\n  hidden_dim: 8\n  loss: ce\n",
+            r"p.yaml:4: duplicate key sasrec.loss \(first on line 2\)",
+        ),
+        (
+            "sasrec:\n  loss: bce\nbase:\n  seed: 1\nsasrec:\n  loss: ce\n",
+            r"p.yaml:5: duplicate key sasrec \(first on line 1\)",
+        ),
+        (
+            "sasrec:\n  train:\n    lr: 0.1\n    lr: 0.2\n",
+            r"p.yaml:4: duplicate key sasrec.train.lr",
+        ),
+    ],
+)
+def test_duplicate_yaml_key_names_key_and_lines(tmp_path, text, expected):
+    # plain yaml.safe_load keeps the last value without a word
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=expected) as exc:
+        load_params(p)
+    assert "\n" not in str(exc.value)
+
+
+def test_invalid_yaml_is_one_line_with_position(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("sasrec:\n  loss: [bce\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:3:1: invalid YAML: expected ',' or ']'") as exc:
+        load_params(p)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "prefix", "expected"),
+    [
+        (RLConfig, {"beta": -1}, "rl", "rl.beta must be >= 0 (0 = no KL term"),
+        (RLConfig, {"weights": {"rule": -1}}, "rl", "rl.weights.rule must be a finite number"),
+        (TrainConfig, {"lr": 0}, "sasrec.train", "sasrec.train.lr must be > 0, got 0.0"),
+        (DataConfig, {"max_history": 0}, "data", "data: max_history must be >= 1"),
+    ],
+)
+def test_config_errors_name_the_key_once(cls, section, prefix, expected):
+    with pytest.raises(ConfigError) as exc:
+        build(cls, section, prefix)
+    assert str(exc.value).startswith(expected)
+
+
+def test_monitor_and_cutoffs_checked_before_training(tmp_path, syn_prepared):
+    from sidrec_core.stages.context import build_configs
+    from sidrec_core.stages.train_sasrec import run as run_sasrec
+
+    sections = {"eval": EvalConfig, "sasrec": SASRecConfig}
+    with pytest.raises(ConfigError, match=r"sasrec.train.monitor 'valid/foo': .* eval.ks"):
+        build_configs({"sasrec": {"train": {"monitor": "valid/foo"}}}, sections, "sasrec.train")
+    with pytest.raises(ConfigError, match=r"sasrec.train.monitor 'valid/ndcg@10': .*\[500\]"):
+        build_configs({"eval": {"ks": [500]}}, sections, "sasrec.train")
+    # a stage reading sasrec without training it does not check its monitor
+    assert build_configs({"eval": {"ks": [500]}}, sections)["eval"].ks == (500,)
+    # the catalogue's size is known once the data loads: still before the first epoch
+    params = {
+        **syn_prepared,
+        "eval": {"ks": [5, 500], "bootstrap": 0},
+        "sasrec": {
+            "hidden_dim": 8,
+            "checkpoint": str(tmp_path / "sasrec.pt"),
+            "train": {"epochs": 1, "monitor": "valid/ndcg@5"},
+        },
+    }
+    with pytest.raises(
+        ValueError, match=r"eval.ks: cut-off\(s\) \[500\] exceed the catalogue's 60"
+    ):
+        run_sasrec(params)
+    assert not (tmp_path / "sasrec.pt").exists()
+
+
 def test_repo_params_and_profiles_use_only_known_sections():
     root = Path(__file__).resolve().parents[1]
     files = [root / "params.yaml", *sorted((root / "experiments" / "profiles").glob("*.yaml"))]
@@ -141,7 +220,7 @@ def test_config_time_errors_name_the_key():
     ["valid/ndgc@10", "test/ndcg@10", "valid/ndcg@x", "ndcg@10", "valid/", "valid/hr@0"],
 )
 def test_bad_train_monitor_fails_at_config_time(monitor):
-    with pytest.raises(ConfigError, match=r"sasrec.train: train.monitor"):
+    with pytest.raises(ConfigError, match=r"sasrec.train.monitor (must look like|.* expected)"):
         build(TrainConfig, {"monitor": monitor}, "sasrec.train")
 
 

@@ -1,8 +1,11 @@
 """The CSV importer: every bad input is one line naming file, line and column; nothing is written
 unless everything validates."""
 
+import errno
 import importlib.util
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,7 +96,12 @@ def test_reimport_replaces_dataset_and_loads(tmp_path):
     import_csv(tmp_path / "i.csv", tmp_path / "ds")
     (tmp_path / "i.csv").write_text(GOOD + "u2,A,6\nu2,B,7\n")
     counts = import_csv(tmp_path / "i.csv", tmp_path / "ds", tmp_path / "items.csv")
-    assert counts == {"num_users": 2, "num_interactions": 5, "num_items_with_meta": 3}
+    assert counts == {
+        "num_users": 2,
+        "num_interactions": 5,
+        "duplicate_rows_dropped": 0,
+        "num_items_with_meta": 3,
+    }
     assert (tmp_path / "ds" / "sequences.txt").read_text() == "u1 A B\nu2 C A B\n"
     ds = load_dataset_dir(tmp_path / "ds", DataConfig())  # u1 has too few items
     assert ds.user_ids == ["u2"] and ds.item_meta[1]["title"] == "Gamma"
@@ -107,3 +115,43 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: ") and "i.csv:2: column 'user'" in err
+
+
+def test_utf8_bom_csv_is_read(tmp_path):
+    # Excel's "CSV UTF-8" opens the file with a byte-order mark before the header
+    (tmp_path / "i.csv").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    (tmp_path / "items.csv").write_bytes(b"\xef\xbb\xbf" + ITEMS.encode())
+    counts = import_csv(tmp_path / "i.csv", tmp_path / "ds", tmp_path / "items.csv")
+    assert counts["num_users"] == 2 and counts["num_items_with_meta"] == 3
+    assert (tmp_path / "ds" / "sequences.txt").read_text() == "u1 A B\nu2 C\n"
+
+
+def test_duplicate_rows_dropped_and_counted(tmp_path, caplog):
+    # policy: a row repeating user, item and timestamp is one interaction exported twice
+    # (dropped, counted, first repeat named); the same item at another time is kept
+    (tmp_path / "i.csv").write_text(GOOD + "u1,B,20\nu1,B,20\nu1,A,30\n")
+    counts = import_csv(tmp_path / "i.csv", tmp_path / "ds")
+    assert counts["duplicate_rows_dropped"] == 2 and counts["num_interactions"] == 4
+    assert (tmp_path / "ds" / "sequences.txt").read_text() == "u1 A B A\nu2 C\n"
+    assert "dropped 2 duplicate row(s)" in caplog.text and "line 5 repeats line 2" in caplog.text
+
+
+def test_items_csv_missing_an_item_fails_at_import(tmp_path):
+    msg = _error(tmp_path, GOOD, "item,title\nA,x\nB,y\n")
+    assert "i.csv:4: column 'item': 'C' has no row in" in msg and "items.csv" in msg
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("errno_code", [errno.EROFS, errno.ENOSPC])
+def test_unwritable_output_folder_is_one_line(tmp_path, capsys, monkeypatch, errno_code):
+    # root ignores chmod, so the read-only / full folder is simulated where the folder is made
+    (tmp_path / "i.csv").write_text(GOOD)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno_code, os.strerror(errno_code))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert _cli()([str(tmp_path / "i.csv"), str(tmp_path / "out" / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {tmp_path / 'out'}: {os.strerror(errno_code)}")

@@ -75,6 +75,40 @@ def test_bad_input_names_file_and_line(tmp_path, seqs, items, needle):
     assert needle in str(err.value)
 
 
+def test_truncated_gzip_without_checksums_names_the_file(tmp_path):
+    d = tmp_path / "ds"
+    d.mkdir()
+    body = "".join(f"u{i} A B C D\n" for i in range(5000)).encode()
+    packed = gzip.compress(body)
+    (d / "sequences.txt.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError) as err:
+        load_dataset_dir(d, DataConfig())
+    assert "sequences.txt.gz:" in str(err.value) and "corrupt or truncated gzip" in str(err.value)
+
+
+def test_non_utf8_sequences_name_file_and_line(tmp_path):
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "sequences.txt").write_bytes(b"u1 A B C\nu2 caf\xe9 B C\n")
+    with pytest.raises(DataError, match=r"sequences.txt:2: not UTF-8 text .*column 7: byte 0xe9"):
+        load_dataset_dir(d, DataConfig())
+
+
+def test_plain_and_gzip_copies_must_agree(tmp_path):
+    d = _write(tmp_path / "ds", "u1 A B C\nu2 A B C\n")
+    (d / "sequences.txt.gz").write_bytes(gzip.compress(b"u1 A B C\nu2 A B D\n"))
+    with pytest.raises(DataError, match="both sequences.txt and sequences.txt.gz .* differ"):
+        load_dataset_dir(d, DataConfig())
+    (d / "sequences.txt.gz").write_bytes(gzip.compress((d / "sequences.txt").read_bytes()))
+    assert load_dataset_dir(d, DataConfig()).num_users == 2
+
+
+def test_every_user_too_short_is_one_clear_error(tmp_path):
+    d = _write(tmp_path / "ds", "u1 A B\nu2 A C\n")
+    with pytest.raises(DataError, match="all 2 users have fewer than 3 items"):
+        load_dataset_dir(d, DataConfig())
+
+
 def test_trailing_blank_lines_and_gzip_are_fine(tmp_path):
     d = tmp_path / "gz"
     d.mkdir()

@@ -55,3 +55,10 @@ def test_import_noise_is_filtered():
         warnings.warn(arg, ExperimentalWarning, stacklevel=1)
         warnings.warn("a real problem", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a real problem"]
+
+
+def test_training_eta_counts_the_epochs_left():
+    from sidrec_core.train import eta_text
+
+    assert eta_text(20.0, 2, 3) == "10s/epoch, ETA <= 30s"
+    assert eta_text(90.0, 1, 0) == "1m30s/epoch, done"

@@ -239,7 +239,7 @@ def test_a_time_budget_starts_no_trial_it_cannot_finish(tmp_path):
     assert ablate_main(argv) == 2
 
 
-def test_grid_coverage_with_seeds_report_and_cache(tmp_path):
+def test_grid_coverage_with_seeds_report_and_cache(tmp_path, capsys):
     o = opts(tmp_path, n_seeds=3)
     summary = run_study("exclude_seen", o)
     trials = trials_of(o, "exclude_seen")
@@ -260,9 +260,34 @@ def test_grid_coverage_with_seeds_report_and_cache(tmp_path):
     assert (tmp_path / "exp" / "exclude_seen" / "smoke.png").stat().st_size > 1000
     index = (tmp_path / "exp" / "README.md").read_text()
     assert "[report](exclude_seen/report.md)" in index and "`beam_width`" in index
-    # a second launch has nothing left to do
+    # a second launch has nothing left to do: it says so and leaves storage and reports alone
+    db = tmp_path / "exp" / "exclude_seen" / "optuna.db"
+    files = (db, tmp_path / "exp" / "exclude_seen" / "report.md", tmp_path / "exp" / "README.md")
+    before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files]
     again = run_study("exclude_seen", o)
-    assert again["remaining_before"] == 0 and len(trials_of(o, "exclude_seen")) == len(trials)
+    assert again["remaining_before"] == 0 and again["up_to_date"] and again["complete"] == 6
+    assert len(trials_of(o, "exclude_seen")) == len(trials)
+    argv = ["--study", "exclude_seen", "--profile", "smoke", "--n-seeds", "3"]
+    argv += ["--out", str(tmp_path / "exp"), "--params", str(ROOT / "params.yaml")]
+    assert ablate_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("exclude_seen: study complete: 6 trials in ") and out.count("\n") == 1
+    assert [(f.read_bytes(), f.stat().st_mtime_ns) for f in files] == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--list", "--study", "beam_width"], "--list lists every study and runs nothing; drop"),
+        (["--report-only", "--dvc-args"], "--dvc-args and --report-only are separate modes"),
+        (["--dvc-args", "--study", "x"], "--dvc-args prints the profile's -S flags"),
+    ],
+)
+def test_flags_that_would_override_each_other_are_refused(argv, expected, capsys):
+    assert ablate_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: {captured.err[7:]}"
+    assert expected in captured.err and captured.err.count("\n") == 1
 
 
 def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> list:

@@ -4,11 +4,16 @@ dataset directory format (``sequences.txt`` + ``items.jsonl``).
 Everything is validated before anything is written, and every error is one line naming the file,
 the line and the column. The dataset directory appears in one rename, so a failed import leaves
 the previous directory (or nothing) in place, never a half-written one.
+
+Duplicate rows: a row repeating an earlier row's user, item and timestamp is the same interaction
+exported twice; it is dropped and counted (a warning names the first). The same user and item at
+another time is a repeat interaction and is kept.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import shutil
@@ -22,6 +27,7 @@ import pandas as pd
 from sidrec_core.data.dataset import DataError
 from sidrec_core.io import DIR_MODE, write_jsonl, write_text
 
+log = logging.getLogger(__name__)
 REQUIRED = ("user", "item", "timestamp")
 _SPACE = re.compile(r"\s")
 
@@ -34,7 +40,8 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[
         raise DataError(f"{path}: file not found")
     rows: list[tuple[int, dict]] = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or not any(h.strip() for h in header):
@@ -130,6 +137,54 @@ def read_items_csv(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def drop_duplicate_rows(
+    path: Path, rows: list[tuple[int, dict]], records: list[tuple[str, str]], stamps: list[float]
+) -> list[int]:
+    """Indices of the rows to keep: a row repeating an earlier row's user, item and timestamp is
+    the same interaction exported twice, so it is dropped and counted (with the first such line
+    logged); the same item again at another time is a repeat interaction and stays."""
+    first: dict[tuple[str, str, float], int] = {}
+    keep: list[int] = []
+    example: tuple[int, int] | None = None  # (line, line it repeats)
+    for i, (record, stamp) in enumerate(zip(records, stamps, strict=True)):
+        j = first.setdefault((*record, stamp), i)
+        if j == i:
+            keep.append(i)
+        elif example is None:
+            example = (rows[i][0], rows[j][0])
+    if example is not None:
+        log.warning(
+            "%s: dropped %d duplicate row(s) (same user, item and timestamp as an earlier row), "
+            "e.g. line %d repeats line %d",
+            path,
+            len(records) - len(keep),
+            *example,
+        )
+    return keep
+
+
+def check_items_listed(
+    interactions: Path,
+    items_path: Path,
+    rows: list[tuple[int, dict]],
+    records: list[tuple[str, str]],
+    meta: list[dict[str, Any]],
+) -> None:
+    """Every item of the interactions must have a row in the items CSV (``prepare`` refuses a
+    dataset whose ``items.jsonl`` lacks an item, so the import refuses it first)."""
+    listed = {obj["asin"] for obj in meta}
+    missing: dict[str, int] = {}
+    for (line, _), (_, item) in zip(rows, records, strict=True):
+        if item not in listed:
+            missing.setdefault(item, line)
+    if missing:
+        item, line = next(iter(missing.items()))
+        raise DataError(
+            f"{interactions}:{line}: column 'item': {item!r} has no row in {items_path} "
+            f"({len(missing)} item(s) missing from it, e.g. {list(missing)[:5]})"
+        )
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Put directory ``src`` at ``dst`` by rename; a previous ``dst`` is moved aside first and
     removed only once ``src`` is in place."""
@@ -164,14 +219,21 @@ def import_csv(
         for line, r in rows
     ]
     stamps = parse_timestamps(interactions, rows)
-    order = sorted(range(len(records)), key=lambda i: (records[i][0], stamps[i], i))
+    keep = drop_duplicate_rows(interactions, rows, records, stamps)
+    order = sorted(keep, key=lambda i: (records[i][0], stamps[i], i))
     seqs: dict[str, list[str]] = {}
     for i in order:
         seqs.setdefault(records[i][0], []).append(records[i][1])
-    meta = read_items_csv(Path(items)) if items is not None else None
+    meta = None
+    if items is not None:
+        meta = read_items_csv(Path(items))
+        check_items_listed(interactions, Path(items), rows, records, meta)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:  # name the folder the user chose, not the random staging name
+        raise OSError(exc.errno, exc.strerror, str(out_dir.parent)) from exc
     try:
         staging.chmod(DIR_MODE)
         write_text(
@@ -185,6 +247,7 @@ def import_csv(
         raise
     return {
         "num_users": len(seqs),
-        "num_interactions": len(records),
+        "num_interactions": len(keep),
+        "duplicate_rows_dropped": len(records) - len(keep),
         "num_items_with_meta": len(meta) if meta is not None else 0,
     }

@@ -17,13 +17,14 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sidrec_core.io import file_sha256, save_npz, write_jsonl
+from sidrec_core.io import file_sha256, reading, save_npz, write_jsonl
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,33 @@ def _find(directory: Path, filename: str) -> Path | None:
     return None
 
 
+def _find_one(directory: Path, filename: str) -> Path | None:
+    """``filename`` or ``filename.gz`` in ``directory``; when both are there they must hold the
+    same text, else which one the pipeline reads would be a silent choice."""
+    plain, packed = directory / filename, directory / f"{filename}.gz"
+    if plain.is_file() and packed.is_file():
+        with open(plain, "rb") as a, gzip.open(packed, "rb") as b:
+            try:
+                same = _same_stream(a, b)
+            except (EOFError, gzip.BadGzipFile, zlib.error):
+                same = False
+        if not same:
+            raise DataError(
+                f"{directory}: both {filename} and {filename}.gz are present and they differ; "
+                f"remove the one that is out of date"
+            )
+    return _find(directory, filename)
+
+
+def _same_stream(a: Any, b: Any, chunk: int = 1 << 20) -> bool:
+    while True:
+        x, y = a.read(chunk), b.read(chunk)
+        if x != y:
+            return False
+        if not x:
+            return True
+
+
 def read_checksums(directory: Path) -> dict[str, str]:
     """``SHA256SUMS`` (``<hex>  <file>`` per line, as ``sha256sum`` writes it) -> {file: hex}."""
     path = directory / CHECKSUMS
@@ -169,10 +197,38 @@ def verify_file(path: Path, sums: dict[str, str]) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file, gzip-compressed when it ends in ``.gz``; a truncated
+    or corrupt archive, or bytes that are not UTF-8, raise :class:`DataError` naming the file and
+    the line where reading stopped."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            yield lineno, line.rstrip("\n")
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                yield lineno, line.rstrip("\n")
+    except UnicodeDecodeError as exc:
+        # text mode decodes in chunks, so the line is found again from the raw bytes
+        line, detail = _bad_utf8(path, opener)
+        raise DataError(f"{path}:{line}: not UTF-8 text ({detail})") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(
+            f"{path}:{lineno + 1}: corrupt or truncated gzip file ({exc}); restore it from its "
+            f"source"
+        ) from exc
+
+
+def _bad_utf8(path: Path, opener: Any) -> tuple[int | str, str]:
+    """Line number and reason of the first line of ``path`` that is not valid UTF-8."""
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (
+                    lineno,
+                    f"{exc.reason} at column {exc.start + 1}: byte 0x{raw[exc.start]:02x}",
+                )
+    return "?", "undecodable bytes"
 
 
 def read_items(path: Path) -> dict[str, dict[str, Any]]:
@@ -251,6 +307,12 @@ def build_dataset(
             keep_users.append(user)
             keep_seqs.append(seq)
     dropped = {"short_sequences": len(users) - len(keep_users)}
+    if not keep_users:
+        raise DataError(
+            f"{source or name}: all {len(users)} users have fewer than "
+            f"{cfg.min_sequence_length} items (data.min_sequence_length: one training item, a "
+            f"validation and a test target), so no user is left"
+        )
     if dropped["short_sequences"]:
         log.warning(
             "%s: dropped %d users with fewer than %d items",
@@ -301,13 +363,13 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 
 
 def load_dataset_dir(directory: Path, cfg: DataConfig, name: str | None = None) -> Dataset:
-    seq_path = _find(directory, "sequences.txt")
+    seq_path = _find_one(directory, "sequences.txt")
     if seq_path is None:
         raise DataError(f"{directory}: no sequences.txt or sequences.txt.gz")
     sums = read_checksums(directory)
     sources = {str(seq_path): verify_file(seq_path, sums)}
     users, seqs = read_sequences(seq_path)
-    items_path = _find(directory, "items.jsonl")
+    items_path = _find_one(directory, "items.jsonl")
     items = None
     if items_path is not None:
         sources[str(items_path)] = verify_file(items_path, sums)
@@ -357,7 +419,8 @@ def load_prepared(directory: str | Path) -> Dataset:
     npz_path = directory / "dataset.npz"
     if not npz_path.exists():
         raise DataError(f"{npz_path} not found: run the prepare stage first (dvc repro prepare)")
-    with np.load(npz_path) as z:
+    remedy = "re-run the prepare stage (dvc repro prepare)"
+    with reading(npz_path, remedy), np.load(npz_path) as z:
         offsets = z["seq_offsets"]
         items = z["seq_items"]
         sequences = [items[offsets[i] : offsets[i + 1]].copy() for i in range(len(offsets) - 1)]
@@ -365,7 +428,7 @@ def load_prepared(directory: str | Path) -> Dataset:
         item_keys = z["item_keys"].tolist()
         name, synthetic = str(z["name"]), bool(z["synthetic"])
     meta: list[dict[str, Any]] = [{}]
-    with open(directory / "items.jsonl") as f:
+    with reading(directory / "items.jsonl", remedy), open(directory / "items.jsonl") as f:
         meta += [json.loads(line)["meta"] for line in f]
     return Dataset(name, user_ids, item_keys, sequences, meta, synthetic)
 
@@ -375,7 +438,7 @@ def prepared_texts(directory: str | Path) -> list[str]:
     from sidrec_core.data.text import warn_empty_texts
 
     path = Path(directory) / "items.jsonl"
-    with open(path) as f:
+    with reading(path, "re-run the prepare stage (dvc repro prepare)"), open(path) as f:
         texts = [json.loads(line)["text"] for line in f]
     warn_empty_texts(texts, str(path))
     return texts

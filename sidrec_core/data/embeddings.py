@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sidrec_core.data.dataset import DataError, read_checksums, verify_file
+from sidrec_core.io import reading
 
 log = logging.getLogger(__name__)
 
@@ -184,5 +185,6 @@ def load_embeddings(path: str | Path, num_items: int | None = None) -> np.ndarra
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} not found: run the embed stage first (dvc repro embed)")
-    x = np.load(path)
+    with reading(path, "re-run the stage that wrote it (dvc repro embed)"):
+        x = np.load(path, allow_pickle=False)
     return check_embeddings(x, num_items if num_items is not None else x.shape[0], str(path))

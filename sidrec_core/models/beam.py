@@ -37,6 +37,7 @@ unconstrained scores are comparable and are true model log-probabilities of the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Literal
 
 import torch
@@ -55,6 +56,8 @@ from sidrec_core.models.beam_encoder import (
     is_encoder_decoder,
 )
 from sidrec_core.models.candidates import PrefixTable, candidates_to_items
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BeamOutput",
@@ -123,6 +126,38 @@ class DecodingConfig:
         return self.strategy == "constrained" or (
             self.strategy == "dynamic" and self.dynamic_constrained
         )
+
+
+def fit_to_catalogue(cfg: DecodingConfig, num_items: int) -> DecodingConfig:
+    """``cfg`` for a SID table of ``num_items`` items: a beam wider than the catalogue.
+
+    Constrained decoding (``constrained``, or ``dynamic`` with its prefix tables) never holds
+    more than ``num_items`` valid prefixes at any step, so a width above it decodes exactly what
+    width ``num_items`` does, only slower (and would report more candidates than items): it is
+    clamped to ``num_items`` with a warning. Unconstrained decoding has no such equivalence, so
+    there the width must not exceed the catalogue.
+    """
+    if cfg.beam_width <= num_items:
+        return cfg
+    constrained = cfg.strategy == "constrained" or (
+        cfg.strategy == "dynamic" and cfg.dynamic_constrained
+    )
+    if not constrained:
+        raise ValueError(
+            f"decoding.beam_width {cfg.beam_width} exceeds the {num_items} items of the SID "
+            f"table; with unconstrained strategy {cfg.strategy!r} use a width <= {num_items}"
+        )
+    nrs = cfg.num_return_sequences
+    log.warning(
+        "decoding.beam_width %d exceeds the %d items of the SID table: decoding with width %d "
+        "(a constrained beam holds at most one SID per item; same candidates, less time)",
+        cfg.beam_width,
+        num_items,
+        num_items,
+    )
+    return dataclasses.replace(
+        cfg, beam_width=num_items, num_return_sequences=None if nrs is None else min(nrs, num_items)
+    )
 
 
 def schedule(cfg: DecodingConfig, num_levels: int) -> list[tuple[int, int]]:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from sidrec_core.data.batching import ROW_LAYOUTS, TrainBatches
 from sidrec_core.data.negatives import NEGATIVES, NegativeSampler
 from sidrec_core.data.split import LeaveOneOut
+from sidrec_core.io import reading
 from sidrec_core.models.base import Recommender, topk_items
 from sidrec_core.models.losses import (
     LOSSES,
@@ -381,6 +382,24 @@ class SASRec(Recommender):
     def epoch_metrics(self) -> dict[str, float]:
         """Per-epoch figures for the run's curves: the adaptive similarity's weights."""
         return self.similarity.weights()
+
+
+def load_sasrec(cfg: SASRecConfig, loo: LeaveOneOut, path: str | Path, key: str) -> SASRec:
+    """The SASRec saved at ``path`` (a state dict written by ``train_sasrec``), built from
+    ``cfg``; a missing, truncated or mismatched file fails in one line naming ``key`` and it."""
+    model = build_sasrec(cfg, loo)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: {path} not found; run train_sasrec first")
+    with reading(path, "re-run train_sasrec (dvc repro train_sasrec)"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{key}: {path} does not match the sasrec params (sizes, item count or options "
+            f"differ from the run that saved it): {str(exc).splitlines()[-1].strip()[:200]}"
+        ) from exc
+    return model
 
 
 def build_sasrec(cfg: SASRecConfig, loo: LeaveOneOut) -> SASRec:

@@ -25,7 +25,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from sidrec_core.io import write_json
+from sidrec_core.io import reading, write_json
 from sidrec_core.sid.table import SIDTable, token
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -175,8 +175,12 @@ class SIDVocab:
             raise FileNotFoundError(
                 f"{directory / VOCAB_FILE} not found: not a trained sidlm folder"
             )
-        sizes = tuple(json.loads((directory / VOCAB_FILE).read_text())["codebook_sizes"])
-        return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), sizes)
+        remedy = "re-run the stage that wrote the folder (dvc repro train_sidlm)"
+        with reading(directory / VOCAB_FILE, remedy):
+            sizes = tuple(json.loads((directory / VOCAB_FILE).read_text())["codebook_sizes"])
+        with reading(directory, remedy):  # the tokenizer files and config.json
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        return cls(tokenizer, sizes)
 
 
 @dataclasses.dataclass(frozen=True)

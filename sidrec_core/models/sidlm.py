@@ -33,17 +33,23 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, Seq2SeqExampleEncoder, collate
-from sidrec_core.io import write_json
+from sidrec_core.io import reading, write_json
 from sidrec_core.models.base import Recommender
 from sidrec_core.models.beam import (
     DecodingConfig,
     PrefixTable,
     candidates_to_items,
+    fit_to_catalogue,
     generate_sids,
     schedule,
 )
 from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
-from sidrec_core.models.sidlm_seq2seq import load_lm, scratch_seq2seq, seq2seq_loss
+from sidrec_core.models.sidlm_seq2seq import (
+    WEIGHT_FILES,
+    load_lm,
+    scratch_seq2seq,
+    seq2seq_loss,
+)
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.train import TrainConfig
 
@@ -123,12 +129,8 @@ class SIDLMConfig:
             )
 
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+# What to do about a trained SID LM folder whose files cannot be read back.
+RETRAIN = "re-run the stage that wrote it (dvc repro train_sidlm, or rl_sidlm for its output)"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -258,6 +260,16 @@ class SIDLM(Recommender):
         self.decoding = DecodingConfig()
         self.reset_candidate_stats()
 
+    @property
+    def decoding(self) -> DecodingConfig:
+        """How :meth:`recommend` decodes; set it to a ``decoding`` section, and a beam wider
+        than the SID table is fitted to it (:func:`~sidrec_core.models.beam.fit_to_catalogue`)."""
+        return self._decoding
+
+    @decoding.setter
+    def decoding(self, cfg: DecodingConfig) -> None:
+        self._decoding = fit_to_catalogue(cfg, self.table.num_items)
+
     def num_candidates(self) -> int:
         """SIDs (hence items, at most) returned per user under ``self.decoding``."""
         return schedule(self.decoding, self.table.num_levels)[-1][1]
@@ -348,7 +360,11 @@ class SIDLM(Recommender):
                 f"sidlm.output_dir: {directory} holds no trained sidlm model "
                 "(run the train_sidlm stage first)"
             )
-        meta = json.loads((directory / META_FILE).read_text())
+        with reading(directory / META_FILE, RETRAIN):
+            meta = json.loads((directory / META_FILE).read_text())
+            for key in ("sid_table", "task"):
+                if key not in meta:
+                    raise KeyError(f"no {key!r} entry")
         check_model_dir(directory, "sidlm.output_dir")
         vocab = SIDVocab.load(directory)
         vocab.check_table(table)

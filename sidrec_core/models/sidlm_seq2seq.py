@@ -44,10 +44,20 @@ from transformers import (
 )
 
 from sidrec_core.data.sid_examples import IGNORE
+from sidrec_core.io import reading
 
 if TYPE_CHECKING:
     from sidrec_core.models.sid_tokenizer import SIDVocab
     from sidrec_core.models.sidlm import SIDLMConfig
+
+
+# The weight files save_pretrained writes (single file or sharded index), in load order.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def scratch_seq2seq(cfg: SIDLMConfig, vocab: SIDVocab) -> T5ForConditionalGeneration:
@@ -99,7 +109,9 @@ def load_lm(directory: str | Path, arch: str, meta_file: str) -> PreTrainedModel
 
     Fails (one line naming the folder) when ``config.json`` holds the other kind of model.
     """
-    config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    remedy = "re-run the stage that wrote the folder (dvc repro train_sidlm)"
+    with reading(Path(directory) / "config.json", remedy):
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     if seq2seq != (arch == "encoder_decoder"):
         kind = "encoder-decoder" if seq2seq else "decoder-only"
@@ -108,7 +120,12 @@ def load_lm(directory: str | Path, arch: str, meta_file: str) -> PreTrainedModel
             f"config.json holds a {kind} {config.model_type!r} model"
         )
     cls = T5ForConditionalGeneration if seq2seq else AutoModelForCausalLM
-    return cls.from_pretrained(str(directory), local_files_only=True)
+    weights = next(
+        (Path(directory) / f for f in WEIGHT_FILES if (Path(directory) / f).is_file()),
+        Path(directory),
+    )
+    with reading(weights, remedy):
+        return cls.from_pretrained(str(directory), local_files_only=True)
 
 
 def check_decoder_arch(cfg: SIDLMConfig, consumer: str) -> None:

@@ -34,6 +34,7 @@ from sidrec_core.data.sid_examples import (
 from sidrec_core.data.split import LeaveOneOut, leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
+from sidrec_core.progress import format_seconds
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.train import fit
 
@@ -101,6 +102,7 @@ def train_sidlm(
     :func:`sidrec_core.train.fit` (one file per process: each rank's RNG state differs). Returns
     training figures for the metrics JSON."""
     device = acc.device
+    eval_cfg.check_catalogue(loo.num_items)  # before training, not at the first validation
     examples = (
         Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + "_examples") / "train.jsonl"
     )
@@ -129,16 +131,21 @@ def train_sidlm(
             if cfg.length_group
             else _chunks(stream, bs)
         )
+        epoch_start = time.perf_counter()
         for i, group in enumerate(groups):
             batch = collate(group, model.pad_id, side)
             tokens["n"] += int(batch["attention_mask"].sum())
             if i % 20 == 0:
+                now = time.perf_counter()
+                # the first batch of an epoch has no rate yet
+                left = (now - epoch_start) / i * max(steps - i, 0) if i else None
                 log.info(
-                    "epoch %d batch %d/%d, %.0f tokens/s",
+                    "epoch %d batch %d/%d, %.0f tokens/s%s",
                     epoch,
                     i,
                     steps,
-                    tokens["n"] / max(time.perf_counter() - start, 1e-9),
+                    tokens["n"] / max(now - start, 1e-9),
+                    "" if left is None else f", epoch ETA {format_seconds(left)}",
                 )
             yield batch
 

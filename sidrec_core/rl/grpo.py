@@ -102,19 +102,19 @@ class RLConfig:
                 f"rl.num_generations must be >= 2 (a group of one has no baseline), "
                 f"got {self.num_generations}"
             )
-        checks = {
-            "temperature": self.temperature > 0,
-            "top_k": self.top_k >= 0,
-            "beta": self.beta >= 0,
-            "ref_sync_alpha": 0 < self.ref_sync_alpha <= 1,
-            "ref_sync_steps": self.ref_sync_steps >= 1,
-            "epsilon": self.epsilon > 0,
-            "num_iterations": self.num_iterations >= 1,
-            "log_every": self.log_every >= 1,
+        checks = {  # key: (holds, the valid range)
+            "temperature": (self.temperature > 0, "> 0"),
+            "top_k": (self.top_k >= 0, ">= 0 (0 = every allowed code)"),
+            "beta": (self.beta >= 0, ">= 0 (0 = no KL term, no reference model)"),
+            "ref_sync_alpha": (0 < self.ref_sync_alpha <= 1, "in (0, 1]"),
+            "ref_sync_steps": (self.ref_sync_steps >= 1, ">= 1"),
+            "epsilon": (self.epsilon > 0, "> 0"),
+            "num_iterations": (self.num_iterations >= 1, ">= 1"),
+            "log_every": (self.log_every >= 1, ">= 1"),
         }
-        for key, ok in checks.items():
+        for key, (ok, valid) in checks.items():
             if not ok:
-                raise ValueError(f"rl.{key}: invalid value {getattr(self, key)!r}")
+                raise ValueError(f"rl.{key} must be {valid}, got {getattr(self, key)!r}")
         if self.max_users_per_epoch is not None and self.max_users_per_epoch < 1:
             raise ValueError(f"rl.max_users_per_epoch must be >= 1, got {self.max_users_per_epoch}")
         if self.ref_sync and self.beta == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidrec_core.io import save_npy, write_json
+from sidrec_core.io import reading, save_npy, write_json
 
 LEVEL_LETTERS = string.ascii_lowercase
 
@@ -83,8 +83,12 @@ class SIDTable:
             raise FileNotFoundError(
                 f"{directory / 'codes.npy'} not found: run the build_sids stage first"
             )
-        meta = json.loads((directory / "meta.json").read_text())
-        table = cls(np.load(directory / "codes.npy"), tuple(meta["codebook_sizes"]))
+        remedy = "rebuild the SID table (dvc repro build_sids)"
+        with reading(directory / "meta.json", remedy):
+            sizes = tuple(json.loads((directory / "meta.json").read_text())["codebook_sizes"])
+        with reading(directory / "codes.npy", remedy):
+            codes = np.load(directory / "codes.npy", allow_pickle=False)
+        table = cls(codes, sizes)
         if num_items is not None and table.num_items != num_items:
             raise ValueError(
                 f"SID table {directory} covers {table.num_items} items but the dataset has "

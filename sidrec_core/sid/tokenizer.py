@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sidrec_core.config import ConfigError, build
-from sidrec_core.io import save_torch
+from sidrec_core.io import reading, save_torch
 
 if TYPE_CHECKING:
     from sidrec_core.sid.build import SIDConfig
@@ -110,8 +110,9 @@ def load_tokenizer(path: str | Path) -> SIDTokenizer:
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the build_sids stage first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    method = ckpt["method"]
+    with reading(path, "rebuild the SID table (dvc repro build_sids)"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        method = ckpt["method"]
     if method not in TOKENIZERS:
         raise ValueError(f"{path}: unknown tokenizer method {method!r}")
     cls = TOKENIZERS[method]

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from sidrec_core.config import BaseConfig, build, to_dict
+from sidrec_core.config import BaseConfig, ConfigError, build, to_dict
 from sidrec_core.io import path_sha256
 from sidrec_core.tracking import Run, start_run
+from sidrec_core.train import check_validated_monitor
 from sidrec_core.utils import resolve_device, seed_everything, set_threads
 
 
@@ -66,9 +67,26 @@ def metrics_dir_for(base: BaseConfig, cfg: dict[str, Any], output_key: str | Non
     return str((path.parent if path.suffix else path) / "metrics")
 
 
-def build_configs(params: dict[str, Any], sections: dict[str, type]) -> dict[str, Any]:
-    """``{section: frozen config}`` for each ``section -> dataclass`` (strict on keys/types)."""
-    return {name: build(cls, params.get(name), name) for name, cls in sections.items()}
+def build_configs(
+    params: dict[str, Any], sections: dict[str, type], trains: str | None = None
+) -> dict[str, Any]:
+    """``{section: frozen config}`` for each ``section -> dataclass`` (strict on keys/types).
+
+    ``trains`` is the dotted key of the training config the stage fits and validates with
+    ``eval`` (``sasrec.train``): its ``monitor`` must be a metric validation reports, checked
+    here, before any data loads, rather than after the first epoch.
+    """
+    cfg = {name: build(cls, params.get(name), name) for name, cls in sections.items()}
+    if trains is not None:
+        section, *path = trains.split(".")
+        train = cfg[section]
+        for name in path:
+            train = getattr(train, name)
+        try:
+            check_validated_monitor(f"{trains}.monitor", train.monitor, cfg["eval"].ks)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    return cfg
 
 
 @contextlib.contextmanager
@@ -80,6 +98,7 @@ def stage_context(
     write_metrics: bool = True,
     device: torch.device | None = None,
     output_key: str | None = None,
+    trains: str | None = None,
     **sections: type,
 ) -> Iterator[StageContext]:
     """Configs, seed, threads, device and the tracking run of stage ``name``.
@@ -88,10 +107,11 @@ def stage_context(
     config dataclass; ``base`` is always built. ``write_metrics=False`` skips
     ``metrics/<name>.json`` (non-main processes of a data-parallel run); ``device`` overrides the
     resolved one (accelerate's); ``output_key`` names the stage's main output (see
-    :func:`metrics_dir_for`).
+    :func:`metrics_dir_for`); ``trains`` the training config it fits (see
+    :func:`build_configs`).
     """
     base = build(BaseConfig, params.get("base"), "base")
-    cfg = build_configs(params, sections)
+    cfg = build_configs(params, sections, trains)
     seed_everything(base.seed)
     set_threads(base.num_threads)
     device = device or resolve_device(base.device)

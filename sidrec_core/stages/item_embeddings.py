@@ -14,7 +14,7 @@ from sidrec_core.data.embeddings import EmbedConfig, load_embeddings
 from sidrec_core.data.split import leave_one_out
 from sidrec_core.etegrec.collab import SOURCES, CollabConfig, item_vectors
 from sidrec_core.io import save_npy
-from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
+from sidrec_core.models.sasrec import SASRecConfig, load_sasrec
 from sidrec_core.stages.context import stage_context
 
 
@@ -31,14 +31,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     ) as ctx:
         data, sasrec, cfg = ctx.cfg["data"], ctx.cfg["sasrec"], ctx.cfg["collab"]
         loo = leave_one_out(load_prepared(data.prepared_dir))
-        model = build_sasrec(sasrec, loo)
-        try:
-            state = torch.load(sasrec.checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"sasrec.checkpoint: {sasrec.checkpoint} not found; run train_sasrec first"
-            ) from exc
-        model.load_state_dict(state)
+        model = load_sasrec(sasrec, loo, sasrec.checkpoint, "sasrec.checkpoint")
         with torch.no_grad():
             table = model.item_table().cpu().numpy()
         text = load_embeddings(ctx.cfg["embed"].output, loo.num_items)

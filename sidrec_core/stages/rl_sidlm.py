@@ -22,9 +22,9 @@ from sidrec_core.data.dataset import DataConfig
 from sidrec_core.data.embeddings import EmbedConfig
 from sidrec_core.data.split import LeaveOneOut, subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.io import write_json
+from sidrec_core.io import reading, write_json
 from sidrec_core.models.beam import DecodingConfig
-from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
+from sidrec_core.models.sasrec import SASRecConfig, load_sasrec
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
 from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
 from sidrec_core.models.sidlm_train import load_inputs, save_dir_atomic
@@ -39,17 +39,18 @@ STAGE = "rl_sidlm"
 
 
 def load_cf_scorer(
-    cfg: SASRecConfig, loo: LeaveOneOut, path: str, device: torch.device
+    cfg: SASRecConfig, loo: LeaveOneOut, path: str, device: torch.device, key: str
 ) -> CFScorer:
-    """The trained SASRec (``sasrec`` section + its saved state dict) as a cf reward model."""
-    model = build_sasrec(cfg, loo)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    """The trained SASRec (``sasrec`` section + its saved state dict at ``path``, the params
+    key ``key``) as a cf reward model."""
+    model = load_sasrec(cfg, loo, path, key)
     return CFScorer(model.to(device), cfg.max_history)
 
 
 def load_item_embeddings(path: str, num_items: int) -> torch.Tensor:
     """``embed.output`` [N, D] (row i - 1 = item i) -> float [N + 1, D] with a zero row 0."""
-    vectors = np.load(path)
+    with reading(path, "re-run the stage that wrote it (dvc repro embed)"):
+        vectors = np.load(path, allow_pickle=False)
     if vectors.ndim != 2 or vectors.shape[0] != num_items:
         raise ValueError(
             f"rl.embeddings: {path} has shape {vectors.shape}, expected [{num_items}, D] "
@@ -74,6 +75,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         STAGE,
         params,
         output_key="rl.output_dir",
+        trains="rl.train",
         data=DataConfig,
         eval=EvalConfig,
         sidlm=SIDLMConfig,
@@ -86,8 +88,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         device, seed = ctx.device, ctx.base.seed
         check_decoder_arch(cfg, "GRPO (rl_sidlm)")  # before any model or reward input loads
         ds, loo, table = load_inputs(data, cfg)
+        ev.check_catalogue(loo.num_items)  # before training, not at the first validation
         rl.check_num_sids(table.num_items)
         cf_path = rl.cf_checkpoint or ctx.cfg["sasrec"].checkpoint
+        cf_key = "rl.cf_checkpoint" if rl.cf_checkpoint else "sasrec.checkpoint"
         emb_path = rl.embeddings or ctx.cfg["embed"].output
         rl.check_reward_inputs(cf_path, emb_path)
         model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
@@ -98,7 +102,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             if semantic
             else None,
             scorer=(
-                load_cf_scorer(ctx.cfg["sasrec"], loo, cf_path, device)
+                load_cf_scorer(ctx.cfg["sasrec"], loo, cf_path, device, cf_key)
                 if rl.weights.cf > 0
                 else None
             ),

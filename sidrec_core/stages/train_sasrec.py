@@ -26,12 +26,14 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         STAGE,
         params,
         output_key="sasrec.checkpoint",
+        trains="sasrec.train",
         data=DataConfig,
         eval=EvalConfig,
         sasrec=SASRecConfig,
     ) as ctx:
         data, ev, cfg, device = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sasrec"], ctx.device
         loo = leave_one_out(load_prepared(data.prepared_dir))
+        ev.check_catalogue(loo.num_items)  # before training, not at the first validation
         model = build_sasrec(cfg, loo).to(device)
         batches = training_batches(cfg, loo, ctx.base.seed)
         valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)

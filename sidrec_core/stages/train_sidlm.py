@@ -27,6 +27,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         params,
         write_metrics=acc.is_main_process,
         device=acc.device,
+        trains="sidlm.train",
         output_key="sidlm.output_dir",
         **SECTIONS,
     ) as ctx:

@@ -8,7 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+import sqlalchemy.exc
+
 from sidrec_core.config import ConfigError
+from sidrec_core.io import os_error_line
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 from sidrec_core.studies.registry import STUDIES, get_study
@@ -91,11 +94,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def flag_conflict(args: argparse.Namespace) -> str | None:
+    """The flags that would silently override one another, as one line; None if they agree.
+    ``--list`` and ``--dvc-args`` print and exit, ``--report-only`` writes reports of
+    ``--study``; each is its own mode."""
+    modes = [f for f, on in (("--list", args.list), ("--dvc-args", args.dvc_args)) if on]
+    if args.report_only:
+        modes.append("--report-only")
+    if len(modes) > 1:
+        return f"{' and '.join(modes)} are separate modes; give one of them"
+    if modes[:1] in (["--list"], ["--dvc-args"]) and args.study:
+        what = "lists every study" if args.list else "prints the profile's -S flags"
+        return f"{modes[0]} {what} and runs nothing; drop --study {' '.join(args.study)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if conflict := flag_conflict(args):
+        print(f"error: {conflict}", file=sys.stderr)
+        return 2
     try:
         if args.dvc_args:
             print(" ".join(dvc_set_args(args.profile)))
@@ -137,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"study": name, "report": str(paths[0])}))
                 continue
             summary = run_study(name, opts)
+            if summary.get("up_to_date"):
+                print(
+                    f"{name}: study complete: {summary['complete']} trials in "
+                    f"{summary['storage']}, nothing to run (--report-only rewrites its report; "
+                    f"--out DIR re-runs it in a fresh folder)"
+                )
+                continue
             print(json.dumps(summary, indent=2))
             stopped_early = args.max_trials is not None or args.time_budget is not None
             if summary["remaining_after"] and not stopped_early:
@@ -144,4 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except (ConfigError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out read-only or full
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except sqlalchemy.exc.OperationalError as exc:  # the SQLite storage's disk is full
+        where = args.storage or f"under {args.out}"
+        print(f"error: Optuna storage {where}: {exc.orig}", file=sys.stderr)
         return 2

@@ -157,8 +157,10 @@ def cell_text(c: Cell, col: str = "") -> str:
 def plot_levels(
     study: Study, profile: str, cols: list[str], table: dict[str, dict[str, Cell]], path: Path
 ) -> Path:
-    """Error-bar plot (mean ± 95% CI over seeds, dots = seeds) of the objective and the key
-    secondary figures (:data:`PLOT_KEYS`), one panel each."""
+    """Error-bar plot of the objective and the key secondary figures (:data:`PLOT_KEYS`), one
+    panel each, dots = seeds: quality figures as mean ± 95% CI, cost figures (throughput, time,
+    memory) as median with a [min, max] bar, as the tables give them (a symmetric t interval
+    over skewed timings would reach below zero)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,11 +170,21 @@ def plot_levels(
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), squeeze=False)
     x = np.arange(len(study.labels))
     for ax, col in zip(axes[0], shown, strict=True):
-        means = [table[lv][col].mean for lv in study.labels]
-        errs = [
-            0.0 if math.isnan(table[lv][col].half_width) else table[lv][col].half_width
-            for lv in study.labels
-        ]
+        if is_cost(col):
+            seeds = [list(table[lv][col].values.values()) for lv in study.labels]
+            means = [float(np.median(v)) if v else math.nan for v in seeds]
+            errs = np.array(
+                [
+                    [m - min(v), max(v) - m] if v else [0.0, 0.0]
+                    for m, v in zip(means, seeds, strict=True)
+                ]
+            ).T
+        else:
+            means = [table[lv][col].mean for lv in study.labels]
+            errs = [
+                0.0 if math.isnan(table[lv][col].half_width) else table[lv][col].half_width
+                for lv in study.labels
+            ]
         colors = ["tab:orange" if lv == study.default else "tab:blue" for lv in study.labels]
         ax.bar(x, means, yerr=errs, color=colors, alpha=0.6, capsize=3)
         for i, lv in enumerate(study.labels):
@@ -181,7 +193,9 @@ def plot_levels(
         ax.set_xticks(x, study.labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(col, fontsize=8)
     fig.suptitle(
-        f"{study.name} ({profile}): mean ± 95% CI over seeds; orange = default", fontsize=9
+        f"{study.name} ({profile}): mean ± 95% CI over seeds (cost: median [min, max]); "
+        "orange = default",
+        fontsize=9,
     )
     fig.tight_layout()
     with atomic_path(path) as tmp:

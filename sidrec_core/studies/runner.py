@@ -406,7 +406,6 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     """Run (or resume) study ``name``; write its report. Returns a summary dict."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = get_study(name)
-    check_stages(study)
     params = base_params(opts)
     if study.setup:
         module, fn = study.setup.split(":")
@@ -417,6 +416,20 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     fail_dead_trials(ostudy)
     before = len(remaining(ostudy, study, seeds))
     queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
+    state = counts(ostudy)
+    if before == 0 and not queued and not state[TrialState.WAITING] + state[TrialState.RUNNING]:
+        # nothing to run: the storage, the reports and MLflow stay as they are (a committed
+        # study's files are tracked; an empty parent run would only clutter the UI)
+        return {
+            "study": optuna_name(study, opts.profile),
+            "storage": opts.storage_url_for(study.name),
+            "grid_points": len(study.labels) * len(seeds),
+            "remaining_before": 0,
+            "remaining_after": 0,
+            "complete": state[TrialState.COMPLETE],
+            "up_to_date": True,
+        }
+    check_stages(study)
     parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")
     with start_run(
         f"study/{study.name}",
