@@ -31,7 +31,7 @@ from sidrec_core.studies.index import last_commit
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import report_sections, scalar_attrs
 from sidrec_core.studies.study import trial_level, trial_seed
-from sidrec_core.tracking import RunRecord, headline_first, saved_view, sync_runs
+from sidrec_core.tracking import HEADLINE, RunRecord, headline_first, saved_view, sync_runs
 
 EXPERIMENT_PREFIX = "findings/"
 NOT_RECORDED = "not recorded"
@@ -136,9 +136,16 @@ def trial_tags(trial: FrozenTrial, base: dict[str, str]) -> dict[str, str]:
     return tags
 
 
+def headline_keys(keys: Iterable[str], objective: str) -> list[str]:
+    """Of ``keys``: test NDCG@10, the objective, test HR@10 (a model's prefixed keys count), in
+    :func:`headline_first` order."""
+    order = headline_first(sorted(keys), objective)
+    return [k for k in order if k == objective or k.endswith(HEADLINE)]
+
+
 def _headline_text(metrics: dict[str, float], objective: str) -> str:
-    shown = headline_first([k for k in metrics if "/" in k], objective)[:3]
-    return "; ".join(f"{k} = {metrics[k]:.4f}" for k in shown if k in metrics)
+    shown = headline_keys(metrics, objective)
+    return "; ".join(f"{k} = {metrics[k]:.4f}" for k in shown) or "no figures stored"
 
 
 def ablation_trial(
@@ -162,7 +169,7 @@ def ablation_trial(
         start_ms=_ms(trial.datetime_start),
         end_ms=_ms(trial.datetime_complete),
         description=f"Trial #{trial.number} ({trial.state.name.lower()}): "
-        + (_headline_text(metrics, objective) or "no figures stored"),
+        + _headline_text(metrics, objective),
     )
 
 
@@ -185,7 +192,7 @@ def tuning_trial(
         start_ms=_ms(trial.datetime_start),
         end_ms=_ms(trial.datetime_complete),
         description=f"Trial #{trial.number} ({trial.state.name.lower()}): "
-        + (_headline_text(metrics, objective) or "no figures stored"),
+        + _headline_text(metrics, objective),
     )
 
 
@@ -236,10 +243,7 @@ def view_params(children: list[RunRecord], tuning: bool) -> list[str]:
 def view_metrics(children: list[RunRecord], objective: str) -> list[str]:
     """The headline the trials stored: test NDCG@10, the objective, test HR@10 (or a model's
     prefixed keys), in :func:`headline_first` order."""
-    stored = {k for c in children for k in c.metrics}
-    order = headline_first(sorted(stored), objective)
-    headline = [k for k in order if k == objective or k.endswith(("test/ndcg@10", "test/hr@10"))]
-    return headline or [objective]
+    return headline_keys({k for c in children for k in c.metrics}, objective) or [objective]
 
 
 def artifacts(folder: Path, profile: str) -> tuple[tuple[Path, str], ...]:
@@ -254,12 +258,13 @@ def artifacts(folder: Path, profile: str) -> tuple[tuple[Path, str], ...]:
     )
 
 
-def description(source: Source, profile: str, objective: str) -> str:
-    """Where the runs come from, then the committed report's text for this profile (an
-    ablation report's section, a search's whole report); MLflow renders it as markdown."""
+def description(source: Source, profile: str, objective: str, commit: str) -> str:
+    """Where the runs come from (``commit``: the study folder's last), then the committed
+    report's text for this profile (an ablation report's section, a search's whole report);
+    MLflow renders it as markdown."""
     head = (
         f"Rebuilt from the committed storage of `{source.label}` (last changed in "
-        f"{last_commit(source.folder)}); objective `{objective}`. The nested runs carry the "
+        f"{commit}); objective `{objective}`. The nested runs carry the "
         "stored figures; the report and plot are attached under `report/`.\n\n"
     )
     section = report_sections(source.folder / "report.md").get(profile, "")
@@ -277,6 +282,7 @@ def rebuild_source(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     wanted = set(profiles) if profiles else None
     summaries = optuna.get_all_study_summaries(source.storage, include_best_trial=False)
+    commit = last_commit(source.folder)
     out = []
     for summary in sorted(summaries, key=lambda s: s.study_name):
         name = summary.study_name
@@ -308,7 +314,7 @@ def rebuild_source(
             **base,
             "sidrec.kind": "search" if source.tuning else "study",
             "trials": ", ".join(f"{n} {s}" for s, n in states.items() if n),
-            "findings_commit": last_commit(source.folder),
+            "findings_commit": commit,
         }
         for key in ("levels", "default", "seeds", "profile_overrides"):
             if key in attrs:
@@ -321,7 +327,7 @@ def rebuild_source(
             tags=parent_tags,
             start_ms=_ms(min(starts)) if starts else None,
             end_ms=_ms(max(ends)) if ends else None,
-            description=description(source, profile, objective),
+            description=description(source, profile, objective, commit),
             artifacts=artifacts(source.folder, profile),
         )
         view = saved_view(
