@@ -1,6 +1,8 @@
 """Rebuilding MLflow from a study's committed storage: one run per trial with the stored figures,
-nothing added by a second rebuild, only the new trial by a rebuild after one was added."""
+nothing added by a second rebuild, only the new trial by a rebuild after one was added; a
+search's pruned trials with their validation curves and its retrains; the CLI."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -8,8 +10,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.report import scalar_attrs
-from sidrec_core.studies.to_mlflow import open_storage, rebuild, study_sources
+from sidrec_core.studies.to_mlflow import open_storage, rebuild, study_sources, tune_sources
 from sidrec_core.tracking import KEY_TAG, headline_first, mlflow_key
 
 STUDY = "kmeans_init"  # a committed study with a 6-trial smoke section
@@ -94,3 +97,47 @@ def test_rebuild_smoke_study_is_one_run_per_trial_and_idempotent(tmp_path):
     new = runs[f"{STUDY}:{STUDY}-smoke#{len(trials)}"]
     assert new.data.metrics[mlflow_key(objective)] == 0.5 and new.data.tags["level"] == "extra"
     assert {k: r.info.run_id for k, r in runs.items() if k in ids} == ids
+
+
+def test_rebuild_search_keeps_pruned_trials_curves_and_retrains(tmp_path):
+    folder = tmp_path / "tune" / "sasrec"
+    shutil.copytree(EXPERIMENTS / "tune" / "sasrec", folder)
+    (source,) = tune_sources(tmp_path, ["sasrec"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (row,) = rebuild([source], uri)
+    ostudy = optuna.load_study(study_name="tune-sasrec-beauty", storage=source.storage)
+    trials = ostudy.get_trials(deepcopy=False)
+    retrains = sum(len(ostudy.user_attrs.get(a) or {}) for a in ("retrain", "retrain_default"))
+    assert row["runs"] == len(trials) + retrains and row["created"] == row["runs"] + 1
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("findings/tune/sasrec")
+    runs = {
+        r.data.tags[KEY_TAG]: r for r in client.search_runs([exp.experiment_id], max_results=1000)
+    }
+    for t in trials:
+        run = runs[f"tune/sasrec:tune-sasrec-beauty#{t.number}"]
+        assert (
+            run.info.status
+            == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[t.state.name]
+        )
+        assert run.data.params == {
+            k: json.dumps(v) if not isinstance(v, str) else v for k, v in t.params.items()
+        }
+        history = client.get_metric_history(run.info.run_id, "intermediate/valid/ndcg_at_10")
+        assert {m.step: m.value for m in history} == t.intermediate_values
+    seed, figures = sorted(ostudy.user_attrs["retrain"].items())[0]
+    retrain = runs[f"tune/sasrec:tune-sasrec-beauty/retrain/s{seed}"]
+    assert retrain.data.metrics == {mlflow_key(k): v for k, v in figures.items()}
+
+
+def test_ablate_cli_rebuilds_and_prints_totals(tmp_path, capsys):
+    shutil.copytree(EXPERIMENTS / STUDY, tmp_path / STUDY)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--study", STUDY, "--to-mlflow", "--out", str(tmp_path), "--tracking-uri", uri]
+    assert ablate_main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("study") for line in lines[:-1]] == [f"{STUDY}-beauty", f"{STUDY}-smoke"]
+    assert lines[-1]["tracking_uri"] == uri and lines[-1]["created"] == lines[-1]["runs"] + 2
+    assert ablate_main(argv) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["created"] == 0

@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ STATUS = {
 # user attrs that are bookkeeping, not figures or provenance
 SKIP_ATTRS = {"duplicate_of"}
 ARTIFACT_SUFFIXES = (".md", ".png", ".yaml")
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
 def open_storage(folder: Path) -> str | None:
@@ -271,7 +273,8 @@ def description(source: Source, profile: str, objective: str, commit: str) -> st
     search_report = source.folder / f"report_{profile}.md"
     if not section and search_report.exists():
         section = search_report.read_text()
-    return head + section
+    # a report's images are files beside it: in MLflow they are the run's artifacts
+    return head + IMAGE.sub(r"(plot: artifact `report/\2`)", section)
 
 
 def rebuild_source(
