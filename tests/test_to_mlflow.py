@@ -1,6 +1,7 @@
 """Rebuilding MLflow from a study's committed storage: one run per trial with the stored figures,
 nothing added by a second rebuild, only the new trial by a rebuild after one was added; a
-search's pruned trials with their validation curves and its retrains; the CLI."""
+search's pruned trials with their validation curves and its retrains; the CLI; live runs log
+the headline first (MLflow's compare view opens on a run's first metric)."""
 
 import json
 import shutil
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.report import scalar_attrs
 from sidrec_core.studies.to_mlflow import open_storage, rebuild, study_sources, tune_sources
-from sidrec_core.tracking import KEY_TAG, headline_first, mlflow_key
+from sidrec_core.tracking import KEY_TAG, headline_first, mlflow_key, start_run
 
 STUDY = "kmeans_init"  # a committed study with a 6-trial smoke section
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -141,3 +142,14 @@ def test_ablate_cli_rebuilds_and_prints_totals(tmp_path, capsys):
     assert lines[-1]["tracking_uri"] == uri and lines[-1]["created"] == lines[-1]["runs"] + 2
     assert ablate_main(argv) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["created"] == 0
+
+
+def test_a_live_run_logs_the_headline_first(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SIDREC_EXPERIMENT", "live")
+    with start_run("eval_sidlm", {}, dataset="synthetic", metrics_dir=None, enabled=True) as run:
+        run.record(**{"valid/hr@1": 0.1, "test/hr@10": 0.4, "valid/ndcg@10": 0.2})
+        run.record(**{"test/ndcg@10": 0.3})  # a key logged later comes after the first batch
+    logged = list(MlflowClient(uri).get_run(run.run_id).data.metrics)
+    assert logged[:4] == ["valid/ndcg_at_10", "test/hr_at_10", "valid/hr_at_1", "test/ndcg_at_10"]
