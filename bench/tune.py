@@ -24,7 +24,7 @@ from sidrec_core.studies.tuning import TuneOptions, open_report, run_tuning
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True, choices=sorted(TUNABLES))
+    p.add_argument("--model", choices=sorted(TUNABLES), help="required unless --to-mlflow")
     p.add_argument("--profile", default="beauty", help="smoke | dev | beauty | full")
     p.add_argument("--n-trials", type=int, default=20, help="finished trials in all (budget)")
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many (resume)")
@@ -50,7 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(EXPERIMENTS_DIR))
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--to-mlflow",
+        action="store_true",
+        help="rebuild MLflow from the searches' committed storage (--model's, default every "
+        "model's); runs nothing, idempotent",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for --to-mlflow")
     args = p.parse_args(argv)
+    if args.to_mlflow:
+        from pathlib import Path
+
+        from sidrec_core.studies import to_mlflow
+
+        models = [args.model] if args.model else sorted(TUNABLES)
+        sources = to_mlflow.tune_sources(Path(args.out), models, args.storage)
+        return to_mlflow.main(sources, args.tracking_uri)
+    if args.model is None:
+        p.error("--model is required (or --to-mlflow)")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -6,12 +6,21 @@ overrides). Each stage writes ``metrics/<stage>.json`` with its metrics and the 
 MLflow off, e.g. in unit tests; the metrics JSON is still written.
 
 Metric keys are ``{split}/{metric}@{k}`` everywhere; MLflow forbids ``@`` in names, so in MLflow
-(only) the key reads ``{split}/{metric}_at_{k}`` (:func:`mlflow_key`).
+(only) the key reads ``{split}/{metric}_at_{k}`` (:func:`mlflow_key`). Every run logs the headline
+figures first (:func:`headline_first`): MLflow's compare view colours its parallel-coordinates
+panel by the first metric a run logged.
+
+:func:`sync_runs` writes runs rebuilt from stored results (a study's committed storage) into any
+tracking store, idempotently: each carries a stable key, and a run whose content is unchanged is
+left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -38,6 +47,24 @@ EXPERIMENT = "sidrec"
 def mlflow_key(key: str) -> str:
     """``test/ndcg@10`` -> ``test/ndcg_at_10`` (MLflow's allowed characters)."""
     return key.replace("@", "_at_")
+
+
+HEADLINE = ("test/ndcg@10", "test/hr@10")
+OBJECTIVE = "valid/ndcg@10"
+
+
+def headline_first(keys: list[str], objective: str = OBJECTIVE) -> list[str]:
+    """``keys`` with the headline test NDCG@10 first, then the objective, then test HR@10 (a
+    model's prefixed keys, ``sasrec/test/ndcg@10``, count), then the rest in their order.
+
+    MLflow's compare view opens its parallel-coordinates panel on one metric, the first one the
+    run logged, and its tables sort keys alphabetically: the logging order is the one place the
+    project chooses what a reader sees first."""
+    first = [k for k in keys if k.endswith(HEADLINE[0])]
+    first += [k for k in keys if k == objective]
+    first += [k for k in keys if k.endswith(HEADLINE[1:])]
+    first = list(dict.fromkeys(first))
+    return first + [k for k in keys if k not in first]
 
 
 def tracking_enabled() -> bool:
@@ -158,7 +185,9 @@ class Run:
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Log numeric metrics; non-finite or non-numeric values are kept in JSON only."""
-        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        clean = {
+            k: float(metrics[k]) for k in headline_first(list(metrics)) if _is_number(metrics[k])
+        }
         if step is None:
             self.metrics.update(clean)
         if self._run is not None and clean:
@@ -303,3 +332,244 @@ def start_run(
             import mlflow
 
             mlflow.end_run(status=status)
+
+
+KEY_TAG, CONTENT_TAG, NOTE_TAG = "sidrec.key", "sidrec.content_sha256", "mlflow.note.content"
+MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value (the run description is a tag)
+MAX_PARAM_CHARS = 500
+BATCH = 100  # MLflow's log_batch takes at most 100 params or tags and 1000 metrics a call
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """A finished run rebuilt from stored results. ``key`` names it across rebuilds; ``metrics``
+    are logged in their order (put the headline first: :func:`headline_first`); times are
+    epoch milliseconds; ``history`` holds per-step series (key -> {step: value})."""
+
+    key: str
+    name: str
+    tags: dict[str, str]
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    history: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    status: str = "FINISHED"  # FINISHED | FAILED | KILLED | SCHEDULED | RUNNING
+    start_ms: int | None = None
+    end_ms: int | None = None
+    description: str = ""
+    artifacts: tuple[tuple[Path, str], ...] = ()  # (file, artifact folder)
+
+    def content_sha256(self, parent_id: str | None = None) -> str:
+        """sha256 of everything the run shows (artifacts by content) and of its parent."""
+        body = dataclasses.asdict(self)
+        body["artifacts"] = [
+            (str(folder), path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+            for path, folder in self.artifacts
+        ]
+        body["parent"] = parent_id
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside a SQLite store, ``<its folder>/mlruns/<experiment>``: MLflow's default is
+    ``./mlruns`` of whatever folder the command ran in. Other stores keep their default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    return str(folder / "mlruns" / experiment.replace("/", "-"))
+
+
+def _note(text: str) -> str:
+    """A run description within MLflow's tag limit, saying so when cut."""
+    if len(text) <= MAX_TAG_CHARS:
+        return text
+    return text[: MAX_TAG_CHARS - 80] + "\n\n(cut at MLflow's 8,000-character limit)"
+
+
+def _keyed_runs(client: Any, experiment_id: str) -> dict[str, Any]:
+    """Active runs of the experiment that carry :data:`KEY_TAG`, by key."""
+    out: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], f"tags.`{KEY_TAG}` != ''", max_results=1000, page_token=token
+        )
+        out.update({r.data.tags[KEY_TAG]: r for r in page})
+        token = page.token
+        if not token:
+            return out
+
+
+def _create_run(
+    client: Any, experiment_id: str, rec: RunRecord, content: str, parent_id: str | None
+) -> str:
+    from mlflow.entities import Metric, Param
+
+    tags = {**rec.tags, KEY_TAG: rec.key, CONTENT_TAG: content, "mlflow.runName": rec.name}
+    if rec.description:
+        tags[NOTE_TAG] = _note(rec.description)
+    if parent_id is not None:
+        tags["mlflow.parentRunId"] = parent_id
+    run = client.create_run(experiment_id, start_time=rec.start_ms, tags=tags, run_name=rec.name)
+    run_id = run.info.run_id
+    at = rec.end_ms or rec.start_ms or 0
+    metrics = [Metric(mlflow_key(k), v, at, 0) for k, v in rec.metrics.items()]
+    metrics += [
+        Metric(mlflow_key(k), v, at, step)
+        for k, series in rec.history.items()
+        for step, v in sorted(series.items())
+    ]
+    params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in rec.params.items()]
+    for i in range(0, max(len(metrics), len(params)), BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + BATCH], params=params[i : i + BATCH])
+    _log_artifacts(client, run_id, rec)
+    client.set_terminated(run_id, status=rec.status, end_time=rec.end_ms)
+    return run_id
+
+
+def _log_artifacts(client: Any, run_id: str, rec: RunRecord) -> None:
+    for path, folder in rec.artifacts:
+        client.log_artifact(run_id, str(path), artifact_path=folder or None)
+
+
+def _update_parent(client: Any, run: Any, rec: RunRecord, content: str) -> None:
+    """A parent run is updated in place (its children point at it): tags, description,
+    artifacts and end. Parent records carry no params or metrics, which MLflow cannot change."""
+    from mlflow.entities import RunTag
+
+    tags = {**rec.tags, CONTENT_TAG: content, "mlflow.runName": rec.name}
+    if rec.description:
+        tags[NOTE_TAG] = _note(rec.description)
+    items = [RunTag(k, str(v)) for k, v in tags.items() if run.data.tags.get(k) != str(v)]
+    for i in range(0, len(items), BATCH):
+        client.log_batch(run.info.run_id, tags=items[i : i + BATCH])
+    _log_artifacts(client, run.info.run_id, rec)
+    client.set_terminated(run.info.run_id, status=rec.status, end_time=rec.end_ms)
+
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI: a saved view of an experiment
+
+
+def saved_view(
+    name: str, search_filter: str, params: list[str], metrics: list[str], created_ms: int = 0
+) -> tuple[str, str]:
+    """(experiment tag, value) of a saved view in MLflow's experiment page (3.x): the runs
+    ``search_filter`` selects, sorted by the first of ``metrics``, all of them shown, in chart
+    mode a first section "Headline" with a parallel-coordinates chart of ``params`` against
+    ``metrics`` and a bar chart of the first metric. Opened by
+    ``#/experiments/<id>/runs?viewStateShareKey=<name>&compareRunsMode=CHART``; the UI lists it
+    under its views. The format is the UI's own (not a documented API): a later MLflow may
+    ignore it, never the runs."""
+    keys = [mlflow_key(m) for m in metrics]
+    section = f"{name}-headline"
+    chart = {"runsCountToCompare": 100, "metricSectionId": section, "deleted": False}
+    state = {
+        "searchFilter": search_filter,
+        "orderByKey": f"metrics.`{keys[0]}`",
+        "orderByAsc": False,
+        "selectedColumns": [f"params.`{k}`" for k in params] + [f"metrics.`{k}`" for k in keys],
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": [
+            {
+                **chart,
+                "uuid": f"{name}-parallel",
+                "type": "PARALLEL",
+                "isGenerated": False,
+                "selectedParams": params,
+                "selectedMetrics": keys,
+                "showAllRuns": True,
+            },
+            {
+                **chart,
+                "uuid": f"{name}-bar",
+                "type": "BAR",
+                "isGenerated": False,
+                "metricKey": keys[0],
+            },
+        ],
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": "Headline",
+                "display": True,
+                "isReordered": True,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+        # keeps "Headline" first: the UI sorts sections by name unless the user reordered them
+        "isAccordionReordered": True,
+    }
+    envelope = {
+        "name": name,
+        "createdAt": created_ms,
+        "updatedAt": created_ms,
+        "state": json.dumps(state, sort_keys=True),
+    }
+    return f"{VIEW_TAG_PREFIX}{name}", json.dumps(envelope, sort_keys=True)
+
+
+def sync_runs(
+    experiment: str,
+    parent: RunRecord,
+    children: list[RunRecord],
+    *,
+    uri: str | None = None,
+    experiment_tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Make ``experiment`` in the store at ``uri`` (default :func:`tracking_uri`) hold ``parent``
+    and, nested under it, exactly ``children``: a run whose key and content are already there is
+    kept; a changed parent is updated in place and a changed child replaced (MLflow params and
+    metrics cannot be rewritten); a child run of this parent whose key is no longer given is
+    deleted. Returns counts of runs ``created``, ``updated``, ``replaced``, ``unchanged`` and
+    ``deleted``, and the ``experiment_id``."""
+    from mlflow.tracking import MlflowClient
+
+    if parent.params or parent.metrics or parent.history:
+        raise ValueError(f"parent run {parent.key}: params and metrics go on its children")
+    keys = [parent.key, *(c.key for c in children)]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"run keys repeat under {parent.key}: {sorted(keys)}")
+    uri = uri or tracking_uri()
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    exp_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, _artifact_location(uri, experiment))
+    )
+    tags = client.get_experiment(exp_id).tags
+    for key, value in (experiment_tags or {}).items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(exp_id, key, value)
+    existing = _keyed_runs(client, exp_id)
+    counts: dict[str, Any] = dict.fromkeys(
+        ("created", "updated", "replaced", "unchanged", "deleted"), 0
+    )
+    content = parent.content_sha256()
+    old = existing.get(parent.key)
+    if old is None:
+        parent_id = _create_run(client, exp_id, parent, content, None)
+        counts["created"] += 1
+    else:
+        parent_id = old.info.run_id
+        if old.data.tags.get(CONTENT_TAG) == content:
+            counts["unchanged"] += 1
+        else:
+            _update_parent(client, old, parent, content)
+            counts["updated"] += 1
+    for rec in children:
+        content = rec.content_sha256(parent_id)
+        old = existing.get(rec.key)
+        if old is not None and old.data.tags.get(CONTENT_TAG) == content:
+            counts["unchanged"] += 1
+            continue
+        if old is not None:
+            client.delete_run(old.info.run_id)
+        _create_run(client, exp_id, rec, content, parent_id)
+        counts["replaced" if old is not None else "created"] += 1
+    given = set(keys)
+    for key, run in existing.items():
+        if key not in given and run.data.tags.get("mlflow.parentRunId") == parent_id:
+            client.delete_run(run.info.run_id)
+            counts["deleted"] += 1
+    return {**counts, "experiment_id": exp_id}

@@ -87,6 +87,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report-only", action="store_true", help="rewrite reports, run nothing")
     p.add_argument(
+        "--to-mlflow",
+        action="store_true",
+        help="rebuild MLflow (a parent run per study and profile, a nested run per trial) from "
+        "the studies' committed storage; runs nothing, idempotent",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store for --to-mlflow (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    p.add_argument(
         "--dvc-args",
         action="store_true",
         help="print the profile as -S flags: dvc exp run $(... --dvc-args)",
@@ -131,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         names = list(STUDIES) if "all" in args.study else args.study
         for name in names:
             get_study(name)  # unknown names fail before any work
+        if args.to_mlflow:
+            from sidrec_core.studies import to_mlflow
+
+            sources = to_mlflow.study_sources(Path(args.out), names, args.storage)
+            return to_mlflow.main(sources, args.tracking_uri)
         opts = StudyOptions(
             profile=args.profile,
             storage=args.storage,
