@@ -31,7 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sidrec_core.studies.index import last_commit
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import report_sections, scalar_attrs
+from sidrec_core.studies.storage import JOURNAL, read_storage
 from sidrec_core.studies.study import trial_level, trial_seed
+from sidrec_core.studies.tuning import RETRAINED
 from sidrec_core.tracking import HEADLINE, RunRecord, headline_first, saved_view, sync_runs
 
 EXPERIMENT_PREFIX = "findings/"
@@ -52,8 +54,8 @@ IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 def open_storage(folder: Path) -> str | None:
     """The committed storage of the study kept in ``folder`` (anything ``optuna.load_study``
     accepts as ``storage``), or None when the folder holds none."""
-    path = Path(folder) / "optuna.db"
-    return f"sqlite:///{path.resolve()}" if path.exists() else None
+    path = Path(folder) / JOURNAL
+    return read_storage(str(path.resolve())) if path.exists() else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,37 +201,41 @@ def tuning_trial(
 
 
 def retrain_runs(
-    ostudy: optuna.Study, label: str, base: dict[str, str], objective: str
+    ostudy: optuna.Study, storage: Any, label: str, base: dict[str, str], objective: str
 ) -> list[RunRecord]:
-    """The search's retrains (study attrs ``retrain``: the best trial's overrides,
-    ``retrain_default``: the launch's default), one run per seed."""
+    """The search's retrains, one run per seed: the complete trials of its sibling study
+    ``<search>-retrain`` (``config`` best: the best trial's overrides; default: the launch's)."""
+    try:
+        retrains = optuna.load_study(study_name=f"{ostudy.study_name}-retrain", storage=storage)
+    except KeyError:
+        return []
     out = []
-    for which, attr in (("best", "retrain"), ("default", "retrain_default")):
-        overrides = ostudy.user_attrs.get(f"{attr}_params") or {}
-        for seed, figures in sorted((ostudy.user_attrs.get(attr) or {}).items()):
-            metrics = _finite({k: float(v) for k, v in figures.items()})
-            metrics = {k: metrics[k] for k in headline_first(sorted(metrics), objective)}
-            out.append(
-                RunRecord(
-                    key=f"{label}:{ostudy.study_name}/{attr}/s{seed}",
-                    name=f"{ostudy.study_name}/retrain-{which}/s{seed}",
-                    tags={
-                        **base,
-                        "sidrec.kind": "retrain",
-                        "retrain": which,
-                        "seed": str(seed),
-                        "commit": NOT_RECORDED,
-                    },
-                    params={
-                        "retrain": which,
-                        "seed": str(seed),
-                        **{k: _param(v) for k, v in overrides.items()},
-                    },
-                    metrics=metrics,
-                    description=f"Retrain of the {which} configuration, seed {seed}: "
-                    + _headline_text(metrics, objective),
-                )
+    for t in retrains.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        which, seed = str(t.user_attrs["config"]), t.user_attrs["seed"]
+        overrides = json.loads(t.user_attrs.get("overrides") or "{}")
+        metrics = _finite({k: float(v) for k, v in scalar_attrs(t.user_attrs["metrics"]).items()})
+        metrics = {k: metrics[k] for k in headline_first(sorted(metrics), objective)}
+        out.append(
+            RunRecord(
+                key=f"{label}:{ostudy.study_name}/{RETRAINED.get(which, which)}/s{seed}",
+                name=f"{ostudy.study_name}/retrain-{which}/s{seed}",
+                tags={
+                    **base,
+                    "sidrec.kind": "retrain",
+                    "retrain": which,
+                    "seed": str(seed),
+                    "commit": NOT_RECORDED,
+                },
+                params={
+                    "retrain": which,
+                    "seed": str(seed),
+                    **{k: _param(v) for k, v in overrides.items()},
+                },
+                metrics=metrics,
+                description=f"Retrain of the {which} configuration, seed {seed}: "
+                + _headline_text(metrics, objective),
             )
+        )
     return out
 
 
@@ -289,8 +295,8 @@ def rebuild_source(
     out = []
     for summary in sorted(summaries, key=lambda s: s.study_name):
         name = summary.study_name
-        if not name.startswith(source.prefix):
-            continue
+        if not name.startswith(source.prefix) or (source.tuning and name.endswith("-retrain")):
+            continue  # a search's retrain study is folded into the search's runs
         study = None if source.tuning else STUDIES.get(source.prefix[:-1])
         profile = name.removeprefix(source.prefix)
         if wanted is not None and profile not in wanted:
@@ -308,7 +314,7 @@ def rebuild_source(
         trials = ostudy.get_trials(deepcopy=False)
         if source.tuning:
             children = [tuning_trial(t, source.label, name, base, objective) for t in trials]
-            children += retrain_runs(ostudy, source.label, base, objective)
+            children += retrain_runs(ostudy, source.storage, source.label, base, objective)
         else:
             base["factor"] = str(attrs.get("factor", study.factor if study else NOT_RECORDED))
             children = [ablation_trial(t, source.label, name, base, objective) for t in trials]
