@@ -26,16 +26,21 @@ batches is sorted by length before it is cut into batches, and the batch order i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sidrec_core.data.negatives import NegativeSampler, shared_negatives
-from sidrec_core.data.split import pad_left
+from sidrec_core.data.split import LeaveOneOut, pad_left
 
-NegativesMode = Literal["none", "per_position", "shared", "shared_unfiltered"]
+if TYPE_CHECKING:
+    from sidrec_core.models.sasrec import SASRecConfig
+
+NegativesMode = Literal[
+    "none", "per_position", "per_position_unfiltered", "shared", "shared_unfiltered"
+]
 RowLayout = Literal["sequence", "prefix"]
 ROW_LAYOUTS = ("sequence", "prefix")
 
@@ -46,8 +51,10 @@ class TrainBatches:
     ``history`` [B, L] input items, ``targets`` [B, L] next items (0 = no target; ``prefix`` rows
     have one, in the last column), ``user`` [B] user rows (for excluding a user's positives;
     ``prefix`` rows of one user share it), and, by ``negatives_mode``, ``negatives``
-    [B, L, K] (``per_position``), ``negatives`` [K] + ``negative_valid`` [B, K] (``shared``), or
-    ``negatives`` [K] alone (``shared_unfiltered``: one pool for the batch, no per-user check).
+    [B, L, K] (``per_position``: none a positive of the row's user; ``per_position_unfiltered``:
+    plain draws with replacement, the row's own items included), ``negatives`` [K] +
+    ``negative_valid`` [B, K] (``shared``), or ``negatives`` [K] alone (``shared_unfiltered``:
+    one pool for the batch, no per-user check).
     """
 
     def __init__(
@@ -133,6 +140,9 @@ class TrainBatches:
             if self.negatives_mode == "per_position":
                 neg = self.sampler.sample(self.users[idx], (width, self.num_negatives))
                 batch["negatives"] = torch.from_numpy(neg)
+            elif self.negatives_mode == "per_position_unfiltered":
+                neg = self.sampler.draw(len(idx) * width * self.num_negatives)
+                batch["negatives"] = torch.from_numpy(neg.reshape(len(idx), width, -1))
             elif self.negatives_mode == "shared":
                 neg, valid = shared_negatives(self.sampler, self.users[idx], self.num_negatives)
                 batch["negatives"] = torch.from_numpy(neg)
@@ -140,3 +150,50 @@ class TrainBatches:
             elif self.negatives_mode == "shared_unfiltered":
                 batch["negatives"] = torch.from_numpy(self.sampler.draw(self.num_negatives))
             yield batch
+
+
+def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBatches:
+    """SASRec's training batches, with the negatives ``cfg.loss`` needs (none for ce and
+    infonce)."""
+    k = cfg.negatives_per_step
+    sampler = None
+    if k and cfg.loss == "bce_shared":
+        # draws with replacement (NegativeSampler.draw), so k may exceed the catalogue
+        sampler = NegativeSampler(
+            "popular",
+            loo.train_item_counts(),
+            loo.train_sequences,
+            alpha=cfg.bce_shared_alpha,
+            seed=seed,
+        )
+    elif k:
+        sampler = NegativeSampler(
+            cfg.negatives,
+            loo.train_item_counts(),
+            loo.train_sequences,
+            num_negatives=k,
+            alpha=cfg.popularity_alpha,
+            popular_ratio=cfg.popular_ratio,
+            seed=seed,
+        )
+    modes = {"bce": "per_position", "sampled_softmax": "shared", "bce_shared": "shared_unfiltered"}
+    mode = modes.get(cfg.loss, "none") if k else "none"
+    if mode != "none" and cfg.loss == "sampled_softmax":
+        filtered = cfg.ss_exclude == "user"
+        mode = {
+            ("shared", True): "shared",
+            ("shared", False): "shared_unfiltered",
+            ("per_position", True): "per_position",
+            ("per_position", False): "per_position_unfiltered",
+        }[(cfg.ss_sharing, filtered)]
+    return TrainBatches(
+        loo.train_sequences,
+        cfg.max_history,
+        cfg.train.batch_size,
+        seed=seed,
+        sampler=sampler,
+        negatives_mode=mode,
+        num_negatives=k,
+        bucket_window=cfg.bucket_window,
+        rows=cfg.train_rows,
+    )

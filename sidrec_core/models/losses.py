@@ -7,8 +7,8 @@
 - ``ce``: full softmax over the catalogue, the strong SASRec variant of Klenitskiy & Vasilev
   (2023, "Turning Dross Into Gold Loss"); logits are chunked over positions when asked so
   [P, N] never sits in memory whole.
-- ``sampled_softmax``: softmax over the target and negatives shared by the batch
-  (Jean et al., 2015).
+- ``sampled_softmax``: softmax over the target and sampled negatives, shared by the batch or
+  drawn per position (Jean et al., 2015).
 - ``bce_shared``: binary cross-entropy of every position against every candidate of the batch
   (its P targets, then K negatives shared by the batch), averaged over all P x (P + K) entries;
   the "bce" of PreferredAI/cornac (``cornac/models/seq_utils/losses.py``, ``bce_loss``), the loss
@@ -94,14 +94,23 @@ def ce_loss(
 
 
 def sampled_softmax_loss(
-    sim: Similarity, h: Tensor, pos: Tensor, neg: Tensor, neg_valid: Tensor
+    sim: Similarity, h: Tensor, pos: Tensor, neg: Tensor, neg_valid: Tensor | None = None
 ) -> Tensor:
-    """h [P, D], positives [P, D], shared negatives [K, D], neg_valid [P, K] (False where the
-    negative is one of the row's user's positives) -> scalar."""
-    pos_score = sim(h, pos[:, None, :])
-    neg_score = sim(h, neg).masked_fill(~neg_valid, NEG_INF)
-    logits = torch.cat([pos_score, neg_score], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long, device=h.device))
+    """h [P, D], positives [P, D], negatives shared by all positions [K, D] or per position
+    [P, K, D], optional neg_valid [P, K] (False = leave that negative out) -> scalar: the mean
+    over positions of -log softmax of the positive among [positive, kept negatives]."""
+    return sampled_softmax_scores_loss(sim(h, pos[:, None, :])[:, 0], sim(h, neg), neg_valid)
+
+
+def sampled_softmax_scores_loss(
+    pos_score: Tensor, neg_score: Tensor, neg_valid: Tensor | None = None
+) -> Tensor:
+    """sampled_softmax from scores already computed: positives [P], negatives [P, K], optional
+    neg_valid [P, K] -> scalar."""
+    if neg_valid is not None:
+        neg_score = neg_score.masked_fill(~neg_valid, NEG_INF)
+    logits = torch.cat([pos_score[:, None], neg_score], dim=1)
+    return F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long))
 
 
 def bce_shared_loss(scores: Tensor, candidates: Tensor, balanced: bool = False) -> Tensor:

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sidrec_core.data.batching import ROW_LAYOUTS, TrainBatches
-from sidrec_core.data.negatives import NEGATIVES, NegativeSampler
+# training_batches lives with the batching code; re-exported here for its many callers
+from sidrec_core.data.batching import ROW_LAYOUTS
+from sidrec_core.data.batching import training_batches as training_batches
+from sidrec_core.data.negatives import NEGATIVES
 from sidrec_core.data.split import LeaveOneOut
 from sidrec_core.io import reading
 from sidrec_core.models.base import Recommender, topk_items
@@ -44,6 +46,13 @@ from sidrec_core.models.losses import (
     ce_loss,
     infonce_loss,
     sampled_softmax_loss,
+    sampled_softmax_scores_loss,
+)
+from sidrec_core.models.sasrec_blocks import (
+    BLOCKS,
+    NO_FINAL_NORM_BLOCKS,
+    RAW_INPUT_BLOCKS,
+    Block,
 )
 from sidrec_core.models.similarity import SIMILARITIES, Similarity
 from sidrec_core.sid.table import SIDTable
@@ -52,7 +61,12 @@ from sidrec_core.train import TrainConfig
 log = logging.getLogger(__name__)
 SID_FEATURES = ("none", "sum", "concat")
 POSITIONS = ("recency", "order")
-BLOCKS = ("pre_ln", "post_ln", "sasrec")
+INITS = ("normal", "xavier")
+# sampled_softmax negatives: one set for the batch (``shared``) or one per target (``per_position``)
+SS_SHARING = ("shared", "per_position")
+# which sampled negatives sampled_softmax leaves out: the row user's positives, the target item
+# only, or none
+SS_EXCLUDE = ("user", "target", "none")
 DEFAULT_NUM_NEGATIVES = {"bce": 1, "sampled_softmax": 256}
 BIAS_LOSSES = ("ce", "bce_shared")  # the losses that score through ``item_bias``
 
@@ -71,7 +85,7 @@ class SASRecConfig:
     num_heads: int = 2
     ffn_dim: int = 256
     dropout: float = 0.5  # Beauty is sparse; the SASRec paper uses 0.5 on it
-    block: str = "pre_ln"  # one of BLOCKS (see Block)
+    block: str = "pre_ln"  # one of BLOCKS (see sidrec_core.models.sasrec_blocks)
     max_history: int = 50  # the SASRec literature's cap (training inputs and evaluation histories)
     # which learned position a history item gets (one of POSITIONS): ``recency`` = its slot
     # counted back from the row's last item (the paper's left-padded layout; cornac), ``order`` =
@@ -87,6 +101,13 @@ class SASRecConfig:
     num_negatives: int = (
         0  # 0 = the loss's default: 1 per position (bce), 256 shared (sampled_softmax)
     )
+    # sampled_softmax only: one negative set per batch or per target (one of SS_SHARING), and
+    # what is masked out of it (one of SS_EXCLUDE). RecTools' SASRec (used by the eSASRec
+    # benchmark) draws per position, uniformly with replacement, and masks nothing
+    # (MobileTeleSystems/RecTools v0.13.0: rectools/models/nn/transformers/negative_sampler.py,
+    # CatalogUniformSampler)
+    ss_sharing: str = "shared"
+    ss_exclude: str = "user"
     popularity_alpha: float = 1.0  # popular negatives ~ train frequency ** alpha
     popular_ratio: float = 0.3  # share of popular draws in ``mixed``
     temperature: float = 0.1  # infonce logits are divided by it
@@ -103,6 +124,12 @@ class SASRecConfig:
     # (PreferredAI/cornac: cornac/models/sasrec/sasrec.py, use_biases and _encode)
     item_bias: bool = False
     emb_scale: bool = False
+    # dropout on the whole item table (input and output side) while training, as RecTools'
+    # IdEmbeddingsItemNet (rectools/models/nn/item_net.py) on top of the sequence dropout
+    item_dropout: float = 0.0
+    # ``normal``: N(0, 0.02) (RecBole/BERT); ``xavier``: Xavier-normal on every matrix, as
+    # RecTools' TransformerLightningModule._xavier_normal_init (rectools/.../lightning.py)
+    init: str = "normal"
     sid_features: str = "none"  # one of SID_FEATURES; reads the SID table at sid_dir
     sid_dir: str = "data/sids"
     bucket_window: int = 50  # batches per length-sorted window (0 = plain shuffle); see batching
@@ -117,6 +144,9 @@ class SASRecConfig:
         _choice("positions", self.positions, POSITIONS)
         _choice("block", self.block, BLOCKS)
         _choice("train_rows", self.train_rows, ROW_LAYOUTS)
+        _choice("ss_sharing", self.ss_sharing, SS_SHARING)
+        _choice("ss_exclude", self.ss_exclude, SS_EXCLUDE)
+        _choice("init", self.init, INITS)
         for name in ("hidden_dim", "num_blocks", "num_heads", "ffn_dim", "max_history"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
@@ -125,8 +155,9 @@ class SASRecConfig:
                 f"sasrec.hidden_dim ({self.hidden_dim}) must be divisible by "
                 f"sasrec.num_heads ({self.num_heads})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"sasrec.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "item_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"sasrec.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.bucket_window < 0:
             raise ValueError(f"sasrec.bucket_window must be >= 0, got {self.bucket_window}")
         if self.num_negatives < 0:
@@ -151,11 +182,17 @@ class SASRecConfig:
     @property
     def negatives_label(self) -> str:
         """How the loss draws negatives, for tags and labels: ``none`` for losses that sample
-        none (ce, infonce's in-batch positives), ``pop^alpha xK shared`` for bce_shared."""
+        none (ce, infonce's in-batch positives), ``pop^alpha xK shared`` for bce_shared, the
+        sharing and exclusion of sampled_softmax when they are not the defaults."""
         if self.loss == "bce_shared":
             return f"pop^{self.bce_shared_alpha:g} x{self.bce_shared_negatives} shared"
         if self.loss not in DEFAULT_NUM_NEGATIVES:
             return "none"
+        if self.loss == "sampled_softmax" and (self.ss_sharing, self.ss_exclude) != (
+            "shared",
+            "user",
+        ):
+            return f"{self.negatives} {self.ss_sharing} exclude={self.ss_exclude}"
         return self.negatives
 
     @property
@@ -182,57 +219,6 @@ def load_sid_features(cfg: SASRecConfig, sid_dir: str | Path, num_items: int) ->
     return SIDTable.load(sid_dir, num_items=num_items)
 
 
-class Block(nn.Module):
-    """Causal multi-head self-attention + position-wise feed-forward, by ``kind`` (one of BLOCKS):
-
-    - ``pre_ln``: x + Attn(LN(x)), then x + FFN(LN(x)) (Xiong et al., 2020);
-    - ``post_ln``: LN(x + Attn(x)), then LN(x + FFN(x)) (Vaswani et al., 2017);
-    - ``sasrec``: Kang & McAuley's block (their code, and PreferredAI/cornac
-      ``cornac/models/sasrec/sasrec.py``): q = LN(x), x = q + Attn(query q, keys and values x),
-      then x = LN(x), x + FFN(x), with a ReLU feed-forward.
-    """
-
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, kind: str):
-        super().__init__()
-        self.num_heads, self.dropout, self.kind = num_heads, dropout, kind
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        act = nn.ReLU() if kind == "sasrec" else nn.GELU()
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), act, nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
-        )
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
-
-    def attend(self, x: Tensor, mask: Tensor, kv: Tensor | None = None) -> Tensor:
-        """Queries from x [B, L, D], keys and values from ``kv`` (default x), mask [B, 1, L, L]
-        (True = may attend) -> [B, L, D]."""
-        b, length, dim = x.shape
-        heads = (b, length, self.num_heads, dim // self.num_heads)
-        if kv is None:
-            q, k, v = self.qkv(x).view(b, length, 3, *heads[2:]).permute(2, 0, 3, 1, 4)
-        else:
-            w_q, w_kv = self.qkv.weight.split([dim, 2 * dim])
-            b_q, b_kv = self.qkv.bias.split([dim, 2 * dim])
-            q = F.linear(x, w_q, b_q).view(heads).transpose(1, 2)
-            k, v = F.linear(kv, w_kv, b_kv).view(b, length, 2, *heads[2:]).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj(out.transpose(1, 2).reshape(b, length, dim))
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if self.kind == "pre_ln":
-            x = x + self.drop(self.attend(self.norm1(x), mask))
-            return x + self.drop(self.ffn(self.norm2(x)))
-        if self.kind == "post_ln":
-            x = self.norm1(x + self.drop(self.attend(x, mask)))
-            return self.norm2(x + self.drop(self.ffn(x)))
-        q = self.norm1(x)
-        x = self.norm2(q + self.drop(self.attend(q, mask, kv=x)))
-        return x + self.drop(self.ffn(x))
-
-
 class SASRec(Recommender):
     """SASRec over item ids 1..N (0 = padding). Batches: ``history`` [B, L] left-padded (L <=
     ``max_history``), for ``loss`` also ``targets`` [B, L], ``user`` [B] and the negatives of the
@@ -244,14 +230,15 @@ class SASRec(Recommender):
         dim = cfg.hidden_dim
         self.item_emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_history, dim)
-        # Kang & McAuley's block reads the raw embeddings; the others normalise them first
-        self.emb_norm = nn.Identity() if cfg.block == "sasrec" else nn.LayerNorm(dim)
+        # Kang & McAuley's and LiGR's stacks read the raw embeddings; the others normalise them
+        self.emb_norm = nn.Identity() if cfg.block in RAW_INPUT_BLOCKS else nn.LayerNorm(dim)
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(dim, cfg.num_heads, cfg.ffn_dim, cfg.dropout, cfg.block)
             for _ in range(cfg.num_blocks)
         )
-        self.final_norm = nn.Identity() if cfg.block == "post_ln" else nn.LayerNorm(dim)
+        self.final_norm = nn.Identity() if cfg.block in NO_FINAL_NORM_BLOCKS else nn.LayerNorm(dim)
+        self.item_drop = nn.Dropout(cfg.item_dropout)
         self.similarity = Similarity(cfg.similarity, dim)
         # a Parameter rather than an Embedding so the init below leaves it at 0: no item starts
         # ahead of another
@@ -261,6 +248,8 @@ class SASRec(Recommender):
         if sid_table is not None:
             self._init_sid(sid_table)
         self.apply(self._init_weights)
+        if cfg.init == "xavier":
+            self._init_xavier()
 
     def _init_sid(self, table: SIDTable) -> None:
         if table.num_items != self.num_items:
@@ -292,15 +281,27 @@ class SASRec(Recommender):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
+    def _init_xavier(self) -> None:
+        # every weight matrix, embedding tables included; biases and LayerNorms keep theirs.
+        # The padding row goes back to 0 (RecTools leaves it random but masks padding anyway)
+        with torch.no_grad():
+            for param in self.parameters():
+                if param.dim() > 1:
+                    nn.init.xavier_normal_(param)
+            for module in self.modules():
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+
     def item_table(self) -> Tensor:
-        """Every item's representation [N + 1, D] (row 0 = padding), tied for input and output."""
+        """Every item's representation [N + 1, D] (row 0 = padding), tied for input and output;
+        ``item_dropout`` applies to it while training."""
         table = self.item_emb.weight
         if self.sid_mode == "sum":
             table = table + self.sid_emb(self.sid_index).sum(dim=1)
         elif self.sid_mode == "concat":
             codes = self.sid_emb(self.sid_index).flatten(1)  # [N + 1, M * D]
             table = self.sid_proj(torch.cat([table, codes], dim=1))
-        return table
+        return self.item_drop(table)
 
     def encode(self, history: Tensor, table: Tensor | None = None) -> Tensor:
         """history [B, L] -> states [B, L, D]; state t summarises items up to t."""
@@ -353,10 +354,28 @@ class SASRec(Recommender):
             return infonce_loss(self.similarity, h, table[t], t, users, self.cfg.temperature)
         if name == "bce":
             return bce_loss(self.similarity, h, table[t], table[batch["negatives"][valid]])
-        neg_valid = batch["negative_valid"][:, None, :].expand(-1, targets.shape[1], -1)[valid]
-        return sampled_softmax_loss(
-            self.similarity, h, table[t], table[batch["negatives"]], neg_valid
-        )
+        return self._sampled_softmax(batch, h, t, table, valid)
+
+    def _sampled_softmax(
+        self, batch: dict[str, Tensor], h: Tensor, t: Tensor, table: Tensor, valid: Tensor
+    ) -> Tensor:
+        """sampled_softmax over the P valid positions, by ``ss_sharing`` and ``ss_exclude``."""
+        negatives = batch["negatives"]  # [K] shared or [B, L, K] per position
+        if self.cfg.ss_sharing == "per_position":
+            negatives = negatives[valid]  # [P, K]
+        keep = None
+        if self.cfg.ss_exclude == "user" and self.cfg.ss_sharing == "shared":
+            keep = batch["negative_valid"][:, None, :].expand(-1, valid.shape[1], -1)[valid]
+        elif self.cfg.ss_exclude == "target":
+            keep = negatives != t[:, None]  # [P, K] (broadcast over the shared set)
+        # per_position + user: the sampler already re-drew the user's positives
+        if negatives.dim() == 2 and negatives.numel() >= len(table):
+            # P x K gathered rows outnumber the catalogue: scoring every item with one matmul and
+            # picking the columns is cheaper than gathering [P, K, D] (2x on Beauty, K = 256)
+            scores = self.similarity(h, table)  # [P, N + 1]
+            pos_score = scores.gather(1, t[:, None])[:, 0]
+            return sampled_softmax_scores_loss(pos_score, scores.gather(1, negatives), keep)
+        return sampled_softmax_loss(self.similarity, h, table[t], table[negatives], keep)
 
     def score(self, h: Tensor, table: Tensor, items: Tensor | None = None) -> Tensor:
         """States h [P, D] against ``items`` [C] (default: every id 0..N) -> scores [P, C]:
@@ -405,41 +424,3 @@ def load_sasrec(cfg: SASRecConfig, loo: LeaveOneOut, path: str | Path, key: str)
 def build_sasrec(cfg: SASRecConfig, loo: LeaveOneOut) -> SASRec:
     """An untrained SASRec for ``loo``'s catalogue, with SID features when configured."""
     return SASRec(cfg, loo.num_items, load_sid_features(cfg, cfg.sid_dir, loo.num_items))
-
-
-def training_batches(cfg: SASRecConfig, loo: LeaveOneOut, seed: int) -> TrainBatches:
-    """Training batches with the negatives ``cfg.loss`` needs (none for ce and infonce)."""
-    k = cfg.negatives_per_step
-    sampler = None
-    if k and cfg.loss == "bce_shared":
-        # draws with replacement (NegativeSampler.draw), so k may exceed the catalogue
-        sampler = NegativeSampler(
-            "popular",
-            loo.train_item_counts(),
-            loo.train_sequences,
-            alpha=cfg.bce_shared_alpha,
-            seed=seed,
-        )
-    elif k:
-        sampler = NegativeSampler(
-            cfg.negatives,
-            loo.train_item_counts(),
-            loo.train_sequences,
-            num_negatives=k,
-            alpha=cfg.popularity_alpha,
-            popular_ratio=cfg.popular_ratio,
-            seed=seed,
-        )
-    modes = {"bce": "per_position", "sampled_softmax": "shared", "bce_shared": "shared_unfiltered"}
-    mode = modes.get(cfg.loss, "none") if k else "none"
-    return TrainBatches(
-        loo.train_sequences,
-        cfg.max_history,
-        cfg.train.batch_size,
-        seed=seed,
-        sampler=sampler,
-        negatives_mode=mode,
-        num_negatives=k,
-        bucket_window=cfg.bucket_window,
-        rows=cfg.train_rows,
-    )

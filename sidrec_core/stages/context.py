@@ -31,6 +31,9 @@ class StageContext:
     cfg: dict[str, Any]
     device: torch.device
     run: Run
+    # where this run's metrics files go (see metrics_dir_for): side files such as per-epoch
+    # curves belong there too, so a redirected run leaves the tracked metrics/ alone
+    metrics_dir: str = BaseConfig.metrics_dir
 
     @property
     def dataset(self) -> str:
@@ -117,13 +120,14 @@ def stage_context(
     device = device or resolve_device(base.device)
     logged = {"base": to_dict(base), **{k: to_dict(v) for k, v in cfg.items()}}
     dataset = getattr(cfg.get("data"), "name", "?")
+    metrics_dir = metrics_dir_for(base, cfg, output_key)
     with start_run(
         name,
         logged,
         dataset=dataset,
         profile=base.profile,
         device=device,
-        metrics_dir=metrics_dir_for(base, cfg, output_key) if write_metrics else None,
+        metrics_dir=metrics_dir if write_metrics else None,
         tags=tags,
     ) as run:
-        yield StageContext(name, base, cfg, device, run)
+        yield StageContext(name, base, cfg, device, run, metrics_dir)

@@ -140,7 +140,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         )
         ctx.record_sha256(start_model=ctx.cfg["sidlm"].output_dir, model=rl.output_dir)
         steps = [r for r in result.history if "step" in r]  # per-epoch figures are above
-        write_json(Path(ctx.base.metrics_dir) / f"{STAGE}_curves.json", steps)
+        write_json(Path(ctx.metrics_dir) / f"{STAGE}_curves.json", steps)
         log.info(
             "rl_sidlm: saved %s, test %s", rl.output_dir, scores.test.metrics.get("test/ndcg@10")
         )

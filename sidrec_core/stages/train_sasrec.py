@@ -97,5 +97,5 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         curves = [
             {k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history
         ]
-        write_json(Path(ctx.base.metrics_dir) / f"{STAGE}_curves.json", curves)
+        write_json(Path(ctx.metrics_dir) / f"{STAGE}_curves.json", curves)
         return ctx.result()
