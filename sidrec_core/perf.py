@@ -27,6 +27,28 @@ def worktree_dirty() -> bool | None:
     return None if status is None else bool(status.strip())
 
 
+PACKAGES = ("torch", "transformers", "numpy", "faiss-cpu", "optuna", "scikit-learn", "dvc")
+
+
+def code_state() -> dict[str, Any]:
+    """Which code made a result: commit, dirty flag, Python and the key packages' versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {
+        "commit": git_commit(),
+        "worktree_dirty": worktree_dirty(),
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "packages": packages,
+    }
+
+
 def provenance(threads: int, device: str = "cpu") -> dict[str, Any]:
     """Call before the timed work starts -> the fields every ``bench/perf`` JSON carries."""
     import torch

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sidrec_core.data.dataset import DataConfig, file_sha256, load_prepared
+from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.embeddings import load_embeddings
 from sidrec_core.data.split import leave_one_out
 from sidrec_core.sid.build import SIDConfig, build_sids
@@ -48,8 +48,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ctx.run.record(
             **metrics,
             fit_peak_rss_mb=peak_rss_mb(),
-            embeddings_sha256=file_sha256(Path(cfg.embeddings)),
-            codes_sha256=file_sha256(out / "codes.npy"),
         )
+        ctx.record_sha256(read={"embeddings": cfg.embeddings}, wrote={"sids": out / "codes.npy"})
         ctx.run.log_artifact(out / "meta.json", artifact_path="sids")
         return ctx.result()

@@ -44,10 +44,15 @@ class StageContext:
         """What a resumable run must match to continue: every config it read (+ ``extra``)."""
         return {"base": to_dict(self.base), **{k: to_dict(v) for k, v in self.cfg.items()}, **extra}
 
-    def record_sha256(self, **paths: str | Path) -> None:
-        """Record ``<name>_sha256`` of each file or folder read or written (see
-        :func:`~sidrec_core.io.path_sha256`): two trials are paired only on equal inputs."""
-        self.run.record(**{f"{name}_sha256": path_sha256(p) for name, p in paths.items()})
+    def record_sha256(
+        self, read: dict[str, str | Path] | None = None, wrote: dict[str, str | Path] | None = None
+    ) -> None:
+        """Record ``sha256/read/<name>`` and ``sha256/wrote/<name>`` of each file or folder the
+        stage read or wrote (:func:`~sidrec_core.io.path_sha256`): two trials are compared only
+        where the inputs they did not make themselves are equal
+        (:func:`sidrec_core.studies.fingerprints.upstream`)."""
+        for kind, paths in (("read", read or {}), ("wrote", wrote or {})):
+            self.run.record(**{f"sha256/{kind}/{k}": path_sha256(p) for k, p in paths.items()})
 
     def result(self) -> dict[str, Any]:
         """The flat metrics a stage returns (what it also wrote to ``metrics/<stage>.json``)."""

@@ -9,7 +9,6 @@ from typing import Any
 
 from sidrec_core.data.dataset import (
     DataConfig,
-    file_sha256,
     load_prepared,
     prepared_texts,
     resolve_dataset_dir,
@@ -49,10 +48,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         )
         ctx.run.record(
             source=source,
-            embeddings_sha256=file_sha256(Path(cfg.output)),
             num_items=int(vectors.shape[0]),
             dim=int(vectors.shape[1]),
             embed_seconds=seconds,
             items_per_second=len(vectors) / max(seconds, 1e-9),
         )
+        ctx.record_sha256(wrote={"embeddings": cfg.output})
         return ctx.result()

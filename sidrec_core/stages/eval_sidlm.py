@@ -126,6 +126,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ctx.run.log_metrics({**scores.valid.metrics, **scores.test.metrics})
         path = write_predictions(cfg.predictions_dir, scores, ds.user_ids)
         ctx.run.record(**scores.figures())
-        ctx.record_sha256(model=cfg.output_dir, sids=Path(cfg.sid_dir) / "codes.npy")
+        ctx.record_sha256(read={"sidlm": cfg.output_dir, "sids": Path(cfg.sid_dir) / "codes.npy"})
         log.info("wrote %d predictions -> %s", len(scores.test_split), path)
         return ctx.result()

@@ -138,7 +138,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             **{f"epoch_{monitor}": [r[monitor] for r in result.history if "epoch" in r]},
             **_summary(result.history),
         )
-        ctx.record_sha256(start_model=ctx.cfg["sidlm"].output_dir, model=rl.output_dir)
+        ctx.record_sha256(
+            read={"sidlm": ctx.cfg["sidlm"].output_dir}, wrote={"rl_sidlm": rl.output_dir}
+        )
         steps = [r for r in result.history if "step" in r]  # per-epoch figures are above
         write_json(Path(ctx.metrics_dir) / f"{STAGE}_curves.json", steps)
         log.info(

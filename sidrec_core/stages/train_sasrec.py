@@ -84,7 +84,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             res = evaluate(model, split, ev, device, num_items=loo.num_items)
             metrics.update(res.metrics)
         ctx.run.log_metrics(metrics)
-        ctx.record_sha256(prepared=Path(data.prepared_dir) / "dataset.npz", model=cfg.checkpoint)
+        ctx.record_sha256(
+            read={"prepared": Path(data.prepared_dir) / "dataset.npz"},
+            wrote={"sasrec": cfg.checkpoint},
+        )
         ctx.run.record(
             epochs=result.epochs,
             best_epoch=result.best_epoch,

@@ -53,8 +53,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ctx.run.record(**figures)
         if acc.is_main_process:
             ctx.record_sha256(
-                prepared=Path(data.prepared_dir) / "dataset.npz",
-                sids=Path(cfg.sid_dir) / "codes.npy",
-                model=cfg.output_dir,
+                read={
+                    "prepared": Path(data.prepared_dir) / "dataset.npz",
+                    "sids": Path(cfg.sid_dir) / "codes.npy",
+                },
+                wrote={"sidlm": cfg.output_dir},
             )
         return ctx.result()

@@ -22,9 +22,17 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
+from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.reference import reference_lines
-from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
+from sidrec_core.studies.stats import (
+    diff_ci,
+    holm,
+    mean_ci,
+    min_detectable_effect,
+    paired_test,
+    seed_user_ci,
+)
 from sidrec_core.studies.storage import exists, read_storage, study_journal
 from sidrec_core.studies.study import (
     Study,
@@ -134,6 +142,23 @@ def summarize_trials(
     return cols, table, counts
 
 
+Records = dict[str, dict[int, dict[str, Any]]]  # level -> seed -> the trial's stored metrics
+
+
+def upstream_recorded(metrics: dict[str, Any]) -> bool:
+    return bool(upstream(metrics))
+
+
+def trial_records(study: Study, trials: list[optuna.trial.FrozenTrial]) -> Records:
+    """Each complete trial's stored metrics (fingerprints, per-user ranks) by level and seed."""
+    out: Records = {lv: {} for lv in study.labels}
+    for t in trials:
+        point = live_point(study, t)
+        if t.state == TrialState.COMPLETE and point is not None:
+            out[point[0]][point[1]] = t.user_attrs.get("metrics") or {}
+    return out
+
+
 def _fmt(x: float | None, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -221,13 +246,54 @@ class Comparison:
     ci: float
     holm_p: float | None
     versus: str = ""
+    # smallest true difference the paired test had 80% power to detect (None: undefined)
+    mde: float | None = None
+    # (2.5%, 97.5%) of the seed x test-user bootstrap; None when a trial stored no ranks
+    seed_user: tuple[float, float] | None = None
+    # seeds left out: their upstream inputs differ ({seed: [input, ...]})
+    broken: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def broken_seeds(records: Records, level: str, versus: str) -> dict[int, list[str]]:
+    """Seeds at which the two levels read different upstream inputs (not comparable)."""
+    a, b = records.get(level, {}), records.get(versus, {})
+    out = {}
+    for seed in sorted(a.keys() & b.keys()):
+        differ = pairing_break(a[seed], b[seed])
+        if differ:
+            out[seed] = differ
+    return out
+
+
+def user_level_ci(
+    records: Records, level: str, versus: str, metric: str, seeds: list[int]
+) -> tuple[float, float] | None:
+    """Seed x test-user bootstrap CI of ``level - versus`` on ``metric``, when every seed of
+    both trials stored per-user ranks of the same test users."""
+    diffs = {}
+    for seed in seeds:
+        a = per_user(records.get(level, {}).get(seed, {}), metric)
+        b = per_user(records.get(versus, {}).get(seed, {}), metric)
+        if a is None or b is None or a.shape != b.shape:
+            return None
+        diffs[seed] = a - b
+    if not diffs:
+        return None
+    _, lo, hi = seed_user_ci(diffs)
+    return lo, hi
 
 
 def compare_levels(
-    study: Study, cols: list[str], table: dict[str, dict[str, Cell]]
+    study: Study,
+    cols: list[str],
+    table: dict[str, dict[str, Cell]],
+    records: Records | None = None,
 ) -> list[Comparison]:
     """Paired tests of the objective and headline test metrics, every level vs the default and
-    then the study's contrasts, Holm-corrected over every test returned."""
+    then the study's contrasts, Holm-corrected over every test returned. With the trials'
+    ``records``, seeds whose upstream inputs differ are left out of a pair, and each row gets
+    the seed x user CI where per-user ranks were stored."""
+    records = records or {}
     headline = [c for c in cols if c.endswith(TESTED)]  # also a model's prefixed keys
     tested = list(dict.fromkeys((study.objective, *headline)))
     pairs = [(lv, study.default) for lv in study.labels if lv != study.default]
@@ -236,22 +302,40 @@ def compare_levels(
     for lv, versus in pairs:
         measured = table[versus][study.objective].values or versus == study.default
         if table[lv][study.objective].values and measured:
+            broken = broken_seeds(records, lv, versus)
             for col in tested:
-                cell, control = table[lv][col], table[versus][col].values
-                diff, p = paired_test(cell.values, control)
-                rows.append((lv, versus, col, dataclasses.replace(cell, diff=diff, p_value=p)))
-    adjusted = holm([c.p_value for *_, c in rows])
-    return [
-        Comparison(lv, col, c, diff_ci(c.values, table[versus][col].values), adj, versus)
-        for (lv, versus, col, c), adj in zip(rows, adjusted, strict=True)
-    ]
+                cell = table[lv][col]
+                keep = {s: v for s, v in cell.values.items() if s not in broken}
+                control = {s: v for s, v in table[versus][col].values.items() if s not in broken}
+                diff, p = paired_test(keep, control)
+                cell = dataclasses.replace(cell, values=keep, diff=diff, p_value=p)
+                rows.append((lv, versus, col, cell, control, broken))
+    adjusted = holm([r[3].p_value for r in rows])
+    out = []
+    for (lv, versus, col, c, control, broken), adj in zip(rows, adjusted, strict=True):
+        shared = sorted(c.values.keys() & control.keys())
+        d = [c.values[s] - control[s] for s in shared]
+        sd = float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
+        mde = min_detectable_effect(sd, len(d))
+        su = user_level_ci(records, lv, versus, col, shared)
+        out.append(Comparison(lv, col, c, diff_ci(c.values, control), adj, versus, mde, su, broken))
+    return out
+
+
+def seed_user_text(cmp: Comparison) -> str:
+    if cmp.seed_user is None:
+        return "not recorded"
+    return f"[{_fmt(cmp.seed_user[0])}, {_fmt(cmp.seed_user[1])}]"
 
 
 def significance_lines(
-    study: Study, cols: list[str], table: dict[str, dict[str, Cell]]
+    study: Study,
+    cols: list[str],
+    table: dict[str, dict[str, Cell]],
+    records: Records | None = None,
 ) -> list[str]:
     """The section's table of :func:`compare_levels`."""
-    comparisons = compare_levels(study, cols, table)
+    comparisons = compare_levels(study, cols, table, records)
     n_tests = sum(c.holm_p is not None for c in comparisons)
     contrasts = ", ".join(f"`{a}` against `{b}`" for a, b in study.contrasts)
     lines = [
@@ -260,20 +344,45 @@ def significance_lines(
         + (f", then {contrasts}," if contrasts else "")
         + " over the seeds both "
         f"completed; p Holm-corrected over the {n_tests} tests of this section (significant at "
-        f"adjusted p < {ALPHA}). p is undefined when every seed's difference is equal.",
+        f"adjusted p < {ALPHA}). p is undefined when every seed's difference is equal. "
+        "The mean diff's CI is over seeds only; the seed × user CI also resamples the test users "
+        "(two-way bootstrap of the per-user differences; `not recorded` where a trial stored no "
+        "per-user ranks). MDE: the smallest true difference this test detects with 80% power, "
+        "given the seeds' spread, shown where the difference is not significant.",
         "",
-        "| level | metric | mean diff (95% CI) | p | Holm p | significant |",
-        "|---|---|---|---|---|---|",
+        "| level | metric | mean diff (95% CI, seeds) | seed × user 95% CI | p | Holm p "
+        "| significant | MDE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for cmp in comparisons:
         c, ci, adj = cmp.cell, cmp.ci, cmp.holm_p
         diff = _fmt(c.diff) if math.isnan(ci) else f"{_fmt(c.diff)} ± {_fmt(ci)}"
         sig = "n/a" if adj is None else ("yes" if adj < ALPHA else "no")
         p = "undefined" if c.p_value is None else _fmt(c.p_value, 3)
+        mde = "—" if sig == "yes" else _fmt(cmp.mde)
         name = cmp.level if cmp.versus == study.default else f"{cmp.level} − {cmp.versus}"
-        lines.append(f"| {name} | {cmp.metric} | {diff} | {p} | {_fmt(adj, 3)} | {sig} |")
+        lines.append(
+            f"| {name} | {cmp.metric} | {diff} | {seed_user_text(cmp)} | {p} | {_fmt(adj, 3)} "
+            f"| {sig} | {mde} |"
+        )
     missing = [lv for lv in study.labels if not table[lv][study.objective].values]
-    lines += [f"| {lv} | (no completed trial) | | | | |" for lv in missing if lv != study.default]
+    lines += [
+        f"| {lv} | (no completed trial) | | | | | | |" for lv in missing if lv != study.default
+    ]
+    broken = {(c.level, c.versus): c.broken for c in comparisons if c.broken}
+    for (lv, versus), seeds in broken.items():
+        lines.append(
+            f"\nNot paired: `{lv}` and `{versus}` read different upstream inputs at "
+            + "; ".join(f"seed {s} ({', '.join(k)})" for s, k in seeds.items())
+            + ", so those seeds are left out of their tests."
+        )
+    if records is not None and not any(
+        upstream_recorded(m) for lv in records.values() for m in lv.values()
+    ):
+        lines.append(
+            "\nUpstream fingerprints: not recorded (trials run before stages recorded the "
+            "sha256 of their inputs), so equal inputs across levels could not be checked."
+        )
     return lines
 
 
@@ -317,7 +426,8 @@ def profile_section(
     if check:
         lines += ["", "No significance test: a synthetic smoke run checks the pipeline only."]
     else:
-        lines += significance_lines(study, cols, table) + claim_lines(study, table)
+        records = trial_records(study, trials)
+        lines += significance_lines(study, cols, table, records) + claim_lines(study, table)
         where = storage_for or (lambda name: study_journal(out.parent, name))
         lines += reference_lines(study, profile, table, where)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

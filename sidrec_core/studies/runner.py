@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.config import apply_overrides, flatten, load_params
+from sidrec_core.perf import code_state
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.execute import execute_trial
@@ -301,6 +302,7 @@ class Objective:
             raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
         trial.set_user_attr(WORKER, worker_id())
         trial.set_user_attr("level_spec", level_spec(study, label))
+        trial.set_user_attr("provenance", code_state())
         log.info(
             "%s: %s level %s seed %d",
             study.name,

@@ -129,6 +129,11 @@ def trial_tags(trial: FrozenTrial, base: dict[str, str]) -> dict[str, str]:
         "commit": NOT_RECORDED,
         "trial_key": str(stored.get("trial_key", NOT_RECORDED)),
     }
+    code = trial.user_attrs.get("provenance") or {}
+    if "commit" in code:
+        dirty = " (dirty)" if code.get("worktree_dirty") else ""
+        tags["commit"] = f"{code['commit']}{dirty}"
+    tags.update({k.replace("/", "."): str(v) for k, v in stored.items() if k.startswith("sha256/")})
     for key in ("shared_from", "worker", "start", "pruner", "duplicate_of", "restored"):
         value = stored.get(key, trial.user_attrs.get(key))
         if value is not None:

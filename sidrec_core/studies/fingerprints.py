@@ -1,0 +1,52 @@
+"""What two trials must share to be compared, and the per-user figures a seed x user CI needs.
+
+Every stage records ``sha256/read/<name>`` and ``sha256/wrote/<name>`` of what it read and wrote
+(:meth:`~sidrec_core.stages.context.StageContext.record_sha256`). A trial's *upstream* inputs
+are those it read but did not write itself: the SID table a decoding study's levels share, the
+prepared data of every model. Two levels at one seed are paired only where their upstream inputs
+are equal; trials run before fingerprints were recorded cannot be checked ("not recorded").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from sidrec_core.metrics import METRIC_FNS, decode_ranks
+
+READ, WROTE = "sha256/read/", "sha256/wrote/"
+RANKS = "test/ranks"
+RANKED = re.compile(r"^(?:(?P<prefix>.+)/)?test/(?P<metric>hr|ndcg|mrr)@(?P<k>\d+)$")
+
+
+def upstream(metrics: dict[str, Any]) -> dict[str, str]:
+    """``{name: sha256}`` of the inputs a trial read and did not make itself."""
+    made = {v for k, v in metrics.items() if k.startswith(WROTE)}
+    return {k[len(READ) :]: v for k, v in metrics.items() if k.startswith(READ) and v not in made}
+
+
+def pairing_break(a: dict[str, Any], b: dict[str, Any]) -> list[str] | None:
+    """Upstream inputs two trials both read with different bytes ([] = comparable), or None when
+    either trial recorded no fingerprint."""
+    ua, ub = upstream(a), upstream(b)
+    if not ua or not ub:
+        return None
+    return sorted(k for k in ua.keys() & ub.keys() if ua[k] != ub[k])
+
+
+def per_user(metrics: dict[str, Any], metric: str) -> np.ndarray | None:
+    """Per-test-user values of ``metric`` (``test/ndcg@10``, a model's ``sasrec/test/hr@10``)
+    from the trial's stored ranks, or None when it stored none or the cut-off exceeds them."""
+    match = RANKED.match(metric)
+    if match is None:
+        return None
+    key = f"{match['prefix']}/{RANKS}" if match["prefix"] else RANKS
+    text = metrics.get(key)
+    if not isinstance(text, str):
+        return None
+    k = int(match["k"])
+    if k > int(text.split(":", 2)[1]):
+        return None
+    return METRIC_FNS[match["metric"]](decode_ranks(text), k)
