@@ -261,7 +261,7 @@ def test_grid_coverage_with_seeds_report_and_cache(tmp_path, capsys):
     index = (tmp_path / "exp" / "README.md").read_text()
     assert "[report](exclude_seen/report.md)" in index and "`beam_width`" in index
     # a second launch has nothing left to do: it says so and leaves storage and reports alone
-    db = tmp_path / "exp" / "exclude_seen" / "optuna.db"
+    db = tmp_path / "exp" / "exclude_seen" / "optuna.jsonl"
     files = (db, tmp_path / "exp" / "exclude_seen" / "report.md", tmp_path / "exp" / "README.md")
     before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files]
     again = run_study("exclude_seen", o)
