@@ -22,7 +22,7 @@ setup-postgres:
 	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y postgresql; }
 
 test:
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 lint:
 	$(BIN)/ruff check sidrec_core bench tests && $(BIN)/ruff format --check sidrec_core bench tests

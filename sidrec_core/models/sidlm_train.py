@@ -187,6 +187,7 @@ def train_sidlm(
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "steps": result.steps,
+        "num_processes": acc.num_processes,
         "train_examples": num_rows,
         "seconds_per_epoch": result.seconds_per_epoch,
         "train_seconds": seconds,
