@@ -140,6 +140,21 @@ def test_sidlm_tuned_default_is_the_pipeline_default_and_search_t3_its_four_valu
     assert all(levels["search-t3"][k] != v for k, v in levels["default"].items())
 
 
+def test_sidlm_recipe_default_is_the_pipeline_default_and_all_joins_each_change():
+    """Each change of the recipe alone differs from today's default in its own keys only, and
+    ``all`` is the union of the changes."""
+    pipeline, levels = pipeline_and_levels("sidlm_recipe")
+    assert resolve_params(with_overrides(pipeline, levels["default"])) == pipeline
+    default, joined = levels.pop("default"), levels.pop("all")
+    changed = {
+        label: {k: v for k, v in lv.items() if default[k] != v} for label, lv in levels.items()
+    }
+    assert all(changed.values()) and len(changed) == 5
+    keys = [k for c in changed.values() for k in c]
+    assert len(keys) == len(set(keys))  # no two changes touch the same key
+    assert joined == {**default, **{k: v for c in changed.values() for k, v in c.items()}}
+
+
 def test_profiles_set_their_name_and_dvc_args():
     params = load_profile("smoke", {"data": {"name": "beauty", "max_history": 20}})
     assert params["base"]["profile"] == "smoke" and params["data"]["name"] == "synthetic"

@@ -5,6 +5,9 @@ Two tasks (after TIGER's sequence format and MiniOneRec's instruction SFT):
 - ``pretrain``: a user's items as one SID token stream ``<bos> <a_..><b_..><c_..> <a_..>..``,
   loss on every item token (each position predicts the next item's codes, so one stream trains
   all prefixes at once). Long sequences are cut into windows of ``max_history + 1`` items.
+  The window's first item is then learned from ``<bos>`` alone, an unconditional popularity
+  target that per-prefix rows (TIGER) never train; ``first_item_targets=False`` leaves it
+  unlabelled, and drops the rows that would have no target left (one-item windows).
 - ``sft``: the tokenizer's chat template (system / user with the history / assistant with the
   target SID), loss on the answer only, one example per prefix of the training part (sliding
   window of ``max_history`` items).
@@ -34,7 +37,9 @@ IGNORE = -100
 TASKS = ("pretrain", "sft")
 
 
-def training_rows(loo: LeaveOneOut, task: str, max_history: int) -> Iterator[dict[str, Any]]:
+def training_rows(
+    loo: LeaveOneOut, task: str, max_history: int, first_item_targets: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of the training part ``s_1..s_{n-2}`` of every user (see module docstring)."""
     if task not in TASKS:
         raise ValueError(f"sidlm.task: expected one of {list(TASKS)}, got {task!r}")
@@ -46,12 +51,13 @@ def training_rows(loo: LeaveOneOut, task: str, max_history: int) -> Iterator[dic
             # every item is predicted once with context.
             for end in range(len(seq), 0, -max_history):
                 window = seq[max(0, end - max_history - 1) : end]
-                yield {
-                    "user": user_ids[u],
-                    "user_index": u,
-                    "history": window[:-1],
-                    "target": window[-1],
-                }
+                if len(window) > 1 or first_item_targets:
+                    yield {
+                        "user": user_ids[u],
+                        "user_index": u,
+                        "history": window[:-1],
+                        "target": window[-1],
+                    }
                 if end - max_history - 1 <= 0:
                     break
         else:
@@ -88,9 +94,17 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 class ExampleEncoder:
-    """Rows -> token ids. ``item_tokens`` [N + 1, M] (from ``SIDVocab.item_token_ids``)."""
+    """Rows -> token ids. ``item_tokens`` [N + 1, M] (from ``SIDVocab.item_token_ids``);
+    ``first_item_targets``: label a pretrain stream's first item (see module docstring)."""
 
-    def __init__(self, item_tokens: np.ndarray, fmt: Any, task: str, max_history: int):
+    def __init__(
+        self,
+        item_tokens: np.ndarray,
+        fmt: Any,
+        task: str,
+        max_history: int,
+        first_item_targets: bool = True,
+    ):
         if task not in TASKS:
             raise ValueError(f"sidlm.task: expected one of {list(TASKS)}, got {task!r}")
         self.item_tokens, self.fmt, self.task, self.max_history = (
@@ -99,6 +113,7 @@ class ExampleEncoder:
             task,
             max_history,
         )
+        self.first_item_targets = first_item_targets
         self.num_items = item_tokens.shape[0] - 1
 
     @property
@@ -131,7 +146,10 @@ class ExampleEncoder:
         if self.task == "pretrain":
             stream = self._tokens([*row["history"], row["target"]]).reshape(-1).tolist()
             prefix = list(self.fmt.prefix)
-            return {"input_ids": prefix + stream, "labels": [IGNORE] * len(prefix) + stream}
+            # the first item's M tokens, predicted from the prefix alone
+            unlabelled = len(prefix) + (0 if self.first_item_targets else self.item_tokens.shape[1])
+            labels = [IGNORE] * unlabelled + stream[unlabelled - len(prefix) :]
+            return {"input_ids": prefix + stream, "labels": labels}
         prompt = self.prompt(row["history"])
         answer = self._tokens([row["target"]]).reshape(-1).tolist() + list(self.fmt.answer_end)
         return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}

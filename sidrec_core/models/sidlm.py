@@ -44,6 +44,7 @@ from sidrec_core.models.beam import (
     schedule,
 )
 from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
+from sidrec_core.models.sidlm_dropout import add_dropout
 from sidrec_core.models.sidlm_seq2seq import (
     WEIGHT_FILES,
     load_lm,
@@ -77,6 +78,11 @@ class SIDLMConfig:
     num_kv_heads: int = 4
     intermediate_size: int = 512
     attention_dropout: float = 0.0
+    # dropout on the input embeddings and on every residual branch (attention and MLP outputs
+    # before they join the stream), as TIGER's T5 and GPT-2 have it (sidlm_dropout.py); decoder
+    # only: the encoder-decoder's T5 applies attention_dropout to its residual branches already
+    embedding_dropout: float = 0.0
+    residual_dropout: float = 0.0
     rope_theta: float = 10000.0
     max_positions: int = 1024
     # lora
@@ -91,8 +97,17 @@ class SIDLMConfig:
     predictions_dir: str = "data/predictions/sidlm"
     shuffle_buffer: int = 20000
     length_group: int = 50  # batches per length-sorted window (0 = no length grouping)
-    # validation users during training (seeded subset; None = eval.max_valid_users): beam search
-    # over every user costs about half a training epoch on CPU
+    # pretrain streams: "drop" leaves each window's first item unlabelled, so no item is learned
+    # from <bos> alone (per-prefix rows, as TIGER trains; sft and the encoder-decoder never
+    # train that target, so the key changes nothing for them)
+    first_item_targets: Literal["keep", "drop"] = "keep"
+    # "batch": the mean over the batch's target tokens (a token in a batch of short streams
+    # weighs more); "tokens": their sum over a fixed count, batch_size x the mean target tokens
+    # of a training row, so every target token weighs the same in every batch
+    loss_normalization: Literal["batch", "tokens"] = "batch"
+    # validation users during training (seeded subset; None = eval.max_valid_users): on Beauty a
+    # pass over all 22,363 users took 231 s on one thread of a loaded 2-core machine (about 75 s
+    # of CPU time), 1,000 users 13 s (default model size, constrained beam of 20)
     max_valid_users: int | None = None
     # auto = bf16 on accelerators; fp16 is not offered (fit clips gradients before unscaling)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
@@ -101,6 +116,15 @@ class SIDLMConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"sidlm.arch: expected one of {list(ARCHS)}, got {self.arch!r}")
+        for name in ("attention_dropout", "embedding_dropout", "residual_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"sidlm.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.arch == "encoder_decoder" and (self.embedding_dropout or self.residual_dropout):
+            raise ValueError(
+                "sidlm.embedding_dropout / sidlm.residual_dropout: arch encoder_decoder (T5) "
+                "drops its embeddings and residual branches at sidlm.attention_dropout; set "
+                "them to 0"
+            )
         if self.arch == "encoder_decoder" and self.load != "scratch":
             raise ValueError(
                 f"sidlm.load: arch encoder_decoder builds a scratch T5, got load {self.load!r}"
@@ -191,11 +215,14 @@ def _mask_rows(weight: nn.Parameter, num_old: int) -> None:
 
 def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
     """The LM for ``cfg.arch`` and ``cfg.load`` with its vocabulary covering ``vocab`` (see
-    module doc; the encoder-decoder is always scratch)."""
+    module doc; the encoder-decoder is always scratch), a decoder with the embedding and
+    residual dropout of ``cfg`` (:mod:`~sidrec_core.models.sidlm_dropout`)."""
     if cfg.arch == "encoder_decoder":
         return scratch_seq2seq(cfg, vocab)
     if cfg.load == "scratch":
-        return scratch_lm(cfg, vocab)
+        lm = scratch_lm(cfg, vocab)
+        add_dropout(lm, cfg.embedding_dropout, cfg.residual_dropout)
+        return lm
     path = _check_checkpoint(cfg.checkpoint)
     lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     num_old = lm.get_input_embeddings().num_embeddings
@@ -221,6 +248,7 @@ def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
             trainable_token_indices={"embed_tokens": new_ids} if new_ids else None,
         )
         lm = get_peft_model(lm, lora)
+    add_dropout(lm, cfg.embedding_dropout, cfg.residual_dropout)
     return lm
 
 
@@ -252,7 +280,16 @@ class SIDLM(Recommender):
         self.lm, self.vocab, self.table, self.cfg = lm, vocab, table, cfg
         self.fmt = PromptFormat.for_task(vocab.tokenizer, cfg.task, cfg.system_prompt)
         examples = Seq2SeqExampleEncoder if cfg.arch == "encoder_decoder" else ExampleEncoder
-        self.encoder = examples(vocab.item_token_ids(table), self.fmt, cfg.task, max_history)
+        self.encoder = examples(
+            vocab.item_token_ids(table),
+            self.fmt,
+            cfg.task,
+            max_history,
+            first_item_targets=cfg.first_item_targets == "keep",
+        )
+        # loss_normalization "tokens": the fixed divisor, set by the trainer from the training
+        # rows (batch_size x mean target tokens a row; see loss)
+        self.loss_tokens: float | None = None
         self.prefix_table = PrefixTable.from_codes(table.codes[1:], table.codebook_sizes)
         self.level_token_ids = vocab.level_token_ids
         self.pad_id = vocab.tokenizer.pad_token_id
@@ -280,9 +317,21 @@ class SIDLM(Recommender):
         return self.loss(batch)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Mean next-token cross-entropy over labelled positions (float32); the encoder-decoder's
-        is over its M target tokens (:func:`~sidrec_core.models.sidlm_seq2seq.seq2seq_loss`)."""
+        """Next-token cross-entropy over labelled positions (float32); the encoder-decoder's is
+        over its M target tokens (:func:`~sidrec_core.models.sidlm_seq2seq.seq2seq_loss`).
+
+        ``loss_normalization`` "batch": the mean over the batch's labelled tokens; "tokens": their
+        sum divided by ``self.loss_tokens``, the same for every batch.
+        """
+        tokens = self.cfg.loss_normalization == "tokens"
+        if tokens and not self.loss_tokens:
+            raise RuntimeError(
+                "sidlm.loss_normalization=tokens: set SIDLM.loss_tokens (the fixed token count "
+                "a batch's loss is divided by) before training; train_sidlm sets it"
+            )
         if self.cfg.arch == "encoder_decoder":
+            if tokens:
+                return seq2seq_loss(self.lm, batch, reduction="sum") / self.loss_tokens
             return seq2seq_loss(self.lm, batch)
         labels = batch["labels"]
         seq_len = labels.shape[1]
@@ -297,9 +346,13 @@ class SIDLM(Recommender):
             logits_to_keep=seq_len - start + 1,
         )
         logits = out.logits[:, :-1].float()
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels[:, start:].reshape(-1), ignore_index=IGNORE
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            labels[:, start:].reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum" if tokens else "mean",
         )
+        return loss / self.loss_tokens if tokens else loss
 
     # -- recommendation ---------------------------------------------------------------------
     def reset_candidate_stats(self) -> None:

@@ -82,8 +82,9 @@ def scratch_seq2seq(cfg: SIDLMConfig, vocab: SIDVocab) -> T5ForConditionalGenera
     return T5ForConditionalGeneration(config)
 
 
-def seq2seq_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean cross-entropy (float32) of the M target tokens given the encoded prompt.
+def seq2seq_loss(lm: nn.Module, batch: dict[str, Tensor], reduction: str = "mean") -> Tensor:
+    """Cross-entropy (float32) of the M target tokens given the encoded prompt, reduced over the
+    labelled tokens by ``reduction`` (``mean`` or ``sum``).
 
     ``batch``: ``input_ids``/``attention_mask`` [B, T] the prompts, ``labels`` [B, M] the
     target SID tokens; the decoder reads ``<start>`` + labels[:, :-1] (teacher forcing).
@@ -100,7 +101,10 @@ def seq2seq_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     )
     logits = out.logits.float()
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction=reduction,
     )
 
 

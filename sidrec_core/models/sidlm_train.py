@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from sidrec_core.data.dataset import DataConfig, Dataset, load_prepared
 from sidrec_core.data.sid_examples import (
+    IGNORE,
     JsonlExamples,
     collate,
     length_grouped,
@@ -85,6 +86,11 @@ def _chunks(rows: Any, size: int) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
+def target_tokens(examples: JsonlExamples) -> int:
+    """Labelled tokens over all rows of an encoded examples stream."""
+    return sum(sum(1 for t in ex["labels"] if t != IGNORE) for ex in examples)
+
+
 def train_sidlm(
     model: SIDLM,
     loo: LeaveOneOut,
@@ -107,9 +113,17 @@ def train_sidlm(
         Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + "_examples") / "train.jsonl"
     )
     if acc.is_main_process:
-        write_rows(examples, training_rows(loo, model.encoder.rows_task, data.max_history))
+        rows = training_rows(
+            loo, model.encoder.rows_task, data.max_history, cfg.first_item_targets == "keep"
+        )
+        write_rows(examples, rows)
     acc.wait_for_everyone()
     num_rows = sum(1 for _ in examples.open())
+    num_targets = target_tokens(JsonlExamples(examples, model.encoder))
+    if cfg.loss_normalization == "tokens":
+        # per process: DDP averages the processes' gradients, so every token still weighs 1/
+        # (world_size x loss_tokens)
+        model.loss_tokens = cfg.train.batch_size * num_targets / max(num_rows, 1)
     stream = JsonlExamples(
         examples,
         model.encoder,
@@ -189,6 +203,7 @@ def train_sidlm(
         "steps": result.steps,
         "num_processes": acc.num_processes,
         "train_examples": num_rows,
+        "train_target_tokens": num_targets,
         "seconds_per_epoch": result.seconds_per_epoch,
         "train_seconds": seconds,
         "train_tokens_per_second": tokens["n"] / max(seconds, 1e-9),
