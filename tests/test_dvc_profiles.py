@@ -78,7 +78,23 @@ def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
     (workspace,) = json.loads(shown.stdout).values()
-    assert list(workspace["data"]) == ["metrics/report.json"]
+    # every stage's metrics file is a DVC metric (git-tracked, cache: false): the run-cache applies
+    assert {f"metrics/{st}.json" for st in ("prepare", "eval_sidlm", "report")} <= set(
+        workspace["data"]
+    )
+    first = (repo / "metrics" / "eval_sidlm.json").read_bytes()
+    for extra in (["-S", "decoding.beam_width=3"], []):
+        again = subprocess.run(
+            [str(dvc), "exp", "run", *args, *extra, "eval_sidlm"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    # back at the first run's params, eval_sidlm is restored from DVC's run-cache, not re-run
+    assert "Stage 'eval_sidlm' is cached - skipping run" in again.stdout
+    assert (repo / "metrics" / "eval_sidlm.json").read_bytes() == first
     headline = json.loads((repo / "metrics" / "report.json").read_text())
     assert headline["dataset"] == "synthetic"
     assert 0.0 <= headline["eval_sidlm/test/ndcg@10"] <= headline["eval_sidlm/test/hr@10"] <= 1.0

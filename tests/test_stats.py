@@ -24,6 +24,7 @@ def test_mde_shrinks_with_seeds_and_scales_with_spread():
     assert min_detectable_effect(0.002, 10) < min_detectable_effect(0.002, 3)
     assert min_detectable_effect(0.004, 3) == pytest.approx(2 * min_detectable_effect(0.002, 3))
     assert min_detectable_effect(0.0, 3) is None and min_detectable_effect(1.0, 1) is None
+    assert min_detectable_effect(0.001, 2) is None  # a pair with 2 seeds: none, and no crash
 
 
 def same_users(rng, seeds=5, users=3000, seed_sd=0.0005, user_sd=0.2):

@@ -68,9 +68,11 @@ def min_detectable_effect(
 ) -> float | None:
     """Smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with
     probability ``power`` at level ``alpha``, given the seed-difference SD ``sd`` (None when
-    ``n`` < 2 or ``sd`` is not a positive number). "No effect" then reads "no effect larger".
+    ``n`` < 3 or ``sd`` is not a positive number). "No effect" then reads "no effect larger".
+    With 2 seeds (1 degree of freedom) the noncentral t has no usable tail here and the test's
+    critical value is 12.7 standard errors: no MDE is given.
     """
-    if n < 2 or not sd > 0 or not math.isfinite(sd):
+    if n < 3 or not sd > 0 or not math.isfinite(sd):
         return None
     df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
     se = sd / math.sqrt(n)
