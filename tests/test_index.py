@@ -121,3 +121,15 @@ def test_claim_reading_gives_each_seed_and_a_shared_direction():
     measured, reading = claim_reading(claim, table)
     assert "per seed -0.0007, -0.0012, -0.0031" in measured
     assert reading.startswith("not resolved at 3 seeds") and "all 3 seeds below 0" in reading
+
+
+def test_the_finding_leaves_out_seeds_whose_upstream_inputs_differ_and_carries_the_mde():
+    valid = {"knn": [0.030, 0.031, 0.032, 0.033], "random": [0.040, 0.041, 0.042, 0.043]}
+    test = {"knn": [0.020, 0.021, 0.022, 0.023], "random": [0.025, 0.017, 0.026, 0.040]}
+    same, other = {"sha256/read/sids": "a"}, {"sha256/read/sids": "b"}
+    records = {"knn": {s: same for s in range(4)}, "random": {0: same, 1: same, 2: same, 3: other}}
+    f = read_finding(STUDY, [VALID, TEST], _table(valid, test), records)
+    assert f.best == "random" and f.broken == (3,) and f.seeds == 3
+    assert f.diff == pytest.approx((0.005 - 0.004 + 0.004) / 3)  # seed 3's +0.017 left out
+    assert not f.significant and f.mde is not None and f.mde > abs(f.diff)
+    assert f.seed_user is None  # no per-user ranks stored

@@ -36,11 +36,13 @@ from sidrec_core.studies.report import (
     ALPHA,
     PROFILE_ORDER,
     Cell,
+    Records,
     _fmt,
     compare_levels,
     is_pipeline_check,
     report_sections,
     summarize_trials,
+    trial_records,
 )
 from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.storage import exists, read_storage, study_journal
@@ -106,6 +108,9 @@ class Finding:
     holm_p: float | None = None
     copies: bool = False  # every seed of every level gives the same value: one measurement
     tied: tuple[str, ...] = ()  # other levels whose validation objective equals the best's
+    mde: float | None = None  # smallest difference the test had 80% power to detect
+    seed_user: tuple[float, float] | None = None  # seed x test-user 95% CI; None: not recorded
+    broken: tuple[int, ...] = ()  # seeds left out: the two levels read different upstream inputs
 
     @property
     def significant(self) -> bool:
@@ -113,11 +118,15 @@ class Finding:
 
 
 def read_finding(
-    study: Study, cols: list[str], table: dict[str, dict[str, Cell]]
+    study: Study,
+    cols: list[str],
+    table: dict[str, dict[str, Cell]],
+    records: Records | None = None,
 ) -> Finding | None:
     """The section's finding from its summary table (None when the default has no test figure).
     The best level is chosen on the study's validation objective, never on the test figure it
-    is then compared on."""
+    is then compared on, which is tested as the study's report tests it (with the trials'
+    ``records``: seeds whose upstream inputs differ left out, the seed x user CI)."""
     key = headline_metric(cols)  # e.g. mostpop/test/ndcg@10
     if key not in cols or not table[study.default][key].values:
         return None
@@ -143,10 +152,19 @@ def read_finding(
         return finding
     cmp = next(
         c
-        for c in compare_levels(study, cols, table)
+        for c in compare_levels(study, cols, table, records)
         if c.level == best and c.versus == study.default and c.metric == key
     )
-    return dataclasses.replace(finding, diff=cmp.cell.diff, ci=cmp.ci, holm_p=cmp.holm_p)
+    return dataclasses.replace(
+        finding,
+        diff=cmp.cell.diff,
+        ci=cmp.ci,
+        holm_p=cmp.holm_p,
+        seeds=len(set(cmp.cell.values) & set(default.values)),
+        mde=cmp.mde,
+        seed_user=cmp.seed_user,
+        broken=tuple(sorted(cmp.broken)),
+    )
 
 
 def departures(study: Study) -> dict[str, Any]:
@@ -214,8 +232,17 @@ def effect_text(study: Study, f: Finding) -> str:
         return f"{head} at every seed: the seeds are copies, one measurement, no test"
     if f.holm_p is None:
         return f"{head}; p undefined (every seed's difference equal); {f.seeds} seeds"
-    verdict = "significant" if f.significant else "n.s."
-    return f"{head}; Holm p {_fmt(f.holm_p, 3)}, {verdict}; {f.seeds} seeds"
+    su = (
+        "not recorded"
+        if f.seed_user is None
+        else f"[{_fmt(f.seed_user[0])}, {_fmt(f.seed_user[1])}]"
+    )
+    text = f"{head} (seeds); seed × user CI {su}; Holm p {_fmt(f.holm_p, 3)}, "
+    text += "significant" if f.significant else f"n.s. (MDE {_fmt(f.mde)})"
+    text += f"; {f.seeds} seeds"
+    if f.broken:
+        text += f" (seeds {list(f.broken)} left out: different upstream inputs)"
+    return text
 
 
 def finding_row(
@@ -224,7 +251,7 @@ def finding_row(
     """One findings-table row for a real-data section, None when it has no complete trial."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table, _ = summarize_trials(study, trials)
-    f = read_finding(study, cols, table)
+    f = read_finding(study, cols, table, trial_records(study, trials))
     if f is None:
         return None
     done = [
@@ -323,11 +350,13 @@ def findings(out_dir: Path) -> list[str]:
         "",
         "Per study, the level with the best validation objective (named in the row; a tie goes "
         "to the default) and its paired difference from the default on the row's test metric "
-        f"over seeds (95% CI), Holm-corrected within its study's report. A level is named best "
-        f"only when that difference is significant (Holm p < {ALPHA}) and in its favour; "
-        '"n.s." marks one that is not. A study whose every level runs off the pipeline '
-        "default (its fixed overrides differ from params.yaml) says so, with the pipeline "
-        "default's figure where another study measured it.",
+        "(95% CI over seeds, then the seed × test-user bootstrap CI where per-user ranks were "
+        "stored), Holm-corrected within its study's report. A level is named best only when "
+        f'that difference is significant (Holm p < {ALPHA}) and in its favour; "n.s." marks '
+        "one that is not, with the minimum detectable effect (MDE: 80% power at the seeds' "
+        "spread). A study whose every level runs off the pipeline default (its fixed overrides "
+        "differ from params.yaml) says so, with the pipeline default's figure where another "
+        "study measured it.",
         "",
         "| study | profile | factor | metric | best level | effect vs default | cost |",
         "|---|---|---|---|---|---|---|",
