@@ -600,7 +600,8 @@ def _slicing_row(out: Path, ndcg: dict[tuple[str, int], float]) -> str:
 
 
 def test_index_findings_from_real_data_storage(tmp_path):
-    """The findings row of a real-data section: best level, paired diff ± CI, Holm p, cost."""
+    """The findings row of a real-data section: best level (on valid), paired diff ± CI, Holm p,
+    cost."""
     ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
     ndcg |= {("off", 0): 0.015, ("off", 1): 0.017, ("off", 2): 0.016}
     row = _slicing_row(tmp_path / "exp", ndcg)
@@ -608,7 +609,7 @@ def test_index_findings_from_real_data_storage(tmp_path):
     assert "| beauty |" in row and "| `off` |" in row and "0.0050 ± 0.0025" in row
     assert "0.1 CPU-h in 6 trials" in row
     # two tests (objective, test NDCG@10), each raw p 0.0132: Holm doubles them to 0.026
-    assert "Holm p 0.026 (significant)" in row
+    assert "Holm p 0.026, significant" in row
 
 
 def test_index_names_no_best_level_before_another_level_is_measured(tmp_path):
@@ -620,7 +621,8 @@ def test_index_names_no_best_level_before_another_level_is_measured(tmp_path):
 def test_index_names_the_default_when_a_level_ties_with_it(tmp_path):
     ndcg = {(lv, s): 0.010 + s / 1000 for lv in ("on", "off") for s in range(3)}
     row = _slicing_row(tmp_path / "exp", ndcg)
-    assert "| `on` | default tied with off (0.0110, 3 seeds)" in row
+    assert "| default `on` | no level above the default on `valid/ndcg@10` (tied: off)" in row
+    assert "default 0.0110, 3 seeds" in row
 
 
 def test_levels_compared_with_the_model_they_start_from(tmp_path):

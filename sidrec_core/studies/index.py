@@ -1,7 +1,15 @@
-"""``experiments/README.md``: the findings of every study run on real data (best level, its
-effect on test NDCG@10 against the default with a 95% CI and Holm-corrected p, cost), where they
-meet the published findings the studies name, the study registry with links to every report,
-and every other results file with its provenance.
+"""``experiments/README.md``: the findings of every study run on real data, where they meet the
+published findings the studies name, the study registry with links to every report, and every
+other results file with its provenance.
+
+A finding is read as a referee would: the best level is chosen on the study's validation
+objective (never on the test figure it is then compared on; a tie goes to the default), its
+paired difference from the default on test NDCG@10 carries a 95% CI over seeds and the Holm p of
+its study's report, and it is named best only when significant and in its favour ("n.s."
+otherwise). Each row names its metric, says when the seeds are copies of one run, and when the
+study's fixed overrides move its default off the pipeline default (beside the pipeline
+default's figure where another study measured it). What a study cannot answer (its notes,
+:mod:`sidrec_core.studies.notes`) follows the table.
 
 Findings come from the studies' Optuna storage (regenerated, never hand-edited); a study with
 only smoke sections has no finding.
@@ -9,30 +17,38 @@ only smoke sections has no finding.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 
+from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
-from sidrec_core.studies.literature import claim_reading
+from sidrec_core.studies.literature import claim_reading, metric_text
+from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     ALPHA,
     PROFILE_ORDER,
+    Cell,
+    Records,
     _fmt,
     compare_levels,
     is_pipeline_check,
     report_sections,
     summarize_trials,
+    trial_records,
 )
 from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.storage import exists, read_storage, study_journal
 from sidrec_core.studies.study import Study
 
-KEY = "test/ndcg@10"
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the pipeline default
 # results made outside the study machinery: how each was made (the commit is git's)
 RESULTS_FILES: dict[str, str] = {
     "pipeline_report.md": "`dvc repro` (the `report` stage over `metrics/*.json`), profile full",
@@ -74,16 +90,170 @@ def spent_seconds(trial: optuna.trial.FrozenTrial) -> float:
     return float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
 
 
-def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One real-data section as the index reads it. ``best`` is the level with the best
+    validation objective (a tie goes to the default); its paired difference from the default on
+    ``metric`` (the test figure) is ``diff`` ± ``ci`` with Holm-adjusted ``holm_p`` (None: no
+    test, or p undefined), over ``seeds`` seeds both completed."""
+
+    metric: str
+    objective: str
+    best: str
+    levels: tuple[str, ...]  # the levels measured, in the study's order
+    default_value: float
+    seeds: int
+    diff: float | None = None
+    ci: float = math.nan
+    holm_p: float | None = None
+    copies: bool = False  # every seed of every level gives the same value: one measurement
+    tied: tuple[str, ...] = ()  # other levels whose validation objective equals the best's
+    mde: float | None = None  # smallest difference the test had 80% power to detect
+    seed_user: tuple[float, float] | None = None  # seed x test-user 95% CI; None: not recorded
+    broken: tuple[int, ...] = ()  # seeds left out: the two levels read different upstream inputs
+
+    @property
+    def significant(self) -> bool:
+        return self.holm_p is not None and self.holm_p < ALPHA
+
+
+def read_finding(
+    study: Study,
+    cols: list[str],
+    table: dict[str, dict[str, Cell]],
+    records: Records | None = None,
+) -> Finding | None:
+    """The section's finding from its summary table (None when the default has no test figure).
+    The best level is chosen on the study's validation objective, never on the test figure it
+    is then compared on, which is tested as the study's report tests it (with the trials'
+    ``records``: seeds whose upstream inputs differ left out, the seed x user CI)."""
+    key = headline_metric(cols)  # e.g. mostpop/test/ndcg@10
+    if key not in cols or not table[study.default][key].values:
+        return None
+    obj = study.objective
+    levels = [lv for lv in study.labels if table[lv][key].values]
+    sign = 1.0 if study.direction == "maximize" else -1.0
+
+    def rank(lv: str) -> tuple[float, bool]:
+        value = table[lv][obj].mean if table[lv][obj].values else -sign * math.inf
+        return sign * value, lv == study.default
+
+    best = max(levels, key=rank)
+    copies = seeds_are_copies([table[lv][key] for lv in levels])
+    default = table[study.default][key]
+    seeds = len(set(table[best][key].values) & set(default.values))
+    tied = tuple(
+        lv
+        for lv in levels
+        if lv != best and table[lv][obj].values and table[lv][obj].mean == table[best][obj].mean
+    )
+    finding = Finding(key, obj, best, tuple(levels), default.mean, seeds, copies=copies, tied=tied)
+    if best == study.default:
+        return finding
+    cmp = next(
+        c
+        for c in compare_levels(study, cols, table, records)
+        if c.level == best and c.versus == study.default and c.metric == key
+    )
+    return dataclasses.replace(
+        finding,
+        diff=cmp.cell.diff,
+        ci=cmp.ci,
+        holm_p=cmp.holm_p,
+        seeds=len(set(cmp.cell.values) & set(default.values)),
+        mde=cmp.mde,
+        seed_user=cmp.seed_user,
+        broken=tuple(sorted(cmp.broken)),
+    )
+
+
+def departures(study: Study) -> dict[str, Any]:
+    """The study's ``fixed`` overrides that differ from the pipeline default (``params.yaml``
+    with the code's defaults filled in): where its own default is not the pipeline's."""
+    pipeline = _pipeline_params()
+    return {k: v for k, v in study.fixed.items() if k not in pipeline or pipeline[k] != v}
+
+
+@functools.cache
+def _pipeline_params() -> dict[str, Any]:
+    from sidrec_core.stages import resolve_params
+
+    return flatten(resolve_params(load_params(PARAMS)))
+
+
+def pipeline_default_value(out_dir: Path, study: Study, profile: str, metric: str) -> float | None:
+    """The pipeline default's mean ``metric`` in ``profile``, as the study that
+    :attr:`Study.pipeline_default` names measured it (None when it has not)."""
+    if study.pipeline_default is None:
+        return None
+    name, level = study.pipeline_default
+    for other_profile, ostudy in real_sections(out_dir, STUDIES[name]):
+        if other_profile == profile:
+            _, table, _ = summarize_trials(STUDIES[name], ostudy.get_trials(deepcopy=False))
+            cell = table[level].get(metric)
+            return cell.mean if cell and cell.values else None
+    return None
+
+
+def _diff_text(f: Finding) -> str:
+    diff = _fmt(f.diff)
+    return diff if math.isnan(f.ci) else f"{diff} ± {_fmt(f.ci)}"
+
+
+def best_cell(study: Study, f: Finding) -> str:
+    """The findings table's "best level" cell: a level is named only when its difference
+    from the default is significant and in its favour."""
+    if f.levels == (study.default,):
+        return "—"
+    if f.best == study.default:
+        return f"default `{study.default}`"
+    if f.copies or f.holm_p is None:
+        return f"`{f.best}` (untested)"
+    if not f.significant:
+        return "n.s."
+    better = (f.diff or 0.0) > 0 if study.direction == "maximize" else (f.diff or 0.0) < 0
+    return f"`{f.best}`" if better else f"none (`{f.best}` is worse on test)"
+
+
+def effect_text(study: Study, f: Finding) -> str:
+    """The findings table's effect cell, plain about what was not found."""
+    value = f"{_fmt(f.default_value)}, {f.seeds} seeds"
+    if f.levels == (study.default,):
+        return f"only the default measured so far ({value})"
+    if f.best == study.default:
+        return (
+            f"no level above the default on `{f.objective}`"
+            + (f" (tied: {', '.join(f.tied)})" if f.tied else "")
+            + f"; default {value}"
+        )
+    head = f"`{f.best}` − default: {_diff_text(f)}"
+    if f.copies:
+        head = f"`{f.best}` − default: {_fmt(f.diff)}"
+        return f"{head} at every seed: the seeds are copies, one measurement, no test"
+    if f.holm_p is None:
+        return f"{head}; p undefined (every seed's difference equal); {f.seeds} seeds"
+    su = (
+        "not recorded"
+        if f.seed_user is None
+        else f"[{_fmt(f.seed_user[0])}, {_fmt(f.seed_user[1])}]"
+    )
+    text = f"{head} (seeds); seed × user CI {su}; Holm p {_fmt(f.holm_p, 3)}, "
+    text += "significant" if f.significant else f"n.s. (MDE {_fmt(f.mde)})"
+    text += f"; {f.seeds} seeds"
+    if f.broken:
+        text += f" (seeds {list(f.broken)} left out: different upstream inputs)"
+    return text
+
+
+def finding_row(
+    study: Study, profile: str, ostudy: optuna.Study, out_dir: Path | None = None
+) -> str | None:
     """One findings-table row for a real-data section, None when it has no complete trial."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table, _ = summarize_trials(study, trials)
-    key = next((c for c in cols if c.endswith(KEY)), KEY)  # e.g. mostpop/test/ndcg@10
-    if key not in cols or not table[study.default][key].values:
+    f = read_finding(study, cols, table, trial_records(study, trials))
+    if f is None:
         return None
-    levels = [lv for lv in study.labels if table[lv][key].values]
-    # a tie goes to the default: a level must beat it to be named best
-    best = max(levels, key=lambda lv: (table[lv][key].mean, lv == study.default))
     done = [
         t
         for t in trials
@@ -93,34 +263,29 @@ def finding_row(study: Study, profile: str, ostudy: optuna.Study) -> str | None:
     shared = sum(map(is_shared, done))
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
     cost += f" ({shared} taken from other studies)" if shared else ""
-    seeds = len(set(table[best][key].values) & set(table[study.default][key].values))
-    only_default = levels == [study.default]
-    if only_default:
-        effect = f"only the default measured so far ({_fmt(table[best][key].mean)}, {seeds} seeds)"
-    elif best == study.default:
-        tied = [lv for lv in levels if lv != best and table[lv][key].mean == table[best][key].mean]
-        best_or_tied = f"tied with {', '.join(tied)}" if tied else "is best"
-        effect = f"default {best_or_tied} ({_fmt(table[best][key].mean)}, {seeds} seeds)"
-    else:
-        cmp = next(
-            c
-            for c in compare_levels(study, cols, table)
-            if c.level == best and c.versus == study.default and c.metric == key
-        )
-        c, ci = cmp.cell, cmp.ci
-        diff = _fmt(c.diff) if math.isnan(ci) else f"{_fmt(c.diff)} ± {_fmt(ci)}"
-        p = "undefined" if cmp.holm_p is None else _fmt(cmp.holm_p, 3)
-        sig = " (significant)" if cmp.holm_p is not None and cmp.holm_p < ALPHA else ""
-        effect = f"{diff}; Holm p {p}{sig}; {seeds} seeds"
+    effect = effect_text(study, f)
     grid = len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
     if len(walls) < grid:
         effect += f" (partial: {len(walls)} of {grid} trials)"
-    wall_best = [table[best][c].values for c in cols if c == "wall_seconds"]
+    moved = departures(study)
+    if moved:
+        pinned = ", ".join(f"`{k}={v}`" for k, v in moved.items())
+        there = pipeline_default_value(out_dir, study, profile, f.metric) if out_dir else None
+        effect += f"; not on the pipeline default: the study fixes {pinned}"
+        if there is not None:
+            name, level = study.pipeline_default or ("", "")
+            effect += (
+                f" (its default {_fmt(f.default_value)} against the pipeline default "
+                f"{_fmt(there)}, `{name}` `{level}`)"
+            )
+    if study_notes(study, table, f.metric):
+        effect += "; see the notes below"
+    wall_best = [table[f.best][c].values for c in cols if c == "wall_seconds"]
     per_trial = f"; {np.median(list(wall_best[0].values())):.0f} s a trial" if wall_best else ""
-    best_cell = "—" if only_default else f"`{best}`"
+    chosen = f"`{f.metric}` (best level chosen on `{f.objective}`)"
     return (
-        f"| [`{study.name}`]({study.name}/report.md) | {profile} | {study.factor} | {best_cell} | "
-        f"{effect} | {cost}{per_trial} |"
+        f"| [`{study.name}`]({study.name}/report.md) | {profile} | {study.factor} | {chosen} | "
+        f"{best_cell(study, f)} | {effect} | {cost}{per_trial} |"
     )
 
 
@@ -143,47 +308,65 @@ def literature(out_dir: Path) -> list[str]:
     lines = [
         "## Literature",
         "",
-        "Each published finding a study names, against its real-data paired difference "
-        "(95% CI over seeds; details in the study's report).",
+        "Each published finding a study names, against its real-data paired difference on the "
+        "metric the finding is about (95% CI over seeds, then each seed's difference; details in "
+        "the study's report).",
         "",
-        "| finding | source | study | profile | measured | verdict |",
-        "|---|---|---|---|---|---|",
+        "| finding | source | study | profile | metric | measured | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in STUDIES.values():
         sections = real_sections(out_dir, s) if s.claims else []
         for claim in s.claims:
             link = f"[`{s.name}`]({s.name}/report.md)"
             if not sections:
-                lines.append(f"| {claim.finding} | {claim.source} | {link} | — | — | not run |")
+                lines.append(
+                    f"| {claim.finding} | {claim.source} | {link} | — | "
+                    f"{metric_text(claim, None)} | — | not run |"
+                )
             for profile, ostudy in sections:
                 _, table, _ = summarize_trials(s, ostudy.get_trials(deepcopy=False))
                 measured, reading = claim_reading(claim, table)
                 lines.append(
-                    f"| {claim.finding} | {claim.source} | {link} | {profile} | {measured} | "
-                    f"{reading} |"
+                    f"| {claim.finding} | {claim.source} | {link} | {profile} | "
+                    f"{metric_text(claim, table[claim.level])} | {measured} | {reading} |"
                 )
     return lines + [""]
 
 
 def findings(out_dir: Path) -> list[str]:
-    rows = []
+    rows, notes = [], []
     for s in STUDIES.values():
         for profile, ostudy in real_sections(out_dir, s):
-            row = finding_row(s, profile, ostudy)
+            row = finding_row(s, profile, ostudy, out_dir)
             if row:
                 rows.append(row)
+                cols, table, _ = summarize_trials(s, ostudy.get_trials(deepcopy=False))
+                metric = headline_metric(cols)
+                link = f"[`{s.name}`]({s.name}/report.md) ({profile})"
+                notes += [f"- {link}: {n}" for n in study_notes(s, table, metric)]
     lines = [
         "## Findings (real data)",
         "",
-        f"Best level by mean test NDCG@10 and its paired difference from the default over seeds "
-        f"(95% CI), Holm-corrected within its study's report (significant at p < {ALPHA}).",
+        "Per study, the level with the best validation objective (named in the row; a tie goes "
+        "to the default) and its paired difference from the default on the row's test metric "
+        "(95% CI over seeds, then the seed × test-user bootstrap CI where per-user ranks were "
+        "stored), Holm-corrected within its study's report. A level is named best only when "
+        f'that difference is significant (Holm p < {ALPHA}) and in its favour; "n.s." marks '
+        "one that is not, with the minimum detectable effect (MDE: 80% power at the seeds' "
+        "spread). A study whose every level runs off the pipeline default (its fixed overrides "
+        "differ from params.yaml) says so, with the pipeline default's figure where another "
+        "study measured it.",
         "",
-        "| study | profile | factor | best level | effect on test NDCG@10 vs default | cost |",
-        "|---|---|---|---|---|---|",
+        "| study | profile | factor | metric | best level | effect vs default | cost |",
+        "|---|---|---|---|---|---|---|",
     ]
     if not rows:
-        lines.append("| (no study has run on real data yet) | | | | | |")
-    return lines + rows + [""]
+        lines.append("| (no study has run on real data yet) | | | | | | |")
+    lines += rows + [""]
+    if notes:
+        lines += ["### What the findings cannot answer", "", *notes, ""]
+    return lines
 
 
 def write_index(out_dir: Path) -> Path:
@@ -198,7 +381,8 @@ def write_index(out_dir: Path) -> Path:
         *literature(out_dir),
         "## Studies",
         "",
-        "Each study varies one factor with everything else at the defaults, over >= 3 seeds; "
+        "Each study varies one factor with everything else at the defaults (or at the study's "
+        "fixed overrides, named in its findings row), over >= 3 seeds; "
         "reports give mean ± 95% CI over seeds and, on real data, Holm-corrected paired t-tests "
         "(over seeds) against the default. Smoke sections are pipeline checks on synthetic data.",
         "",

@@ -8,7 +8,9 @@ Verdicts, from the CI of the mean paired difference d over the seeds both levels
 - ``equal``: disagrees when the CI excludes 0, consistent when it covers 0.
 
 A CI that covers 0 with the finding needing a sign is "not resolved at n seeds": the study is too
-small to tell, which is said, not read as agreement. The claims are few and fixed before the run
+small to tell, which is said, not read as agreement; when every seed's difference has the same
+sign, the reading says so (the direction the seeds point in, short of a resolved CI). Each seed's
+difference follows the CI. The claims are few and fixed before the run
 (one per published finding), so their CIs are not multiplicity-corrected; the section says so.
 """
 
@@ -32,6 +34,13 @@ def claim_values(claim: Claim, level: dict[str, Cell]) -> dict[int, float]:
     parts = [c for c in level if c.startswith(f"{claim.metric}/") and c.rsplit("/", 1)[1].isdigit()]
     seeds = set.intersection(*(set(level[c].values) for c in parts)) if parts else set()
     return {s: sum(level[c].values[s] for c in parts) / len(parts) for s in sorted(seeds)}
+
+
+def metric_text(claim: Claim, level: dict[str, Cell] | None) -> str:
+    """The metric a claim is read on, saying when it is averaged over the SID levels."""
+    if level is not None and claim.metric not in level and claim_values(claim, level):
+        return f"`{claim.metric}` (mean over the SID levels)"
+    return f"`{claim.metric}`"
 
 
 def verdict(expect: str, diff: float, half_width: float, n: int) -> str:
@@ -66,9 +75,8 @@ def claim_lines(study: Study, table: dict[str, dict[str, Cell]]) -> list[str]:
     ]
     for claim in study.claims:
         measured, reading = claim_reading(claim, table)
-        lines.append(
-            f"| {claim.finding} | {claim.source} | {claim.metric} | {measured} | {reading} |"
-        )
+        metric = metric_text(claim, table[claim.level])
+        lines.append(f"| {claim.finding} | {claim.source} | {metric} | {measured} | {reading} |")
     return lines
 
 
@@ -79,7 +87,16 @@ def claim_reading(claim: Claim, table: dict[str, dict[str, Cell]]) -> tuple[str,
     shared = sorted(set(a) & set(b))
     if not shared:
         return "no paired seeds yet", "not resolved"
-    diff, hw = mean_ci([a[s] - b[s] for s in shared])
+    diffs = [a[s] - b[s] for s in shared]
+    diff, hw = mean_ci(diffs)
     ci = "" if math.isnan(hw) else f" ± {hw:.4f}"
     measured = f"{claim.level} - {claim.versus}: {diff:+.4f}{ci} (n={len(shared)})"
-    return measured, verdict(claim.expect, diff, hw, len(shared))
+    if len(shared) > 1:
+        measured += "; per seed " + ", ".join(f"{d:+.4f}" for d in diffs)
+    reading = verdict(claim.expect, diff, hw, len(shared))
+    if reading.startswith("not resolved") and len(diffs) > 1:
+        if all(d < 0 for d in diffs) or all(d > 0 for d in diffs):
+            below = diffs[0] < 0
+            side = "against the finding" if below else "the finding's way"
+            reading += f"; all {len(diffs)} seeds {'below' if below else 'above'} 0 ({side})"
+    return measured, reading

@@ -23,6 +23,9 @@ from sidrec_core.studies.study import (
 )
 
 _RQVAE = {"sid.method": "rqvae"}
+# where the pipeline default SID LM (rqkmeans SIDs) is measured, for the studies that fix another
+# tokenizer: the index sets their default beside it
+_PIPELINE_SIDLM = ("tokenizer", "rqkmeans")
 _BEAMS = (5, 10, 20)
 _SID_INPUTS = (
     ("text", "data/embeddings.npy"),
@@ -225,6 +228,7 @@ STUDY_LIST: list[Study] = [
         False,
         "RQ-VAE Sinkhorn balanced assignment",
         fixed=_RQVAE,
+        pipeline_default=_PIPELINE_SIDLM,
         secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
         group="tokenizer",
         **TOKENIZER_PIPELINE,
@@ -235,6 +239,7 @@ STUDY_LIST: list[Study] = [
         True,
         "RQ-VAE dead-code restart",
         fixed=_RQVAE,
+        pipeline_default=_PIPELINE_SIDLM,
         claims=(
             Claim(
                 "restarting unused codes prevents codebook collapse",
@@ -255,6 +260,7 @@ STUDY_LIST: list[Study] = [
         True,
         "RQ-VAE EMA codebook updates",
         fixed=_RQVAE,
+        pipeline_default=_PIPELINE_SIDLM,
         secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
         group="tokenizer",
         **TOKENIZER_PIPELINE,
@@ -265,6 +271,7 @@ STUDY_LIST: list[Study] = [
         True,
         "RQ-VAE residual k-means initialisation",
         fixed=_RQVAE,
+        pipeline_default=_PIPELINE_SIDLM,
         secondary=TEST_KEYS + SID_QUALITY + COST_KEYS,
         group="tokenizer",
         **TOKENIZER_PIPELINE,
@@ -275,6 +282,7 @@ STUDY_LIST: list[Study] = [
         False,
         "RQ-VAE CLIP co-purchase contrastive loss",
         fixed=_RQVAE,
+        pipeline_default=_PIPELINE_SIDLM,
         claims=(
             Claim(
                 "a co-occurrence contrastive (InfoNCE) term in SID construction helps retrieval",
@@ -378,6 +386,15 @@ STUDY_LIST: list[Study] = [
         reuse=("prepare", "embed", "build_sids"),
         secondary=TEST_KEYS + ("seconds_per_epoch", "peak_rss_mb", "wall_seconds"),
         group="generation",
+        notes=(
+            "Slicing changes no prediction, so the outcomes are step time and peak memory, not "
+            "NDCG; on Beauty (a SID-only vocabulary) it gains neither: "
+            "{off:seconds_per_epoch} s an epoch off, {on:seconds_per_epoch} s on; peak RSS "
+            "{off:peak_rss_mb} MB off, {on:peak_rss_mb} MB on. The gain needs a large "
+            "vocabulary: `experiments/perf/lm_head_perf.json` (CPU, batch 64, history 50, "
+            "32,789 tokens: 32,000 base tokens, as a pretrained LM brings) measures a training "
+            "step 16.8x faster (16.27 s to 0.97 s) and peak RSS 1,068 MB against 5,196 MB.",
+        ),
     ),
     Study(
         "arch",
@@ -451,6 +468,15 @@ STUDY_LIST: list[Study] = [
         "GRPO reward mix (MiniOneRec: rule + ndcg_rule)",
         tuple(Level(k, v) for k, v in _REWARD_MIXES.items()),
         "rule+ndcg",
+        notes=(
+            "GRPO here (params.yaml `rl`: 2 epochs of 4,000 training users, lr 1e-5) barely "
+            "moves the SID LM: KL to the starting model in the last epoch "
+            "{*:rl/kl_last_epoch} across the mixes; valid NDCG@10 "
+            "{rule+ndcg:start_valid/ndcg@10} before GRPO, {*:valid/ndcg@10} after it (the best "
+            "epoch's checkpoint). At this size no mix separates from the default or from the "
+            "starting model after Holm (its report's tables), so the study cannot rank the "
+            "mixes. The share of users whose top-10 changed was not recorded.",
+        ),
         **_RL,
     ),
     Study(
@@ -580,6 +606,15 @@ STUDY_LIST: list[Study] = [
         run=("train_etegrec", "eval_etegrec"),
         reuse=("prepare", "embed", "train_sasrec", "item_embeddings"),
         **_on_sequence_rows(_ETEGREC),
+        pipeline_default=_PIPELINE_SIDLM,
+        notes=(
+            "No run here reproduces the paper's gain of alternating over two-stage training "
+            "(each seed's difference in the Literature rows). Alternating training re-assigns "
+            "{alternating:sid_changed_fraction_mean:%} of items to a new SID at each "
+            "re-encoding (mean over the run). The "
+            "two-stage level ({two-stage:test/ndcg@10} test NDCG@10) is ETEGRec's own "
+            "tokenizer (RQ-VAE on collaborative inputs), not the pipeline default.",
+        ),
         secondary=TEST_KEYS
         + ("recon_mse", "sid_changed_fraction_mean", "rec_steps", "train_seconds")
         + COST_KEYS,
@@ -594,6 +629,10 @@ STUDY_LIST: list[Study] = [
         run=("baselines",),
         reuse=("prepare",),
         objective="mostpop/valid/ndcg@10",
+        notes=(
+            "MostPop ranks items by popularity with no randomness: its seeds cannot differ, "
+            "whatever the seed count.",
+        ),
         secondary=("mostpop/test/ndcg@10", "mostpop/test/hr@10", "random/valid/ndcg@10")
         + COST_KEYS,
         group="protocol",

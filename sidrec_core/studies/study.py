@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,9 @@ class Level:
 
 
 EXPECTATIONS = ("better", "not_worse", "equal")
+# a figure in a study note: ``{level:metric}`` (the level's value over seeds in the section) or
+# ``{*:metric}`` (the range of the levels' values); ``:%`` after the metric gives a percentage
+NOTE_FIGURE = re.compile(r"\{([^{}:]+):([^{}:]+)(:%)?\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +111,12 @@ class Study:
     # pre-set paired comparisons (level, versus) besides every level against the default,
     # tested and Holm-corrected with them (e.g. a level against a control other than the default)
     contrasts: tuple[tuple[str, str], ...] = ()
+    # what the study cannot answer, for whoever reads its numbers (its report and the index);
+    # figures are written as NOTE_FIGURE placeholders, filled from the storage of each section
+    notes: tuple[str, ...] = ()
+    # (study, level) that measured the pipeline default, for a study whose ``fixed`` overrides
+    # move its own default away from it: the index sets the two side by side
+    pipeline_default: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         labels = [lv.label for lv in self.levels]
@@ -143,6 +153,15 @@ class Study:
                     f"expect in {EXPECTATIONS}, got {claim.level!r}, {claim.versus!r}, "
                     f"{claim.expect!r}"
                 )
+
+        measured = (self.objective, *self.secondary)
+        for note in self.notes:
+            for level, metric, _ in NOTE_FIGURE.findall(note):
+                if (level != "*" and level not in labels) or metric not in measured:
+                    raise ValueError(
+                        f"study {self.name}: note figure {{{level}:{metric}}} needs a level in "
+                        f"{labels} (or *) and a metric in {list(measured)}"
+                    )
 
     @property
     def labels(self) -> list[str]:
