@@ -16,6 +16,7 @@ from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 from sidrec_core.studies.registry import STUDIES, get_study
 from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
+from sidrec_core.studies.storage import exists
 from sidrec_core.studies.study import Study
 
 
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 from sidrec_core.studies.report import write_study_report
 
                 storage = opts.storage_url_for(name)
+                if not exists(storage):  # a study never run has no report (none is invented)
+                    print(json.dumps({"study": name, "report": None, "trials": 0}))
+                    continue
                 paths = write_study_report(
                     get_study(name), storage, Path(opts.out_dir), opts.storage_url_for
                 )

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
+from sidrec_core.studies.notes import note_lines
 from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.stats import (
     diff_ci,
@@ -428,6 +429,7 @@ def profile_section(
     else:
         records = trial_records(study, trials)
         lines += significance_lines(study, cols, table, records) + claim_lines(study, table)
+        lines += note_lines(study, cols, table)
         where = storage_for or (lambda name: study_journal(out.parent, name))
         lines += reference_lines(study, profile, table, where)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
