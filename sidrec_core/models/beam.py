@@ -317,6 +317,7 @@ def decode_step(
     return out.past_key_values, out.logits[:, -1]
 
 
+@torch.no_grad()  # decoding never trains: no autograd graph per step (time and memory)
 def generate_sids(
     model: nn.Module,
     input_ids: Tensor,
