@@ -11,11 +11,8 @@ import json
 import logging
 import sys
 
-import sqlalchemy.exc
-
-from sidrec_core.config import ConfigError
-from sidrec_core.io import os_error_line
 from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.cli import EXPECTED_ERRORS, error_exit
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.spaces import TUNABLES
 from sidrec_core.studies.tune_report import write_tune_report
@@ -90,16 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"model": args.model, "report": str(paths[0])}))
             return 0
         summary = run_tuning(args.model, opts)
-    except (ConfigError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # --out read-only or full
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 2
-    except sqlalchemy.exc.OperationalError as exc:  # the SQLite storage's disk is full
-        where = args.storage or f"under {args.out}"
-        print(f"error: Optuna storage {where}: {exc.orig}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return error_exit(exc, args.storage, args.out)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

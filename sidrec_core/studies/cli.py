@@ -121,6 +121,22 @@ def flag_conflict(args: argparse.Namespace) -> str | None:
     return None
 
 
+# bad input, an unwritable or full --out, a full storage disk: one line, exit status 2
+EXPECTED_ERRORS = (ConfigError, KeyError, ValueError, OSError, sqlalchemy.exc.OperationalError)
+
+
+def error_exit(exc: BaseException, storage: str | None, out: str) -> int:
+    """Print ``exc`` as the one ``error:`` line on stderr and return the exit status 2."""
+    if isinstance(exc, sqlalchemy.exc.OperationalError):  # the SQLite storage's disk is full
+        line = f"Optuna storage {storage or f'under {out}'}: {exc.orig}"
+    elif isinstance(exc, OSError):  # --out read-only or full
+        line = os_error_line(exc)
+    else:
+        line = str(exc)
+    print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -190,13 +206,5 @@ def main(argv: list[str] | None = None) -> int:
             if summary["remaining_after"] and not stopped_early:
                 status = 1  # some grid points failed: see the report's failed-trials list
         return status
-    except (ConfigError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # --out read-only or full
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 2
-    except sqlalchemy.exc.OperationalError as exc:  # the SQLite storage's disk is full
-        where = args.storage or f"under {args.out}"
-        print(f"error: Optuna storage {where}: {exc.orig}", file=sys.stderr)
-        return 2
+    except EXPECTED_ERRORS as exc:
+        return error_exit(exc, args.storage, args.out)
