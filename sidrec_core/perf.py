@@ -10,6 +10,7 @@ before the start still counts: the flag errs on the side of "not idle".
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import shlex
@@ -30,8 +31,11 @@ def worktree_dirty() -> bool | None:
 PACKAGES = ("torch", "transformers", "numpy", "faiss-cpu", "optuna", "scikit-learn", "dvc")
 
 
+@functools.cache
 def code_state() -> dict[str, Any]:
-    """Which code made a result: commit, dirty flag, Python and the key packages' versions."""
+    """Which code made a result: commit, dirty flag, Python and the key packages' versions, read
+    once per process (on its first call), as close as git can tell to the code the process
+    loaded: a commit made while a worker runs does not change what the worker runs."""
     from importlib.metadata import PackageNotFoundError, version
 
     packages = {}
