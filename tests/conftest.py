@@ -55,3 +55,13 @@ def syn_params(tmp_path, syn_cfg):
 def syn_prepared(syn_params, syn_ds):
     save_prepared(syn_ds, syn_params["data"]["prepared_dir"])
     return syn_params
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy machine they lose a lot. A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,12 +23,7 @@ from tests.test_sasrec import SMALL
 NO_USERS = [np.array([], dtype=np.int64)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _softplus(x: float) -> float:

@@ -25,12 +25,7 @@ SMALL = {"hidden_dim": 16, "num_blocks": 1, "num_heads": 1, "ffn_dim": 32, "drop
 SS = {"loss": "sampled_softmax", "num_negatives": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(loo, **kw) -> SASRec:

@@ -157,6 +157,25 @@ def _headline_text(metrics: dict[str, float], objective: str) -> str:
     return "; ".join(f"{k} = {metrics[k]:.4f}" for k in shown) or "no figures stored"
 
 
+def trial_record(
+    trial: FrozenTrial, source: str, name: str, objective: str, **fields: Any
+) -> RunRecord:
+    """The run of one stored trial: key ``<source>#<number>``, its figures (headline first),
+    state, times and a one-line description; ``fields`` adds tags, params and history."""
+    metrics = trial_metrics(trial, objective)
+    return RunRecord(
+        key=f"{source}#{trial.number}",
+        name=name,
+        metrics=metrics,
+        status=STATUS[trial.state],
+        start_ms=_ms(trial.datetime_start),
+        end_ms=_ms(trial.datetime_complete),
+        description=f"Trial #{trial.number} ({trial.state.name.lower()}): "
+        + _headline_text(metrics, objective),
+        **fields,
+    )
+
+
 def ablation_trial(
     trial: FrozenTrial, label: str, ostudy_name: str, base: dict[str, str], objective: str
 ) -> RunRecord:
@@ -167,18 +186,13 @@ def ablation_trial(
     for part in ("fixed", "level"):
         params.update({k: _param(v) for k, v in (spec.get(part) or {}).items()})
     tags = trial_tags(trial, {**base, "level": str(level), "seed": str(seed)})
-    metrics = trial_metrics(trial, objective)
-    return RunRecord(
-        key=f"{label}:{ostudy_name}#{trial.number}",
-        name=f"{base['study']}/{level}/seed{seed}",
+    return trial_record(
+        trial,
+        f"{label}:{ostudy_name}",
+        f"{base['study']}/{level}/seed{seed}",
+        objective,
         tags=tags,
         params=params,
-        metrics=metrics,
-        status=STATUS[trial.state],
-        start_ms=_ms(trial.datetime_start),
-        end_ms=_ms(trial.datetime_complete),
-        description=f"Trial #{trial.number} ({trial.state.name.lower()}): "
-        + _headline_text(metrics, objective),
     )
 
 
@@ -187,21 +201,15 @@ def tuning_trial(
 ) -> RunRecord:
     """One search trial: its sampled params; the per-epoch validation it reported to the
     pruner as the series ``intermediate/<objective>``."""
-    metrics = trial_metrics(trial, objective)
-    return RunRecord(
-        key=f"{label}:{ostudy_name}#{trial.number}",
-        name=f"{ostudy_name}/{trial.number}",
+    history = dict(trial.intermediate_values)
+    return trial_record(
+        trial,
+        f"{label}:{ostudy_name}",
+        f"{ostudy_name}/{trial.number}",
+        objective,
         tags=trial_tags(trial, base),
         params={k: _param(v) for k, v in trial.params.items()},
-        metrics=metrics,
-        history={f"intermediate/{objective}": dict(trial.intermediate_values)}
-        if trial.intermediate_values
-        else {},
-        status=STATUS[trial.state],
-        start_ms=_ms(trial.datetime_start),
-        end_ms=_ms(trial.datetime_complete),
-        description=f"Trial #{trial.number} ({trial.state.name.lower()}): "
-        + _headline_text(metrics, objective),
+        history={f"intermediate/{objective}": history} if history else {},
     )
 
 
