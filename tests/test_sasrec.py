@@ -253,6 +253,9 @@ def test_stage_writes_metrics_curves_and_checkpoint(syn_prepared, tmp_path):
     ):
         assert key in metrics
     assert out["test/ndcg@10"] == metrics["test/ndcg@10"] and out["epochs"] == 2
+    # the benchmark's protocol (history items removed) scored beside ours, on the same model
+    assert 0 < metrics["test_unseen/hr@10"] <= 1 and "test_unseen/mrr@20" in metrics
+    assert metrics["test_unseen/hr@10"] != metrics["test/hr@10"]
     curves = json.loads((tmp_path / "metrics" / "train_sasrec_curves.json").read_text())
     assert [row["epoch"] for row in curves] == [1, 2] and "valid/ndcg@10" in curves[0]
     assert (tmp_path / "sasrec.pt").exists()

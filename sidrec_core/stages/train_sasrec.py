@@ -1,9 +1,13 @@
 """DVC stage ``train_sasrec``: fit SASRec (Kang & McAuley, 2018) with the shared loop,
 early-stopped on ``train.monitor`` (valid/ndcg@10), then score the best checkpoint on valid and
-test over all items (leave-one-out as in S3-Rec/P5/TIGER)."""
+test over all items (leave-one-out as in S3-Rec/P5/TIGER). Test is also scored with the user's
+history items removed from the ranking (``test_unseen/*``), the protocol of the eSASRec benchmark
+(blondered/transformer_benchmark, ``filter_viewed=True``), so its published rows have a
+like-for-like figure (experiments/sasrec_ss_recipe.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -83,6 +87,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         for split in (valid, test):
             res = evaluate(model, split, ev, device, num_items=loo.num_items)
             metrics.update(res.metrics)
+        if not ev.exclude_seen:
+            seen_out = dataclasses.replace(ev, exclude_seen=True)
+            unseen = evaluate(model, test, seen_out, device, num_items=loo.num_items).metrics
+            metrics.update({f"test_unseen/{k.split('/', 1)[1]}": v for k, v in unseen.items()})
         ctx.run.log_metrics(metrics)
         ctx.record_sha256(
             read={"prepared": Path(data.prepared_dir) / "dataset.npz"},
