@@ -45,6 +45,21 @@ PUBLISHED: dict[str, tuple[str, dict[str, float]]] = {
         {"hr@5": 0.0419, "ndcg@5": 0.0270, "hr@10": 0.0634, "ndcg@10": 0.0338},
     ),
 }
+# The eSASRec benchmark ranks with the user's history items removed (``filter_viewed=True``,
+# blondered/transformer_benchmark ``src/evaluation/common.py``), on the same 22,363 Beauty users
+# (experiments/sasrec_ss_recipe.md): its rows compare with this run's ``test_unseen/*`` only.
+TB = "blondered/transformer_benchmark, `README.md`, 'Amazon datasets' table (Beauty)"
+PUBLISHED_UNSEEN: dict[str, tuple[str, dict[str, float]]] = {
+    "SASRec + sampled softmax (grid-searched on validation)": (
+        TB,
+        {"hr@10": 0.0921, "ndcg@10": 0.0531},
+    ),
+    "eSASRec (LiGR blocks + sampled softmax; arXiv 2508.06450)": (
+        TB,
+        {"hr@10": 0.0928, "ndcg@10": 0.0523},
+    ),
+    "CBiT": (TB, {"hr@10": 0.0905, "ndcg@10": 0.0537}),
+}
 LETTER_SIDS = {"collision_rate_before": 0.0335, "utilization/0": 197 / 256}
 
 
@@ -166,6 +181,7 @@ def render(
     ]
     for name, (src, figs) in PUBLISHED.items():
         lines.append(f"| {name} | {src} | " + " | ".join(_fmt(figs.get(c)) for c in CUTS) + " |")
+    lines += unseen_lines(rows)
     gen = next((r for r in rows if r["file"] == "eval_sidlm.json"), None)
     if gen:
         lines += [
@@ -181,6 +197,27 @@ def render(
     return "\n".join(lines + [""] + sid_quality_lines(sids))
 
 
+def unseen_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows scored with history items removed beside the published rows of that protocol."""
+    measured = [r for r in rows if isinstance(r.get("test_unseen/hr@10"), (int, float))]
+    lines = [
+        "",
+        "History items removed from the ranking (the eSASRec benchmark's protocol; Beauty has no "
+        "repeated purchase, so no test target is removed):",
+        "",
+        "| model | source | HR@10 | NDCG@10 |",
+        "|---|---|---|---|",
+    ]
+    for r in measured:
+        lines.append(
+            f"| {r['model']} | this run, `{r['file']}` `test_unseen/*` | "
+            f"{_fmt(r['test_unseen/hr@10'])} | {_fmt(r.get('test_unseen/ndcg@10'))} |"
+        )
+    for name, (src, figs) in PUBLISHED_UNSEEN.items():
+        lines.append(f"| {name} | {src} | {_fmt(figs['hr@10'])} | {_fmt(figs['ndcg@10'])} |")
+    return lines
+
+
 # the SID table's quality in the headline (every other quality metric is in build_sids.json)
 HEADLINE_SID = ("collision_rate_before", "collision_rate_after", "gini", "recon_mse")
 
@@ -194,15 +231,17 @@ def headline(
     rows: list[dict[str, Any]], sids: dict[str, Any] | None, walls: dict[str, float]
 ) -> dict[str, float]:
     """The few numbers ``dvc metrics show`` prints (the stages' own ``metrics/*.json`` are plain
-    outputs, hundreds of keys together): test HR/NDCG@{5,10} per model row, the SID table's
+    outputs, hundreds of keys together): test HR/NDCG@{5,10} per model row (and with history
+    items removed, ``test_unseen``, where the row has it), the SID table's
     headline quality and each stage's wall seconds, keyed ``<row>/test/<cut>``,
     ``build_sids/<metric>`` and ``<stage>/wall_seconds``."""
     out: dict[str, float] = {}
     for row in rows:
-        for cut in CUTS:
-            value = row.get(f"test/{cut}")
-            if isinstance(value, (int, float)):
-                out[f"{_row_key(row)}/test/{cut}"] = float(value)
+        for split in ("test", "test_unseen"):
+            for cut in CUTS:
+                value = row.get(f"{split}/{cut}")
+                if isinstance(value, (int, float)):
+                    out[f"{_row_key(row)}/{split}/{cut}"] = float(value)
     for key in HEADLINE_SID:
         if sids and isinstance(sids.get(key), (int, float)):
             out[f"build_sids/{key}"] = float(sids[key])

@@ -509,6 +509,28 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
     assert (metrics_dir / "report.json").exists()
 
 
+def test_pipeline_report_sets_history_filtered_rows_beside_their_protocol():
+    from sidrec_core.pipeline_report import PUBLISHED_UNSEEN, headline, unseen_lines
+
+    rows = [
+        {
+            "model": "SASRec",
+            "file": "train_sasrec.json",
+            "test/hr@10": 0.08,
+            "test_unseen/hr@10": 0.09,
+            "test_unseen/ndcg@10": 0.05,
+        },
+        {"model": "SID LM", "file": "eval_sidlm.json", "test/hr@10": 0.05},
+    ]
+    cells = [line.split(" | ") for line in unseen_lines(rows) if line.startswith("| ")][1:]
+    assert [c[0] for c in cells] == ["| SASRec", *(f"| {m}" for m in PUBLISHED_UNSEEN)]
+    assert cells[0][2:] == ["0.0900", "0.0500 |"]  # only rows that measured the protocol
+    assert PUBLISHED_UNSEEN["CBiT"][1] == {"hr@10": 0.0905, "ndcg@10": 0.0537}
+    out = headline(rows, None, {})
+    assert out["train_sasrec/test_unseen/hr@10"] == 0.09 and out["train_sasrec/test/hr@10"] == 0.08
+    assert "eval_sidlm/test_unseen/hr@10" not in out
+
+
 def test_report_keeps_sections_of_profiles_run_against_another_storage(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     optuna.storages.RDBStorage(url)  # creates the tables; no study in it
