@@ -1,7 +1,10 @@
 """The study registry: one entry per ablated factor (adding a study is adding one entry).
 
 Each entry is a :class:`~sidrec_core.studies.study.Study`; groups: tokenizer techniques,
-generation, RL, baselines, tokenizer input and end-to-end training, evaluation protocol.
+generation, RL, baselines, tokenizer input and end-to-end training, evaluation protocol. Each
+declares the seeds a real-data launch runs (``seeds``: 5 where a trial costs at most 10
+CPU-minutes, else 3; the measured basis is ``experiments/trial_costs.md``, see
+:mod:`sidrec_core.studies.seeds`).
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ _DECODE = dict(
     reuse=("prepare", "embed", "build_sids", "train_sidlm"),
     secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
     group="generation",
+    seeds=5,  # about a minute a trial (experiments/trial_costs.md)
 )
 
 # GRPO starts from the trained default SID LM of each seed: the decoding study's default level
@@ -206,6 +210,7 @@ _RL = dict(
     + ("start_valid/ndcg@10", "rl/kl_last_epoch", "rl/group_hr@1_last_epoch"),
     group="rl",
     reference=_START,
+    seeds=5,  # 3.5 minutes a trial (reward_mix; experiments/trial_costs.md)
 )
 # SASRec's raw cf scores are unbounded: mixes with cf normalise each reward before summing
 _REWARD_MIXES: dict[str, dict[str, Any]] = {
@@ -509,6 +514,7 @@ STUDY_LIST: list[Study] = [
                 "better",
             ),
         ),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -537,6 +543,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.block", ["pre_ln", "post_ln", "sasrec"]),
         "pre_ln",
         **_on_sequence_rows({"sasrec.train.patience": 0}),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -545,6 +552,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.similarity", ["dot", "cosine", "scaled", "bilinear", "adaptive"]),
         "dot",
         **_on_sequence_rows(),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -553,6 +561,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.negatives", ["uniform", "popular", "mixed"]),
         "uniform",
         **_on_sequence_rows({"sasrec.loss": "bce"}),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -561,6 +570,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.sid_features", ["none", "sum", "concat"]),
         "none",
         **_on_sequence_rows(),
+        seeds=5,
         **{**_SASREC, "reuse": ("prepare", "embed", "build_sids")},
     ),
     # --- tokenizer input and end-to-end training (item_embeddings: the SASRec item table)
@@ -635,6 +645,7 @@ STUDY_LIST: list[Study] = [
         ),
         secondary=("mostpop/test/ndcg@10", "mostpop/test/hr@10", "random/valid/ndcg@10")
         + COST_KEYS,
+        seeds=5,
         group="protocol",
     ),
 ]
