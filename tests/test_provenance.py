@@ -135,3 +135,39 @@ def test_committed_sidecar_covers_every_committed_trial_honestly():
     for commit in commits:  # every landed_in is an ancestor of this checkout
         subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT, check=True)
     assert json.loads((ROOT / "experiments" / SIDECAR).read_text().splitlines()[0])["study"]
+
+
+def test_index_totals_read_the_trials_and_the_sidecar(tmp_path):
+    from sidrec_core.io import write_jsonl
+    from sidrec_core.studies.index import write_index
+
+    out = tmp_path / "exp"
+    ostudy = optuna.create_study(
+        study_name="negatives-beauty",
+        storage=make_storage(str(out / "negatives" / "optuna.jsonl"), create=True),
+    )
+    ostudy.set_user_attr("dataset", "beauty")
+    for seed, attrs in enumerate((FULL, {})):
+        user_attrs = {**attrs, "grid_point": ["uniform", seed], "test/ndcg@10": 0.01}
+        ostudy.add_trial(optuna.trial.create_trial(value=0.01, user_attrs=user_attrs))
+    bare = ostudy.trials[1]
+    write_jsonl(
+        out / SIDECAR,
+        [
+            {
+                "study": "negatives-beauty",
+                "trial": 1,
+                "datetime_start": str(bare.datetime_start),
+                LANDED_IN: "c0ffee",
+            }
+        ],
+    )
+    lines = write_index(out).read_text().split("## Provenance of the committed trials")[1]
+    rows = {
+        ln.split(" | ")[0]: ln.split(" | ")[1:] for ln in lines.splitlines() if ln.startswith("| ")
+    }
+    assert rows["| commit and dirty flag"] == ["1", "—", "1 |"]
+    assert rows["| `trial_key`"] == ["1", "—", "1 |"]
+    assert [k for k in rows if "landed_in" in k] and next(
+        v for k, v in rows.items() if "landed_in" in k
+    ) == ["—", "1", "1 |"]
