@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from sidrec_core.studies.cli import declared_seeds
+from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
@@ -96,7 +97,10 @@ def test_seeds_held_counts_seeds_with_a_complete_trial_that_counts():
     assert shortfall_text(5, 5) is None and shortfall_text(6, 5) is None
 
 
-def test_a_launch_runs_the_declared_seeds_on_real_data_and_three_on_synthetic():
+def test_a_launch_runs_the_declared_seeds_on_real_data_and_three_on_synthetic(capsys):
+    assert ablate_main(["--list"]) == 0
+    listing = capsys.readouterr().out.split("\n" + "negatives".ljust(16))[1]
+    assert "objective valid/ndcg@10; 5 seeds declared" in listing.split("\n")[2]
     assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="beauty")) == 5
     assert declared_seeds(STUDIES["tokenizer"], StudyOptions(profile="beauty")) == 3
     assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="smoke")) == 3

@@ -23,13 +23,13 @@ from sidrec_core.studies.study import Study
 
 
 def describe(study: Study) -> str:
-    """One ``--list`` line: name, factor, levels (default starred), stages."""
+    """One ``--list`` entry: name, factor, levels (default starred), stages, declared seeds."""
     levels = ", ".join(f"{lv}*" if lv == study.default else lv for lv in study.labels)
     reuse = f"; reuses {'+'.join(study.reuse)}" if study.reuse else ""
     return (
         f"{study.name:<16} {study.factor} [{', '.join(study.keys)}]\n"
         f"{'':<16} levels: {levels}\n{'':<16} runs {'+'.join(study.run)}{reuse}; "
-        f"objective {study.objective}"
+        f"objective {study.objective}; {study.seeds} seeds declared"
     )
 
 
