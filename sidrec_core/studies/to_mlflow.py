@@ -11,8 +11,9 @@ per trial: its params, every figure it stored (the headline first), tags for wha
 recorded (study, level, seed, profile, dataset, the trial's stage fingerprint ``trial_key``,
 ``shared_from``, the level's overrides) and ``not recorded`` for what it did not (the code
 commit, before trials stored it), plus ``landed_in`` from the provenance sidecar (the first
-commit whose storage held the trial: an upper bound on its code, never its commit). It runs nothing and is idempotent: every run carries a stable
-key (``<folder label>:<optuna study>#<trial number>``) and an unchanged run is left alone.
+commit whose storage held the trial: an upper bound on its code, never its commit). It runs
+nothing and is idempotent: every run carries a stable key (``<folder label>:<optuna
+study>#<trial number>``) and an unchanged run is left alone.
 """
 
 from __future__ import annotations
