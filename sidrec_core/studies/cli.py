@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             storage=args.storage,
             new_storage=args.new_storage,
-            n_seeds=args.n_seeds or PIPELINE_CHECK_SEEDS,
+            n_seeds=PIPELINE_CHECK_SEEDS if args.n_seeds is None else args.n_seeds,
             workers=args.workers,
             max_trials=args.max_trials,
             budget=TimeBudget.minutes(args.time_budget),
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_index(Path(opts.out_dir))
                 print(json.dumps({"study": name, "report": str(paths[0])}))
                 continue
-            seeds = args.n_seeds or declared_seeds(get_study(name), opts)
+            seeds = declared_seeds(get_study(name), opts) if args.n_seeds is None else args.n_seeds
             summary = run_study(name, dataclasses.replace(opts, n_seeds=seeds))
             if summary.get("up_to_date"):
                 print(

@@ -1,6 +1,8 @@
 """``experiments/README.md``: the findings of every study run on real data, where they meet the
-published findings the studies name, the study registry with links to every report, and every
-other results file with its provenance.
+published findings the studies name, how much provenance the committed trials carry (recorded,
+derived by :mod:`~sidrec_core.studies.provenance`, not recorded), the study registry with each
+study's declared seeds and links to every report, and every other results file with its
+provenance.
 
 A finding is read as a referee would: the best level is chosen on the study's validation
 objective (never on the test figure it is then compared on; a tie goes to the default), its
@@ -46,7 +48,14 @@ from sidrec_core.studies.report import (
     summarize_trials,
     trial_records,
 )
-from sidrec_core.studies.seeds import COST_TABLE, seeds_held, shortfall_text
+from sidrec_core.studies.seeds import (
+    CHEAP_MINUTES,
+    CHEAP_SEEDS,
+    COST_TABLE,
+    DEFAULT_SEEDS,
+    seeds_held,
+    shortfall_text,
+)
 from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.storage import exists, read_storage, study_journal
 from sidrec_core.studies.study import Study, live_point
@@ -422,8 +431,8 @@ def write_index(out_dir: Path) -> Path:
         "",
         "Each study varies one factor with everything else at the defaults (or at the study's "
         "fixed overrides, named in its findings row), over the seeds the registry declares for "
-        f"it (5 where a trial costs at most 10 CPU-minutes, else 3: [{COST_TABLE}]({COST_TABLE})"
-        "); "
+        f"it ({CHEAP_SEEDS} where a trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes, else "
+        f"{DEFAULT_SEEDS}: [{COST_TABLE}]({COST_TABLE})); "
         "reports give mean ± 95% CI over seeds and, on real data, Holm-corrected paired t-tests "
         "(over seeds) against the default. Smoke sections are pipeline checks on synthetic data.",
         "",
