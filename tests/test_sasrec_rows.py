@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import optuna
 import pytest
 import torch
 
 from sidrec_core.data.batching import TrainBatches
+from sidrec_core.data.dataset import DataConfig, load_dataset
+from sidrec_core.data.split import leave_one_out
 from sidrec_core.models.sasrec import Block, SASRec, SASRecConfig
 from sidrec_core.models.sasrec import training_batches as make_batches
+from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.report import summarize_trials
+from sidrec_core.studies.storage import read_storage
+from sidrec_core.studies.study import is_stale
 from sidrec_core.train import TrainConfig
 
 SEQS = [np.array([3]), np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8, 9])]
@@ -128,3 +137,46 @@ def test_the_sasrec_block_has_no_input_norm_and_a_relu_feed_forward():
     assert isinstance(model.final_norm, torch.nn.LayerNorm)
     assert all(isinstance(b.ffn[1], torch.nn.ReLU) for b in model.blocks)
     assert isinstance(_model(block="post_ln").final_norm, torch.nn.Identity)
+
+
+def _differ(a: dict, b: dict) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def test_sasrec_rows_levels_part_rows_from_batch_size():
+    """Each split level changes one thing against an existing one: the batch size at equal rows,
+    or the rows at equal batch size."""
+    level = {lv.label: lv.overrides for lv in STUDIES["sasrec_rows"].levels}
+    batch = {"sasrec.train.batch_size"}
+    assert _differ(level["sequence-b512"], level["sequence"]) == batch
+    assert _differ(level["prefix-b128"], level["prefix"]) == batch
+    assert _differ(level["prefix-b751"], level["prefix"]) == batch
+    assert _differ(level["sequence-b512"], level["prefix"]) == {"sasrec.train_rows"}
+    assert _differ(level["prefix-b128"], level["sequence"]) == {"sasrec.train_rows"}
+
+
+@pytest.mark.slow  # loads Beauty
+def test_on_beauty_prefix_b751_takes_the_steps_and_targets_a_step_of_sequence_rows():
+    loo = leave_one_out(load_dataset(DataConfig(name="beauty")))
+    seq = TrainBatches(loo.train_sequences, 50, 128, rows="sequence")
+    matched = TrainBatches(loo.train_sequences, 50, 751, rows="prefix")
+    default = TrainBatches(loo.train_sequences, 50, 512, rows="prefix")
+    assert len(seq) == len(matched) == 175 and len(default) == 257
+    per_step = seq.num_positions / len(seq), matched.num_positions / len(matched)
+    assert per_step == pytest.approx((731.6, 750.9), abs=0.1)
+    # encoder tokens an epoch: what a prefix row is, at any batch size
+    assert matched.lengths.sum() / seq.lengths.sum() == pytest.approx(8.59, abs=0.01)
+
+
+def test_committed_sasrec_rows_trials_still_count_and_new_levels_have_none():
+    study = STUDIES["sasrec_rows"]
+    journal = Path(__file__).resolve().parents[1] / "experiments" / "sasrec_rows" / "optuna.jsonl"
+    ostudy = optuna.load_study(study_name="sasrec_rows-beauty", storage=read_storage(str(journal)))
+    trials = ostudy.get_trials(deepcopy=False)
+    assert not [t.number for t in trials if is_stale(study, t)]
+    _, table, _ = summarize_trials(study, trials)
+    seeds = {lv: sorted(table[lv]["valid/ndcg@10"].values) for lv in study.labels}
+    assert seeds == {
+        **{lv: [0, 1, 2] for lv in ("sequence", "order", "prefix", "recbole")},
+        **{lv: [] for lv in ("sequence-b512", "prefix-b128", "prefix-b751")},
+    }

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sidrec_core.studies.cli import main as ablate_main
+from sidrec_core.studies.provenance import LANDED_IN, SIDECAR, read_backfill, trial_key_of
 from sidrec_core.studies.report import scalar_attrs
 from sidrec_core.studies.to_mlflow import open_storage, rebuild, study_sources, tune_sources
 from sidrec_core.tracking import KEY_TAG, headline_first, mlflow_key, start_run
@@ -42,6 +43,8 @@ def test_headline_first_orders_test_ndcg_objective_hr():
 def test_rebuild_smoke_study_is_one_run_per_trial_and_idempotent(tmp_path):
     folder = tmp_path / STUDY
     shutil.copytree(EXPERIMENTS / STUDY, folder)
+    shutil.copy(EXPERIMENTS / SIDECAR, tmp_path / SIDECAR)
+    backfill = read_backfill(tmp_path)
     storage = open_storage(folder)
     assert storage is not None, f"no storage found in {folder}"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -66,7 +69,9 @@ def test_rebuild_smoke_study_is_one_run_per_trial_and_idempotent(tmp_path):
         run = runs[f"{STUDY}:{STUDY}-smoke#{t.number}"]
         assert run.data.tags["level"] == t.user_attrs["grid_point"][0]
         assert run.data.tags["seed"] == str(t.user_attrs["grid_point"][1])
-        assert run.data.tags["commit"] == "not recorded"
+        assert run.data.tags["commit"] == "not recorded"  # landed_in is a bound, not it
+        landed = backfill[trial_key_of(f"{STUDY}-smoke", t)][LANDED_IN]
+        assert landed and run.data.tags[LANDED_IN] == landed
         recorded = (t.user_attrs.get("metrics") or {}).get("trial_key", "not recorded")
         assert run.data.tags["trial_key"] == recorded
         assert run.data.params["level"] == t.user_attrs["grid_point"][0]

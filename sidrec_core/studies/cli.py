@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -13,22 +14,30 @@ import sqlalchemy.exc
 from sidrec_core.config import ConfigError
 from sidrec_core.io import os_error_line
 from sidrec_core.studies.budget import TimeBudget
-from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
+from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args, get_dotted
 from sidrec_core.studies.registry import STUDIES, get_study
-from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, run_study
+from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, base_params, run_study
+from sidrec_core.studies.seeds import PIPELINE_CHECK_SEEDS
 from sidrec_core.studies.storage import exists
 from sidrec_core.studies.study import Study
 
 
 def describe(study: Study) -> str:
-    """One ``--list`` line: name, factor, levels (default starred), stages."""
+    """One ``--list`` entry: name, factor, levels (default starred), stages, declared seeds."""
     levels = ", ".join(f"{lv}*" if lv == study.default else lv for lv in study.labels)
     reuse = f"; reuses {'+'.join(study.reuse)}" if study.reuse else ""
     return (
         f"{study.name:<16} {study.factor} [{', '.join(study.keys)}]\n"
         f"{'':<16} levels: {levels}\n{'':<16} runs {'+'.join(study.run)}{reuse}; "
-        f"objective {study.objective}"
+        f"objective {study.objective}; {study.seeds} seeds declared"
     )
+
+
+def declared_seeds(study: Study, opts: StudyOptions) -> int:
+    """Seeds a launch without ``--n-seeds`` runs: the study's declared count on real data, the
+    pipeline check's on synthetic data (no statistics there)."""
+    synthetic = get_dotted(base_params(opts), "data.name", "") == "synthetic"
+    return PIPELINE_CHECK_SEEDS if synthetic else study.seeds
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,7 +64,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create --storage if missing (else an error: a typo never starts an empty study)",
     )
-    p.add_argument("--n-seeds", type=int, default=3, help="seeds per level (default 3)")
+    p.add_argument(
+        "--n-seeds",
+        type=int,
+        default=None,
+        help="seeds per level (default: the study's declared seeds, 5 where a trial costs <= 10 "
+        "CPU-minutes, else 3 (experiments/trial_costs.md); 3 on synthetic data)",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this study")
     p.add_argument(
         "--max-trials",
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             storage=args.storage,
             new_storage=args.new_storage,
-            n_seeds=args.n_seeds,
+            n_seeds=PIPELINE_CHECK_SEEDS if args.n_seeds is None else args.n_seeds,
             workers=args.workers,
             max_trials=args.max_trials,
             budget=TimeBudget.minutes(args.time_budget),
@@ -193,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_index(Path(opts.out_dir))
                 print(json.dumps({"study": name, "report": str(paths[0])}))
                 continue
-            summary = run_study(name, opts)
+            seeds = declared_seeds(get_study(name), opts) if args.n_seeds is None else args.n_seeds
+            summary = run_study(name, dataclasses.replace(opts, n_seeds=seeds))
             if summary.get("up_to_date"):
                 print(
                     f"{name}: study complete: {summary['complete']} trials in "

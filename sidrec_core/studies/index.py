@@ -1,6 +1,8 @@
 """``experiments/README.md``: the findings of every study run on real data, where they meet the
-published findings the studies name, the study registry with links to every report, and every
-other results file with its provenance.
+published findings the studies name, how much provenance the committed trials carry (recorded,
+derived by :mod:`~sidrec_core.studies.provenance`, not recorded), the study registry with each
+study's declared seeds and links to every report, and every other results file with its
+provenance.
 
 A finding is read as a referee would: the best level is chosen on the study's validation
 objective (never on the test figure it is then compared on; a tie goes to the default), its
@@ -31,6 +33,8 @@ from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
 from sidrec_core.studies.literature import claim_reading, metric_text
 from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
+from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
+from sidrec_core.studies.provenance import counts as provenance_counts
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     ALPHA,
@@ -44,9 +48,17 @@ from sidrec_core.studies.report import (
     summarize_trials,
     trial_records,
 )
+from sidrec_core.studies.seeds import (
+    CHEAP_MINUTES,
+    CHEAP_SEEDS,
+    COST_TABLE,
+    DEFAULT_SEEDS,
+    seeds_held,
+    shortfall_text,
+)
 from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.storage import exists, read_storage, study_journal
-from sidrec_core.studies.study import Study
+from sidrec_core.studies.study import Study, live_point
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the pipeline default
 # results made outside the study machinery: how each was made (the commit is git's)
@@ -65,6 +77,10 @@ RESULTS_FILES: dict[str, str] = {
     "perf/lm_head_perf.json": "`python bench/perf/lm_head_perf.py`",
     "perf/grpo_perf.json": "`OMP_NUM_THREADS=1 python bench/perf/grpo_perf.py --steps 12`",
     "perf/sidlm_decoding.md": "`python bench/perf/sidlm_decoding.py --max-users 1000`, Beauty",
+    "perf/sasrec_valid_cost.json": "`python bench/perf/sasrec_valid_cost.py --checkpoint "
+    "models/sasrec/model.pt`, Beauty (the committed SASRec default)",
+    COST_TABLE: "`python bench/trial_costs.py` (median trial minutes per study, from the storage)",
+    SIDECAR: "`python bench/backfill_provenance.py` (from git and the storage)",
 }
 
 
@@ -267,6 +283,9 @@ def finding_row(
     grid = len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
     if len(walls) < grid:
         effect += f" (partial: {len(walls)} of {grid} trials)"
+    short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
+    if short:
+        effect += f"; {short}"
     moved = departures(study)
     if moved:
         pinned = ", ".join(f"`{k}={v}`" for k, v in moved.items())
@@ -334,6 +353,34 @@ def literature(out_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def provenance(out_dir: Path) -> list[str]:
+    """Over every complete trial of every committed study and profile: how many recorded each
+    provenance field, had it derived in the sidecar, or have it not recorded."""
+    backfill = read_backfill(out_dir)
+    total: dict[str, list[int]] = {}
+    for s in STUDIES.values():
+        url = study_journal(out_dir, s.name)
+        if not exists(url):
+            continue
+        for name in optuna.get_all_study_names(read_storage(url)):
+            if name.startswith(f"{s.name}-"):
+                trials = optuna.load_study(study_name=name, storage=read_storage(url)).get_trials(
+                    deepcopy=False
+                )
+                for field, n in provenance_counts(name, trials, backfill).items():
+                    before = total.get(field, [0, 0, 0])
+                    total[field] = [a + b for a, b in zip(before, n, strict=True)]
+    if not total:
+        return []
+    lead = (
+        f"Over the {sum(total['commit'])} complete trials of every study and profile: what each "
+        f"recorded itself, what [`{SIDECAR}`]({SIDECAR}) derives from git for it, and what is "
+        "not recorded (never reconstructed). Each report gives its sections' counts."
+    )
+    tally = {k: (v[0], v[1], v[2]) for k, v in total.items()}
+    return ["## Provenance of the committed trials", "", *count_lines(tally, lead), ""]
+
+
 def findings(out_dir: Path) -> list[str]:
     rows, notes = [], []
     for s in STUDIES.values():
@@ -379,15 +426,18 @@ def write_index(out_dir: Path) -> Path:
         "",
         *findings(out_dir),
         *literature(out_dir),
+        *provenance(out_dir),
         "## Studies",
         "",
         "Each study varies one factor with everything else at the defaults (or at the study's "
-        "fixed overrides, named in its findings row), over >= 3 seeds; "
+        "fixed overrides, named in its findings row), over the seeds the registry declares for "
+        f"it ({CHEAP_SEEDS} where a trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes, else "
+        f"{DEFAULT_SEEDS}: [{COST_TABLE}]({COST_TABLE})); "
         "reports give mean ± 95% CI over seeds and, on real data, Holm-corrected paired t-tests "
         "(over seeds) against the default. Smoke sections are pipeline checks on synthetic data.",
         "",
-        "| study | group | factor | levels (default) | profiles run | report |",
-        "|---|---|---|---|---|---|",
+        "| study | group | factor | levels (default) | seeds declared | profiles run | report |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in STUDIES.values():
         sections = report_sections(out_dir / s.name / "report.md")
@@ -396,7 +446,7 @@ def write_index(out_dir: Path) -> Path:
         report = f"[report]({s.name}/report.md)" if has_report else "—"
         lines.append(
             f"| `{s.name}` | {s.group} | {s.factor} | {', '.join(s.labels)} "
-            f"(`{s.default}`) | {', '.join(ran) or '—'} | {report} |"
+            f"(`{s.default}`) | {s.seeds} | {', '.join(ran) or '—'} | {report} |"
         )
     lines += [
         "",

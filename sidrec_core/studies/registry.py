@@ -1,7 +1,10 @@
 """The study registry: one entry per ablated factor (adding a study is adding one entry).
 
 Each entry is a :class:`~sidrec_core.studies.study.Study`; groups: tokenizer techniques,
-generation, RL, baselines, tokenizer input and end-to-end training, evaluation protocol.
+generation, RL, baselines, tokenizer input and end-to-end training, evaluation protocol. Each
+declares the seeds a real-data launch runs (``seeds``: 5 where a trial costs at most 10
+CPU-minutes, else 3; the measured basis is ``experiments/trial_costs.md``, see
+:mod:`sidrec_core.studies.seeds`).
 """
 
 from __future__ import annotations
@@ -119,15 +122,27 @@ def _sasrec_rows() -> tuple[Level, ...]:
     """One row per user, a target at every position, slots counted back from the row's end (the
     default until this study made ``prefix`` it); the same with slots counted from the row's start;
     one row per target as cornac trains (the default now), in cornac's batches of 512 rows
-    (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py), 257 steps an epoch on Beauty
-    against 175 batches of 128 users; and RecBole 1.2.1's
-    SASRec recipe (RUCAIBox/RecBole: recbole/properties/overall.yaml, train_batch_size 2048 and
-    Adam lr 1e-3 with no clipping; recbole/model/sequential_recommender/sasrec.py and
-    recbole/model/layers.py, post-LN blocks over one right-padded row per target, i.e. order
-    slots), whose model sizes are this code's defaults. Every level trains all its epochs, so
-    early stopping on the valid subsample cannot pick the winner."""
+    (PreferredAI/cornac: cornac/models/sasrec/recom_sasrec.py); and RecBole 1.2.1's SASRec recipe
+    (RUCAIBox/RecBole: recbole/properties/overall.yaml, train_batch_size 2048 and Adam lr 1e-3 with
+    no clipping; recbole/model/sequential_recommender/sasrec.py and recbole/model/layers.py,
+    post-LN blocks over one right-padded row per target, i.e. order slots), whose model sizes are
+    this code's defaults. Every level trains all its epochs, so early stopping on the valid
+    subsample cannot pick the winner.
+
+    ``sequence`` against ``prefix`` changes three things at once (issue 33, item 5). On Beauty
+    (sidrec_core.data.batching.training_batches, max_history 50) an epoch of sequence rows is
+    22,363 rows in 175 batches of 128 users: 128,031 targets, ~732 a step, 128,031 encoder
+    tokens; of prefix rows, 131,413 rows (one per target) in 257 batches of 512: ~511 targets a
+    step and 1,100,149 encoder tokens (8.6x), since each target re-encodes its own prefix. The
+    split levels take them apart: ``prefix-b128`` and ``sequence-b512`` cross the row layout
+    with the batch size (rows {sequence, prefix} x batch {128, 512}); ``prefix-b751`` is prefix
+    rows in 751-row batches, 175 steps an epoch and ~751 targets a step as ``sequence``, so the
+    optimiser sees the same number of steps, schedule and targets per step and only the rows
+    differ. Encoder tokens per epoch cannot be equalised at equal rows: the 8.6x is what a
+    prefix row is (matching it would take 8.6x the sequence epochs, a training-length study)."""
     rows = {"sasrec.positions": "recency", "sasrec.train_rows": "sequence"}
     batch = {"sasrec.train.batch_size": 128}  # the default until prefix rows replaced it
+    prefix = {**rows, "sasrec.train_rows": "prefix"}
     recbole = {
         "sasrec.positions": "order",
         "sasrec.train_rows": "prefix",
@@ -144,8 +159,11 @@ def _sasrec_rows() -> tuple[Level, ...]:
             {**rows, **batch, "sasrec.positions": "order"},
             formerly=({**rows, "sasrec.positions": "order"},),
         ),
-        Level("prefix", {**rows, "sasrec.train_rows": "prefix", "sasrec.train.batch_size": 512}),
+        Level("prefix", {**prefix, "sasrec.train.batch_size": 512}),
         Level("recbole", recbole),
+        Level("sequence-b512", {**rows, "sasrec.train.batch_size": 512}),
+        Level("prefix-b128", {**prefix, "sasrec.train.batch_size": 128}),
+        Level("prefix-b751", {**prefix, "sasrec.train.batch_size": 751}),
     )
 
 
@@ -230,6 +248,7 @@ _DECODE = dict(
     reuse=("prepare", "embed", "build_sids", "train_sidlm"),
     secondary=TEST_KEYS + GEN_KEYS + COST_KEYS,
     group="generation",
+    seeds=5,  # about a minute a trial (experiments/trial_costs.md)
 )
 
 # GRPO starts from the trained default SID LM of each seed: the decoding study's default level
@@ -250,6 +269,7 @@ _RL = dict(
     + ("start_valid/ndcg@10", "rl/kl_last_epoch", "rl/group_hr@1_last_epoch"),
     group="rl",
     reference=_START,
+    seeds=5,  # 3.5 minutes a trial (reward_mix; experiments/trial_costs.md)
 )
 # SASRec's raw cf scores are unbounded: mixes with cf normalise each reward before summing
 _REWARD_MIXES: dict[str, dict[str, Any]] = {
@@ -553,6 +573,7 @@ STUDY_LIST: list[Study] = [
                 "better",
             ),
         ),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -567,8 +588,9 @@ STUDY_LIST: list[Study] = [
     ),
     Study(
         "sasrec_rows",
-        "SASRec training rows and position slots: one row per user (slots from the end, or from "
-        "the start) vs one row per target (cornac), and RecBole's recipe",
+        "SASRec training rows, batch size and position slots: one row per user (slots from the "
+        "end, or from the start) vs one row per target (cornac), each at batch 128 and 512 rows, "
+        "prefix rows at sequence rows' steps and targets a step (batch 751), and RecBole's recipe",
         _sasrec_rows(),
         "prefix",
         fixed={"sasrec.train.patience": 0},
@@ -607,6 +629,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.block", ["pre_ln", "post_ln", "sasrec"]),
         "pre_ln",
         **_on_sequence_rows({"sasrec.train.patience": 0}),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -615,6 +638,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.similarity", ["dot", "cosine", "scaled", "bilinear", "adaptive"]),
         "dot",
         **_on_sequence_rows(),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -623,6 +647,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.negatives", ["uniform", "popular", "mixed"]),
         "uniform",
         **_on_sequence_rows({"sasrec.loss": "bce"}),
+        seeds=5,
         **_SASREC,
     ),
     Study(
@@ -631,6 +656,7 @@ STUDY_LIST: list[Study] = [
         one_key("sasrec.sid_features", ["none", "sum", "concat"]),
         "none",
         **_on_sequence_rows(),
+        seeds=5,
         **{**_SASREC, "reuse": ("prepare", "embed", "build_sids")},
     ),
     # --- tokenizer input and end-to-end training (item_embeddings: the SASRec item table)
@@ -705,6 +731,7 @@ STUDY_LIST: list[Study] = [
         ),
         secondary=("mostpop/test/ndcg@10", "mostpop/test/hr@10", "random/valid/ndcg@10")
         + COST_KEYS,
+        seeds=5,
         group="protocol",
     ),
 ]

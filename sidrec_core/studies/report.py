@@ -25,7 +25,9 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.notes import note_lines
+from sidrec_core.studies.provenance import section_lines as provenance_lines
 from sidrec_core.studies.reference import reference_lines
+from sidrec_core.studies.seeds import COST_TABLE, seeds_held, shortfall_text
 from sidrec_core.studies.stats import (
     diff_ci,
     holm,
@@ -408,6 +410,15 @@ def profile_section(
         f"Dataset `{ostudy.user_attrs.get('dataset', '?')}`; Optuna study `{ostudy.study_name}`; "
         f"seeds {seeds}; trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
         "",
+    ]
+    short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
+    if short and not check:
+        lines += [
+            f"Seeds: {short} (the registry declares {study.seeds} for this study; the measured "
+            f"trial cost behind it: `experiments/{COST_TABLE}`).",
+            "",
+        ]
+    lines += [
         "Reductions this profile applies to `params.yaml` (data, epochs, users): "
         + (", ".join(f"`{k}={v}`" for k, v in overrides.items()) or "none")
         + ".",
@@ -456,6 +467,7 @@ def profile_section(
             f"- #{t.number} {trial_level(t)} seed {trial_seed(t)} ran {_spec_text(t)}"
             for t in stale[:10]
         ]
+    lines += provenance_lines(ostudy.study_name, trials, out.parent)
     if any(table[lv][cols[0]].values for lv in study.labels):
         png = plot_levels(study, profile, cols, table, out / f"{profile}.png")
         lines += ["", f"![{study.name} {profile}]({png.name})"]

@@ -117,6 +117,9 @@ class Study:
     # (study, level) that measured the pipeline default, for a study whose ``fixed`` overrides
     # move its own default away from it: the index sets the two side by side
     pipeline_default: tuple[str, str] | None = None
+    # seeds a real-data launch runs: 5 where a trial costs <= 10 CPU-minutes, else 3 (the measured
+    # basis: experiments/trial_costs.md; sidrec_core.studies.seeds)
+    seeds: int = 3
 
     def __post_init__(self) -> None:
         labels = [lv.label for lv in self.levels]
@@ -126,6 +129,8 @@ class Study:
             raise ValueError(f"study {self.name}: default level {self.default!r} not in {labels}")
         if self.direction not in ("maximize", "minimize"):
             raise ValueError(f"study {self.name}: direction must be maximize|minimize")
+        if self.seeds < 1:
+            raise ValueError(f"study {self.name}: seeds must be >= 1, got {self.seeds}")
         if not self.run:
             raise ValueError(f"study {self.name}: 'run' must name at least one stage")
         known = set(self.run) | set(self.reuse)

@@ -10,8 +10,10 @@ that knows how a study folder holds its storage) and writes, through
 per trial: its params, every figure it stored (the headline first), tags for what the storage
 recorded (study, level, seed, profile, dataset, the trial's stage fingerprint ``trial_key``,
 ``shared_from``, the level's overrides) and ``not recorded`` for what it did not (the code
-commit: trials never stored it). It runs nothing and is idempotent: every run carries a stable
-key (``<folder label>:<optuna study>#<trial number>``) and an unchanged run is left alone.
+commit, before trials stored it), plus ``landed_in`` from the provenance sidecar (the first
+commit whose storage held the trial: an upper bound on its code, never its commit). It runs
+nothing and is idempotent: every run carries a stable key (``<folder label>:<optuna
+study>#<trial number>``) and an unchanged run is left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sidrec_core.studies.index import last_commit
+from sidrec_core.studies.provenance import LANDED_IN, read_backfill, trial_key_of
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import report_sections, scalar_attrs
 from sidrec_core.studies.storage import JOURNAL, read_storage
@@ -177,15 +180,24 @@ def trial_record(
 
 
 def ablation_trial(
-    trial: FrozenTrial, label: str, ostudy_name: str, base: dict[str, str], objective: str
+    trial: FrozenTrial,
+    label: str,
+    ostudy_name: str,
+    base: dict[str, str],
+    objective: str,
+    landed_in: str | None = None,
 ) -> RunRecord:
-    """One ablation trial: params are its level and seed and the overrides it recorded."""
+    """One ablation trial: params are its level and seed and the overrides it recorded;
+    ``landed_in`` (from the provenance sidecar) is the first commit whose storage held it, an
+    upper bound on the code it ran, tagged as such and never as its ``commit``."""
     level, seed = trial_level(trial), trial_seed(trial)
     spec = trial.user_attrs.get("level_spec") or {}
     params = {"level": str(level), "seed": str(seed)}
     for part in ("fixed", "level"):
         params.update({k: _param(v) for k, v in (spec.get(part) or {}).items()})
     tags = trial_tags(trial, {**base, "level": str(level), "seed": str(seed)})
+    if landed_in:
+        tags[LANDED_IN] = landed_in
     return trial_record(
         trial,
         f"{label}:{ostudy_name}",
@@ -330,7 +342,18 @@ def rebuild_source(
             children += retrain_runs(ostudy, source.storage, source.label, base, objective)
         else:
             base["factor"] = str(attrs.get("factor", study.factor if study else NOT_RECORDED))
-            children = [ablation_trial(t, source.label, name, base, objective) for t in trials]
+            backfill = read_backfill(source.folder.parent)
+            children = [
+                ablation_trial(
+                    t,
+                    source.label,
+                    name,
+                    base,
+                    objective,
+                    (backfill.get(trial_key_of(name, t)) or {}).get(LANDED_IN),
+                )
+                for t in trials
+            ]
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         parent_tags = {
             **base,

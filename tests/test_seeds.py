@@ -1,0 +1,124 @@
+"""Seed counts (issue 33, item 4c): the rule, the measured basis the registry's declarations
+follow, a launch's default, and the plain words of a report and the index when seeds are
+missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sidrec_core.studies.cli import declared_seeds
+from sidrec_core.studies.cli import main as ablate_main
+from sidrec_core.studies.index import write_index
+from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.report import write_study_report
+from sidrec_core.studies.runner import StudyOptions
+from sidrec_core.studies.seeds import (
+    COST_TABLE,
+    cost_table,
+    measure_costs,
+    read_cost_table,
+    seeds_for_minutes,
+    seeds_held,
+    shortfall_text,
+)
+from sidrec_core.studies.storage import make_storage
+from sidrec_core.studies.study import live_point
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_five_seeds_up_to_ten_cpu_minutes_a_trial_three_above():
+    assert seeds_for_minutes(0.1) == 5 and seeds_for_minutes(10.0) == 5
+    assert seeds_for_minutes(10.01) == 3 and seeds_for_minutes(39.0) == 3
+
+
+def test_every_declared_seed_count_follows_the_committed_cost_table():
+    table = read_cost_table(EXPERIMENTS / COST_TABLE)
+    assert set(table) == set(STUDIES)
+    for name, study in STUDIES.items():
+        minutes, seeds = table[name]
+        assert minutes is not None and seeds == seeds_for_minutes(minutes), name
+        assert study.seeds == seeds, name
+    # the measured medians behind two declarations on either side of the threshold
+    assert table["negatives"][0] == pytest.approx(2.1) and STUDIES["negatives"].seeds == 5
+    assert table["sasrec_rows"][0] == pytest.approx(11.9) and STUDIES["sasrec_rows"].seeds == 3
+
+
+def _store(out: Path, study: str, profile: str, dataset: str, trials: list[tuple]) -> None:
+    """``trials``: (level, seed, wall seconds) complete trials in ``<study>-<profile>``."""
+    url = make_storage(str(out / study / "optuna.jsonl"), create=True)
+    ostudy = optuna.create_study(study_name=f"{study}-{profile}", storage=url)
+    ostudy.set_user_attr("dataset", dataset)
+    ostudy.set_user_attr("seeds", sorted({t[1] for t in trials}))
+    for level, seed, wall in trials:
+        ostudy.add_trial(
+            optuna.trial.create_trial(
+                value=0.01 + seed / 1000,
+                user_attrs={
+                    "grid_point": [level, seed],
+                    "test/ndcg@10": 0.01 + seed / 1000,
+                    "wall_seconds": wall,
+                },
+            )
+        )
+
+
+def test_costs_are_the_median_of_real_data_trials_and_peers_stand_in(tmp_path):
+    out = tmp_path / "exp"
+    walls = [60.0, 120.0, 900.0]  # median 2 minutes
+    _store(out, "negatives", "beauty", "beauty", [("uniform", s, w) for s, w in enumerate(walls)])
+    _store(out, "negatives", "smoke", "synthetic", [("uniform", 0, 99_999.0)])  # not counted
+    _store(out, "similarity", "beauty", "beauty", [("dot", 0, 1200.0)])  # 20 minutes
+    costs = {c.study: c for c in measure_costs(out)}
+    assert costs["negatives"].trials == 3 and costs["negatives"].minutes == pytest.approx(2.0)
+    assert (costs["negatives"].low, costs["negatives"].high) == pytest.approx((1.0, 15.0))
+    assert costs["negatives"].seeds == 5 and costs["similarity"].seeds == 3
+    # sasrec_loss runs the same stage (train_sasrec) and has no trial: the dearest peer's median
+    assert costs["sasrec_loss"].trials == 0 and costs["sasrec_loss"].minutes == pytest.approx(20.0)
+    assert costs["sasrec_loss"].seeds == 3
+    assert costs["tokenizer"].minutes is None and costs["tokenizer"].seeds is None
+    path = tmp_path / COST_TABLE
+    path.write_text(cost_table(list(costs.values()), "python bench/trial_costs.py"))
+    assert read_cost_table(path)["negatives"] == (2.0, 5)
+    assert read_cost_table(path)["tokenizer"] == (None, None)
+
+
+def test_seeds_held_counts_seeds_with_a_complete_trial_that_counts():
+    trials = [
+        optuna.trial.create_trial(value=0.1, user_attrs={"grid_point": [lv, s]})
+        for lv, s in (("uniform", 0), ("mixed", 0), ("uniform", 1), ("gone", 7))
+    ]
+    study = STUDIES["negatives"]
+    assert seeds_held(trials, lambda t: live_point(study, t)) == 2  # "gone" is no level
+    assert shortfall_text(2, 5) == "2 of 5 declared seeds; the rest run in round 2"
+    assert shortfall_text(5, 5) is None and shortfall_text(6, 5) is None
+
+
+def test_a_launch_runs_the_declared_seeds_on_real_data_and_three_on_synthetic(capsys):
+    assert ablate_main(["--list"]) == 0
+    listing = capsys.readouterr().out.split("\n" + "negatives".ljust(16))[1]
+    assert "objective valid/ndcg@10; 5 seeds declared" in listing.split("\n")[2]
+    assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="beauty")) == 5
+    assert declared_seeds(STUDIES["tokenizer"], StudyOptions(profile="beauty")) == 3
+    assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="smoke")) == 3
+
+
+def test_report_and_index_say_how_many_declared_seeds_a_study_holds(tmp_path):
+    out = tmp_path / "exp"
+    trials = [(lv, s, 60.0) for lv in ("uniform", "popular", "mixed") for s in range(3)]
+    _store(out, "negatives", "beauty", "beauty", trials)
+    _store(out, "negatives", "smoke", "synthetic", trials)
+    url = str(out / "negatives" / "optuna.jsonl")
+    report = write_study_report(STUDIES["negatives"], url, out)[0].read_text()
+    beauty, smoke = report.split("## Profile `smoke`")
+    assert "Seeds: 3 of 5 declared seeds; the rest run in round 2" in beauty
+    assert "declared seeds" not in smoke  # a pipeline check has no statistics to power
+    row = next(ln for ln in write_index(out).read_text().splitlines() if "[`negatives`]" in ln)
+    assert "3 of 5 declared seeds; the rest run in round 2" in row
+    studies_row = next(
+        ln for ln in (out / "README.md").read_text().splitlines() if ln.startswith("| `negatives`")
+    )
+    assert "| 5 |" in studies_row
