@@ -13,6 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from sidrec_core.lifecycle import process_start
 from sidrec_core.studies import spaces, tune_report, tuning
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.execute import execute_trial
@@ -20,7 +21,6 @@ from sidrec_core.studies.runner import base_params
 from sidrec_core.studies.spaces import Param, Tunable
 from sidrec_core.studies.storage import WORKER, make_storage
 from sidrec_core.studies.tuning import TuneOptions, run_tuning
-from sidrec_core.tracking import process_start
 
 ROOT = Path(__file__).resolve().parent.parent
 # lr 1e-6 barely moves the weights in 4 epochs; 1e-2 learns the planted successor structure
