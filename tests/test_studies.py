@@ -825,7 +825,7 @@ print(*(study.ask().number for _ in range(10)))
 
 def test_two_workers_asking_at_once_never_take_the_same_queued_trial(tmp_path):
     """The journal's lock hands each queued trial to one of two processes asking at the same
-    moment (SQLite, which has no row lock, gave 2 to 5 of 20 trials to both, measured)."""
+    moment (SQLite, which has no row lock, gave some to both: experiments/measured.md)."""
     url = str(tmp_path / "race.jsonl")
     study = optuna.create_study(study_name="race", storage=make_storage(url, create=True))
     for i in range(20):
