@@ -1,4 +1,5 @@
-"""How a benchmark's figures were made: command, commit, versions, and how busy the machine was.
+"""How a result was made: the code (git commit, dirty tree, package versions) and, for a
+benchmark, its command and how busy the machine was.
 
 A timing taken while other jobs hold the cores measures the contention as much as the code. The
 machine's 1-minute load average just before the benchmark starts counts the other jobs' runnable
@@ -14,12 +15,29 @@ import functools
 import os
 import platform
 import shlex
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from sidrec_core.tracking import git, git_commit
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 IDLE_LOAD = 0.5  # other jobs' runnable threads (1-minute load average) below which cores are idle
+
+
+def git(*args: str) -> str | None:
+    """``git ARGS`` in the project root -> its stdout (None when git fails or is missing)."""
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    return (git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
 
 
 def worktree_dirty() -> bool | None:

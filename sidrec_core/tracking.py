@@ -24,10 +24,6 @@ import json
 import logging
 import math
 import os
-import signal
-import socket
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +33,8 @@ import torch
 
 from sidrec_core.config import flatten, params_hash
 from sidrec_core.io import write_json
+from sidrec_core.lifecycle import Terminated, install_sigterm_handler, orphaned, process_tags
+from sidrec_core.perf import git_commit
 from sidrec_core.utils import peak_accelerator_mb, peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -75,97 +73,25 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
-PID_TAG, HOST_TAG, START_TAG = "sidrec.pid", "sidrec.host", "sidrec.pid_start"
-
-
-class Terminated(SystemExit):
-    """SIGTERM arrived: unwinds like ``sys.exit(143)`` so every open run ends as KILLED."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """Raise once; the default action is back in place first, because Python swallows an
-    exception raised while it runs a finaliser (a weakref callback during garbage collection),
-    and a process must never outlive a second SIGTERM."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated(128 + signum)
-
-
-def install_sigterm_handler() -> bool:
-    """Turn SIGTERM into :class:`Terminated` (only from the main thread, and only where nobody
-    installed another handler). Returns whether ours is in place."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    current = signal.getsignal(signal.SIGTERM)
-    if current is _on_sigterm:
-        return True
-    if current not in (signal.SIG_DFL, None):
-        return False
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return True
-
-
-def process_start(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (tells a reused pid apart), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return start is None or process_start(pid) in (None, start)
-
-
-def process_tags() -> dict[str, str]:
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    if (start := process_start(os.getpid())) is not None:
-        tags[START_TAG] = start
-    return tags
-
-
 def mark_stale_runs() -> list[str]:
-    """End as KILLED every RUNNING run whose recorded process on this host is gone (the process
-    was killed before it could end its run). Returns their ids."""
+    """End as KILLED every RUNNING run whose owner process on this host is gone
+    (:func:`~sidrec_core.lifecycle.orphaned`: it was killed before it could end its run).
+    Returns their ids."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
-    host = socket.gethostname()
     stale = []
     for exp in client.search_experiments():
-        for r in client.search_runs(
+        running = client.search_runs(
             [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
-        ):
-            tags = r.data.tags
-            if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
-                continue
-            if not pid_alive(int(tags[PID_TAG]), tags.get(START_TAG)):
+        )
+        for r in running:
+            if orphaned(r.data.tags):
                 client.set_terminated(r.info.run_id, status="KILLED")
                 stale.append(r.info.run_id)
     if stale:
         log.warning("marked %d run(s) of killed processes as KILLED: %s", len(stale), stale)
     return stale
-
-
-def git(*args: str) -> str | None:
-    """``git ARGS`` in the project root -> its stdout (None when git fails or is missing)."""
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def git_commit() -> str:
-    return (git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
 
 
 class Run:

@@ -67,8 +67,7 @@ def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
         [str(dvc), "exp", "run", *args], cwd=repo, env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    report = (repo / "experiments" / "pipeline_report.md").read_text()
-    assert "Profile `smoke`, dataset `synthetic`" in report
+    assert (repo / "experiments" / "pipeline_report.md").exists()
     for stage in load_pipeline():
         if stage != "report":
             assert (repo / "metrics" / f"{stage}.json").exists(), stage
@@ -96,7 +95,7 @@ def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
     assert "Stage 'eval_sidlm' is cached - skipping run" in again.stdout
     assert (repo / "metrics" / "eval_sidlm.json").read_bytes() == first
     headline = json.loads((repo / "metrics" / "report.json").read_text())
-    assert headline["dataset"] == "synthetic"
+    assert (headline["dataset"], headline["profile"]) == ("synthetic", "smoke")
     assert 0.0 <= headline["eval_sidlm/test/ndcg@10"] <= headline["eval_sidlm/test/hr@10"] <= 1.0
     assert headline["train_sasrec/wall_seconds"] > 0 and "build_sids/gini" in headline
 

@@ -315,15 +315,6 @@ def _target_fit(model: SIDLM, rows) -> tuple[float, float]:
     return float(logp), float((seq.argmax(1) == target).float().mean())
 
 
-@pytest.fixture()
-def one_thread():
-    """Many tiny ops per step: one thread is several times faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("sampler", ["beam", "sampling"])
 def test_short_grpo_run_raises_target_log_prob(syn_loo, sampler, one_thread):
     model = _model(syn_loo.num_items)  # weak start: random weights

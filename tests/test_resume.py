@@ -18,14 +18,9 @@ TRAIN = TrainConfig(epochs=5, batch_size=64, lr=5e-3, schedule="cosine", warmup_
 MODEL = {"hidden_dim": 16, "ffn_dim": 32, "num_heads": 2, "num_blocks": 1, "max_history": 10}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Exact equality needs a fixed reduction order: one intra-op thread, as a seeded stage run
-    with base.num_threads=1 has."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Exact equality needs a fixed reduction order: one intra-op thread, as a seeded stage run with
+# base.num_threads=1 has.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(Exception):

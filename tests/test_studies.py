@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -19,11 +20,12 @@ import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.config import ConfigError
+from sidrec_core.pipeline_report import PUBLISHED
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.execute import cache_key, execute_trial, stage_keys
-from sidrec_core.studies.index import spent_seconds, write_index
+from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs, upstream
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
@@ -32,7 +34,11 @@ from sidrec_core.studies.report import (
     Cell,
     cell_text,
     compare_levels,
+    is_pipeline_check,
+    report_sections,
     significance_lines,
+    summarize_trials,
+    trial_records,
     write_study_report,
 )
 from sidrec_core.studies.runner import (
@@ -187,8 +193,8 @@ def test_a_level_added_later_runs_only_the_new_level(tmp_path, monkeypatch):
     assert complete_points(trials) == sorted((lv, s) for lv in levels for s in (0, 1))
     assert summary["failed"] == 0
     assert {trial_level(t) for t in trials if t.number not in first} == {"on-again"}
-    report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
-    assert "| on-again |" in report
+    stored = trials_of(opts(tmp_path), "exclude_seen")
+    assert set(summarize_trials(grown, stored)[1]) == {"off", "on", "on-again"}  # report's table
 
 
 def test_a_redefined_level_runs_again_and_its_old_trials_are_left_out(tmp_path, monkeypatch):
@@ -266,12 +272,16 @@ def test_grid_coverage_with_seeds_report_and_cache(tmp_path, capsys):
     assert (Path(t.user_attrs["trial_dir"]) / "metrics" / "baselines.json").exists()
     # upstream prepare built once per seed, shared by both levels
     assert len(list((tmp_path / "exp" / "cache").glob("prepare-*/done.json"))) == 3
+    stored = optuna.load_study(
+        study_name="exclude_seen-smoke", storage=make_storage(o.storage_url_for("exclude_seen"))
+    )
+    assert is_pipeline_check(stored) and stored.user_attrs["dataset"] == "synthetic"
+    study = STUDIES["exclude_seen"]
+    table = summarize_trials(study, trials)[1]
+    assert {lv: len(table[lv][study.objective].values) for lv in table} == {"off": 3, "on": 3}
     report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
-    assert "Profile `smoke` — pipeline check on synthetic data, not a finding" in report
-    assert "**off** (default)" in report and "| on |" in report and " ± " in report
     assert "Paired t-test" not in report and "significant" not in report
     assert "`data.name=synthetic`" in report  # the reductions the profile applies
-    assert "Dataset `synthetic`" in report
     assert (tmp_path / "exp" / "exclude_seen" / "smoke.png").stat().st_size > 1000
     index = (tmp_path / "exp" / "README.md").read_text()
     assert "[report](exclude_seen/report.md)" in index and "`beam_width`" in index
@@ -498,15 +508,18 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
     }
     out = run_report(params)
     assert out["num_models"] == 2 and out["has_sid_metrics"] == 1
+    written = json.loads((metrics_dir / "report.json").read_text())
+    assert (written["dataset"], written["profile"]) == ("synthetic", "test")
+    assert out["build_sids/collision_rate_before"] == 0.02 and out["build_sids/gini"] == 0.3
+    assert {"mostpop/test/ndcg@10", "random/test/hr@10"} <= set(out)
     text = (tmp_path / "r.md").read_text()
-    assert "| MostPop |" in text and "| TIGER | TIGER paper" in text and "0.0605" in text
-    assert "cornac/models/tiger/README.md" in text and "0.0564" in text  # sourced rows
+    for name, (source, figures) in PUBLISHED.items():  # every published row, with its source
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert source in row and all(f"{v:.4f}" in row for v in figures.values())
     assert "| collision rate before resolution | 2.00% | 3.35% |" in text
     assert "| level-1 utilisation | 0.7500 | 0.7695 (197/256) |" in text
-    assert "Profile `test`" in text and "`synthetic`" in text
     csv = (tmp_path / "h.csv").read_text().splitlines()
     assert csv[0] == "model,hr_at_10,ndcg_at_10" and csv[1].startswith('"MostPop",')
-    assert (metrics_dir / "report.json").exists()
 
 
 def test_pipeline_report_sets_history_filtered_rows_beside_their_protocol():
@@ -539,8 +552,9 @@ def test_report_keeps_sections_of_profiles_run_against_another_storage(tmp_path)
     dev = "## Profile `dev`\n\nOptuna study `exclude_seen-dev`; an earlier run's table.\n"
     (out / "exclude_seen" / "report.md").write_text("# old header\n\n" + dev)
     write_study_report(STUDIES["exclude_seen"], url, out)
-    report = (out / "exclude_seen" / "report.md").read_text()
-    assert report.startswith("# Study `exclude_seen`") and "an earlier run's table." in report
+    report = out / "exclude_seen" / "report.md"
+    assert report.read_text().startswith("# Study `exclude_seen`")
+    assert report_sections(report) == {"dev": dev}
     index = write_index(out).read_text()
     row = next(line for line in index.splitlines() if line.startswith("| `exclude_seen`"))
     assert "| dev |" in row and "[report](exclude_seen/report.md)" in row
@@ -598,8 +612,11 @@ def test_cache_key_follows_every_dep_like_dvc(tmp_path):
     assert upstream("eval_sidlm", pipeline) == ["prepare", "build_sids", "train_sidlm"]
 
 
-def _slicing_row(out: Path, ndcg: dict[tuple[str, int], float]) -> str:
-    """The findings row of an ``lm_head_slicing`` Beauty storage holding ``ndcg`` per trial."""
+def _slicing(
+    out: Path, ndcg: dict[tuple[str, int], float]
+) -> tuple[Finding, list[optuna.trial.FrozenTrial], str]:
+    """(finding, trials, findings row) of an ``lm_head_slicing`` Beauty storage holding ``ndcg``
+    per trial."""
     url = make_storage(str(out / "lm_head_slicing" / "optuna.jsonl"), create=True)
     ostudy = optuna.create_study(study_name="lm_head_slicing-beauty", storage=url)
     ostudy.set_user_attr("dataset", "beauty")
@@ -617,34 +634,43 @@ def _slicing_row(out: Path, ndcg: dict[tuple[str, int], float]) -> str:
                 user_attrs={"test/ndcg@10": value, "wall_seconds": 60.0},
             )
         )
+    study, trials = STUDIES["lm_head_slicing"], ostudy.get_trials(deepcopy=False)
+    cols, table, _ = summarize_trials(study, trials)
+    finding = read_finding(study, cols, table, trial_records(study, trials))
+    assert finding is not None
     lines = write_index(out).read_text().splitlines()
-    return next(line for line in lines if "[`lm_head_slicing`]" in line)
+    row = next(line for line in lines if "[`lm_head_slicing`]" in line)
+    assert effect_text(study, finding) in row  # the index row shows this finding
+    return finding, trials, row
 
 
 def test_index_findings_from_real_data_storage(tmp_path):
-    """The findings row of a real-data section: best level (on valid), paired diff ± CI, Holm p,
+    """The finding of a real-data section: best level (on valid), paired diff ± CI, Holm p,
     cost."""
     ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
     ndcg |= {("off", 0): 0.015, ("off", 1): 0.017, ("off", 2): 0.016}
-    row = _slicing_row(tmp_path / "exp", ndcg)
+    f, trials, _ = _slicing(tmp_path / "exp", ndcg)
+    assert (f.best, f.seeds, f.tied) == ("off", 3, ())
     # paired diffs 0.005, 0.006, 0.004: mean 0.005, t(2) CI half-width 4.303 * 0.001 / sqrt(3)
-    assert "| beauty |" in row and "| `off` |" in row and "0.0050 ± 0.0025" in row
-    assert "0.1 CPU-h in 6 trials" in row
+    assert f.diff == pytest.approx(0.005) and f.ci == pytest.approx(4.303e-3 / 3**0.5, rel=1e-3)
     # two tests (objective, test NDCG@10), each raw p 0.0132: Holm doubles them to 0.026
-    assert "Holm p 0.026, significant" in row
+    assert f.holm_p == pytest.approx(0.0263, abs=5e-4) and f.significant
+    assert sum(map(spent_seconds, trials)) == 6 * 60.0  # 0.1 CPU-h in 6 trials
 
 
 def test_index_names_no_best_level_before_another_level_is_measured(tmp_path):
-    row = _slicing_row(tmp_path / "exp", {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012})
-    assert "| — | only the default measured so far (0.0110, 3 seeds)" in row
-    assert "default is best" not in row and "(partial: 3 of 6 trials)" in row
+    ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
+    f, _, row = _slicing(tmp_path / "exp", ndcg)
+    assert f.levels == ("on",) and f.best == "on" and f.diff is None and f.holm_p is None
+    assert (f.default_value, f.seeds) == (pytest.approx(0.011), 3)
+    assert "(partial: 3 of 6 trials)" in row  # counted in the row only
 
 
 def test_index_names_the_default_when_a_level_ties_with_it(tmp_path):
     ndcg = {(lv, s): 0.010 + s / 1000 for lv in ("on", "off") for s in range(3)}
-    row = _slicing_row(tmp_path / "exp", ndcg)
-    assert "| default `on` | no level above the default on `valid/ndcg@10` (tied: off)" in row
-    assert "default 0.0110, 3 seeds" in row
+    f, _, _ = _slicing(tmp_path / "exp", ndcg)
+    assert (f.best, f.tied, f.diff) == ("on", ("off",), None)
+    assert (f.default_value, f.seeds) == (pytest.approx(0.011), 3)
 
 
 def test_levels_compared_with_the_model_they_start_from(tmp_path):
@@ -847,7 +873,7 @@ print(*(study.ask().number for _ in range(10)))
 
 def test_two_workers_asking_at_once_never_take_the_same_queued_trial(tmp_path):
     """The journal's lock hands each queued trial to one of two processes asking at the same
-    moment (SQLite, which has no row lock, gave 2 to 5 of 20 trials to both, measured)."""
+    moment (SQLite, which has no row lock, gave some to both: experiments/measured.md)."""
     url = str(tmp_path / "race.jsonl")
     study = optuna.create_study(study_name="race", storage=make_storage(url, create=True))
     for i in range(20):

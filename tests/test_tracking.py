@@ -66,7 +66,7 @@ def test_runs_of_killed_processes_are_marked_killed(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from sidrec_core.tracking import HOST_TAG, PID_TAG, process_tags
+    from sidrec_core.lifecycle import HOST_TAG, PID_TAG, process_tags
 
     client = _client(tmp_path, monkeypatch)
     exp = client.create_experiment("other-exp")
@@ -139,43 +139,9 @@ def test_reopening_a_run_absent_from_the_store_opens_a_new_one(tmp_path, monkeyp
     assert mlflow.get_run(fresh.run_id).data.params["a"] == "1"
 
 
-SWALLOWING_CHILD = """
-import sys, time
-from sidrec_core.tracking import Terminated, install_sigterm_handler
-assert install_sigterm_handler()
-open(sys.argv[1], "w").write("ready")
-while True:
-    try:
-        time.sleep(120)
-    except Terminated:  # as Python does with an exception raised inside a finaliser
-        open(sys.argv[1], "w").write("swallowed")
-"""
-
-
-def test_a_second_sigterm_kills_a_process_that_swallowed_the_first(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    flag = tmp_path / "state"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen([sys.executable, "-c", SWALLOWING_CHILD, str(flag)], env=env)
-    try:
-        for state in ("ready", "swallowed"):
-            deadline = time.time() + 60
-            while not (flag.exists() and flag.read_text() == state) and time.time() < deadline:
-                assert child.poll() is None, "child exited early"
-                time.sleep(0.1)
-            child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=30) == -signal.SIGTERM
-    finally:
-        child.kill()
-
-
 def test_benchmark_provenance_names_the_command_commit_and_whether_cores_were_idle(monkeypatch):
     from sidrec_core import perf
-    from sidrec_core.tracking import git_commit
+    from sidrec_core.perf import git_commit
 
     monkeypatch.setattr("sys.argv", ["bench/perf/sasrec_perf.py", "--steps", "40"])
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.1, 0.1))

@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from sidrec_core.tracking import HOST_TAG, PID_TAG, START_TAG, pid_alive, process_tags
+from sidrec_core.lifecycle import HOST_TAG, PID_TAG, START_TAG, pid_alive, process_tags
 
 log = logging.getLogger(__name__)
 JOURNAL = "optuna.jsonl"

@@ -4,7 +4,7 @@ The corpus plants one successor per item; the score is the share of test users w
 recommendation is the planted successor of their last item. Prints, per setting, the first epoch
 at which that share passes 0.3, and the final share.
 
-Usage: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python experiments/sasrec_bce/plateau.py
+Usage: OMP_NUM_THREADS=1 python bench/sasrec_plateau.py > experiments/sasrec_bce/plateau.txt
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ a GPU): the train_sasrec stage's own pieces; the best state on the valid subsamp
 scored on every valid and test user when the budget is spent. With the same seed this is the
 stage run with ``sasrec.train.epochs`` = the epochs it reached and ``patience`` 0.
 
-Usage: PYTHONPATH=$PWD RUN_SECONDS=420 RUN_OUT=run.json \
-    python experiments/sasrec_bce/timed_run.py --set ... (the --set lines of the stage)"""
+Usage: RUN_SECONDS=420 RUN_OUT=run.json \
+    python bench/sasrec_timed.py --set ... (the --set lines of the stage)"""
 
 import copy
 import json
