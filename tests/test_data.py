@@ -1,4 +1,5 @@
-"""Loaders (synthetic and real Beauty), leave-one-out split, item text, bad input, atomic writes."""
+"""Loaders (synthetic, real Beauty, shipped Sports), leave-one-out split, item text, bad input,
+atomic writes."""
 
 import gzip
 import json
@@ -17,7 +18,7 @@ from sidrec_core.data.dataset import (
     resolve_dataset_dir,
     save_prepared,
 )
-from sidrec_core.data.embeddings import check_embeddings, load_precomputed
+from sidrec_core.data.embeddings import check_embeddings, load_precomputed, load_shipped
 from sidrec_core.data.split import leave_one_out, pad_left
 from sidrec_core.data.synthetic import planted_successor
 from sidrec_core.data.text import item_text
@@ -257,8 +258,9 @@ def test_real_beauty_counts(monkeypatch, tmp_path):
     assert loo.split("test", 20).histories.shape == (22363, 20)
 
 
-def test_shipped_beauty_matches_its_checksums():
-    shipped = dataset_mod.SHIPPED_DATASETS / "beauty"
+@pytest.mark.parametrize("name", ["beauty", "sports"])
+def test_shipped_dataset_matches_its_checksums(name):
+    shipped = dataset_mod.SHIPPED_DATASETS / name
     sums = dataset_mod.read_checksums(shipped)
     assert set(sums) == {
         "sequences.txt.gz",
@@ -268,6 +270,27 @@ def test_shipped_beauty_matches_its_checksums():
     }
     for name, expected in sums.items():
         assert dataset_mod.file_sha256(shipped / name) == expected
+
+
+def test_shipped_sports_loads_with_published_counts_and_its_embedding_table(monkeypatch, tmp_path):
+    # a user's machine: no team data folder beside the clone, no SIDREC_DATA_DIR
+    monkeypatch.setattr(dataset_mod, "SHARED_DATASETS", tmp_path / "absent")
+    monkeypatch.delenv("SIDREC_DATA_DIR", raising=False)
+    shipped = dataset_mod.SHIPPED_DATASETS / "sports"
+    assert resolve_dataset_dir("sports") in (
+        shipped,
+        dataset_mod.PROJECT_ROOT / "data" / "raw" / "sports",
+    )
+    ds = load_dataset_dir(shipped, DataConfig(), "sports")
+    # P5/TIGER Sports as counted in ../shared/datasets/README.md (and issue 38)
+    assert (ds.num_users, ds.num_items, ds.num_interactions) == (35598, 18357, 296337)
+    assert ds.dropped == {"short_sequences": 0, "unused_items": 0}
+    assert [m["p5_item_id"] for m in ds.item_meta[1:]] == list(range(1, 18358))
+    assert sum(1 for m in ds.item_meta[1:] if m.get("title")) == 18256
+    # the table `embed` takes when embed.shipped is on: listed, verified, of these very texts
+    texts = [item_text(m) for m in ds.item_meta[1:]]
+    table = load_shipped(shipped, "all-MiniLM-L6-v2", texts)
+    assert table is not None and table.shape == (ds.num_items, 384)
 
 
 def test_checksum_mismatch_names_file_and_hashes(tmp_path):
