@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sidrec_core.config import ConfigError, build
+from sidrec_core.config import BaseConfig, ConfigError, build
 from sidrec_core.data.batching import TrainBatches
 from sidrec_core.data.synthetic import synthetic_embeddings
 from sidrec_core.evaluate import EvalConfig, evaluate
@@ -25,6 +25,7 @@ from sidrec_core.rpg.tokenizer import (
     unpack_codes,
 )
 from sidrec_core.stages.build_rpg_sids import run as run_build_rpg_sids
+from sidrec_core.stages.context import metrics_dir_for
 from sidrec_core.stages.train_rpg import run as run_train_rpg
 from sidrec_core.train import TrainConfig, fit
 
@@ -249,3 +250,10 @@ def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
     written = json.loads((tmp_path / "metrics" / "train_rpg.json").read_text())
     assert written["test/ndcg@10"] == out["test/ndcg@10"]
     assert (tmp_path / "rpg" / "model.pt").exists()
+
+
+def test_a_moved_nested_output_moves_the_metrics_beside_it():
+    moved = {"rpg": build(RPGConfig, {"sid": {"output_dir": "/tmp/x/sids"}}, "rpg")}
+    assert metrics_dir_for(BaseConfig(), moved, "rpg.sid.output_dir") == "/tmp/x/sids/metrics"
+    default = {"rpg": RPGConfig()}
+    assert metrics_dir_for(BaseConfig(), default, "rpg.sid.output_dir") == BaseConfig.metrics_dir

@@ -122,7 +122,7 @@ class RPG(Recommender):
         self.num_items, self.num_levels = codes.shape[0] - 1, codes.shape[1]
         dim, m = cfg.hidden_dim, self.num_levels
         self.code_emb = nn.Parameter(torch.randn(m, codebook_size, dim) * 0.02)
-        self.pos_emb = nn.Parameter(torch.randn(cfg.max_history, dim) * 0.01)
+        self.pos_emb = nn.Parameter(torch.randn(cfg.max_history, dim) * 0.02)  # GPT-2's init
         self.emb_drop = nn.Dropout(cfg.embedding_dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(dim)
