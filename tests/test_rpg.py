@@ -163,11 +163,9 @@ def test_training_beats_mostpop(syn_loo):
     )
     rpg = evaluate(model, test, ev, num_items=syn_loo.num_items).metrics
     pop = evaluate(MostPop(syn_loo), test, ev, num_items=syn_loo.num_items).metrics
-    print(rpg["test/ndcg@10"], pop["test/ndcg@10"])
     assert rpg["test/ndcg@10"] > pop["test/ndcg@10"] + 0.02, (rpg, pop)
     model.decoding = GraphDecodingConfig(strategy="graph", beam_width=8, num_edges=20)
     graph = evaluate(model, test, ev, num_items=syn_loo.num_items).metrics
-    print(graph["test/hr@10"], rpg["test/hr@10"], pop["test/hr@10"])
     assert graph["test/hr@10"] > pop["test/hr@10"]
 
 
