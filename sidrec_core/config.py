@@ -35,6 +35,7 @@ SECTIONS: tuple[str, ...] = (
     "report",
     "etegrec",
     "collab",
+    "rpg",
 )
 
 

@@ -36,6 +36,7 @@ def section_configs() -> dict[str, type]:
     from sidrec_core.models.sidlm import SIDLMConfig
     from sidrec_core.pipeline_report import ReportConfig
     from sidrec_core.rl.grpo import RLConfig
+    from sidrec_core.rpg.model import RPGConfig
     from sidrec_core.sid.build import SIDConfig
 
     return {
@@ -51,6 +52,7 @@ def section_configs() -> dict[str, type]:
         "report": ReportConfig,
         "etegrec": ETEGRecConfig,
         "collab": CollabConfig,
+        "rpg": RPGConfig,
     }
 
 

@@ -61,14 +61,17 @@ class StageContext:
 
 def metrics_dir_for(base: BaseConfig, cfg: dict[str, Any], output_key: str | None) -> str:
     """``base.metrics_dir``, except when the stage's output (``output_key``, e.g.
-    ``sid.output_dir``) was moved off its default while the metrics folder was not: then the
-    metrics go beside that output, so an exploratory run never overwrites the pipeline's
-    tracked ``metrics/<stage>.json``."""
+    ``sid.output_dir`` or the nested ``rpg.sid.output_dir``) was moved off its default while the
+    metrics folder was not: then the metrics go beside that output, so an exploratory run never
+    overwrites the pipeline's tracked ``metrics/<stage>.json``."""
     if output_key is None or base.metrics_dir != BaseConfig.metrics_dir:
         return base.metrics_dir
-    section, field = output_key.split(".", 1)
-    value = str(getattr(cfg[section], field))
-    default = next(f.default for f in dataclasses.fields(cfg[section]) if f.name == field)
+    section, *inner, field = output_key.split(".")
+    owner = cfg[section]
+    for name in inner:  # a nested subsection's key, e.g. rpg.sid.output_dir
+        owner = getattr(owner, name)
+    value = str(getattr(owner, field))
+    default = next(f.default for f in dataclasses.fields(owner) if f.name == field)
     if value == str(default):
         return base.metrics_dir
     path = Path(value)

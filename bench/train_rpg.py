@@ -1,0 +1,12 @@
+"""DVC stage `train_rpg`: thin wrapper around `sidrec_core.stages.train_rpg.run`.
+
+Usage: python bench/train_rpg.py [--params params.yaml] [--set section.key=value ...]
+"""
+
+import sys
+
+from sidrec_core.cli import main
+from sidrec_core.stages.train_rpg import run
+
+if __name__ == "__main__":
+    sys.exit(main(run, __doc__))
