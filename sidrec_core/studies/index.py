@@ -44,9 +44,8 @@ from sidrec_core.studies.report import (
     summarize_trials,
     trial_records,
 )
-from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.storage import exists, read_storage, study_journal
-from sidrec_core.studies.study import Study
+from sidrec_core.studies.study import Study, is_shared
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the pipeline default
 # results made outside the study machinery: how each was made (the commit is git's)
