@@ -153,13 +153,15 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
             assert t.datetime_complete == before[t.number]
     assert sum(t.state == TrialState.FAIL for t in trials) == 1  # the killed one, retried
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # nothing ran twice
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True).stdout
+    assert b"sidrec-trial-" not in worktrees  # the killed worker's was swept
 
 
 @pytest.mark.slow
 def test_dvc_restores_a_trial_it_ran_and_reruns_what_changed(tmp_path):
     """DVC's run-cache, not the harness, caches: the same trial again (a resumed trial, another
     study's level at the same settings) restores its stages with the figures measured when they
-    ran; a changed params section re-runs only the stage that reads it."""
+    ran; a changed params section re-runs the stage that reads it."""
     up = with_overrides(load_profile("smoke", {}), {"base.seed": 0})
     first = run_trial(("baselines",), ("prepare",), up, tmp_path / "a")
     again = run_trial(("baselines",), ("prepare",), up, tmp_path / "b")
@@ -171,7 +173,8 @@ def test_dvc_restores_a_trial_it_ran_and_reruns_what_changed(tmp_path):
     third = run_trial(("baselines",), ("prepare",), other, tmp_path / "c")
     assert third["cached_stages"] == 0 and third["trial_key"] != first["trial_key"]
     assert third["mostpop/test/ndcg@10"] != first["mostpop/test/ndcg@10"]
-    assert not list(Path(tempfile.gettempdir()).glob("sidrec-trial-*"))  # worktrees removed
+    left = Path(tempfile.gettempdir()).glob(f"sidrec-trial-{os.getpid()}-*")
+    assert not list(left)  # every trial's worktree removed
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ trial takes minutes (experiments/README.md).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -20,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ from sidrec_core.config import flatten, params_hash
 from sidrec_core.io import write_json, write_text
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.pipeline import PROJECT_ROOT, Stage, inside, load_pipeline, ordered
-from sidrec_core.tracking import tracking_uri
+from sidrec_core.tracking import pid_alive, tracking_uri
 
 log = logging.getLogger(__name__)
 RAN = re.compile(r"^Running stage '([^']+)'")
@@ -140,18 +143,54 @@ def _jsonable(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-    """``dvc repro targets`` in ``tree``, its output passed on to stderr -> (exit, lines)."""
+    """``dvc repro targets`` in ``tree``, its output passed on to stderr -> (exit, lines). DVC
+    and the stage it runs form one process group, ended with the worker: killed or stopped, a
+    worker leaves no stage running."""
     cmd = [dvc_command(), "repro", *targets]
     proc = subprocess.Popen(
-        cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
+    (tree.parent / "pgid").write_text(str(proc.pid))  # for the sweep, should the worker die
     lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stderr.write(line)
-        lines.append(line.rstrip("\n"))
-    return proc.wait(), lines
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            lines.append(line.rstrip("\n"))
+        return proc.wait(), lines
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the stage DVC started, if it is still running
+        proc.wait()
+
+
+def sweep_worktrees() -> None:
+    """Remove the trial worktrees of workers that died (a SIGKILL skips their cleanup), ending
+    the stage a dead worker's DVC left running."""
+    listed = git("worktree", "list", "--porcelain").splitlines()
+    for line in listed:
+        found = re.search(r"^worktree (.*/sidrec-trial-(\d+)-[^/]+)/repo$", line)
+        if found and not pid_alive(int(found[2])):
+            group = Path(found[1], "pgid")
+            with contextlib.suppress(OSError, ValueError):  # a stage still running for nobody
+                os.killpg(int(group.read_text()), signal.SIGKILL)
+            git("worktree", "remove", "--force", f"{found[1]}/repo")
+            shutil.rmtree(found[1], ignore_errors=True)
+    git("worktree", "prune")
 
 
 def trial_metrics(
@@ -196,7 +235,8 @@ def run_trial(
     copied under ``trial_dir``. ``env`` is added to the stages' environment."""
     pipeline = load_pipeline()
     resolve_params(params)  # a bad key fails here, naming it, not inside DVC
-    parent = Path(tempfile.mkdtemp(prefix="sidrec-trial-"))
+    sweep_worktrees()
+    parent = Path(tempfile.mkdtemp(prefix=f"sidrec-trial-{os.getpid()}-"))
     tree = parent / "repo"
     try:
         git("worktree", "add", "--quiet", "--detach", str(tree), code_commit())
