@@ -5,10 +5,11 @@ a run it recorded (this trial's upstream stages at the defaults, a resumed trial
 stages, a level another study measured) is restored, not run, and its metrics file is the one
 written when it ran, wall time and memory included.
 
-Measured on the smoke profile (2 busy CPU cores, ``bench/ablate.py --study beam_width``): a
-worktree trial costs ~5 s when every stage is restored and ~15 s when eval_sidlm runs, against
-~15 s and ~27 s for ``dvc exp run --temp`` and ~17 s a trial through ``dvc queue``; a Beauty
-trial takes minutes (experiments/README.md).
+Why a worktree and ``dvc repro``, measured on the smoke profile (one ``eval_sidlm`` trial of
+``beam_width``, 2 CPU cores at load 5): ~5 s when DVC restores every stage and ~15 s when
+eval_sidlm runs; ``dvc exp run --temp -S ...`` takes ~15 s and ~27 s (and leaves an experiment
+ref to read and remove), ``dvc exp run --queue`` + ``--run-all`` ~17 s a trial. Calling the stage
+in the worker took ~0.3 s, a Beauty ``eval_sidlm`` takes 2.7 min (README).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import ctypes
 import functools
 import json
-import logging
 import math
 import os
 import re
@@ -37,7 +37,6 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.studies.pipeline import PROJECT_ROOT, Stage, inside, load_pipeline, ordered
 from sidrec_core.tracking import pid_alive, tracking_uri
 
-log = logging.getLogger(__name__)
 RAN = re.compile(r"^Running stage '([^']+)'")
 # what a metrics file says about its run, not what the stage measured
 RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")
@@ -99,7 +98,10 @@ def data_env(params: dict[str, Any]) -> dict[str, str]:
 
 
 def extra_deps(
-    run: tuple[str, ...], reuse: tuple[str, ...], params: dict[str, Any], pipeline: dict
+    run: tuple[str, ...],
+    reuse: tuple[str, ...],
+    params: dict[str, Any],
+    pipeline: dict[str, Stage],
 ) -> dict[str, list[str]]:
     """Inputs a run stage reads through its params that ``dvc.yaml`` does not list: a path value
     in one of its params sections naming an out of a stage before it in the trial (e.g.
@@ -110,8 +112,8 @@ def extra_deps(
     before = list(reuse)
     extra: dict[str, list[str]] = {}
     for name in ordered(run, pipeline):
-        stage: Stage = pipeline[name]
-        outs = {o: s for s in before for o in pipeline[s].outs}
+        stage = pipeline[name]
+        outs = [o for s in before for o in pipeline[s].outs]
         for key, value in flat.items():
             if not isinstance(value, str) or not any(
                 key == p or key.startswith(p + ".") for p in stage.params
@@ -134,7 +136,7 @@ def _jsonable(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         k = prefix + key
         if isinstance(v, dict):
             out.update(_jsonable(v, f"{k}/"))
-        elif isinstance(v, bool) or isinstance(v, str):
+        elif v is None or isinstance(v, (bool, str)):  # None: a NaN the stage wrote as null
             out[k] = v
         elif isinstance(v, (int, float)):
             out[k] = float(v) if math.isfinite(v) else None
