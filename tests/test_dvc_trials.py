@@ -5,6 +5,7 @@ checked without it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sidrec_core.studies.dvc_run import extra_deps, run_trial
+from sidrec_core.stages.context import TRIAL_ENV
+from sidrec_core.studies.dvc_run import StageFailed, extra_deps, run_trial
 from sidrec_core.studies.index import spent_seconds
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import load_profile, with_overrides
@@ -212,3 +214,25 @@ def test_a_trial_another_study_ran_is_restored_not_rerun(tmp_path):
     }
     assert spent["uniform"] == 0 and spent["popular"] == done["popular"]["wall_seconds"] > 0
     assert done["popular"]["trial_key"] != done["uniform"]["trial_key"]
+
+
+@pytest.mark.slow
+def test_a_tuning_trial_is_pruned_inside_the_stage_dvc_runs(tmp_path):
+    """The stage DVC runs reports each validation to the trial the tuner names
+    (``SIDREC_OPTUNA_TRIAL``) and stops when that trial's pruner says so; the failed repro's
+    output says it was pruned, and the reported epochs are in the storage."""
+    journal = str(tmp_path / "search.jsonl")
+    study = optuna.create_study(
+        study_name="s", storage=make_storage(journal, create=True), direction="maximize"
+    )
+    for _ in range(5):  # five finished trials far above what 4 smoke epochs reach
+        above = {epoch: 2.0 for epoch in range(1, 5)}
+        study.add_trial(optuna.trial.create_trial(value=2.0, intermediate_values=above))
+    trial = study.ask()
+    spec = {"storage": journal, "study": "s", "trial": trial.number, "pruner": "median"}
+    env = {TRIAL_ENV: json.dumps({**spec, "epochs": 4})}  # median, from epoch 3 of 4
+    params = with_overrides(load_profile("smoke", {}), {"base.seed": 0})
+    with pytest.raises(StageFailed) as failed:
+        run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "t", env)
+    assert any("TrialPruned: pruned after epoch 3" in line for line in failed.value.lines)
+    assert list(study.trials[-1].intermediate_values) == [1, 2, 3]
