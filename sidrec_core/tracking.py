@@ -73,6 +73,9 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+PARENT_ENV = "SIDREC_PARENT_RUN_ID"  # the run a process's first run nests under
+
+
 def mark_stale_runs() -> list[str]:
     """End as KILLED every RUNNING run whose owner process on this host is gone
     (:func:`~sidrec_core.lifecycle.orphaned`: it was killed before it could end its run).
@@ -190,7 +193,8 @@ def start_run(
 
     A run opened while another is active in this process nests under it (a stage called inside
     an ablation trial becomes the trial run's child); ``parent_run_id`` nests under a run opened
-    by another process (study workers); ``run_id`` reopens an existing run (a resumed study)."""
+    by another process (study workers; a stage DVC runs for a trial reads it from
+    ``SIDREC_PARENT_RUN_ID``); ``run_id`` reopens an existing run (a resumed study)."""
     enabled = tracking_enabled() if enabled is None else enabled
     mlflow_run = None
     if enabled:
@@ -198,6 +202,9 @@ def start_run(
 
         mlflow.set_tracking_uri(tracking_uri())
         active = mlflow.active_run() is not None
+        if not active and parent_run_id is None:
+            # a stage that DVC runs for a study trial nests under the trial's run
+            parent_run_id = os.environ.get(PARENT_ENV) or None
         if not active:
             install_sigterm_handler()
             mark_stale_runs()

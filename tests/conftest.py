@@ -65,3 +65,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def dvc_cache(tmp_path, monkeypatch):
+    """A trial that runs DVC uses a cache of its own test, not the project's run-cache."""
+    monkeypatch.setenv("SIDREC_DVC_CACHE", str(tmp_path / "dvc-cache"))
+
+
+@pytest.fixture()
+def stages_in_process(monkeypatch):
+    """Trials call their stages in this process, each in a fresh folder with nothing cached,
+    instead of through DVC (``dvc_run.run_trial``): scheduler and report tests run in seconds;
+    the tests marked slow run DVC itself (a spawned worker always does)."""
+    import contextlib
+    import copy
+
+    from sidrec_core.config import params_hash
+    from sidrec_core.stages import stage_function
+    from sidrec_core.studies import dvc_run
+    from sidrec_core.studies.pipeline import load_pipeline, ordered
+
+    def run_trial(run, reuse, params, trial_dir, env=None):
+        pipeline = load_pipeline()
+        work = trial_dir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        with monkeypatch.context() as m, contextlib.chdir(work):
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            for name in ordered((*reuse, *run), pipeline):
+                stage_function(name)(copy.deepcopy(params))
+        targets = ordered(run, pipeline)
+        return dvc_run.trial_metrics(work, targets, set(targets), params_hash(params), trial_dir)
+
+    monkeypatch.setattr(dvc_run, "run_trial", run_trial)

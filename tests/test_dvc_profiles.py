@@ -33,6 +33,7 @@ def test_no_profile_reads_a_pipeline_output(profile):
     assert all(a.startswith("++") for a in args[1::2]) and f"++base.profile={profile}" in args
 
 
+@pytest.mark.slow  # spawns DVC: the whole smoke pipeline, ~1 min
 def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
     dvc = Path(sys.executable).with_name("dvc")
     assert dvc.exists(), f"dvc (a dependency in pyproject.toml) is missing next to {sys.executable}"

@@ -211,6 +211,15 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
 def working_copy(dest: Path) -> Path:
     """The repository's files as they are in this working tree, ignored ones left out (another
     machine's checkout of the same code)."""
@@ -224,6 +233,9 @@ def working_copy(dest: Path) -> Path:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
+    # a git checkout, as a machine has: trials run DVC in git worktrees of it
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
+        subprocess.run(["git", *cmd], cwd=dest, env=GIT_ENV, check=True, capture_output=True)
     return dest
 
 
@@ -240,6 +252,7 @@ def test_two_machines_share_a_study_through_postgresql(tmp_path, postgres_url):
     none is lost, and the figures equal those of a one-worker run."""
     argv = ["--study", "exclude_seen", "--profile", "smoke", "--n-seeds", "3"]
     env = {**os.environ, "SIDREC_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("SIDREC_DVC_CACHE")  # each machine has its own DVC cache
     procs = []
     for name in ("a", "b"):
         copy = working_copy(tmp_path / name)

@@ -1,5 +1,6 @@
-"""Ablation bench: registry, grid coverage over seeds, resume after a kill, parallel workers,
-nested MLflow runs, reports — on the smoke profile (synthetic corpus, MostPop study)."""
+"""Ablation bench: registry, grid coverage over seeds, level changes, budgets, nested MLflow runs,
+reports — on the smoke profile (synthetic corpus, MostPop study), with the trials' stages called
+in this process (``stages_in_process``; tests/test_dvc_trials.py runs them through DVC)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,14 +18,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sidrec_core.config import ConfigError
 from sidrec_core.pipeline_report import PUBLISHED
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.cli import main as ablate_main
-from sidrec_core.studies.execute import cache_key, execute_trial, stage_keys
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
-from sidrec_core.studies.pipeline import load_pipeline, ordered, rerouted_inputs, upstream
+from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
@@ -43,7 +40,6 @@ from sidrec_core.studies.report import (
 )
 from sidrec_core.studies.runner import (
     StudyOptions,
-    base_params,
     enqueue_missing,
     next_level,
     progress,
@@ -51,7 +47,6 @@ from sidrec_core.studies.runner import (
     remaining,
     run_study,
 )
-from sidrec_core.studies.shared import SHARED_FROM
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
 from sidrec_core.studies.storage import make_storage
 from sidrec_core.studies.study import (
@@ -68,6 +63,7 @@ from sidrec_core.studies.study import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("stages_in_process")
 
 
 def opts(tmp_path: Path, **kw) -> StudyOptions:
@@ -270,8 +266,6 @@ def test_grid_coverage_with_seeds_report_and_cache(tmp_path, capsys):
     assert t.value == t.user_attrs["metrics"]["mostpop/valid/ndcg@10"]
     assert t.user_attrs["peak_rss_mb"] > 0 and "baselines/wall_seconds" in t.user_attrs
     assert (Path(t.user_attrs["trial_dir"]) / "metrics" / "baselines.json").exists()
-    # upstream prepare built once per seed, shared by both levels
-    assert len(list((tmp_path / "exp" / "cache").glob("prepare-*/done.json"))) == 3
     stored = optuna.load_study(
         study_name="exclude_seen-smoke", storage=make_storage(o.storage_url_for("exclude_seen"))
     )
@@ -313,94 +307,6 @@ def test_flags_that_would_override_each_other_are_refused(argv, expected, capsys
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == f"error: {captured.err[7:]}"
     assert expected in captured.err and captured.err.count("\n") == 1
-
-
-def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> list:
-    """Launch the worker and SIGKILL it once the storage shows one trial complete and another
-    running (however long that takes: the wait ends on that event or on the worker's exit);
-    return the trials as the kill left them. A trial can finish between the poll that saw it
-    running and the kill: such a kill left nothing running, so a new worker (resuming the study)
-    is launched and killed again."""
-    journal = Path(o.storage_url_for("sasrec_loss"))
-    for _ in range(3):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        reached = False
-        while not reached and proc.poll() is None:
-            time.sleep(0.2)
-            try:
-                states = [t.state for t in trials_of(o, "sasrec_loss")] if journal.exists() else []
-            except KeyError:  # the worker is still creating the study
-                continue
-            reached = TrialState.COMPLETE in states and TrialState.RUNNING in states
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert reached, f"the worker ended (exit {proc.returncode}) before a mid-study state"
-        trials = trials_of(o, "sasrec_loss")
-        if any(t.state == TrialState.RUNNING for t in trials):
-            return trials
-    raise AssertionError("three kills in a row landed between two trials")
-
-
-def test_resume_after_kill_runs_only_remaining(tmp_path):
-    """A worker process killed mid-trial (SIGKILL): the next launch fails its trial (its process
-    is gone), queues the point again and runs only the remaining points."""
-    out = tmp_path / "exp"
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "ablate.py"),
-        "--study",
-        "sasrec_loss",
-        "--profile",
-        "smoke",
-        "--n-seeds",
-        "1",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "SIDREC_TRACKING": "0", "OMP_NUM_THREADS": "1"}
-    o = opts(tmp_path, n_seeds=1)
-    before = {t.number: t.datetime_complete for t in kill_mid_trial(cmd, env, o)}
-    done_before = sum(d is not None for d in before.values())
-    assert 1 <= done_before < 4, "the worker must die mid-study"
-    summary = run_study("sasrec_loss", o)
-    trials = trials_of(o, "sasrec_loss")
-    assert summary["remaining_before"] == 4 - done_before and summary["remaining_after"] == 0
-    assert complete_points(trials) == sorted(
-        (lv, 0) for lv in ("bce", "infonce", "ce", "sampled_softmax")
-    )
-    for t in trials:  # finished trials were not redone
-        if before.get(t.number) is not None:
-            assert t.datetime_complete == before[t.number]
-    assert sum(t.state == TrialState.FAIL for t in trials) == 1  # the killed one, retried
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # nothing ran twice
-
-
-def test_a_level_two_studies_share_is_built_once(tmp_path):
-    """The run stages are cached like the upstream ones: a second study (or a resumed trial)
-    at the same settings reuses the build and reports the figures measured when it was built."""
-    params = load_profile("smoke", resolve_params({}))
-    up = {**params, "base": {**params["base"], "seed": 0}}
-    cache = tmp_path / "cache"
-    first = execute_trial(("baselines",), ("prepare",), up, up, tmp_path / "a", cache)
-    again = execute_trial(("baselines",), ("prepare",), up, up, tmp_path / "b", cache)
-    assert first["cached_stages"] == 0 and again["cached_stages"] == 1
-    assert first["spent_seconds"] == first["wall_seconds"] and again["spent_seconds"] == 0
-    assert again == {**first, "cached_stages": 1.0, "spent_seconds": 0.0}
-    assert (tmp_path / "b" / "metrics" / "baselines.json").exists()
-    other = load_profile("smoke", resolve_params({"eval": {"exclude_seen": True}}))
-    third = execute_trial(("baselines",), ("prepare",), up, other, tmp_path / "c", cache)
-    assert third["cached_stages"] == 0
-    assert len(list(cache.glob("baselines-*/done.json"))) == 2
-
-
-def test_two_workers_never_duplicate_grid_points(tmp_path):
-    o = opts(tmp_path, n_seeds=2, workers=2, report=False)
-    run_study("exclude_seen", o)
-    trials = trials_of(o, "exclude_seen")
-    points = complete_points(trials)
-    assert points == sorted(set(points)) and len(points) == 4
-    workers = {t.user_attrs["worker"] for t in trials if t.state == TrialState.COMPLETE}
-    assert len(workers) >= 1 and all(":" in w for w in workers)
 
 
 def test_failed_trials_record_the_error_and_missing_stage_fails_clearly(
@@ -575,43 +481,6 @@ def test_index_lists_tuning_reports_at_any_depth(tmp_path):
     ]
 
 
-def test_cache_key_follows_every_dep_like_dvc(tmp_path):
-    """Editing a file under sidrec_core/sid changes the key of build_sids and of every stage
-    after it, and of nothing before it."""
-    root = tmp_path / "repo"
-    shutil.copytree(
-        ROOT / "sidrec_core", root / "sidrec_core", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copytree(ROOT / "bench", root / "bench", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    pipeline = load_pipeline(root / "dvc.yaml")
-    params = resolve_params({"base": {"seed": 0}})
-    chain = ordered(["prepare", "embed", "build_sids", "train_sidlm", "eval_sidlm"], pipeline)
-
-    def keys() -> dict[str, str]:
-        out: dict[str, str] = {}
-        for name in chain:
-            out[name] = cache_key(pipeline[name], params, out, pipeline, root)
-        return out
-
-    before = keys()
-    assert keys() == before  # deterministic
-    (root / "sidrec_core" / "sid" / "quantizer.py").write_text(
-        (root / "sidrec_core" / "sid" / "quantizer.py").read_text() + "\n# edited\n"
-    )
-    after = keys()
-    assert after["prepare"] == before["prepare"] and after["embed"] == before["embed"]
-    for name in ("build_sids", "train_sidlm", "eval_sidlm"):
-        assert after[name] != before[name], name
-    # a decoding change re-keys evaluation only; output locations never change a key
-    dec = resolve_params({"decoding": {"beam_width": 5}})
-    assert cache_key(pipeline["train_sidlm"], dec, after, pipeline, root) == after["train_sidlm"]
-    assert cache_key(pipeline["eval_sidlm"], dec, after, pipeline, root) != after["eval_sidlm"]
-    moved = resolve_params({"sid": {"output_dir": "elsewhere/sids"}})
-    assert cache_key(pipeline["build_sids"], moved, before, pipeline, root) == after["build_sids"]
-    assert upstream("eval_sidlm", pipeline) == ["prepare", "build_sids", "train_sidlm"]
-
-
 def _slicing(
     out: Path, ndcg: dict[tuple[str, int], float]
 ) -> tuple[Finding, list[optuna.trial.FrozenTrial], str]:
@@ -767,31 +636,6 @@ def test_a_contrast_is_tested_with_the_default_comparisons_and_corrected_with_th
         dataclasses.replace(study, contrasts=(("b", "z"),))
 
 
-def test_a_trial_another_study_ran_is_taken_not_rerun(tmp_path):
-    """negatives' default (BCE, uniform negatives) is sasrec_loss's bce level: once sasrec_loss
-    ran it, negatives takes its figures (recorded as shared) and runs only its other levels."""
-    run_study("sasrec_loss", opts(tmp_path, n_seeds=1, max_trials=2))  # ce (default), bce
-    (bce,) = [t for t in trials_of(opts(tmp_path), "sasrec_loss") if grid_point(t)[0] == "bce"]
-    assert bce.state.name == "COMPLETE" and bce.user_attrs["metrics"]["trial_key"]
-    run_study("negatives", opts(tmp_path, n_seeds=1, max_trials=2))
-    done = {
-        trial_level(t): t.user_attrs["metrics"]
-        for t in trials_of(opts(tmp_path), "negatives")
-        if t.state.name == "COMPLETE"
-    }
-    assert set(done) == {"uniform", "popular"}
-    assert done["uniform"]["shared_from"] == f"sasrec_loss#{bce.number}"
-    assert done["uniform"]["test/ndcg@10"] == bce.user_attrs["metrics"]["test/ndcg@10"]
-    assert "shared_from" not in done["popular"] and done["uniform"]["spent_seconds"] == 0
-    spent = {
-        trial_level(t): spent_seconds(t)
-        for t in trials_of(opts(tmp_path), "negatives")
-        if t.state.name == "COMPLETE"
-    }
-    assert spent["uniform"] == 0 and spent["popular"] == done["popular"]["wall_seconds"] > 0
-    assert done["popular"]["trial_key"] != done["uniform"]["trial_key"]
-
-
 def test_the_default_level_is_queued_first():
     """Every level is tested against the default: a study stopped part-way pairs what it ran."""
     ostudy = optuna.create_study()
@@ -823,7 +667,7 @@ def test_eta_counts_only_trials_that_ran_here():
     """A level taken from another study took no time; it must not shrink the ETA."""
     study = STUDIES["sasrec_loss"]
     ostudy = optuna.create_study()
-    for label, secs, metrics in [("ce", 0, {SHARED_FROM: "x#1"}), ("bce", 600, {})]:
+    for label, secs, metrics in [("ce", 0, {"shared_from": "x#1"}), ("bce", 600, {})]:
         ostudy.add_trial(finished(label, 0, secs, metrics))
     assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
 
@@ -889,54 +733,3 @@ def test_two_workers_asking_at_once_never_take_the_same_queued_trial(tmp_path):
     taken = [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(taken) == list(range(20))
-
-
-def test_a_rerouted_input_keys_the_stage_by_what_it_names():
-    """``sid.embeddings`` pointed at the collaborative table is not the text default: build_sids
-    is keyed by the producing stage (item_embeddings), not by the location's default dep."""
-    pipeline = load_pipeline()
-    text = resolve_params({"base": {"seed": 0}})
-    collab = resolve_params(
-        {"base": {"seed": 0}, "sid": {"embeddings": "data/item_embeddings/collaborative.npy"}}
-    )
-    assert rerouted_inputs(pipeline["build_sids"], text, pipeline) == {}
-    chain = ("prepare", "embed", "train_sasrec", "item_embeddings")
-    run = ("build_sids",)
-    k_text = stage_keys(run, chain, text, text, pipeline)
-    k_collab = stage_keys(run, chain, text, collab, pipeline)
-    assert k_text["build_sids"] != k_collab["build_sids"]
-    # the key follows the producer: another SASRec (its seed) gives another collaborative table
-    other = stage_keys(run, chain, resolve_params({"base": {"seed": 1}}), collab, pipeline)
-    assert other["item_embeddings"] != k_collab["item_embeddings"]
-    assert other["build_sids"] != k_collab["build_sids"]
-    with pytest.raises(ConfigError, match="sid.embeddings=.*item_embeddings.*reuse"):
-        stage_keys(run, ("prepare", "embed"), text, collab, pipeline)
-
-
-def test_etegrec_input_is_keyed_even_where_the_default_is_not_a_listed_dep():
-    """train_etegrec lists the item_embeddings folder, not the text table, as its dep: setting
-    its tokenizer input back to text must still change its key."""
-    pipeline = load_pipeline()
-    up = resolve_params({"base": {"seed": 0}})
-    reuse = ("prepare", "embed", "train_sasrec", "item_embeddings")
-    keys = {}
-    for path in ("data/item_embeddings/collaborative.npy", "data/embeddings.npy"):
-        trial = resolve_params({"base": {"seed": 0}, "sid": {"embeddings": path}})
-        keys[path] = stage_keys(("train_etegrec",), reuse, up, trial, pipeline)["train_etegrec"]
-    assert len(set(keys.values())) == 2
-
-
-def test_only_input_paths_count_as_rerouted():
-    """Across every study level on the beauty profile, the only rerouted input is the
-    tokenizer's (sid_input, etegrec): device, schedule or method strings never are."""
-    pipeline = load_pipeline()
-    base = base_params(StudyOptions(profile="beauty"))
-    seen = set()
-    for study in STUDIES.values():
-        if study.setup:  # needs a local checkpoint to resolve
-            continue
-        for level in study.levels:
-            p = resolve_params(with_overrides(with_overrides(base, study.fixed), level.overrides))
-            for name in study.run:
-                seen |= set(rerouted_inputs(pipeline[name], p, pipeline))
-    assert seen == {"sid.embeddings"}

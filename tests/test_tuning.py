@@ -14,15 +14,17 @@ import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.lifecycle import process_start
-from sidrec_core.studies import spaces, tune_report, tuning
+from sidrec_core.studies import dvc_run, spaces, tune_report, tuning
 from sidrec_core.studies.budget import TimeBudget
-from sidrec_core.studies.execute import execute_trial
 from sidrec_core.studies.runner import base_params
 from sidrec_core.studies.spaces import Param, Tunable
 from sidrec_core.studies.storage import WORKER, make_storage
 from sidrec_core.studies.tuning import TuneOptions, run_tuning
 
 ROOT = Path(__file__).resolve().parent.parent
+# the trials' stages run in this process (tests/conftest.py), which reports to the trial as a
+# stage DVC runs does
+pytestmark = pytest.mark.usefixtures("stages_in_process")
 # lr 1e-6 barely moves the weights in 4 epochs; 1e-2 learns the planted successor structure
 PLANTED = Tunable(
     "planted",
@@ -147,12 +149,13 @@ def test_workers_sharing_a_search_split_the_retrain_seeds(tmp_path, monkeypatch)
         done.set_user_attr("metrics", {"valid/ndcg@10": 0.5})
         retrains.tell(done, 0.5)
         ran: list[int] = []
+        run_trial = dvc_run.run_trial
 
         def spy(*args, **kwargs):
             ran.append(args[2]["base"]["seed"])
-            return execute_trial(*args, **kwargs)
+            return run_trial(*args, **kwargs)
 
-        monkeypatch.setattr(tuning, "execute_trial", spy)
+        monkeypatch.setattr(dvc_run, "run_trial", spy)
         got = tuning.retrain(PLANTED, ostudy, params, o)
         assert ran == [0] and sorted(got) == ["0", "2"]  # seed 1 is the live worker's
         assert got["2"] == {"valid/ndcg@10": 0.5} and "test/ndcg@10" in got["0"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 from sidrec_core.config import BaseConfig, ConfigError, build, to_dict
 from sidrec_core.io import path_sha256
 from sidrec_core.tracking import Run, start_run
-from sidrec_core.train import check_validated_monitor
+from sidrec_core.train import check_validated_monitor, validation_hook
 from sidrec_core.utils import resolve_device, seed_everything, set_threads
 
 
@@ -100,6 +102,23 @@ def build_configs(
     return cfg
 
 
+TRIAL_ENV = "SIDREC_OPTUNA_TRIAL"  # set by the tuner (sidrec_core.studies.tuning) for its stages
+
+
+@contextlib.contextmanager
+def trial_reports() -> Iterator[None]:
+    """Under a tuning trial (``SIDREC_OPTUNA_TRIAL`` in the environment), report every
+    validation of the stage's training to the trial, whose pruner may stop it."""
+    spec = os.environ.get(TRIAL_ENV)
+    if not spec:
+        yield
+        return
+    from sidrec_core.studies.tuning import trial_reporter
+
+    with validation_hook(trial_reporter(json.loads(spec))):
+        yield
+
+
 @contextlib.contextmanager
 def stage_context(
     name: str,
@@ -129,13 +148,16 @@ def stage_context(
     logged = {"base": to_dict(base), **{k: to_dict(v) for k, v in cfg.items()}}
     dataset = getattr(cfg.get("data"), "name", "?")
     metrics_dir = metrics_dir_for(base, cfg, output_key)
-    with start_run(
-        name,
-        logged,
-        dataset=dataset,
-        profile=base.profile,
-        device=device,
-        metrics_dir=metrics_dir if write_metrics else None,
-        tags=tags,
-    ) as run:
+    with (
+        start_run(
+            name,
+            logged,
+            dataset=dataset,
+            profile=base.profile,
+            device=device,
+            metrics_dir=metrics_dir if write_metrics else None,
+            tags=tags,
+        ) as run,
+        trial_reports(),
+    ):
         yield StageContext(name, base, cfg, device, run, metrics_dir)

@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
         help="start no trial expected (median of the finished ones) to end later than MINUTES "
         "after launch; resume later with the same command",
     )
-    p.add_argument("--out", default=str(EXPERIMENTS_DIR), help="reports, trials, cache root")
+    p.add_argument("--out", default=str(EXPERIMENTS_DIR), help="reports and trials")
     p.add_argument("--params", default="params.yaml", help="params file under the profile")
     p.add_argument(
         "--set",

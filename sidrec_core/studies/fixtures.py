@@ -28,7 +28,7 @@ def local_base_checkpoint(params: dict[str, Any], out_dir: Path) -> dict[str, An
             "study load_mode needs a local pretrained causal-LM checkpoint: "
             "--set sidlm.checkpoint=PATH (nothing is downloaded)"
         )
-    target = out_dir / "cache" / "smoke_base_lm"
+    target = Path(out_dir).resolve() / "cache" / "smoke_base_lm"  # read from a trial's worktree
     if not (target / "config.json").exists():
         import torch
         from transformers import Qwen2Config, Qwen2ForCausalLM

@@ -56,9 +56,8 @@ from sidrec_core.studies.seeds import (
     seeds_held,
     shortfall_text,
 )
-from sidrec_core.studies.shared import is_shared
 from sidrec_core.studies.storage import exists, read_storage, study_journal
-from sidrec_core.studies.study import Study, live_point
+from sidrec_core.studies.study import Study, is_shared, live_point
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the pipeline default
 # results made outside the study machinery: how each was made (the commit is git's)

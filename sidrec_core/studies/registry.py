@@ -111,7 +111,7 @@ def _sasrec_ss() -> tuple[Level, ...]:
     recipe; the recipe with its negatives shared by the whole batch (this code's sampled softmax
     before issue 36) and with no dropout on the item table: the two ingredients this code lacked."""
     return (
-        Level("ce", {}),
+        Level("ce", {"sasrec.loss": "ce"}, formerly=({},)),
         Level("ss", dict(_SS_BENCHMARK)),
         Level("ss-shared", {**_SS_BENCHMARK, "sasrec.ss_sharing": "shared"}),
         Level("ss-no-item-dropout", {**_SS_BENCHMARK, "sasrec.item_dropout": 0.0}),

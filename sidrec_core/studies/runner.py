@@ -29,18 +29,15 @@ from optuna.trial import TrialState
 from sidrec_core.config import apply_overrides, flatten, load_params
 from sidrec_core.perf import code_state
 from sidrec_core.stages import resolve_params
+from sidrec_core.studies import dvc_run
 from sidrec_core.studies.budget import TimeBudget
-from sidrec_core.studies.execute import execute_trial
-from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
-from sidrec_core.studies.registry import STUDIES, get_study
-from sidrec_core.studies.shared import SHARED_FROM, is_shared, shared_metrics
+from sidrec_core.studies.registry import get_study
 from sidrec_core.studies.storage import (
     GRACE_SECONDS,
     HEARTBEAT_SECONDS,
     WORKER,
     check_storage,
-    exists,
     fail_dead_trials,
     load_or_create,
     make_storage,
@@ -50,11 +47,12 @@ from sidrec_core.studies.storage import (
 from sidrec_core.studies.study import (
     Study,
     grid_point,
+    is_shared,
     level_spec,
     live_point,
     trial_level,
 )
-from sidrec_core.tracking import start_run
+from sidrec_core.tracking import PARENT_ENV, start_run
 
 log = logging.getLogger(__name__)
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -74,7 +72,6 @@ class StudyOptions:
     max_trials: int | None = None  # per worker and launch (None: until the grid is done)
     budget: TimeBudget = dataclasses.field(default_factory=TimeBudget)  # --time-budget
     out_dir: str = str(EXPERIMENTS_DIR)
-    cache_dir: str | None = None  # default <out_dir>/cache
     params_file: str = "params.yaml"
     sets: list[str] = dataclasses.field(default_factory=list)
     profiles_dir: str | None = None
@@ -105,14 +102,6 @@ class StudyOptions:
         default) or with ``--new-storage``, never for a mistyped ``--storage``."""
         create = self.storage is None or self.new_storage
         return make_storage(location, self.heartbeat_seconds, self.grace_seconds, create=create)
-
-    def all_storages(self) -> list[tuple[str, str]]:
-        """(study, storage URL) of every registered study that has a storage."""
-        return [(n, self.storage_url_for(n)) for n in STUDIES if exists(self.storage_url_for(n))]
-
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.cache_dir or Path(self.out_dir) / "cache")
 
 
 def optuna_name(study: Study, profile: str) -> str:
@@ -319,8 +308,9 @@ class Objective:
             / f"{trial.number:04d}-{label}-s{seed}"
         )
         trial.set_user_attr("trial_dir", str(trial_dir))
-        params_up = with_overrides(self.params, {**study.fixed, "base.seed": seed})
-        params_trial = with_overrides(params_up, study.level(label).overrides)
+        params_trial = with_overrides(
+            self.params, {**study.fixed, "base.seed": seed, **study.level(label).overrides}
+        )
         try:
             with start_run(
                 f"trial/{study.name}",
@@ -338,16 +328,8 @@ class Objective:
                     "factor": study.factor,
                 },
             ) as run:
-                metrics = shared_metrics(
-                    study, params_up, params_trial, profile, self.opts.all_storages()
-                ) or execute_trial(
-                    study.run, study.reuse, params_up, params_trial, trial_dir, self.opts.cache_root
-                )
-                if SHARED_FROM in metrics:
-                    log.info(
-                        "%s: same stages as trial %s, figures taken", label, metrics[SHARED_FROM]
-                    )
-                    run.set_tags({SHARED_FROM: metrics[SHARED_FROM]})
+                nest = {PARENT_ENV: run.run_id} if run.run_id else {}
+                metrics = dvc_run.run_trial(study.run, study.reuse, params_trial, trial_dir, nest)
                 if metrics.get(study.objective) is None:
                     raise KeyError(
                         f"objective {study.objective!r} missing from the metrics of "
@@ -397,13 +379,6 @@ def _work(
             break
 
 
-def check_stages(study: Study) -> None:
-    """Import every stage the study needs; raise naming the first missing module."""
-    pipeline = load_pipeline()
-    for name in (*study.reuse, *study.run):
-        pipeline[name].function()
-
-
 def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     """Run (or resume) study ``name``; write its report. Returns a summary dict."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -431,7 +406,6 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
             "complete": state[TrialState.COMPLETE],
             "up_to_date": True,
         }
-    check_stages(study)
     parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")
     with start_run(
         f"study/{study.name}",

@@ -255,6 +255,12 @@ def is_stale(study: Study, trial: Any) -> bool:
     )
 
 
+def is_shared(trial: Any) -> bool:
+    """Whether a stored trial took its figures from another study's trial and ran nothing (the
+    engine before DVC's run-cache did so; ``shared_from`` names that trial)."""
+    return "shared_from" in (trial.user_attrs.get("metrics") or {})
+
+
 def live_point(study: Study, trial: Any) -> tuple[str, int] | None:
     """The (level, seed) a trial counts for in ``study`` as it is defined now; None when the trial
     has no level or seed, its level left the study, or it is stale (:func:`is_stale`: it measured

@@ -24,6 +24,7 @@ import logging
 import math
 import statistics
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from optuna.trial import TrialState
 
 from sidrec_core.config import flatten
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies.execute import execute_trial
+from sidrec_core.stages.context import TRIAL_ENV
+from sidrec_core.studies import dvc_run
 from sidrec_core.studies.profiles import get_dotted, with_overrides
 from sidrec_core.studies.runner import StudyOptions, base_params, ran_seconds
 from sidrec_core.studies.spaces import Tunable, get_tunable
@@ -42,11 +44,11 @@ from sidrec_core.studies.storage import (
     check_storage,
     fail_dead_trials,
     load_or_create,
+    make_storage,
     read_storage,
     worker_id,
 )
-from sidrec_core.tracking import start_run
-from sidrec_core.train import validation_hook
+from sidrec_core.tracking import PARENT_ENV, start_run
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "valid/ndcg@10"
@@ -154,6 +156,29 @@ def queued_starts(tun: Tunable, params: dict[str, Any]) -> list[tuple[dict[str, 
     return starts
 
 
+def trial_reporter(spec: dict[str, Any]) -> Callable[[int, dict[str, float]], None]:
+    """In a stage's process: a validation hook reporting ``valid/ndcg@10`` of each epoch to the
+    trial ``spec`` names (storage, study, trial number, pruner and epochs as the tuner set
+    them) and raising ``optuna.TrialPruned`` when its pruner stops it."""
+    storage = make_storage(spec["storage"])
+    study = optuna.load_study(
+        study_name=spec["study"],
+        storage=storage,
+        pruner=make_pruner(spec["pruner"], int(spec["epochs"])),
+    )
+    study_id = storage.get_study_id_from_name(spec["study"])
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["trial"]))
+    trial = optuna.trial.Trial(study, trial_id)
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if OBJECTIVE in metrics:
+            trial.report(float(metrics[OBJECTIVE]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    return report
+
+
 class TuneObjective:
     """One trial: suggest the overrides, run the model's stages with per-epoch reporting."""
 
@@ -169,34 +194,38 @@ class TuneObjective:
             self.opts.folder(self.tun.name) / self.opts.profile / "trials" / f"{trial.number:04d}"
         )
 
-        def report(epoch: int, metrics: dict[str, float]) -> None:
-            if OBJECTIVE in metrics:
-                trial.report(float(metrics[OBJECTIVE]), epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-
+        # the stages run in DVC's processes: they report each validation to this trial
+        # (:func:`trial_reporter`), and a pruned stage fails the repro
+        epochs = trial_epochs(self.tun, self.params)
+        spec = {"storage": self.opts.tune_storage(self.tun.name), "study": trial.study.study_name}
+        spec |= {"trial": trial.number, "pruner": self.opts.pruner, "epochs": epochs}
         try:
-            with (
-                start_run(
-                    f"tune/{self.tun.name}",
-                    with_overrides(self.params, overrides),
-                    dataset=str(get_dotted(self.params, "data.name", "beauty")),
-                    profile=self.opts.profile,
-                    metrics_dir=None,
-                    parent_run_id=self.parent,
-                    run_name=f"tune-{self.tun.name}/{trial.number}",
-                    tags={"tune": self.tun.name, "trial": trial.number},
-                ) as run,
-                validation_hook(report),
-            ):
-                metrics = execute_trial(
-                    self.tun.run,
-                    self.tun.reuse,
-                    self.params,
-                    with_overrides(self.params, overrides),
-                    trial_dir,
-                    self.opts.cache_root,
-                )
+            with start_run(
+                f"tune/{self.tun.name}",
+                with_overrides(self.params, overrides),
+                dataset=str(get_dotted(self.params, "data.name", "beauty")),
+                profile=self.opts.profile,
+                metrics_dir=None,
+                parent_run_id=self.parent,
+                run_name=f"tune-{self.tun.name}/{trial.number}",
+                tags={"tune": self.tun.name, "trial": trial.number},
+            ) as run:
+                try:
+                    metrics = dvc_run.run_trial(
+                        self.tun.run,
+                        self.tun.reuse,
+                        with_overrides(self.params, overrides),
+                        trial_dir,
+                        {
+                            TRIAL_ENV: json.dumps(spec),
+                            **({PARENT_ENV: run.run_id} if run.run_id else {}),
+                        },
+                    )
+                except dvc_run.StageFailed as exc:
+                    pruned = [line for line in exc.lines if "TrialPruned: " in line]
+                    if pruned:  # the stage's own message: "pruned after epoch N"
+                        raise optuna.TrialPruned(pruned[-1].split("TrialPruned: ")[-1]) from None
+                    raise
                 run.record(**{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         except optuna.TrialPruned:
             raise
@@ -270,7 +299,7 @@ def retrain(
         seeded = with_overrides(params, {"base.seed": seed})
         trained = with_overrides(seeded, json.loads(trial.user_attrs["overrides"]))
         folder = opts.folder(tun.name) / opts.profile / RETRAINED[config] / f"s{seed}"
-        metrics = execute_trial(tun.run, tun.reuse, seeded, trained, folder, opts.cache_root)
+        metrics = dvc_run.run_trial(tun.run, tun.reuse, trained, folder)
         trial.set_user_attr(
             "metrics", {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
         )

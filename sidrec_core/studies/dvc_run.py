@@ -1,0 +1,283 @@
+"""One trial's stages run by DVC: ``dvc repro <stages>`` in a throw-away git worktree of this
+working copy, with the trial's params written to its ``params.yaml`` and this working copy's DVC
+cache. DVC's run-cache does the caching: a stage whose command, deps and params sections match
+a run it recorded (this trial's upstream stages at the defaults, a resumed trial's finished
+stages, a level another study measured) is restored, not run, and its metrics file is the one
+written when it ran, wall time and memory included.
+
+Why a worktree and ``dvc repro``, measured on the smoke profile (one ``eval_sidlm`` trial of
+``beam_width``, 2 CPU cores at load 5): ~5 s when DVC restores every stage and ~15 s when
+eval_sidlm runs; ``dvc exp run --temp -S ...`` takes ~15 s and ~27 s (and leaves an experiment
+ref to read and remove), ``dvc exp run --queue`` + ``--run-all`` ~17 s a trial. Calling the stage
+in the worker took ~0.3 s, a Beauty ``eval_sidlm`` takes 2.7 min (README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidrec_core.config import flatten, params_hash
+from sidrec_core.io import write_json, write_text
+from sidrec_core.lifecycle import pid_alive
+from sidrec_core.stages import resolve_params
+from sidrec_core.studies.pipeline import PROJECT_ROOT, Stage, inside, load_pipeline, ordered
+from sidrec_core.tracking import tracking_uri
+
+RAN = re.compile(r"^Running stage '([^']+)'")
+# what a metrics file says about its run, not what the stage measured
+RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")
+
+
+class StageFailed(RuntimeError):
+    """``dvc repro`` of a trial failed; ``lines`` is its output."""
+
+    def __init__(self, message: str, lines: list[str]):
+        super().__init__(message)
+        self.lines = lines
+
+
+def dvc_command() -> str:
+    """The ``dvc`` of this interpreter's environment (a dependency), else the one on PATH."""
+    local = Path(sys.executable).with_name("dvc")
+    return str(local) if local.exists() else "dvc"
+
+
+def git(*args: str, cwd: Path = PROJECT_ROOT) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"git {' '.join(args)} in {cwd}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+@functools.cache
+def code_commit() -> str:
+    """The commit a trial's worktree checks out: HEAD with this working copy's changes to
+    tracked files (``git stash create``; untracked files are not part of it). Read once per
+    process, like the provenance a trial records."""
+    # the stash commit is a dangling object: any identity will do where git has none
+    anyone = ("-c", "user.name=sidrec", "-c", "user.email=sidrec@localhost")
+    return git(*anyone, "stash", "create") or git("rev-parse", "HEAD")
+
+
+def cache_dir() -> str:
+    """The DVC cache every trial shares: ``SIDREC_DVC_CACHE``, else this working copy's."""
+    return os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()
+
+
+@functools.cache
+def _repo_cache_dir() -> str:
+    return subprocess.run(
+        [dvc_command(), "cache", "dir"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout.strip() or str(PROJECT_ROOT / ".dvc" / "cache")
+
+
+def data_env(params: dict[str, Any]) -> dict[str, str]:
+    """``SIDREC_DATA_DIR`` for a dataset git does not hold (``data/raw``, ``../shared``), which a
+    worktree lacks; nothing for the synthetic corpus, a shipped dataset or a set variable."""
+    from sidrec_core.data.dataset import SHIPPED_DATASETS, resolve_dataset_dir
+
+    name = str(resolve_params(params)["data"]["name"])
+    if name == "synthetic" or os.environ.get("SIDREC_DATA_DIR"):
+        return {}
+    found = resolve_dataset_dir(name)
+    return (
+        {} if inside(str(found), str(SHIPPED_DATASETS)) else {"SIDREC_DATA_DIR": str(found.parent)}
+    )
+
+
+def extra_deps(
+    run: tuple[str, ...],
+    reuse: tuple[str, ...],
+    params: dict[str, Any],
+    pipeline: dict[str, Stage],
+) -> dict[str, list[str]]:
+    """Inputs a run stage reads through its params that ``dvc.yaml`` does not list: a path value
+    in one of its params sections naming an out of a stage before it in the trial (e.g.
+    ``sid.embeddings`` -> the collaborative table ``item_embeddings`` writes, ``sasrec.sid_dir``
+    -> the SID table). Added as deps in the trial's copy of ``dvc.yaml``, so DVC runs their
+    producer first and keys the stage by their content."""
+    flat = flatten(resolve_params(params))
+    before = list(reuse)
+    extra: dict[str, list[str]] = {}
+    for name in ordered(run, pipeline):
+        stage = pipeline[name]
+        outs = [o for s in before for o in pipeline[s].outs]
+        for key, value in flat.items():
+            if not isinstance(value, str) or not any(
+                key == p or key.startswith(p + ".") for p in stage.params
+            ):
+                continue
+            path = value.rstrip("/")
+            listed = any(inside(path, d) or inside(d, path) for d in stage.deps)
+            if not listed and any(inside(path, o) for o in outs):
+                extra.setdefault(name, []).append(path)
+        before.append(name)
+    return extra
+
+
+def _jsonable(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Numbers (floats; NaN/inf -> None), strings and lists of numbers, a nested mapping's keys
+    joined with ``/`` (``{"mostpop": {"test/hr@10": x}}`` -> ``mostpop/test/hr@10``, as the
+    stage returns it)."""
+    out: dict[str, Any] = {}
+    for key, v in metrics.items():
+        k = prefix + key
+        if isinstance(v, dict):
+            out.update(_jsonable(v, f"{k}/"))
+        elif v is None or isinstance(v, (bool, str)):  # None: a NaN the stage wrote as null
+            out[k] = v
+        elif isinstance(v, (int, float)):
+            out[k] = float(v) if math.isfinite(v) else None
+        elif isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+            out[k] = [float(x) for x in v]
+    return out
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """``dvc repro targets`` in ``tree``, its output passed on to stderr -> (exit, lines). DVC
+    and the stage it runs form one process group, ended with the worker: killed or stopped, a
+    worker leaves no stage running."""
+    cmd = [dvc_command(), "repro", *targets]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    (tree.parent / "pgid").write_text(str(proc.pid))  # for the sweep, should the worker die
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            lines.append(line.rstrip("\n"))
+        return proc.wait(), lines
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the stage DVC started, if it is still running
+        proc.wait()
+
+
+def sweep_worktrees() -> None:
+    """Remove the trial worktrees of workers that died (a SIGKILL skips their cleanup), ending
+    the stage a dead worker's DVC left running."""
+    listed = git("worktree", "list", "--porcelain").splitlines()
+    for line in listed:
+        found = re.search(r"^worktree (.*/sidrec-trial-(\d+)-[^/]+)/repo$", line)
+        if found and not pid_alive(int(found[2])):
+            group = Path(found[1], "pgid")
+            with contextlib.suppress(OSError, ValueError):  # a stage still running for nobody
+                os.killpg(int(group.read_text()), signal.SIGKILL)
+            git("worktree", "remove", "--force", f"{found[1]}/repo")
+            shutil.rmtree(found[1], ignore_errors=True)
+    git("worktree", "prune")
+
+
+def trial_metrics(
+    folder: Path, targets: list[str], ran: set[str], key: str, trial_dir: Path
+) -> dict[str, Any]:
+    """The merged figures of the ``targets`` stages from ``folder/metrics/<stage>.json`` (see
+    :func:`run_trial`), ``ran`` being the stages that ran rather than came from the cache."""
+    merged: dict[str, Any] = {}
+    walls, peaks, spent = [], [], 0.0
+    for name in targets:
+        stored = json.loads((folder / "metrics" / f"{name}.json").read_text())
+        metrics = {k: v for k, v in _jsonable(stored).items() if k not in RUN_FIELDS}
+        write_json(trial_dir / "metrics" / f"{name}.json", metrics)
+        walls.append(metrics.pop("wall_seconds"))
+        peaks.append(metrics.pop("peak_rss_mb"))
+        spent += walls[-1] if name in ran else 0.0
+        merged.update(metrics)
+        merged[f"{name}/wall_seconds"] = walls[-1]
+        merged[f"{name}/peak_rss_mb"] = peaks[-1]
+    merged["wall_seconds"] = float(sum(walls))
+    merged["peak_rss_mb"] = float(max(peaks))
+    merged["cached_stages"] = float(len(set(targets) - ran))
+    merged["spent_seconds"] = spent
+    merged["trial_key"] = key
+    write_json(trial_dir / "trial_metrics.json", merged)
+    return merged
+
+
+def run_trial(
+    run: tuple[str, ...],
+    reuse: tuple[str, ...],
+    params: dict[str, Any],
+    trial_dir: Path,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the trial's ``run`` stages (and, as DVC decides, their upstream) at ``params``.
+    Returns the merged flat metrics of the run stages (a later stage's key wins) with
+    ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, the total ``wall_seconds`` / peak
+    ``peak_rss_mb``, ``cached_stages`` (run stages DVC restored), ``spent_seconds`` (wall time
+    of the run stages DVC ran) and ``trial_key`` (the run stages' ``dvc.lock`` entries without
+    their outs: DVC's run-cache key); each run stage's metrics file and the merged figures are
+    copied under ``trial_dir``. ``env`` is added to the stages' environment."""
+    pipeline = load_pipeline()
+    resolve_params(params)  # a bad key fails here, naming it, not inside DVC
+    sweep_worktrees()
+    parent = Path(tempfile.mkdtemp(prefix=f"sidrec-trial-{os.getpid()}-"))
+    tree = parent / "repo"
+    try:
+        git("worktree", "add", "--quiet", "--detach", str(tree), code_commit())
+        write_text(
+            tree / ".dvc" / "config.local",
+            f"[cache]\n    dir = {cache_dir()}\n[core]\n"
+            f"    site_cache_dir = {tree / '.dvc' / 'tmp' / 'site'}\n",
+        )
+        write_text(tree / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+        extra = extra_deps(run, reuse, params, pipeline)
+        if extra:
+            spec = yaml.safe_load((tree / "dvc.yaml").read_text())
+            for name, paths in extra.items():
+                spec["stages"][name].setdefault("deps", []).extend(paths)
+            write_text(tree / "dvc.yaml", yaml.safe_dump(spec, sort_keys=False))
+        stage_env = {
+            **os.environ,
+            "PYTHONPATH": str(tree),
+            "MLFLOW_TRACKING_URI": tracking_uri(),
+            **data_env(params),
+            **(env or {}),
+        }
+        targets = ordered(run, pipeline)
+        code, lines = _repro(tree, targets, stage_env)
+        if code:
+            tail = " | ".join(lines[-5:])
+            raise StageFailed(f"dvc repro {' '.join(targets)} failed (exit {code}): {tail}", lines)
+        ran = {m[1] for line in lines if (m := RAN.match(line))}
+        lock = yaml.safe_load((tree / "dvc.lock").read_text())["stages"]
+        key = params_hash({n: {k: v for k, v in lock[n].items() if k != "outs"} for n in targets})
+        return trial_metrics(tree, targets, ran, key, trial_dir)
+    finally:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(tree)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+        )
+        shutil.rmtree(parent, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=PROJECT_ROOT, capture_output=True)

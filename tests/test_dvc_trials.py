@@ -1,0 +1,238 @@
+"""Trials through DVC: each runs ``dvc repro`` of its stages in a git worktree of this working
+copy, and DVC's run-cache restores what already ran (a resumed trial, another study's level).
+The tests that spawn DVC are marked slow; the deps a trial adds to its copy of ``dvc.yaml`` are
+checked without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sidrec_core.stages.context import TRIAL_ENV
+from sidrec_core.studies.dvc_run import StageFailed, extra_deps, run_trial
+from sidrec_core.studies.index import spent_seconds
+from sidrec_core.studies.pipeline import load_pipeline
+from sidrec_core.studies.profiles import load_profile, with_overrides
+from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.runner import StudyOptions, run_study
+from sidrec_core.studies.storage import make_storage
+from sidrec_core.studies.study import grid_point, trial_level, trial_seed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def opts(tmp_path: Path, **kw) -> StudyOptions:
+    kw.setdefault("n_seeds", 2)
+    return StudyOptions(
+        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
+    )
+
+
+def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = make_storage(o.storage_url_for(name))
+    return optuna.load_study(study_name=f"{name}-smoke", storage=storage).get_trials()
+
+
+def complete_points(trials) -> list[tuple[str, int]]:
+    return sorted((trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE)
+
+
+def level_deps(study: str, level: str) -> dict[str, list[str]]:
+    """The deps a trial of ``study`` at ``level`` adds to its stages (Beauty params)."""
+    s = STUDIES[study]
+    params = with_overrides(load_profile("beauty", {}), {**s.fixed, **s.level(level).overrides})
+    return extra_deps(s.run, s.reuse, params, load_pipeline())
+
+
+def test_a_rerouted_tokenizer_input_becomes_a_dep_of_build_sids():
+    """``sid.embeddings`` pointed at the collaborative table: build_sids depends on the table
+    item_embeddings writes (DVC runs it first and keys build_sids by it); the text level reads
+    the listed dep, and no stage gains a dep on a later stage's out (train_sidlm reads the
+    predictions folder's name, not eval_sidlm's output)."""
+    assert level_deps("sid_input", "text") == {}
+    assert level_deps("sid_input", "collaborative") == {
+        "build_sids": ["data/item_embeddings/collaborative.npy"]
+    }
+    assert level_deps("sid_input", "both") == {"build_sids": ["data/item_embeddings/both.npy"]}
+
+
+def test_an_input_of_a_reused_stage_is_added_only_where_the_study_builds_it():
+    """sid_features' SASRec reads the SID table build_sids makes (reused by the study); a SASRec
+    study that does not build SIDs adds nothing, and ETEGRec's collaborative input is a listed
+    dep already, while its text input is not."""
+    assert level_deps("sid_features", "sum") == {"train_sasrec": ["data/sids"]}
+    assert level_deps("sasrec_loss", "ce") == {}
+    assert level_deps("etegrec", "alternating") == {}
+    s = STUDIES["etegrec"]
+    text = with_overrides(load_profile("beauty", {}), {"sid.embeddings": "data/embeddings.npy"})
+    deps = extra_deps(s.run, s.reuse, text, load_pipeline())
+    assert deps == {"train_etegrec": ["data/embeddings.npy"]}
+
+
+def test_every_added_dep_is_a_tokenizer_or_sid_table_input():
+    """Across every study level on the beauty profile: device, schedule or method strings never
+    become deps."""
+    seen = set()
+    for study in STUDIES.values():
+        if study.setup:  # needs a local checkpoint to resolve
+            continue
+        for level in study.labels:
+            for paths in level_deps(study.name, level).values():
+                seen |= set(paths)
+    assert seen == {
+        "data/item_embeddings/collaborative.npy",
+        "data/item_embeddings/both.npy",
+        "data/sids",
+    }
+
+
+def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> list:
+    """Launch the worker and SIGKILL it once the storage shows one trial complete and another
+    running (however long that takes: the wait ends on that event or on the worker's exit);
+    return the trials as the kill left them. A trial can finish between the poll that saw it
+    running and the kill: such a kill left nothing running, so a new worker (resuming the study)
+    is launched and killed again."""
+    journal = Path(o.storage_url_for("sasrec_loss"))
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        reached = False
+        while not reached and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                states = [t.state for t in trials_of(o, "sasrec_loss")] if journal.exists() else []
+            except KeyError:  # the worker is still creating the study
+                continue
+            reached = TrialState.COMPLETE in states and TrialState.RUNNING in states
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert reached, f"the worker ended (exit {proc.returncode}) before a mid-study state"
+        trials = trials_of(o, "sasrec_loss")
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return trials
+    raise AssertionError("three kills in a row landed between two trials")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_runs_only_remaining(tmp_path):
+    """A worker process killed mid-trial (SIGKILL): the next launch fails its trial (its process
+    is gone), queues the point again and runs only the remaining points."""
+    out = tmp_path / "exp"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "ablate.py"),
+        "--study",
+        "sasrec_loss",
+        "--profile",
+        "smoke",
+        "--n-seeds",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "SIDREC_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    o = opts(tmp_path, n_seeds=1)
+    before = {t.number: t.datetime_complete for t in kill_mid_trial(cmd, env, o)}
+    done_before = sum(d is not None for d in before.values())
+    assert 1 <= done_before < 4, "the worker must die mid-study"
+    summary = run_study("sasrec_loss", o)
+    trials = trials_of(o, "sasrec_loss")
+    assert summary["remaining_before"] == 4 - done_before and summary["remaining_after"] == 0
+    assert complete_points(trials) == sorted(
+        (lv, 0) for lv in ("bce", "infonce", "ce", "sampled_softmax")
+    )
+    for t in trials:  # finished trials were not redone
+        if before.get(t.number) is not None:
+            assert t.datetime_complete == before[t.number]
+    assert sum(t.state == TrialState.FAIL for t in trials) == 1  # the killed one, retried
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # nothing ran twice
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True).stdout
+    assert b"sidrec-trial-" not in worktrees  # the killed worker's was swept
+
+
+@pytest.mark.slow
+def test_dvc_restores_a_trial_it_ran_and_reruns_what_changed(tmp_path):
+    """DVC's run-cache, not the harness, caches: the same trial again (a resumed trial, another
+    study's level at the same settings) restores its stages with the figures measured when they
+    ran; a changed params section re-runs the stage that reads it."""
+    up = with_overrides(load_profile("smoke", {}), {"base.seed": 0})
+    first = run_trial(("baselines",), ("prepare",), up, tmp_path / "a")
+    again = run_trial(("baselines",), ("prepare",), up, tmp_path / "b")
+    assert first["cached_stages"] == 0 and again["cached_stages"] == 1
+    assert first["spent_seconds"] == first["wall_seconds"] > 0 and again["spent_seconds"] == 0
+    assert again == {**first, "cached_stages": 1.0, "spent_seconds": 0.0}
+    assert (tmp_path / "b" / "metrics" / "baselines.json").exists()
+    other = with_overrides(up, {"eval.exclude_seen": True})
+    third = run_trial(("baselines",), ("prepare",), other, tmp_path / "c")
+    assert third["cached_stages"] == 0 and third["trial_key"] != first["trial_key"]
+    assert third["mostpop/test/ndcg@10"] != first["mostpop/test/ndcg@10"]
+    left = Path(tempfile.gettempdir()).glob(f"sidrec-trial-{os.getpid()}-*")
+    assert not list(left)  # every trial's worktree removed
+
+
+@pytest.mark.slow
+def test_two_workers_never_duplicate_grid_points(tmp_path):
+    o = opts(tmp_path, n_seeds=2, workers=2, report=False)
+    run_study("exclude_seen", o)
+    trials = trials_of(o, "exclude_seen")
+    points = complete_points(trials)
+    assert points == sorted(set(points)) and len(points) == 4
+    workers = {t.user_attrs["worker"] for t in trials if t.state == TrialState.COMPLETE}
+    assert len(workers) >= 1 and all(":" in w for w in workers)
+
+
+@pytest.mark.slow
+def test_a_trial_another_study_ran_is_restored_not_rerun(tmp_path):
+    """negatives' default (BCE, uniform negatives) is sasrec_loss's bce level: once sasrec_loss
+    ran it, DVC restores its train_sasrec for negatives (same figures, nothing spent)."""
+    run_study("sasrec_loss", opts(tmp_path, n_seeds=1, max_trials=2))  # ce (default), bce
+    (bce,) = [t for t in trials_of(opts(tmp_path), "sasrec_loss") if grid_point(t)[0] == "bce"]
+    assert bce.state.name == "COMPLETE" and bce.user_attrs["metrics"]["trial_key"]
+    run_study("negatives", opts(tmp_path, n_seeds=1, max_trials=2))
+    done = {
+        trial_level(t): t.user_attrs["metrics"]
+        for t in trials_of(opts(tmp_path), "negatives")
+        if t.state.name == "COMPLETE"
+    }
+    assert set(done) == {"uniform", "popular"}
+    assert done["uniform"]["test/ndcg@10"] == bce.user_attrs["metrics"]["test/ndcg@10"]
+    assert done["uniform"]["trial_key"] == bce.user_attrs["metrics"]["trial_key"]
+    assert done["uniform"]["cached_stages"] == 1 and done["uniform"]["spent_seconds"] == 0
+    spent = {
+        trial_level(t): spent_seconds(t)
+        for t in trials_of(opts(tmp_path), "negatives")
+        if t.state.name == "COMPLETE"
+    }
+    assert spent["uniform"] == 0 and spent["popular"] == done["popular"]["wall_seconds"] > 0
+    assert done["popular"]["trial_key"] != done["uniform"]["trial_key"]
+
+
+@pytest.mark.slow
+def test_a_tuning_trial_is_pruned_inside_the_stage_dvc_runs(tmp_path):
+    """The stage DVC runs reports each validation to the trial the tuner names
+    (``SIDREC_OPTUNA_TRIAL``) and stops when that trial's pruner says so; the failed repro's
+    output says it was pruned, and the reported epochs are in the storage."""
+    journal = str(tmp_path / "search.jsonl")
+    study = optuna.create_study(
+        study_name="s", storage=make_storage(journal, create=True), direction="maximize"
+    )
+    for _ in range(5):  # five finished trials far above what 4 smoke epochs reach
+        above = {epoch: 2.0 for epoch in range(1, 5)}
+        study.add_trial(optuna.trial.create_trial(value=2.0, intermediate_values=above))
+    trial = study.ask()
+    spec = {"storage": journal, "study": "s", "trial": trial.number, "pruner": "median"}
+    env = {TRIAL_ENV: json.dumps({**spec, "epochs": 4})}  # median, from epoch 3 of 4
+    params = with_overrides(load_profile("smoke", {}), {"base.seed": 0})
+    with pytest.raises(StageFailed) as failed:
+        run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "t", env)
+    assert any("TrialPruned: pruned after epoch 3" in line for line in failed.value.lines)
+    assert list(study.trials[-1].intermediate_values) == [1, 2, 3]
