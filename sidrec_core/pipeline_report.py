@@ -17,6 +17,7 @@ from typing import Any
 
 from sidrec_core.config import build
 from sidrec_core.io import write_text
+from sidrec_core.rpg.published import PUBLISHED as RPG_PUBLISHED
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ PUBLISHED: dict[str, tuple[str, dict[str, float]]] = {
         f"{CORNAC_TIGER}, table 'Detailed tuning, base encoder', beauty/paischer/rqvae",
         {"hr@5": 0.0419, "ndcg@5": 0.0270, "hr@10": 0.0634, "ndcg@10": 0.0338},
     ),
+    **RPG_PUBLISHED,
 }
 # The eSASRec benchmark ranks with the user's history items removed (``filter_viewed=True``,
 # blondered/transformer_benchmark ``src/evaluation/common.py``), on the same 22,363 Beauty users
@@ -110,6 +112,7 @@ def collect_rows(metrics_dir: Path, params: dict[str, Any]) -> list[dict[str, An
     for name, label in (
         ("eval_sidlm", "SID LM (generative)"),
         ("rl_sidlm", "SID LM + GRPO (same users, same decoding)"),
+        ("train_rpg", "RPG (parallel long SIDs, exact scoring)"),
     ):
         data = load_metrics(metrics_dir / f"{name}.json")
         if data:
