@@ -603,6 +603,7 @@ STUDY_LIST: list[Study] = [
         _sasrec_ss(),
         "ce",
         contrasts=(("ss-shared", "ss"), ("ss-no-item-dropout", "ss")),
+        seeds=5,  # experiments/trial_costs.md
         notes=(
             "Two protocols: `test/*` ranks every item (the literature protocol of every study "
             "here); `test_unseen/*` removes the user's history items from the ranking, as the "
