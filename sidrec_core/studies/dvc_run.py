@@ -259,6 +259,8 @@ def run_trial(
             write_text(tree / "dvc.yaml", yaml.safe_dump(spec, sort_keys=False))
         stage_env = {
             **os.environ,
+            # each stage's `python` is this interpreter, activated or not (as `make test` runs)
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(tree),
             "MLFLOW_TRACKING_URI": tracking_uri(),
             **data_env(params),
