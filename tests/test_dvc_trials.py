@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sidrec_core.stages.context import TRIAL_ENV
-from sidrec_core.studies.dvc_run import StageFailed, extra_deps, run_trial
+from sidrec_core.studies.dvc_run import StageFailed, extra_deps, run_trial, sweep_worktrees
 from sidrec_core.studies.index import spent_seconds
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import load_profile, with_overrides
@@ -236,3 +236,18 @@ def test_a_tuning_trial_is_pruned_inside_the_stage_dvc_runs(tmp_path):
         run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "t", env)
     assert any("TrialPruned: pruned after epoch 3" in line for line in failed.value.lines)
     assert list(study.trials[-1].intermediate_values) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sweep_removes_the_locked_worktree_of_a_worker_killed_while_creating_it():
+    """`git worktree add` locks the tree ("initializing") until it is done; a worker SIGKILLed
+    then leaves it locked, and the next launch's sweep must still remove it."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names a worker that is gone
+    folder = Path(tempfile.mkdtemp(prefix=f"sidrec-trial-{dead.pid}-"))
+    tree = folder / "repo"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree)], cwd=ROOT, check=True)
+    subprocess.run(["git", "worktree", "lock", "--reason", "initializing", str(tree)], cwd=ROOT)
+    sweep_worktrees()
+    listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert str(tree) not in listed.stdout and not folder.exists()

@@ -193,7 +193,8 @@ def sweep_worktrees() -> None:
             group = Path(found[1], "pgid")
             with contextlib.suppress(OSError, ValueError):  # a stage still running for nobody
                 os.killpg(int(group.read_text()), signal.SIGKILL)
-            git("worktree", "remove", "--force", f"{found[1]}/repo")
+            # twice forced: a worker killed inside `git worktree add` leaves its tree locked
+            git("worktree", "remove", "--force", "--force", f"{found[1]}/repo")
             shutil.rmtree(found[1], ignore_errors=True)
     git("worktree", "prune")
 
@@ -277,7 +278,7 @@ def run_trial(
         return trial_metrics(tree, targets, ran, key, trial_dir)
     finally:
         subprocess.run(
-            ["git", "worktree", "remove", "--force", str(tree)],
+            ["git", "worktree", "remove", "--force", "--force", str(tree)],
             cwd=PROJECT_ROOT,
             capture_output=True,
         )
