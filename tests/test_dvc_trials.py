@@ -251,3 +251,26 @@ def test_sweep_removes_the_locked_worktree_of_a_worker_killed_while_creating_it(
     sweep_worktrees()
     listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
     assert str(tree) not in listed.stdout and not folder.exists()
+
+
+def test_a_failed_worktree_add_is_tried_again_then_raised(monkeypatch, tmp_path):
+    from sidrec_core.studies import dvc_run
+
+    calls: list[tuple[str, ...]] = []
+    fails = {"left": 1}
+
+    def fake_git(*args: str, cwd: Path = ROOT) -> str:
+        calls.append(args[:2])
+        if args[:2] == ("worktree", "add") and fails["left"]:
+            fails["left"] -= 1
+            raise RuntimeError("git worktree add: fatal: Could not write new index file.")
+        return ""
+
+    monkeypatch.setattr(dvc_run, "git", fake_git)
+    monkeypatch.setattr(dvc_run.time, "sleep", lambda seconds: None)
+    dvc_run.add_worktree(tmp_path / "repo", "abc123")
+    assert calls.count(("worktree", "add")) == 2 and ("worktree", "prune") in calls
+    fails["left"] = 5
+    with pytest.raises(RuntimeError, match="Could not write new index file"):
+        dvc_run.add_worktree(tmp_path / "repo", "abc123", attempts=3)
+    assert fails["left"] == 2  # three tries, then the error

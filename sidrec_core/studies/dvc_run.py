@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,24 @@ def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, li
         proc.wait()
 
 
+def add_worktree(tree: Path, commit: str, attempts: int = 3) -> None:
+    """``git worktree add`` at ``commit``, tried again after a pause: a worker killed inside its
+    own ``git worktree add`` leaves a git process writing for a moment, and a concurrent add then
+    fails ("Could not write new index file"); the last failure is raised."""
+    for attempt in range(attempts):
+        try:
+            git("worktree", "add", "--quiet", "--detach", str(tree), commit)
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            with contextlib.suppress(RuntimeError):
+                git("worktree", "remove", "--force", "--force", str(tree))
+            shutil.rmtree(tree, ignore_errors=True)
+            git("worktree", "prune")
+            time.sleep(2.0 * (attempt + 1))
+
+
 def sweep_worktrees() -> None:
     """Remove the trial worktrees of workers that died (a SIGKILL skips their cleanup), ending
     the stage a dead worker's DVC left running."""
@@ -245,7 +264,7 @@ def run_trial(
     parent = Path(tempfile.mkdtemp(prefix=f"sidrec-trial-{os.getpid()}-"))
     tree = parent / "repo"
     try:
-        git("worktree", "add", "--quiet", "--detach", str(tree), code_commit())
+        add_worktree(tree, code_commit())
         write_text(
             tree / ".dvc" / "config.local",
             f"[cache]\n    dir = {cache_dir()}\n[core]\n"
