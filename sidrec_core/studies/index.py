@@ -85,6 +85,8 @@ RESULTS_FILES: dict[str, str] = {
     "sidlm_recipe_probe.md": "hand-run `python bench/train_sidlm.py` / `eval_sidlm.py --set ...` "
     "(commands in it), Beauty",
     "measured.md": "the figures code comments used to quote, each with the file that records it",
+    "rpg_probe.md": "hand-run `python bench/train_rpg.py --set ...` and `dvc repro report` "
+    "(commands in it), Beauty",
 }
 
 
