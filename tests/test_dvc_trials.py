@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from smoke_studies import complete_points, opts, trials_of
 
 from sidrec_core.stages.context import TRIAL_ENV
 from sidrec_core.studies.dvc_run import StageFailed, extra_deps, run_trial, sweep_worktrees
@@ -26,25 +27,9 @@ from sidrec_core.studies.profiles import load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.runner import StudyOptions, run_study
 from sidrec_core.studies.storage import make_storage
-from sidrec_core.studies.study import grid_point, trial_level, trial_seed
+from sidrec_core.studies.study import grid_point, trial_level
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def opts(tmp_path: Path, **kw) -> StudyOptions:
-    kw.setdefault("n_seeds", 2)
-    return StudyOptions(
-        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
-    )
-
-
-def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = make_storage(o.storage_url_for(name))
-    return optuna.load_study(study_name=f"{name}-smoke", storage=storage).get_trials()
-
-
-def complete_points(trials) -> list[tuple[str, int]]:
-    return sorted((trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE)
 
 
 def level_deps(study: str, level: str) -> dict[str, list[str]]:

@@ -17,6 +17,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from smoke_studies import complete_points, opts, trials_of
 
 from sidrec_core.pipeline_report import PUBLISHED
 from sidrec_core.stages import resolve_params
@@ -39,7 +40,6 @@ from sidrec_core.studies.report import (
     write_study_report,
 )
 from sidrec_core.studies.runner import (
-    StudyOptions,
     enqueue_missing,
     next_level,
     progress,
@@ -64,22 +64,6 @@ from sidrec_core.studies.study import (
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("stages_in_process")
-
-
-def opts(tmp_path: Path, **kw) -> StudyOptions:
-    kw.setdefault("n_seeds", 2)
-    return StudyOptions(
-        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
-    )
-
-
-def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = make_storage(o.storage_url_for(name))
-    return optuna.load_study(study_name=f"{name}-smoke", storage=storage).get_trials()
-
-
-def complete_points(trials) -> list[tuple[str, int]]:
-    return sorted((trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE)
 
 
 def test_registry_is_well_formed_and_listed(capsys):
