@@ -262,3 +262,19 @@ def test_progress_line_names_the_trial_the_best_and_the_eta():
     ostudy.ask()  # another worker's trial, newer than the one this line is about
     line = tuning.progress_line(ostudy, 5, ostudy.trials[1])
     assert line.startswith("tune-x-smoke: trial #1 complete ") and "finished 3/5" in line
+
+
+def test_a_failed_queued_start_is_queued_again_and_a_finished_one_is_not():
+    study = optuna.create_study(direction="maximize")
+    attrs = {tuning.START: "a deliberately bad start"}
+    tuning.enqueue_once(study, {"x": 1.0}, attrs)
+    tuning.enqueue_once(study, {"x": 1.0}, attrs)  # already queued: not twice
+    killed = study.ask()
+    study.tell(killed, state=TrialState.FAIL)
+    tuning.enqueue_once(study, {"x": 1.0}, attrs)  # every trial of the start failed: queued again
+    again = study.ask()
+    assert again.params == {} and again.user_attrs == attrs
+    assert study.trials[again.number].system_attrs.get("fixed_params") == {"x": 1.0}
+    study.tell(again, 0.5)
+    tuning.enqueue_once(study, {"x": 1.0}, attrs)  # measured: not queued again
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]

@@ -136,8 +136,22 @@ def open_search(
         pruner=pruner or make_pruner(opts.pruner, epochs),
     )
     for start, source in queued_starts(tun, params):
-        ostudy.enqueue_trial(start, user_attrs={START: source}, skip_if_exists=True)
+        enqueue_once(ostudy, start, {START: source})
     return ostudy
+
+
+def enqueue_once(ostudy: optuna.Study, params: dict, attrs: dict) -> None:
+    """Queue ``params`` unless a trial with ``attrs`` exists; again when every such trial failed
+    (a killed trial must not leave its point unmeasured)."""
+    tried = [
+        t
+        for t in ostudy.get_trials(deepcopy=False)
+        if all(t.user_attrs.get(k) == v for k, v in attrs.items())
+    ]
+    if not tried:
+        ostudy.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+    elif all(t.state == TrialState.FAIL for t in tried):
+        ostudy.enqueue_trial(params, user_attrs=attrs)
 
 
 START = "start"  # trial user attr: why the trial was queued rather than sampled
@@ -284,12 +298,7 @@ def retrain(
     first = int(get_dotted(params, "base.seed", 0))
     for seed in range(first, first + opts.retrain_seeds):
         point = retrain_point(which, seed, overrides)
-        trials = retrains.get_trials(deepcopy=False)
-        tried = [t for t in trials if all(t.user_attrs.get(k) == v for k, v in point.items())]
-        if not tried:
-            retrains.enqueue_trial(point, user_attrs=point, skip_if_exists=True)
-        elif all(t.state == TrialState.FAIL for t in tried):  # failed before: queued again
-            retrains.enqueue_trial(point, user_attrs=point)
+        enqueue_once(retrains, point, point)
 
     def run(trial: optuna.Trial) -> float:  # whichever queued seed the storage hands over
         if "config" not in trial.user_attrs:  # sampled, not queued: another worker took the last
