@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from transformers.utils import logging as hf_logging
 
+from sidrec_core.callbacks import Callback
 from sidrec_core.data.dataset import DataConfig, Dataset, load_prepared
 from sidrec_core.data.sid_examples import (
     IGNORE,
@@ -37,7 +38,7 @@ from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
 from sidrec_core.progress import format_seconds
 from sidrec_core.sid.table import SIDTable
-from sidrec_core.train import fit
+from sidrec_core.train import Resume, Step, fit
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # per-file load/save bars flood the stage logs
@@ -99,14 +100,14 @@ def train_sidlm(
     eval_cfg: EvalConfig,
     acc: Accelerator,
     seed: int,
-    run: Any,
-    resume: str | Path | None = None,
-    fingerprint: Any = None,
+    *,
+    resume: Resume | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Fit ``model`` on the training rows, early-stopped on validation; save it atomically to
-    ``cfg.output_dir`` (main process). ``resume``/``fingerprint``: the per-epoch checkpoint of
-    :func:`sidrec_core.train.fit` (one file per process: each rank's RNG state differs). Returns
-    training figures for the metrics JSON."""
+    ``cfg.output_dir`` (main process). ``resume``/``callbacks``: as :func:`sidrec_core.train.fit`
+    takes them (one resume file per process: each rank's RNG state differs). Returns training
+    figures for the metrics JSON."""
     device = acc.device
     eval_cfg.check_catalogue(loo.num_items)  # before training, not at the first validation
     examples = (
@@ -184,13 +185,10 @@ def train_sidlm(
         validate,
         cfg.train,
         device=device,
-        run=run,
         steps_per_epoch=steps,
-        optimizer=optimizer,
-        loss_fn=prepared,
-        backward=acc.backward,
+        step=Step(optimizer, loss_fn=prepared, backward=acc.backward),
         resume=resume,
-        fingerprint=fingerprint,
+        callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
     if acc.is_main_process:

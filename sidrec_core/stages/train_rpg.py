@@ -22,7 +22,7 @@ from sidrec_core.rpg.decoding import GraphDecodingConfig
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.stages.context import stage_context
-from sidrec_core.train import fit
+from sidrec_core.train import Resume, fit
 
 log = logging.getLogger(__name__)
 STAGE = "train_rpg"
@@ -94,11 +94,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             validate,
             cfg.train,
             device=device,
-            run=ctx.run,
             steps_per_epoch=len(batches),
             checkpoint=cfg.checkpoint,
-            resume=Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
-            fingerprint=ctx.fingerprint(sid_table=table.fingerprint()),
+            resume=Resume(
+                Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
+                fingerprint=ctx.fingerprint(sid_table=table.fingerprint()),
+            ),
+            callbacks=ctx.callbacks,
         )
         fit_seconds = time.perf_counter() - start
         model.decoding = cfg.decoding

@@ -12,13 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sidrec_core.callbacks import EpochMetrics
 from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec, training_batches
 from sidrec_core.stages.context import stage_context
-from sidrec_core.train import fit
+from sidrec_core.train import Resume, fit
 
 log = logging.getLogger(__name__)
 STAGE = "train_sasrec"
@@ -74,14 +75,15 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             validate,
             cfg.train,
             device=device,
-            run=ctx.run,
             steps_per_epoch=len(batches),
             checkpoint=cfg.checkpoint,
-            epoch_metrics=model.epoch_metrics,
             # beside the model folder, not inside it: DVC deletes a stage's outs before a run
-            resume=Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
-            fingerprint=ctx.fingerprint(sid_table=model.sid_fingerprint),
-            stateful=[batches],
+            resume=Resume(
+                Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
+                fingerprint=ctx.fingerprint(sid_table=model.sid_fingerprint),
+                stateful=[batches],
+            ),
+            callbacks=[EpochMetrics(model.epoch_metrics), *ctx.callbacks],
         )
         metrics: dict[str, float] = {}
         for split in (valid, test):

@@ -13,6 +13,7 @@ from sidrec_core.evaluate import EvalConfig
 from sidrec_core.models.sidlm import SIDLMConfig, build_sidlm
 from sidrec_core.models.sidlm_train import load_inputs, make_accelerator, train_sidlm
 from sidrec_core.stages.context import build_configs, stage_context
+from sidrec_core.train import Resume
 from sidrec_core.utils import resolve_device
 
 SECTIONS = {"data": DataConfig, "eval": EvalConfig, "sidlm": SIDLMConfig}
@@ -46,9 +47,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             ev,
             acc,
             ctx.base.seed,
-            ctx.run,
-            resume=resume,
-            fingerprint=ctx.fingerprint(sid_table=table.fingerprint()),
+            resume=Resume(resume, fingerprint=ctx.fingerprint(sid_table=table.fingerprint())),
+            callbacks=ctx.callbacks,
         )
         ctx.run.record(**figures)
         if acc.is_main_process:
