@@ -37,7 +37,7 @@ def section_configs() -> dict[str, type]:
     from sidrec_core.pipeline_report import ReportConfig
     from sidrec_core.rl.grpo import RLConfig
     from sidrec_core.rpg.model import RPGConfig
-    from sidrec_core.sid.build import SIDConfig
+    from sidrec_core.sid.config import SIDConfig
 
     return {
         "base": BaseConfig,
