@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from sidrec_core.data.dataset import DataConfig, Dataset, load_prepared
 from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, Seq2SeqExampleEncoder, collate
+from sidrec_core.data.split import LeaveOneOut, leave_one_out
 from sidrec_core.io import reading, write_json
 from sidrec_core.models.base import Recommender
 from sidrec_core.models.beam import (
@@ -43,7 +45,7 @@ from sidrec_core.models.beam import (
     generate_sids,
     schedule,
 )
-from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
+from sidrec_core.models.sid_vocab import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
 from sidrec_core.models.sidlm_dropout import add_dropout
 from sidrec_core.models.sidlm_seq2seq import (
     WEIGHT_FILES,
@@ -250,6 +252,13 @@ def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
         lm = get_peft_model(lm, lora)
     add_dropout(lm, cfg.embedding_dropout, cfg.residual_dropout)
     return lm
+
+
+def load_inputs(data: DataConfig, sid_dir: str) -> tuple[Dataset, LeaveOneOut, SIDTable]:
+    """The prepared dataset, its leave-one-out split and the SID table at ``sid_dir`` (what a
+    SID LM stage reads)."""
+    ds = load_prepared(data.prepared_dir)
+    return ds, leave_one_out(ds), SIDTable.load(sid_dir, num_items=ds.num_items)
 
 
 def build_sidlm(cfg: SIDLMConfig, table: SIDTable, max_history: int) -> SIDLM:
