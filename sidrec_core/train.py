@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from sidrec_core import checkpoint as ckpt
 from sidrec_core.callbacks import Callback, EarlyStopping
 from sidrec_core.io import save_torch
-from sidrec_core.metrics import METRICS
+from sidrec_core.metrics import METRICS, OBJECTIVE
 from sidrec_core.progress import format_seconds
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     eval_every: int = 1  # epochs
     patience: int = 10  # evaluations without improvement before stopping; 0 = never stop early
-    monitor: str = "valid/ndcg@10"
+    monitor: str = OBJECTIVE
     max_steps: int = 0  # 0 = no cap; a cap ends training early (smoke runs, benchmarks)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,8 @@ from optuna.trial import TrialState
 
 from sidrec_core.callbacks import Callback
 from sidrec_core.config import flatten
+from sidrec_core.metrics import OBJECTIVE
+from sidrec_core.metrics import TEST_KEYS as STUDY_TEST_KEYS
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.context import TRIAL_ENV
 from sidrec_core.studies import dvc_run
@@ -51,9 +53,8 @@ from sidrec_core.studies.storage import (
 from sidrec_core.tracking import PARENT_ENV, start_run
 
 log = logging.getLogger(__name__)
-OBJECTIVE = "valid/ndcg@10"
 PRUNER = "pruner"  # trial user attr: the pruner the trial ran under
-TEST_KEYS = ("test/hr@5", "test/ndcg@5", "test/hr@10", "test/ndcg@10")
+TEST_KEYS = STUDY_TEST_KEYS[::-1]  # hr@5 first: the tuning tables' column order
 
 
 @dataclasses.dataclass
