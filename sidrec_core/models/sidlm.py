@@ -107,10 +107,6 @@ class SIDLMConfig:
     # weighs more); "tokens": their sum over a fixed count, batch_size x the mean target tokens
     # of a training row, so every target token weighs the same in every batch
     loss_normalization: Literal["batch", "tokens"] = "batch"
-    # validation users during training (seeded subset; None = eval.max_valid_users): on Beauty a
-    # pass over all 22,363 users took 231 s on one thread of a loaded 2-core machine (about 75 s
-    # of CPU time), 1,000 users 13 s (default model size, constrained beam of 20)
-    max_valid_users: int | None = None
     # auto = bf16 on accelerators; fp16 is not offered (fit clips gradients before unscaling)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -91,7 +91,6 @@ class RLConfig:
     scaling: Scaling = "group"
     aggregation: Aggregation = "sum_then_normalize"
     max_users_per_epoch: int | None = None  # seeded subset per epoch; None = every user
-    max_valid_users: int | None = None  # per-epoch validation; None = as train_sidlm validates
     cf_checkpoint: str | None = None  # trained SASRec state dict; None = sasrec.checkpoint
     embeddings: str | None = None  # item embeddings .npy; None = embed.output
     output_dir: str = "models/sidlm_rl"

@@ -107,8 +107,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             ),
         )
         valid = loo.split("valid", data.max_history)
-        # eval_sidlm's validation users unless rl.max_valid_users says otherwise
-        users = subsample_rows(len(valid), rl.max_valid_users or ev.max_valid_users)
+        users = subsample_rows(len(valid), ev.max_valid_users)  # eval_sidlm's validation users
 
         def validate() -> dict[str, float]:
             res = evaluate(

@@ -67,7 +67,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             rows=cfg.train_rows,
         )
         valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)
-        valid_rows = subsample_rows(len(valid), cfg.max_valid_users)
+        valid_rows = subsample_rows(len(valid), ev.max_valid_users)
 
         validate = validation(model, valid, ev, device, loo.num_items, valid_rows)
 

@@ -145,7 +145,7 @@ def train_sidlm(
             yield batch
 
     valid = loo.split("valid", data.max_history)
-    users = subsample_rows(len(valid), cfg.max_valid_users or eval_cfg.max_valid_users)
+    users = subsample_rows(len(valid), eval_cfg.max_valid_users)
 
     def validate() -> dict[str, float]:
         res = evaluate(
