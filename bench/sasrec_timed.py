@@ -84,8 +84,8 @@ def run(params: dict) -> dict:
                 validate,
                 cfg.train,
                 device=device,
-                run=ctx.run,
                 steps_per_epoch=len(batches),
+                callbacks=ctx.callbacks,
             )
         except TimeUp:
             pass

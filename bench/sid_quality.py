@@ -24,8 +24,9 @@ from sidrec_core.data.dataset import load_prepared
 from sidrec_core.data.embeddings import load_embeddings
 from sidrec_core.data.split import leave_one_out
 from sidrec_core.io import write_jsonl, write_text
-from sidrec_core.sid.build import SIDConfig, build_sids
+from sidrec_core.sid.build import build_sids
 from sidrec_core.sid.collisions import resolve
+from sidrec_core.sid.config import SIDConfig
 from sidrec_core.sid.kmeans import set_faiss_threads
 from sidrec_core.sid.quality import collision_rate, max_bucket
 

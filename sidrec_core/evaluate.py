@@ -35,7 +35,10 @@ class EvalConfig:
     batch_size: int = 256
     exclude_seen: bool = False
     bootstrap: int = 1000  # bootstrap resamples for the 95% CI; 0 = none
-    max_valid_users: int | None = None  # subsample validation during training (seeded); None = all
+    # the one validation-users knob: every stage that validates (each model's per-epoch validation
+    # during training, GRPO's, and the valid split of eval_sidlm / eval_etegrec) scores the same
+    # fixed seeded subsample of this many users; None (or 0) = every user
+    max_valid_users: int | None = None
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:

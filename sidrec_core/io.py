@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +141,20 @@ def path_sha256(path: str | Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
         h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
+
+
+def save_dir_atomic(model: Any, directory: str | Path) -> None:
+    """``model.save(folder)`` into a temp folder beside ``directory``, then swap it in, so a
+    crash never leaves a half-written model folder."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is a shared artifact
+    try:
+        model.save(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

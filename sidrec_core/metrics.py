@@ -15,6 +15,13 @@ import numpy as np
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
 METRICS: tuple[str, ...] = ("hr", "ndcg", "mrr")
 
+# The metric keys the project singles out, defined here only (training, tuning, studies, tracking
+# and the reports import them): the validation figure models are selected and tuned on, the test
+# figures every table leads with, and the test figures studies and references compare.
+OBJECTIVE = "valid/ndcg@10"
+HEADLINE: tuple[str, ...] = ("test/ndcg@10", "test/hr@10")
+TEST_KEYS: tuple[str, ...] = (*HEADLINE, "test/ndcg@5", "test/hr@5")
+
 
 def target_ranks(item_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """0-based rank of each target in its ranked list; ``inf`` when absent.

@@ -34,6 +34,7 @@ import torch
 from sidrec_core.config import flatten, params_hash
 from sidrec_core.io import write_json
 from sidrec_core.lifecycle import Terminated, install_sigterm_handler, orphaned, process_tags
+from sidrec_core.metrics import HEADLINE, OBJECTIVE
 from sidrec_core.perf import git_commit
 from sidrec_core.utils import peak_accelerator_mb, peak_rss_mb
 
@@ -45,10 +46,6 @@ EXPERIMENT = "sidrec"
 def mlflow_key(key: str) -> str:
     """``test/ndcg@10`` -> ``test/ndcg_at_10`` (MLflow's allowed characters)."""
     return key.replace("@", "_at_")
-
-
-HEADLINE = ("test/ndcg@10", "test/hr@10")
-OBJECTIVE = "valid/ndcg@10"
 
 
 def headline_first(keys: list[str], objective: str = OBJECTIVE) -> list[str]:

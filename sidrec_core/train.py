@@ -1,18 +1,17 @@
 """One readable training loop shared by every gradient-trained recommender (after nanoGPT's
 train.py): AdamW, warmup + schedule, gradient clipping, evaluation every ``eval_every`` epochs,
-early stopping on a monitored metric, best checkpoint kept and restored at the end.
+early stopping on a monitored metric, best checkpoint kept and restored at the end. What else
+runs each epoch (tracking, a tuning trial's pruner, extra figures) is a callback passed to
+:func:`fit` (:mod:`sidrec_core.callbacks`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import copy
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from sidrec_core import checkpoint as ckpt
+from sidrec_core.callbacks import Callback, EarlyStopping
 from sidrec_core.io import save_torch
-from sidrec_core.metrics import METRICS
+from sidrec_core.metrics import METRICS, OBJECTIVE
 from sidrec_core.progress import format_seconds
-from sidrec_core.tracking import Run
 
 log = logging.getLogger(__name__)
 Batch = dict[str, Tensor]
@@ -45,7 +44,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     eval_every: int = 1  # epochs
     patience: int = 10  # evaluations without improvement before stopping; 0 = never stop early
-    monitor: str = "valid/ndcg@10"
+    monitor: str = OBJECTIVE
     max_steps: int = 0  # 0 = no cap; a cap ends training early (smoke runs, benchmarks)
 
     def __post_init__(self) -> None:
@@ -102,14 +101,10 @@ def eta_text(elapsed: float, epochs_done: int, epochs_left: int) -> str:
 
 @dataclasses.dataclass
 class _State:
-    """The training loop's progress and early-stopping state (what a resume restores)."""
+    """The training loop's progress (what a resume restores, with the early-stopping state)."""
 
     epoch: int = 0
     step: int = 0
-    best: float = -math.inf
-    best_epoch: int = 0
-    best_state: dict[str, Tensor] | None = None
-    bad_evals: int = 0
     done: bool = False
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     epoch_times: list[float] = dataclasses.field(default_factory=list)
@@ -125,21 +120,30 @@ class FitResult:
     history: list[dict[str, float]]
 
 
-_VALIDATION_HOOKS: contextvars.ContextVar[tuple[Callable[[int, dict[str, float]], None], ...]] = (
-    contextvars.ContextVar("validation_hooks", default=())
-)
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """A per-epoch checkpoint at ``path``, written atomically after every epoch and removed once
+    training ends. A re-run whose ``fingerprint`` (the caller's params, hashed together with the
+    :class:`TrainConfig`) matches continues after the last finished epoch and ends exactly as an
+    uninterrupted run would; a different fingerprint starts fresh. ``stateful`` objects
+    (``state_dict``/``load_state_dict``, e.g. a batch source whose sampler draws from its own
+    generator) are saved and restored with it."""
+
+    path: str | Path
+    fingerprint: Any = None
+    stateful: Sequence[Any] = ()
 
 
-@contextlib.contextmanager
-def validation_hook(hook: Callable[[int, dict[str, float]], None]) -> Iterator[None]:
-    """Call ``hook(epoch, metrics)`` after every validation of any :func:`fit` run inside the
-    block (a tuning trial reports intermediate values to its pruner this way; a hook may raise
-    to stop training, e.g. ``optuna.TrialPruned``)."""
-    token = _VALIDATION_HOOKS.set((*_VALIDATION_HOOKS.get(), hook))
-    try:
-        yield
-    finally:
-        _VALIDATION_HOOKS.reset(token)
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """Replacements for the parts of one optimizer step: ``optimizer`` (default AdamW over the
+    trainable parameters with the config's lr, betas and weight decay), ``loss_fn`` (default
+    ``model.loss``), ``backward(loss)`` (default ``loss.backward()``; e.g. ``accelerator.backward``
+    for loss scaling and gradient sync across processes)."""
+
+    optimizer: torch.optim.Optimizer | None = None
+    loss_fn: Callable[[Batch], Tensor] | None = None
+    backward: Callable[[Tensor], None] | None = None
 
 
 def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
@@ -174,44 +178,35 @@ def fit(
     cfg: TrainConfig,
     *,
     device: torch.device,
-    run: Run | None = None,
     steps_per_epoch: int | None = None,
     checkpoint: str | Path | None = None,
-    epoch_metrics: Callable[[], dict[str, float]] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    loss_fn: Callable[[Batch], Tensor] | None = None,
-    backward: Callable[[Tensor], None] | None = None,
-    resume: str | Path | None = None,
-    fingerprint: Any = None,
-    stateful: Sequence[Any] = (),
-    on_epoch_end: Callable[[int], None] | None = None,
+    step: Step = Step(),
+    resume: Resume | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train ``model`` with ``loss_fn`` (default ``model.loss``) on ``batches(epoch)``.
+    """Train ``model`` on ``batches(epoch)``, ``steps_per_epoch`` optimizer steps an epoch (None =
+    unknown: the schedule is constant after warmup).
 
-    ``validate()`` returns metrics that include ``cfg.monitor`` (higher is better).
-    ``epoch_metrics()`` adds per-epoch figures (e.g. learned fusion weights) to the run's curves.
-    ``backward(loss)`` replaces ``loss.backward()`` (e.g. ``accelerator.backward`` for loss scaling
-    and gradient sync across processes). ``checkpoint`` receives the best state at the end.
-
-    ``resume``: a per-epoch checkpoint path, written atomically after every epoch and removed
-    once training ends. A re-run whose ``fingerprint`` (the caller's params, hashed together with
-    ``cfg``) matches continues after the last finished epoch and ends exactly as an
-    uninterrupted run would; a different fingerprint starts fresh. ``stateful`` objects
-    (``state_dict``/``load_state_dict``, e.g. a batch source whose sampler draws from its own
-    generator) are saved and restored with it. ``on_epoch_end(epoch)`` runs after the checkpoint.
+    ``validate()`` returns metrics that include ``cfg.monitor`` (higher is better); the best
+    state by it is restored at the end and saved to ``checkpoint``. ``step`` replaces parts of an
+    optimizer step, ``resume`` makes the run resumable, ``callbacks`` are called at the points
+    :class:`~sidrec_core.callbacks.Callback` names.
     """
-    loss_fn = loss_fn or model.loss  # type: ignore[assignment]
+    loss_fn = step.loss_fn or model.loss  # type: ignore[assignment]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optimizer or torch.optim.AdamW(
+    optimizer = step.optimizer or torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
     total_steps = (steps_per_epoch or 0) * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps) if total_steps else cfg.max_steps
     scheduler = lr_scheduler(optimizer, total_steps, cfg)
-    st = _State()
-    fp = ckpt.fingerprint(dataclasses.asdict(cfg), steps_per_epoch, fingerprint)
-    saved = ckpt.load_checkpoint(resume, fp) if resume is not None else None
+    st, early = _State(), EarlyStopping(cfg.monitor, cfg.patience)
+    stateful = resume.stateful if resume is not None else ()
+    fp = ckpt.fingerprint(
+        dataclasses.asdict(cfg), steps_per_epoch, resume.fingerprint if resume else None
+    )
+    saved = ckpt.load_checkpoint(resume.path, fp) if resume is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -219,8 +214,10 @@ def fit(
         for obj, obj_state in zip(stateful, saved["stateful"], strict=True):
             obj.load_state_dict(obj_state)
         ckpt.set_rng_state(saved["rng"])
-        st = _State(**saved["loop"])
-        log.info("resumed from %s after epoch %d (step %d)", resume, st.epoch, st.step)
+        loop = dict(saved["loop"])
+        early.load_state_dict({name: loop.pop(name) for name in EarlyStopping.STATE})
+        st = _State(**loop)
+        log.info("resumed from %s after epoch %d (step %d)", resume.path, st.epoch, st.step)
     run_start, first_epoch = time.perf_counter(), st.epoch
     while not st.done and st.epoch < cfg.epochs:
         st.epoch += 1
@@ -230,10 +227,10 @@ def fit(
         for batch in batches(epoch):
             loss = loss_fn(to_device(batch, device))
             optimizer.zero_grad(set_to_none=True)
-            if backward is None:
+            if step.backward is None:
                 loss.backward()
             else:
-                backward(loss)
+                step.backward(loss)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -249,8 +246,8 @@ def fit(
             "train/lr": scheduler.get_last_lr()[0],
             "train/epoch_seconds": st.epoch_times[-1],
         }
-        if epoch_metrics is not None:
-            record.update(epoch_metrics())
+        for cb in callbacks:
+            cb.on_train_epoch_end(epoch, record)
         stop = bool(cfg.max_steps and st.step >= cfg.max_steps)
         validates = epoch % cfg.eval_every == 0 or epoch == cfg.epochs or stop
         if not validates:
@@ -263,17 +260,7 @@ def fit(
             )
         if validates:
             record.update(validate())
-            if cfg.monitor not in record:
-                raise KeyError(
-                    f"train.monitor {cfg.monitor!r} not in validation metrics {sorted(record)}"
-                )
-            if record[cfg.monitor] > st.best:
-                st.best, st.best_epoch, st.bad_evals = record[cfg.monitor], epoch, 0
-                st.best_state = copy.deepcopy(
-                    {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                )
-            else:
-                st.bad_evals += 1
+            early.update(epoch, record, model)
             log.info(
                 "epoch %d/%d loss %.4f %s %.4f (best %.4f @ %d), %s",
                 epoch,
@@ -281,19 +268,17 @@ def fit(
                 record["train/loss"],
                 cfg.monitor,
                 record[cfg.monitor],
-                st.best,
-                st.best_epoch,
+                early.best,
+                early.best_epoch,
                 eta_text(time.perf_counter() - run_start, epoch - first_epoch, cfg.epochs - epoch),
             )
-            for hook in _VALIDATION_HOOKS.get():
-                hook(epoch, record)
+            for cb in callbacks:
+                cb.on_validation_end(epoch, record)
         st.history.append({"epoch": epoch, **record})
-        if run is not None:
-            run.log_metrics(record, step=epoch)
-        st.done = bool(stop or (cfg.patience and st.bad_evals >= cfg.patience))
+        st.done = stop or early.stop
         if resume is not None:
             ckpt.save_checkpoint(
-                resume,
+                resume.path,
                 {
                     "fingerprint": fp,
                     "model": model.state_dict(),
@@ -301,20 +286,19 @@ def fit(
                     "scheduler": scheduler.state_dict(),
                     "stateful": [obj.state_dict() for obj in stateful],
                     "rng": ckpt.rng_state(),
-                    "loop": dataclasses.asdict(st),
+                    "loop": {**dataclasses.asdict(st), **early.state_dict()},
                 },
             )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-    if st.best_state is not None:
-        model.load_state_dict(st.best_state)
-        if checkpoint is not None:
-            save_torch(checkpoint, st.best_state)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, record)
+    best_state = early.restore(model)
+    if best_state is not None and checkpoint is not None:
+        save_torch(checkpoint, best_state)
     if resume is not None:
-        Path(resume).unlink(missing_ok=True)
+        Path(resume.path).unlink(missing_ok=True)
     return FitResult(
-        st.best,
-        st.best_epoch,
+        early.best,
+        early.best_epoch,
         st.epoch,
         st.step,
         sum(st.epoch_times) / max(len(st.epoch_times), 1),

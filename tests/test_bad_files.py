@@ -16,7 +16,7 @@ from sidrec_core.cli import main as stage_main
 from sidrec_core.config import build
 from sidrec_core.io import ArtifactError, atomic_path
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec, load_sasrec
-from sidrec_core.models.sid_tokenizer import SIDVocab
+from sidrec_core.models.sid_vocab import SIDVocab
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.stages.prepare import run as run_prepare

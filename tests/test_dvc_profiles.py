@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidrec_core.config import flatten, load_params
-from sidrec_core.pipeline_report import headline
+from sidrec_core.stages.report import headline
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 

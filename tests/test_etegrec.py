@@ -20,7 +20,7 @@ from sidrec_core.etegrec.model import ETEGRecLM
 from sidrec_core.etegrec.trainer import ETEGRecTrainer, check_sid_config, encode_table
 from sidrec_core.io import save_npy, save_torch
 from sidrec_core.models.sidlm import SIDLMConfig
-from sidrec_core.sid.build import SIDConfig
+from sidrec_core.sid.config import SIDConfig
 from sidrec_core.sid.registry import make_tokenizer
 from sidrec_core.stages.eval_etegrec import run as run_eval_etegrec
 from sidrec_core.stages.train_etegrec import run as run_train_etegrec

@@ -11,7 +11,7 @@ import torch
 from sidrec_core.config import ConfigError, build
 from sidrec_core.models.beam import DecodingConfig, PrefixTable, generate_sids
 from sidrec_core.models.sampling import sample_sids
-from sidrec_core.models.sid_tokenizer import SIDVocab
+from sidrec_core.models.sid_vocab import SIDVocab
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm
 from sidrec_core.rl.grpo import (
     GRPO,

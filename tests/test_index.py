@@ -136,7 +136,7 @@ def test_the_finding_leaves_out_seeds_whose_upstream_inputs_differ_and_carries_t
 
 
 def test_the_index_lists_every_published_row_with_its_protocol_and_source():
-    from sidrec_core.pipeline_report import PUBLISHED, PUBLISHED_UNSEEN
+    from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
     from sidrec_core.studies.index import published
 
     rows = [

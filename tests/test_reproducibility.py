@@ -24,7 +24,8 @@ MODEL = "all-MiniLM-L6-v2"
 
 BUILD = """
 import sys, numpy as np
-from sidrec_core.sid.build import SIDConfig, build_sids
+from sidrec_core.sid.build import build_sids
+from sidrec_core.sid.config import SIDConfig
 x = np.load(sys.argv[1])
 build = build_sids(x, SIDConfig(codebook_size=64, collision="knn"), seed=1)
 build.table.save(sys.argv[2])

@@ -8,10 +8,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from sidrec_core.callbacks import Callback
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.models.sasrec import SASRec, SASRecConfig
 from sidrec_core.models.sasrec import training_batches as make_batches
-from sidrec_core.train import TrainConfig, fit
+from sidrec_core.train import Resume, Step, TrainConfig, fit
 from sidrec_core.utils import seed_everything
 
 TRAIN = TrainConfig(epochs=5, batch_size=64, lr=5e-3, schedule="cosine", warmup_steps=3, patience=0)
@@ -27,12 +28,13 @@ class Killed(Exception):
     """Stands in for SIGKILL: the process dies between two epochs."""
 
 
-def _kill_after(k: int):
-    def hook(epoch: int) -> None:
-        if epoch == k:
-            raise Killed
+class _KillAfter(Callback):
+    def __init__(self, k: int):
+        self.k = k
 
-    return hook
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        if epoch == self.k:
+            raise Killed
 
 
 def _sasrec_fit(loo, resume=None, fingerprint=None, on_epoch_end=None, train=TRAIN):
@@ -48,10 +50,8 @@ def _sasrec_fit(loo, resume=None, fingerprint=None, on_epoch_end=None, train=TRA
         train,
         device=torch.device("cpu"),
         steps_per_epoch=len(batches),
-        resume=resume,
-        fingerprint=fingerprint,
-        stateful=[batches],
-        on_epoch_end=on_epoch_end,
+        resume=None if resume is None else Resume(resume, fingerprint, stateful=[batches]),
+        callbacks=[] if on_epoch_end is None else [on_epoch_end],
     )
     return result, model.state_dict()
 
@@ -77,10 +77,10 @@ def test_sasrec_resume_equals_uninterrupted(syn_loo, tmp_path, caplog):
     full = _sasrec_fit(syn_loo)
     ckpt = tmp_path / "state.pt"
     with pytest.raises(Killed):
-        _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0}, on_epoch_end=_kill_after(2))
+        _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0}, on_epoch_end=_KillAfter(2))
     assert ckpt.is_file()
     with pytest.raises(Killed):  # killed again, later: resumes from the newer checkpoint
-        _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0}, on_epoch_end=_kill_after(4))
+        _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0}, on_epoch_end=_KillAfter(4))
     with caplog.at_level(logging.INFO):
         resumed = _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0})
     assert "resumed from" in caplog.text and "after epoch 4" in caplog.text
@@ -91,7 +91,7 @@ def test_sasrec_resume_equals_uninterrupted(syn_loo, tmp_path, caplog):
 def test_other_params_start_fresh(syn_loo, tmp_path, caplog):
     ckpt = tmp_path / "state.pt"
     with pytest.raises(Killed):
-        _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0}, on_epoch_end=_kill_after(2))
+        _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 0}, on_epoch_end=_KillAfter(2))
     with caplog.at_level(logging.INFO):
         fresh = _sasrec_fit(syn_loo, resume=ckpt, fingerprint={"seed": 1})
     assert "other params" in caplog.text and "resumed from" not in caplog.text
@@ -139,12 +139,9 @@ def _accelerate_fit(resume=None, on_epoch_end=None):
         cfg,
         device=torch.device("cpu"),
         steps_per_epoch=3,
-        optimizer=optimizer,
-        loss_fn=prepared,
-        backward=acc.backward,
-        resume=resume,
-        fingerprint={"task": "tiny"},
-        on_epoch_end=on_epoch_end,
+        step=Step(optimizer, loss_fn=prepared, backward=acc.backward),
+        resume=None if resume is None else Resume(resume, {"task": "tiny"}),
+        callbacks=[] if on_epoch_end is None else [on_epoch_end],
     )
     return result, model.state_dict()
 
@@ -152,5 +149,5 @@ def _accelerate_fit(resume=None, on_epoch_end=None):
 def test_accelerate_resume_equals_uninterrupted(tmp_path):
     full = _accelerate_fit()
     with pytest.raises(Killed):
-        _accelerate_fit(resume=tmp_path / "s.pt", on_epoch_end=_kill_after(1))
+        _accelerate_fit(resume=tmp_path / "s.pt", on_epoch_end=_KillAfter(1))
     _same(full, _accelerate_fit(resume=tmp_path / "s.pt"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sidrec_core.callbacks import EpochMetrics
 from sidrec_core.config import ConfigError, build
 from sidrec_core.data.batching import TrainBatches
 from sidrec_core.data.negatives import NegativeSampler, shared_negatives
@@ -140,7 +141,7 @@ def test_adaptive_weights_get_gradients_and_are_logged_per_epoch(syn_loo):
         TrainConfig(epochs=2, lr=1e-2),
         device=torch.device("cpu"),
         steps_per_epoch=len(batches),
-        epoch_metrics=model.epoch_metrics,
+        callbacks=[EpochMetrics(model.epoch_metrics)],
     )
     assert [row["epoch"] for row in result.history] == [1, 2]
     assert all("similarity/alpha" in row for row in result.history)

@@ -10,8 +10,8 @@ import pytest
 
 from sidrec_core.data.synthetic import synthetic_embeddings
 from sidrec_core.io import save_npy
+from sidrec_core.sid.registry import load_tokenizer
 from sidrec_core.sid.table import SIDTable
-from sidrec_core.sid.tokenizer import load_tokenizer
 from sidrec_core.stages import build_sids as stage
 from sidrec_core.stages.build_sids import run
 from sidrec_core.studies.study import SID_QUALITY

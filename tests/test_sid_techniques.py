@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from sidrec_core.sid.clip import copurchase_pairs, info_nce
-from sidrec_core.sid.quantizer import QuantizerConfig, ResidualQuantizer, sinkhorn_codes
-from sidrec_core.sid.rqvae import RQVAE, RQVAEConfig
+from sidrec_core.sid.config import QuantizerConfig, RQVAEConfig
+from sidrec_core.sid.quantizer import ResidualQuantizer, sinkhorn_codes
+from sidrec_core.sid.rqvae import RQVAE
 
 SIZES = dict(num_levels=2, codebook_size=8)
 TINY = RQVAEConfig(hidden_dims=(32,), latent_dim=8, batch_size=64)

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from sidrec_core.config import ConfigError, apply_overrides, build
-from sidrec_core.sid.build import SIDConfig
-from sidrec_core.sid.quantizer import QuantizerConfig
-from sidrec_core.sid.registry import TOKENIZERS, make_tokenizer
-from sidrec_core.sid.rqkmeans import ConstrainedConfig, RQKMeans, RQKMeansConstrained
-from sidrec_core.sid.rqvae import RQVAE, RQKMeansPlus, RQVAEConfig
-from sidrec_core.sid.tokenizer import CHECKPOINT_NAME, load_tokenizer
+from sidrec_core.sid.config import ConstrainedConfig, QuantizerConfig, RQVAEConfig, SIDConfig
+from sidrec_core.sid.registry import TOKENIZERS, load_tokenizer, make_tokenizer
+from sidrec_core.sid.rqkmeans import RQKMeans, RQKMeansConstrained
+from sidrec_core.sid.rqvae import RQVAE, RQKMeansPlus
+from sidrec_core.sid.tokenizer import CHECKPOINT_NAME
 
 SMALL = dict(num_levels=2, codebook_size=8)
 LEARNED = RQVAEConfig(hidden_dims=(16,), latent_dim=4, epochs=3, batch_size=64)

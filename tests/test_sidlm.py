@@ -14,7 +14,7 @@ from sidrec_core.config import ConfigError, build
 from sidrec_core.data.sid_examples import JsonlExamples, collate, training_rows, write_rows
 from sidrec_core.io import write_jsonl
 from sidrec_core.models.beam import DecodingConfig
-from sidrec_core.models.sid_tokenizer import SIDVocab, _scratch_base
+from sidrec_core.models.sid_vocab import SIDVocab, _scratch_base
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm, first_label_index
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.stages.eval_sidlm import reportable_ks

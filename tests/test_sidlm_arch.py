@@ -15,7 +15,7 @@ from sidrec_core.data.sid_examples import collate, training_rows
 from sidrec_core.etegrec.model import check_lm_config
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sampling import sample_sids
-from sidrec_core.models.sid_tokenizer import SIDVocab
+from sidrec_core.models.sid_vocab import SIDVocab
 from sidrec_core.models.sidlm import META_FILE, SIDLM, SIDLMConfig, build_lm
 from sidrec_core.rl.grpo import GRPO, RewardInputs, RLConfig
 from sidrec_core.sid.table import SIDTable

@@ -13,7 +13,7 @@ import torch
 from sidrec_core.config import ConfigError, build
 from sidrec_core.data.dataset import DataConfig
 from sidrec_core.data.sid_examples import IGNORE, collate, training_rows
-from sidrec_core.models.sid_tokenizer import SIDVocab
+from sidrec_core.models.sid_vocab import SIDVocab
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm, scratch_lm
 from sidrec_core.stages.eval_sidlm import run as run_eval_sidlm
 from sidrec_core.stages.train_sidlm import run as run_train_sidlm

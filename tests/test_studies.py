@@ -19,8 +19,8 @@ import yaml
 from optuna.trial import TrialState
 from smoke_studies import complete_points, opts, trials_of
 
-from sidrec_core.pipeline_report import PUBLISHED
 from sidrec_core.stages import resolve_params
+from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
@@ -413,7 +413,7 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
 
 
 def test_pipeline_report_sets_history_filtered_rows_beside_their_protocol():
-    from sidrec_core.pipeline_report import PUBLISHED_UNSEEN, headline, unseen_lines
+    from sidrec_core.stages.report import PUBLISHED_UNSEEN, headline, unseen_lines
 
     rows = [
         {

@@ -30,7 +30,7 @@ from sidrec_core.perf import provenance
 
 def _one(args: dict, queue: mp.Queue) -> None:
     from sidrec_core.data.sid_examples import collate
-    from sidrec_core.models.sid_tokenizer import SIDVocab
+    from sidrec_core.models.sid_vocab import SIDVocab
     from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm
     from sidrec_core.sid.table import SIDTable
 

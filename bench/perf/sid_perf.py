@@ -33,7 +33,8 @@ def _synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def _case(args: dict, queue: mp.Queue) -> None:
     import torch
 
-    from sidrec_core.sid.build import SIDConfig, build_sids
+    from sidrec_core.sid.build import build_sids
+    from sidrec_core.sid.config import SIDConfig
     from sidrec_core.sid.kmeans import set_faiss_threads
 
     torch.set_num_threads(args["threads"])

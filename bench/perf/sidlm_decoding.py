@@ -27,8 +27,7 @@ from sidrec_core.data.split import subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json, write_text
 from sidrec_core.models.beam import DecodingConfig
-from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
-from sidrec_core.models.sidlm_train import load_inputs
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, load_inputs
 from sidrec_core.perf import provenance
 from sidrec_core.stages.context import build_configs
 from sidrec_core.utils import resolve_device, set_threads
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(base.num_threads)
     device = resolve_device(base.device)
     made = provenance(torch.get_num_threads(), str(device))  # the count in effect, not 0
-    ds, loo, table = load_inputs(data, cfg)
+    ds, loo, table = load_inputs(data, cfg.sid_dir)
     model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(device)
     test = loo.split("test", data.max_history)
     users = subsample_rows(len(test), args.max_users)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sidrec_core.sid.quantizer import PREFIX as QUANTIZER_KEY
-from sidrec_core.sid.quantizer import QuantizerConfig, ResidualQuantizer
+from sidrec_core.sid.config import QUANTIZER_KEY, QuantizerConfig
+from sidrec_core.sid.quantizer import ResidualQuantizer
 from sidrec_core.sid.rqvae import mlp
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder
 from sidrec_core.models.beam import PrefixTable
-from sidrec_core.models.sid_tokenizer import SIDVocab
+from sidrec_core.models.sid_vocab import SIDVocab
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, build_lm
 from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
 from sidrec_core.sid.table import SIDTable

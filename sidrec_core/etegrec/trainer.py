@@ -32,8 +32,8 @@ from sidrec_core.etegrec.align import (
 )
 from sidrec_core.etegrec.config import ETEGRecConfig
 from sidrec_core.etegrec.model import ETEGRecLM, target_state_index
-from sidrec_core.sid.build import SIDConfig
 from sidrec_core.sid.collisions import resolve
+from sidrec_core.sid.config import SIDConfig
 from sidrec_core.sid.quality import sid_quality
 from sidrec_core.sid.rqvae import RQVAE
 from sidrec_core.sid.table import SIDTable

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from sidrec_core.data.dataset import DataConfig, Dataset, load_prepared
 from sidrec_core.data.sid_examples import IGNORE, ExampleEncoder, Seq2SeqExampleEncoder, collate
+from sidrec_core.data.split import LeaveOneOut, leave_one_out
 from sidrec_core.io import reading, write_json
 from sidrec_core.models.base import Recommender
 from sidrec_core.models.beam import (
@@ -43,7 +45,7 @@ from sidrec_core.models.beam import (
     generate_sids,
     schedule,
 )
-from sidrec_core.models.sid_tokenizer import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
+from sidrec_core.models.sid_vocab import DEFAULT_SYSTEM_PROMPT, PromptFormat, SIDVocab
 from sidrec_core.models.sidlm_dropout import add_dropout
 from sidrec_core.models.sidlm_seq2seq import (
     WEIGHT_FILES,
@@ -105,10 +107,6 @@ class SIDLMConfig:
     # weighs more); "tokens": their sum over a fixed count, batch_size x the mean target tokens
     # of a training row, so every target token weighs the same in every batch
     loss_normalization: Literal["batch", "tokens"] = "batch"
-    # validation users during training (seeded subset; None = eval.max_valid_users): on Beauty a
-    # pass over all 22,363 users took 231 s on one thread of a loaded 2-core machine (about 75 s
-    # of CPU time), 1,000 users 13 s (default model size, constrained beam of 20)
-    max_valid_users: int | None = None
     # auto = bf16 on accelerators; fp16 is not offered (fit clips gradients before unscaling)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -250,6 +248,13 @@ def build_lm(cfg: SIDLMConfig, vocab: SIDVocab) -> nn.Module:
         lm = get_peft_model(lm, lora)
     add_dropout(lm, cfg.embedding_dropout, cfg.residual_dropout)
     return lm
+
+
+def load_inputs(data: DataConfig, sid_dir: str) -> tuple[Dataset, LeaveOneOut, SIDTable]:
+    """The prepared dataset, its leave-one-out split and the SID table at ``sid_dir`` (what a
+    SID LM stage reads)."""
+    ds = load_prepared(data.prepared_dir)
+    return ds, leave_one_out(ds), SIDTable.load(sid_dir, num_items=ds.num_items)
 
 
 def build_sidlm(cfg: SIDLMConfig, table: SIDTable, max_history: int) -> SIDLM:

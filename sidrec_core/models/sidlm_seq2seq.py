@@ -47,7 +47,7 @@ from sidrec_core.data.sid_examples import IGNORE
 from sidrec_core.io import reading
 
 if TYPE_CHECKING:
-    from sidrec_core.models.sid_tokenizer import SIDVocab
+    from sidrec_core.models.sid_vocab import SIDVocab
     from sidrec_core.models.sidlm import SIDLMConfig
 
 

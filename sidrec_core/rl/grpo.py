@@ -16,7 +16,8 @@ optimizer steps (``ref <- alpha * policy + (1 - alpha) * ref``, TR-DPO's soft up
 Dropout is off throughout (rollout and loss): the ratio is then exactly 1 on the first update and
 the KL compares the two models, not two dropout masks. The loop reuses the SFT loop's pieces
 (:class:`~sidrec_core.train.TrainConfig`, its LR schedule and gradient clipping, the shared
-evaluator for validation, best-epoch restore); it is its own loop because a step is a rollout
+evaluator for validation, :class:`~sidrec_core.callbacks.EarlyStopping` for patience and the
+best-epoch restore); it is its own loop because a step is a rollout
 plus ``num_iterations`` updates, not one batch loss.
 
 Why not TRL's ``GRPOTrainer``: it samples with ``generate(do_sample=True)`` and takes no logits
@@ -39,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from sidrec_core.callbacks import EarlyStopping
 from sidrec_core.config import ConfigError
 from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
 from sidrec_core.rl.logprobs import group_log_probs
@@ -89,7 +91,6 @@ class RLConfig:
     scaling: Scaling = "group"
     aggregation: Aggregation = "sum_then_normalize"
     max_users_per_epoch: int | None = None  # seeded subset per epoch; None = every user
-    max_valid_users: int | None = None  # per-epoch validation; None = as train_sidlm validates
     cf_checkpoint: str | None = None  # trained SASRec state dict; None = sasrec.checkpoint
     embeddings: str | None = None  # item embeddings .npy; None = embed.output
     output_dir: str = "models/sidlm_rl"
@@ -321,7 +322,7 @@ def train_grpo(
     total = per_epoch * tc.epochs if not tc.max_steps else min(per_epoch * tc.epochs, tc.max_steps)
     grpo = GRPO(model, cfg, inputs, total, seed)
     start_metric = validate()[tc.monitor]
-    best, best_epoch, best_state, best_metrics, bad = -math.inf, 0, None, {}, 0
+    early, best_metrics = EarlyStopping(tc.monitor, tc.patience), {}
     history: list[dict[str, float]] = []
     step, users, epoch = 0, 0, 0
     start = time.perf_counter()
@@ -350,23 +351,19 @@ def train_grpo(
         history.append({"epoch": epoch, **metrics})
         if run is not None:
             run.log_metrics(metrics, step=epoch)
-        if metrics[tc.monitor] > best:
-            best, best_epoch, best_metrics, bad = metrics[tc.monitor], epoch, metrics, 0
-            best_state = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
-        else:
-            bad += 1
+        if early.update(epoch, metrics, model.lm):
+            best_metrics = metrics
         log.info(
             "rl epoch %d %s %.4f (start %.4f)", epoch, tc.monitor, metrics[tc.monitor], start_metric
         )
-        if (tc.max_steps and step >= tc.max_steps) or (tc.patience and bad >= tc.patience):
+        if (tc.max_steps and step >= tc.max_steps) or early.stop:
             break
-    if best_state is not None:
-        model.lm.load_state_dict(best_state)
+    early.restore(model.lm)
     return GRPOResult(
         steps=step,
         epochs=epoch,
-        best_epoch=best_epoch,
-        best_metric=best,
+        best_epoch=early.best_epoch,
+        best_metric=early.best,
         start_metric=start_metric,
         seconds=time.perf_counter() - start,
         users=users,

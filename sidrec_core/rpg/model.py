@@ -50,9 +50,6 @@ class RPGConfig:
     # position (RPG's); ``prefix`` = one per target
     train_rows: Literal["sequence", "prefix"] = "sequence"
     bucket_window: int = 50  # batches per length-sorted window (see data.batching)
-    # validation users scored after each epoch (a fixed seeded sample; 0 = all): exact scoring
-    # runs ~500 users/s on one CPU thread, so all 22,363 of Beauty would add ~40 s an epoch
-    max_valid_users: int = 2000
     checkpoint: str = "models/rpg/model.pt"
     sid: OPQConfig = dataclasses.field(default_factory=OPQConfig)
     decoding: GraphDecodingConfig = dataclasses.field(default_factory=GraphDecodingConfig)
@@ -74,9 +71,8 @@ class RPGConfig:
             raise ValueError(f"rpg.temperature must be > 0, got {self.temperature}")
         if self.train_rows not in ROW_LAYOUTS:
             raise ValueError(f"rpg.train_rows: unknown {self.train_rows!r}; valid: {ROW_LAYOUTS}")
-        for name in ("bucket_window", "max_valid_users"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"rpg.{name} must be >= 0, got {getattr(self, name)}")
+        if self.bucket_window < 0:
+            raise ValueError(f"rpg.bucket_window must be >= 0, got {self.bucket_window}")
 
 
 class Block(nn.Module):

@@ -1,6 +1,6 @@
-"""Residual vector quantiser whose techniques are the flags of one frozen :class:`QuantizerConfig`
-(``sid.rqvae.quantizer.*``; after lucidrains' vector-quantize-pytorch ``VectorQuantize`` /
-``ResidualVQ``). Every piece of state is a registered
+"""Residual vector quantiser whose techniques are the flags of one frozen
+:class:`~sidrec_core.sid.config.QuantizerConfig` (``sid.rqvae.quantizer.*``; after lucidrains'
+vector-quantize-pytorch ``VectorQuantize`` / ``ResidualVQ``). Every piece of state is a registered
 buffer (or the codebook parameter), so ``state_dict`` round-trips the quantiser exactly.
 
 - ``ema`` (VQ-VAE-2, Razavi et al. 2019, appendix): codebooks follow exponential moving averages of
@@ -19,56 +19,18 @@ Shapes: z [B, E], codebooks [M, K, E], codes [B, M].
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sidrec_core.sid.config import QuantizerConfig
 from sidrec_core.sid.kmeans import residual_kmeans
 
 # restarted codes: a picked residual + this fraction of the batch's residual spread as noise
 RESTART_NOISE = 0.01
 # Laplace smoothing of the EMA cluster sizes: an empty code never divides by zero
 LAPLACE_EPS = 1e-5
-PREFIX = "sid.rqvae.quantizer"
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizerConfig:
-    """``sid.rqvae.quantizer``: the quantiser's technique flags and their knobs."""
-
-    ema: bool = True
-    ema_decay: float = 0.99
-    restart_unused: bool = True
-    restart_threshold: float = 1.0  # EMA members per batch below which a code is dead
-    sinkhorn: bool = False
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iters: int = 5
-    kmeans_init: bool = True  # residual k-means on the initial latents sets the codebooks
-    codebook_weight: float | None = None  # codebook-loss weight; gradient codebooks only
-
-    def __post_init__(self) -> None:
-        """Reject nonsensical technique settings, naming the dotted key."""
-        if self.ema and self.codebook_weight is not None:
-            raise ValueError(
-                f"{PREFIX}.codebook_weight applies to gradient-learned codebooks only; with "
-                f"{PREFIX}.ema=true the codebook follows exponential moving averages: unset one"
-            )
-        if self.codebook_weight is not None and self.codebook_weight < 0:
-            raise ValueError(f"{PREFIX}.codebook_weight must be >= 0, got {self.codebook_weight}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"{PREFIX}.ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.sinkhorn and (self.sinkhorn_epsilon <= 0 or self.sinkhorn_iters < 1):
-            raise ValueError(
-                f"{PREFIX}.sinkhorn_epsilon must be > 0 and {PREFIX}.sinkhorn_iters >= 1, got "
-                f"{self.sinkhorn_epsilon}, {self.sinkhorn_iters}"
-            )
-        if self.restart_unused and self.restart_threshold <= 0:
-            raise ValueError(
-                f"{PREFIX}.restart_threshold must be > 0, got {self.restart_threshold}"
-            )
 
 
 def sinkhorn_codes(dist: Tensor, epsilon: float, iters: int) -> Tensor:

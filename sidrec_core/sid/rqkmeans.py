@@ -10,13 +10,12 @@ Shapes: x [N, D], centroids / codebooks [M, K, D], codes [N, M].
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from sidrec_core.sid.config import CONSTRAINED_KEY, ConstrainedConfig, SIDConfig
 from sidrec_core.sid.kmeans import (
     all_distances,
     check_vectors,
@@ -27,9 +26,6 @@ from sidrec_core.sid.kmeans import (
     unit_rows,
 )
 from sidrec_core.sid.tokenizer import SIDTokenizer
-
-if TYPE_CHECKING:
-    from sidrec_core.sid.build import SIDConfig
 
 
 class RQKMeans(SIDTokenizer):
@@ -114,26 +110,6 @@ class RQKMeans(SIDTokenizer):
         return all_distances(self._space(residual), self.centroids[-1].detach().cpu().numpy())
 
 
-PREFIX = "sid.constrained"
-
-
-@dataclasses.dataclass(frozen=True)
-class ConstrainedConfig:
-    """``sid.constrained``: cluster sizes in [N/K (1 - band), N/K (1 + band)] unless
-    ``size_min`` / ``size_max`` are given; ``max_iter`` constrained k-means iterations."""
-
-    size_band: float = 0.5
-    size_min: int | None = None
-    size_max: int | None = None
-    max_iter: int = 10
-
-    def __post_init__(self) -> None:
-        if self.size_band < 0.0:
-            raise ValueError(f"{PREFIX}.size_band must be >= 0, got {self.size_band}")
-        if self.max_iter < 1:
-            raise ValueError(f"{PREFIX}.max_iter must be >= 1, got {self.max_iter}")
-
-
 def size_bounds(
     num_items: int, codebook_size: int, band: float, size_min: int | None, size_max: int | None
 ) -> tuple[int, int]:
@@ -146,10 +122,13 @@ def size_bounds(
     lo = size_min if size_min is not None else max(1, math.floor(mean * (1.0 - band)))
     hi = size_max if size_max is not None else math.ceil(mean * (1.0 + band))
     if lo < 0 or hi < 1 or lo > hi:
-        raise ValueError(f"{PREFIX}.size_min/{PREFIX}.size_max: invalid band [{lo}, {hi}]")
+        raise ValueError(
+            f"{CONSTRAINED_KEY}.size_min/{CONSTRAINED_KEY}.size_max: invalid band [{lo}, {hi}]"
+        )
     if lo * codebook_size > num_items or hi * codebook_size < num_items:
         raise ValueError(
-            f"{PREFIX}.size_min/{PREFIX}.size_max/{PREFIX}.size_band: infeasible cluster-size "
+            f"{CONSTRAINED_KEY}.size_min/{CONSTRAINED_KEY}.size_max/{CONSTRAINED_KEY}.size_band: "
+            "infeasible cluster-size "
             f"band [{lo}, {hi}] for {num_items} items in {codebook_size} codes "
             f"(needs {lo} * {codebook_size} <= {num_items} <= {hi} * {codebook_size})"
         )

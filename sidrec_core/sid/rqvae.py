@@ -5,9 +5,9 @@ residual connection with a zero-initialised last layer, then trained like the RQ
 MLP encoder -> :class:`~sidrec_core.sid.quantizer.ResidualQuantizer` (M levels x K codes) -> MLP
 decoder, trained with reconstruction + commitment loss and straight-through gradients through
 the shared training loop (:func:`sidrec_core.train.fit`). Everything is set by one frozen
-:class:`RQVAEConfig` (``sid.rqvae.*``): ``clip`` (co-purchase InfoNCE on the latents, see clip.py)
-and, nested in ``quantizer``, ``sinkhorn``, ``restart_unused``, ``ema``, ``kmeans_init`` (see
-quantizer.py).
+:class:`~sidrec_core.sid.config.RQVAEConfig` (``sid.rqvae.*``): ``clip`` (co-purchase InfoNCE on
+the latents, see clip.py) and, nested in ``quantizer``, ``sinkhorn``, ``restart_unused``, ``ema``,
+``kmeans_init`` (see quantizer.py).
 
 Shapes: x [N, D] item embeddings, z [B, E] latents, codes [N, M].
 """
@@ -15,7 +15,7 @@ Shapes: x [N, D] item embeddings, z [B, E] latents, codes [N, M].
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,54 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sidrec_core.sid.clip import copurchase_pairs, info_nce
+from sidrec_core.sid.config import RQVAE_KEY, RQVAEConfig, SIDConfig
 from sidrec_core.sid.kmeans import all_distances, check_vectors
-from sidrec_core.sid.quantizer import QuantizerConfig, ResidualQuantizer
+from sidrec_core.sid.quantizer import ResidualQuantizer
 from sidrec_core.sid.tokenizer import SIDTokenizer
 from sidrec_core.train import TrainConfig, fit
 from sidrec_core.utils import no_grad_eval
-
-if TYPE_CHECKING:
-    from sidrec_core.sid.build import SIDConfig
-
-
-PREFIX = "sid.rqvae"
-
-
-@dataclasses.dataclass(frozen=True)
-class RQVAEConfig:
-    """``sid.rqvae``: sizes, training and CLIP of the RQ-VAE (and RQ-KMeans+, whose latent
-    space is the input space), with the quantiser's technique flags nested in ``quantizer``."""
-
-    hidden_dims: tuple[int, ...] = (512, 256, 128)
-    latent_dim: int = 32
-    beta: float = 0.25  # commitment weight
-    epochs: int = 150
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    clip: bool = False
-    clip_weight: float = 0.1
-    clip_window: int = 3  # co-purchase pairs: items fewer than this many positions apart
-    clip_temperature: float = 0.07
-    quantizer: QuantizerConfig = dataclasses.field(default_factory=QuantizerConfig)
-
-    def __post_init__(self) -> None:
-        """Reject nonsensical settings, naming the dotted key."""
-        for name in ("latent_dim", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{PREFIX}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"{PREFIX}.lr must be > 0, got {self.lr}")
-        if self.clip and (self.clip_weight <= 0 or self.clip_temperature <= 0):
-            raise ValueError(
-                f"{PREFIX}.clip=true needs {PREFIX}.clip_weight > 0 and "
-                f"{PREFIX}.clip_temperature > 0, got {self.clip_weight}, {self.clip_temperature}"
-            )
-        if self.clip and self.clip_window < 2:
-            raise ValueError(
-                f"{PREFIX}.clip_window must be >= 2 (pairs need two positions), "
-                f"got {self.clip_window}"
-            )
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -186,11 +144,11 @@ class RQVAE(SIDTokenizer):
         if cfg.clip:
             if train_sequences is None:
                 raise ValueError(
-                    f"{PREFIX}.clip=true needs the training sequences for co-purchases"
+                    f"{RQVAE_KEY}.clip=true needs the training sequences for co-purchases"
                 )
             pairs = torch.as_tensor(copurchase_pairs(train_sequences, cfg.clip_window) - 1)
             if len(pairs) == 0:
-                raise ValueError(f"{PREFIX}.clip=true but the training sequences hold no pairs")
+                raise ValueError(f"{RQVAE_KEY}.clip=true but the training sequences hold no pairs")
         batch_size = min(cfg.batch_size, len(x))
         if cfg.quantizer.kmeans_init:
             self.quantizer.init_from_data(
@@ -275,7 +233,7 @@ class RQKMeansPlus(RQVAE):
     ) -> None:
         if not cfg.quantizer.kmeans_init:
             raise ValueError(
-                f"{PREFIX}.quantizer.kmeans_init=false contradicts sid.method=rqkmeans_plus, "
+                f"{RQVAE_KEY}.quantizer.kmeans_init=false contradicts sid.method=rqkmeans_plus, "
                 "whose codebooks are warm-started from RQ-KMeans"
             )
         cfg = dataclasses.replace(cfg, latent_dim=dim)  # the residual encoder keeps the input space

@@ -4,7 +4,7 @@ A tokenizer is an ``nn.Module`` whose whole state lives in registered buffers/pa
 from plain arguments (sizes, seed, k-means iterations) plus, for most methods, one frozen config
 dataclass defined next to its class. A checkpoint is ``{"method", "args", "config",
 "state_dict"}`` (the config as a plain dict, loadable with ``weights_only=True``) and
-:func:`load_tokenizer` rebuilds it exactly. Its numpy-facing API:
+:func:`~sidrec_core.sid.registry.load_tokenizer` rebuilds it exactly. Its numpy-facing API:
 
 - ``fit(x [N, D]) -> codes int64 [N, M]``: learn the codebooks, return the training items' codes
   (for the constrained method these are the balanced assignments);
@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import nn
 
-from sidrec_core.config import ConfigError, build
-from sidrec_core.io import reading, save_torch
-
-if TYPE_CHECKING:
-    from sidrec_core.sid.build import SIDConfig
+from sidrec_core.io import save_torch
+from sidrec_core.sid.config import SIDConfig
 
 CHECKPOINT_NAME = "tokenizer.pt"
 
@@ -99,30 +95,3 @@ class SIDTokenizer(nn.Module):
             {"method": self.method, "args": self.args(), "config": config, "state_dict": state},
         )
         return path
-
-
-def load_tokenizer(path: str | Path) -> SIDTokenizer:
-    """Rebuild a saved tokenizer from a checkpoint file or the SID folder holding one."""
-    from sidrec_core.sid.registry import TOKENIZERS
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the build_sids stage first")
-    with reading(path, "rebuild the SID table (dvc repro build_sids)"):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        method = ckpt["method"]
-    if method not in TOKENIZERS:
-        raise ValueError(f"{path}: unknown tokenizer method {method!r}")
-    cls = TOKENIZERS[method]
-    kwargs = dict(ckpt["args"])
-    if cls.config_type is not None:  # strict: a key the config lacks fails, naming it
-        try:
-            kwargs["cfg"] = build(cls.config_type, ckpt["config"], f"sid.{cls.config_key}")
-        except ConfigError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-    tokenizer = cls(**kwargs)
-    tokenizer.load_state_dict(ckpt["state_dict"])
-    tokenizer.eval()
-    return tokenizer

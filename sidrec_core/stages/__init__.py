@@ -34,10 +34,10 @@ def section_configs() -> dict[str, type]:
     from sidrec_core.models.beam import DecodingConfig
     from sidrec_core.models.sasrec import SASRecConfig
     from sidrec_core.models.sidlm import SIDLMConfig
-    from sidrec_core.pipeline_report import ReportConfig
     from sidrec_core.rl.grpo import RLConfig
     from sidrec_core.rpg.model import RPGConfig
-    from sidrec_core.sid.build import SIDConfig
+    from sidrec_core.sid.config import SIDConfig
+    from sidrec_core.stages.report import ReportConfig
 
     return {
         "base": BaseConfig,

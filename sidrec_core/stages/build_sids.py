@@ -10,7 +10,8 @@ from typing import Any
 from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.embeddings import load_embeddings
 from sidrec_core.data.split import leave_one_out
-from sidrec_core.sid.build import SIDConfig, build_sids
+from sidrec_core.sid.build import build_sids
+from sidrec_core.sid.config import SIDConfig
 from sidrec_core.sid.kmeans import set_faiss_threads
 from sidrec_core.stages.context import stage_context
 from sidrec_core.utils import peak_rss_mb

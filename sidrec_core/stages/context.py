@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from sidrec_core.callbacks import Callback, LogToRun
 from sidrec_core.config import BaseConfig, ConfigError, build, to_dict
 from sidrec_core.io import path_sha256
 from sidrec_core.tracking import Run, start_run
-from sidrec_core.train import check_validated_monitor, validation_hook
+from sidrec_core.train import check_validated_monitor
 from sidrec_core.utils import resolve_device, seed_everything, set_threads
 
 
@@ -36,6 +37,9 @@ class StageContext:
     # where this run's metrics files go (see metrics_dir_for): side files such as per-epoch
     # curves belong there too, so a redirected run leaves the tracked metrics/ alone
     metrics_dir: str = BaseConfig.metrics_dir
+    # what the stage passes to its training loop: the run's per-epoch logging, and under a
+    # tuning trial the trial's pruning (see trial_callbacks)
+    callbacks: list[Callback] = dataclasses.field(default_factory=list)
 
     @property
     def dataset(self) -> str:
@@ -105,18 +109,16 @@ def build_configs(
 TRIAL_ENV = "SIDREC_OPTUNA_TRIAL"  # set by the tuner (sidrec_core.studies.tuning) for its stages
 
 
-@contextlib.contextmanager
-def trial_reports() -> Iterator[None]:
-    """Under a tuning trial (``SIDREC_OPTUNA_TRIAL`` in the environment), report every
-    validation of the stage's training to the trial, whose pruner may stop it."""
+def trial_callbacks() -> list[Callback]:
+    """Under a tuning trial (``SIDREC_OPTUNA_TRIAL`` in the environment, set by the tuner for the
+    DVC processes it starts), the callback reporting every validation to the trial, whose pruner
+    may stop the training; otherwise none."""
     spec = os.environ.get(TRIAL_ENV)
     if not spec:
-        yield
-        return
-    from sidrec_core.studies.tuning import trial_reporter
+        return []
+    from sidrec_core.studies.tuning import TrialPruning
 
-    with validation_hook(trial_reporter(json.loads(spec))):
-        yield
+    return [TrialPruning(json.loads(spec))]
 
 
 @contextlib.contextmanager
@@ -148,16 +150,14 @@ def stage_context(
     logged = {"base": to_dict(base), **{k: to_dict(v) for k, v in cfg.items()}}
     dataset = getattr(cfg.get("data"), "name", "?")
     metrics_dir = metrics_dir_for(base, cfg, output_key)
-    with (
-        start_run(
-            name,
-            logged,
-            dataset=dataset,
-            profile=base.profile,
-            device=device,
-            metrics_dir=metrics_dir if write_metrics else None,
-            tags=tags,
-        ) as run,
-        trial_reports(),
-    ):
-        yield StageContext(name, base, cfg, device, run, metrics_dir)
+    with start_run(
+        name,
+        logged,
+        dataset=dataset,
+        profile=base.profile,
+        device=device,
+        metrics_dir=metrics_dir if write_metrics else None,
+        tags=tags,
+    ) as run:
+        callbacks = [LogToRun(run), *trial_callbacks()]
+        yield StageContext(name, base, cfg, device, run, metrics_dir, callbacks)

@@ -19,8 +19,7 @@ from sidrec_core.data.split import LeaveOneOut, Split, subsample_rows
 from sidrec_core.evaluate import EvalConfig, EvalResult, evaluate
 from sidrec_core.io import write_jsonl
 from sidrec_core.models.beam import DecodingConfig
-from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
-from sidrec_core.models.sidlm_train import load_inputs
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, load_inputs
 from sidrec_core.stages.context import stage_context
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         decoding=DecodingConfig,
     ) as ctx:
         data, ev, cfg = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sidlm"]
-        ds, loo, table = load_inputs(data, cfg)
+        ds, loo, table = load_inputs(data, cfg.sid_dir)
         model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history).to(ctx.device)
         model.decoding = ctx.cfg["decoding"]
         scores = score(model, loo, data, ev, ctx.device)

@@ -22,12 +22,11 @@ from sidrec_core.data.dataset import DataConfig
 from sidrec_core.data.embeddings import EmbedConfig
 from sidrec_core.data.split import LeaveOneOut, subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.io import reading, write_json
+from sidrec_core.io import reading, save_dir_atomic, write_json
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sasrec import SASRecConfig, load_sasrec
-from sidrec_core.models.sidlm import SIDLM, SIDLMConfig
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, load_inputs
 from sidrec_core.models.sidlm_seq2seq import check_decoder_arch
-from sidrec_core.models.sidlm_train import load_inputs, save_dir_atomic
 from sidrec_core.rl.grpo import RewardInputs, RLConfig, train_grpo
 from sidrec_core.rl.rewards import CFScorer
 from sidrec_core.rl.rollout import rl_rows
@@ -87,7 +86,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         data, ev, cfg, rl = ctx.cfg["data"], ctx.cfg["eval"], ctx.cfg["sidlm"], ctx.cfg["rl"]
         device, seed = ctx.device, ctx.base.seed
         check_decoder_arch(cfg, "GRPO (rl_sidlm)")  # before any model or reward input loads
-        ds, loo, table = load_inputs(data, cfg)
+        ds, loo, table = load_inputs(data, cfg.sid_dir)
         ev.check_catalogue(loo.num_items)  # before training, not at the first validation
         rl.check_num_sids(table.num_items)
         cf_path = rl.cf_checkpoint or ctx.cfg["sasrec"].checkpoint
@@ -108,8 +107,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             ),
         )
         valid = loo.split("valid", data.max_history)
-        # eval_sidlm's validation users unless rl.max_valid_users says otherwise
-        users = subsample_rows(len(valid), rl.max_valid_users or ev.max_valid_users)
+        users = subsample_rows(len(valid), ev.max_valid_users)  # eval_sidlm's validation users
 
         def validate() -> dict[str, float]:
             res = evaluate(

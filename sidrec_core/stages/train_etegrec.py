@@ -20,9 +20,9 @@ from sidrec_core.etegrec.align import AlignHeads
 from sidrec_core.etegrec.config import ETEGRecConfig
 from sidrec_core.etegrec.model import ETEGRecLM, check_lm_config
 from sidrec_core.etegrec.trainer import ETEGRecTrainer, check_sid_config, encode_table
+from sidrec_core.io import save_dir_atomic
 from sidrec_core.models.sidlm import SIDLMConfig
-from sidrec_core.models.sidlm_train import save_dir_atomic
-from sidrec_core.sid.build import SIDConfig
+from sidrec_core.sid.config import SIDConfig
 from sidrec_core.sid.kmeans import set_faiss_threads
 from sidrec_core.sid.registry import make_tokenizer
 from sidrec_core.stages.context import stage_context

@@ -16,13 +16,12 @@ import torch
 from sidrec_core.data.batching import TrainBatches
 from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.split import leave_one_out, subsample_rows
-from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.io import write_json
+from sidrec_core.evaluate import EvalConfig
 from sidrec_core.rpg.decoding import GraphDecodingConfig
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.stages.context import stage_context
-from sidrec_core.train import fit
+from sidrec_core.stages.fit_ranker import fit_ranker, record_fit, score, validation
 
 log = logging.getLogger(__name__)
 STAGE = "train_rpg"
@@ -68,13 +67,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             rows=cfg.train_rows,
         )
         valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)
-        valid_rows = subsample_rows(len(valid), cfg.max_valid_users)
+        valid_rows = subsample_rows(len(valid), ev.max_valid_users)
 
-        def validate() -> dict[str, float]:
-            res = evaluate(
-                model, valid, ev, device, num_items=loo.num_items, bootstrap=False, users=valid_rows
-            )
-            return {k: v for k, v in res.metrics.items() if "@" in k}
+        validate = validation(model, valid, ev, device, loo.num_items, valid_rows)
 
         ctx.run.set_tags(
             {"model": "rpg", "decoding": cfg.decoding.strategy, "rotation": cfg.sid.rotation}
@@ -88,24 +83,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             cfg.hidden_dim,
         )
         start = time.perf_counter()
-        result = fit(
-            model,
-            batches,
-            validate,
-            cfg.train,
-            device=device,
-            run=ctx.run,
-            steps_per_epoch=len(batches),
-            checkpoint=cfg.checkpoint,
-            resume=Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
-            fingerprint=ctx.fingerprint(sid_table=table.fingerprint()),
+        result = fit_ranker(
+            ctx, model, batches, cfg.train, validate, cfg.checkpoint, table.fingerprint()
         )
         fit_seconds = time.perf_counter() - start
         model.decoding = cfg.decoding
-        metrics: dict[str, float] = {}
-        for split in (valid, test):
-            res = evaluate(model, split, ev, device, num_items=loo.num_items)
-            metrics.update(res.metrics)
+        metrics, res = score(model, (valid, test), ev, device, loo.num_items)
         ctx.run.log_metrics(metrics)
         ctx.record_sha256(
             read={
@@ -114,17 +97,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             },
             wrote={"rpg": cfg.checkpoint},
         )
-        ctx.run.record(
-            epochs=result.epochs,
-            best_epoch=result.best_epoch,
-            steps=result.steps,
-            seconds_per_epoch=result.seconds_per_epoch,
-            fit_seconds=fit_seconds,  # wall time of training with its validations
-            num_parameters=sum(p.numel() for p in model.parameters()),
-            **{"test/ranks": res.ranks_record()},
-        )
-        curves = [
-            {k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history
-        ]
-        write_json(Path(ctx.metrics_dir) / f"{STAGE}_curves.json", curves)
+        # fit_seconds: wall time of training with its validations
+        record_fit(ctx, result, model, res, fit_seconds=fit_seconds)
         return ctx.result()

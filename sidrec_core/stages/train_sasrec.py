@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sidrec_core.callbacks import EpochMetrics
 from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.io import write_json
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec, training_batches
 from sidrec_core.stages.context import stage_context
-from sidrec_core.train import fit
+from sidrec_core.stages.fit_ranker import fit_ranker, record_fit, score, validation
 
 log = logging.getLogger(__name__)
 STAGE = "train_sasrec"
@@ -43,11 +43,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)
         valid_rows = subsample_rows(len(valid), ev.max_valid_users)
 
-        def validate() -> dict[str, float]:
-            res = evaluate(
-                model, valid, ev, device, num_items=loo.num_items, bootstrap=False, users=valid_rows
-            )
-            return {k: v for k, v in res.metrics.items() if "@" in k}
+        validate = validation(model, valid, ev, device, loo.num_items, valid_rows)
 
         ctx.run.set_tags(
             {
@@ -68,25 +64,18 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             cfg.similarity,
             cfg.negatives_label,
         )
-        result = fit(
+        result = fit_ranker(
+            ctx,
             model,
             batches,
-            validate,
             cfg.train,
-            device=device,
-            run=ctx.run,
-            steps_per_epoch=len(batches),
-            checkpoint=cfg.checkpoint,
-            epoch_metrics=model.epoch_metrics,
-            # beside the model folder, not inside it: DVC deletes a stage's outs before a run
-            resume=Path(cfg.checkpoint).parent.parent / ".resume" / f"{STAGE}.pt",
-            fingerprint=ctx.fingerprint(sid_table=model.sid_fingerprint),
+            validate,
+            cfg.checkpoint,
+            model.sid_fingerprint,
             stateful=[batches],
+            callbacks=[EpochMetrics(model.epoch_metrics)],
         )
-        metrics: dict[str, float] = {}
-        for split in (valid, test):
-            res = evaluate(model, split, ev, device, num_items=loo.num_items)
-            metrics.update(res.metrics)
+        metrics, res = score(model, (valid, test), ev, device, loo.num_items)
         if not ev.exclude_seen:
             seen_out = dataclasses.replace(ev, exclude_seen=True)
             unseen = evaluate(model, test, seen_out, device, num_items=loo.num_items).metrics
@@ -96,17 +85,5 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             read={"prepared": Path(data.prepared_dir) / "dataset.npz"},
             wrote={"sasrec": cfg.checkpoint},
         )
-        ctx.run.record(
-            epochs=result.epochs,
-            best_epoch=result.best_epoch,
-            steps=result.steps,
-            seconds_per_epoch=result.seconds_per_epoch,
-            num_parameters=sum(p.numel() for p in model.parameters()),
-            **model.epoch_metrics(),
-            **{"test/ranks": res.ranks_record()},
-        )
-        curves = [
-            {k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history
-        ]
-        write_json(Path(ctx.metrics_dir) / f"{STAGE}_curves.json", curves)
+        record_fit(ctx, result, model, res, **model.epoch_metrics())
         return ctx.result()

@@ -33,7 +33,7 @@ def local_base_checkpoint(params: dict[str, Any], out_dir: Path) -> dict[str, An
         import torch
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        from sidrec_core.models.sid_tokenizer import _scratch_base
+        from sidrec_core.models.sid_vocab import _scratch_base
 
         tok = _scratch_base("hello world")
         torch.manual_seed(0)

@@ -425,7 +425,7 @@ def findings(out_dir: Path) -> list[str]:
 def published() -> list[str]:
     """The published Beauty rows the pipeline report compares with, each with its source and
     the protocol it was measured under."""
-    from sidrec_core.pipeline_report import PUBLISHED, PUBLISHED_UNSEEN
+    from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
 
     lines = [
         "## Published Beauty figures",

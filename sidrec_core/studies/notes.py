@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies.study import NOTE_FIGURE, Study
 
 if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell
-
-HEADLINE = "test/ndcg@10"
 
 
 def level_value(cell: Cell | None, metric: str) -> float | None:
@@ -86,7 +85,7 @@ def study_notes(study: Study, table: dict[str, dict[str, Cell]], metric: str) ->
 def headline_metric(cols: list[str]) -> str:
     """The section's test NDCG@10 column (a model's prefixed key such as
     ``mostpop/test/ndcg@10`` where the study reports one)."""
-    return next((c for c in cols if c.endswith(HEADLINE)), HEADLINE)
+    return next((c for c in cols if c.endswith(HEADLINE[0])), HEADLINE[0])
 
 
 def note_lines(study: Study, cols: list[str], table: dict[str, dict[str, Cell]]) -> list[str]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
+from sidrec_core.metrics import TEST_KEYS
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
 from sidrec_core.studies.storage import read_storage
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell
 
 ALPHA = 0.05
-COMPARED = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
 
 
 def reference_rows(
@@ -80,7 +80,7 @@ def reference_lines(
     for lv in study.labels:
         seeds, differ = paired_seeds(study, table[lv], rows)
         unpaired |= set(differ)
-        for metric in COMPARED:
+        for metric in TEST_KEYS:
             if metric not in table[lv] or not seeds:
                 continue
             a = {s: v for s, v in table[lv][metric].values.items() if s in seeds}
@@ -111,7 +111,7 @@ def reference_lines(
             f"{adj_text} | {sig} |"
         )
     best = max(
-        (t for t in zip(tests, adjusted, strict=True) if t[0][1] == COMPARED[0]),
+        (t for t in zip(tests, adjusted, strict=True) if t[0][1] == TEST_KEYS[0]),
         key=lambda t: t[0][4],
         default=None,
     )

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
+from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.notes import note_lines
@@ -68,7 +69,6 @@ STALE_NOTE = (
     "Left out: complete trials of a level redefined after they ran (they measured another "
     "configuration; a later launch re-runs the level):"
 )
-TESTED = ("test/ndcg@10", "test/hr@10")  # besides the objective
 COST_MARKERS = ("per_second", "seconds", "peak_rss_mb", "peak_cuda_mb", "_mb")
 # whole numbers (epochs run, parameters, recommender steps): shown per seed, not as a mean ± CI
 COUNT_KEYS = ("epochs", "num_parameters", "rec_steps")
@@ -297,7 +297,7 @@ def compare_levels(
     ``records``, seeds whose upstream inputs differ are left out of a pair, and each row gets
     the seed x user CI where per-user ranks were stored."""
     records = records or {}
-    headline = [c for c in cols if c.endswith(TESTED)]  # also a model's prefixed keys
+    headline = [c for c in cols if c.endswith(HEADLINE)]  # also a model's prefixed keys
     tested = list(dict.fromkeys((study.objective, *headline)))
     pairs = [(lv, study.default) for lv in study.labels if lv != study.default]
     pairs += list(study.contrasts)

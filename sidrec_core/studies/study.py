@@ -15,10 +15,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sidrec_core.metrics import OBJECTIVE, TEST_KEYS
 from sidrec_core.studies.pipeline import load_pipeline, upstream
 
-VALID_NDCG = "valid/ndcg@10"
-TEST_KEYS = ("test/ndcg@10", "test/hr@10", "test/ndcg@5", "test/hr@5")
 COST_KEYS = ("wall_seconds", "peak_rss_mb")
 # every SID quality metric of the build_sids stage; lists are per level
 SID_QUALITY = (
@@ -100,7 +99,7 @@ class Study:
     # earlier ``fixed`` of the same context, from before a params.yaml default the study relied
     # on changed and was written into ``fixed``: trials that recorded them still count
     formerly_fixed: tuple[dict[str, Any], ...] = ()
-    objective: str = VALID_NDCG
+    objective: str = OBJECTIVE
     direction: str = "maximize"
     secondary: tuple[str, ...] = TEST_KEYS + COST_KEYS
     group: str = ""

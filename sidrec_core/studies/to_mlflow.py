@@ -30,6 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies.index import last_commit
 from sidrec_core.studies.provenance import LANDED_IN, read_backfill, trial_key_of
 from sidrec_core.studies.registry import STUDIES
@@ -37,7 +38,7 @@ from sidrec_core.studies.report import report_sections, scalar_attrs
 from sidrec_core.studies.storage import JOURNAL, read_storage
 from sidrec_core.studies.study import trial_level, trial_seed
 from sidrec_core.studies.tuning import RETRAINED
-from sidrec_core.tracking import HEADLINE, RunRecord, headline_first, saved_view, sync_runs
+from sidrec_core.tracking import RunRecord, headline_first, saved_view, sync_runs
 
 EXPERIMENT_PREFIX = "findings/"
 NOT_RECORDED = "not recorded"

@@ -24,14 +24,16 @@ import logging
 import math
 import statistics
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from sidrec_core.callbacks import Callback
 from sidrec_core.config import flatten
+from sidrec_core.metrics import OBJECTIVE
+from sidrec_core.metrics import TEST_KEYS as STUDY_TEST_KEYS
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.context import TRIAL_ENV
 from sidrec_core.studies import dvc_run
@@ -51,9 +53,8 @@ from sidrec_core.studies.storage import (
 from sidrec_core.tracking import PARENT_ENV, start_run
 
 log = logging.getLogger(__name__)
-OBJECTIVE = "valid/ndcg@10"
 PRUNER = "pruner"  # trial user attr: the pruner the trial ran under
-TEST_KEYS = ("test/hr@5", "test/ndcg@5", "test/hr@10", "test/ndcg@10")
+TEST_KEYS = STUDY_TEST_KEYS[::-1]  # hr@5 first: the tuning tables' column order
 
 
 @dataclasses.dataclass
@@ -170,27 +171,27 @@ def queued_starts(tun: Tunable, params: dict[str, Any]) -> list[tuple[dict[str, 
     return starts
 
 
-def trial_reporter(spec: dict[str, Any]) -> Callable[[int, dict[str, float]], None]:
-    """In a stage's process: a validation hook reporting ``valid/ndcg@10`` of each epoch to the
-    trial ``spec`` names (storage, study, trial number, pruner and epochs as the tuner set
-    them) and raising ``optuna.TrialPruned`` when its pruner stops it."""
-    storage = make_storage(spec["storage"])
-    study = optuna.load_study(
-        study_name=spec["study"],
-        storage=storage,
-        pruner=make_pruner(spec["pruner"], int(spec["epochs"])),
-    )
-    study_id = storage.get_study_id_from_name(spec["study"])
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["trial"]))
-    trial = optuna.trial.Trial(study, trial_id)
+class TrialPruning(Callback):
+    """In a stage's process: reports ``valid/ndcg@10`` of each validation to the trial ``spec``
+    names (storage, study, trial number, pruner and epochs as the tuner set them) and raises
+    ``optuna.TrialPruned`` when its pruner stops it."""
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        if OBJECTIVE in metrics:
-            trial.report(float(metrics[OBJECTIVE]), epoch)
-            if trial.should_prune():
+    def __init__(self, spec: dict[str, Any]):
+        storage = make_storage(spec["storage"])
+        study = optuna.load_study(
+            study_name=spec["study"],
+            storage=storage,
+            pruner=make_pruner(spec["pruner"], int(spec["epochs"])),
+        )
+        study_id = storage.get_study_id_from_name(spec["study"])
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["trial"]))
+        self.trial = optuna.trial.Trial(study, trial_id)
+
+    def on_validation_end(self, epoch: int, record: dict[str, float]) -> None:
+        if OBJECTIVE in record:
+            self.trial.report(float(record[OBJECTIVE]), epoch)
+            if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
-
-    return report
 
 
 class TuneObjective:
@@ -209,7 +210,7 @@ class TuneObjective:
         )
 
         # the stages run in DVC's processes: they report each validation to this trial
-        # (:func:`trial_reporter`), and a pruned stage fails the repro
+        # (:class:`TrialPruning`), and a pruned stage fails the repro
         epochs = trial_epochs(self.tun, self.params)
         spec = {"storage": self.opts.tune_storage(self.tun.name), "study": trial.study.study_name}
         spec |= {"trial": trial.number, "pruner": self.opts.pruner, "epochs": epochs}
