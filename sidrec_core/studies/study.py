@@ -4,7 +4,7 @@ A study varies one factor over its levels with everything else at the defaults, 
 seeds, and says which stages each trial re-runs (``run``) and which upstream artifacts it reuses
 (``reuse``, built once per seed at the default configuration and cached): the beam-width study
 loads a trained SID LM and only re-runs evaluation (STYLE.md, "Experiments"). The catalogue of
-studies is :mod:`sidrec_core.studies.registry`.
+studies is ``studies.yaml`` (read by :mod:`sidrec_core.studies.registry`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ SID_QUALITY = (
     "fit_seconds",
 )
 GEN_KEYS = ("test/invalid_rate", "test/duplicate_rate", "test/users_per_second")
-TOKENIZER_PIPELINE = dict(
-    run=("build_sids", "train_sidlm", "eval_sidlm"), reuse=("prepare", "embed")
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,11 +189,6 @@ def _label(value: Any) -> str:
 def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
     """Levels for a factor that is a single params key."""
     return tuple(Level(_label(v), {key: v}) for v in values)
-
-
-def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
-    """An on/off study of one boolean flag."""
-    return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
 
 
 def grid_point(trial: Any) -> tuple[str, int] | None:
