@@ -46,6 +46,8 @@ def test_one_key_labels_merge_blocks_and_metric_groups(tmp_path):
             "studies.flags.claims[0].metrik",
         ),
         ("    levels: {a: {}, b: {}}\n", "studies.flags: give exactly one of levels, one_key"),
+        ("    seeds: five\n", "studies.flags.seeds: expected an integer, got 'five'"),
+        ("    fixed: [sasrec.loss]\n", "studies.flags.fixed: expected a mapping"),
     ],
 )
 def test_unknown_or_conflicting_key_names_file_and_key(tmp_path, edit, named):

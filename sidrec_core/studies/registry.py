@@ -49,27 +49,52 @@ def read_catalogue(section: str, path: Path = CATALOGUE) -> dict[str, dict[str, 
     return entries
 
 
+# what a field's annotation asks of its YAML value (first match; None allowed where it says so)
+KINDS = {
+    "tuple": (list, "a list"),
+    "dict": (dict, "a mapping"),
+    "Reference": (dict, "a mapping"),
+    "bool": (bool, "true or false"),
+    "float": ((int, float), "a number"),
+    "int": (int, "an integer"),
+    "str": (str, "a string"),
+}
+
+
 def check_keys(raw: dict[str, Any], cls: type, where: str, extra: tuple[str, ...] = ()) -> None:
     """Raise naming ``where.key`` (``where`` starts with the file's name) for a key that is no
-    field of ``cls`` (nor in ``extra``)."""
-    known = {f.name for f in dataclasses.fields(cls)} | set(extra)
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown key; known: {', '.join(sorted(known))}")
+    field of ``cls`` (nor in ``extra``) or a value of the wrong kind for its field."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key not in fields and key not in extra:
+            known = ", ".join(sorted({*fields, *extra}))
+            raise ConfigError(f"{where}.{key}: unknown key; known: {known}")
+        ann = fields.get(key)
+        if ann is None or key in extra or (value is None and "None" in ann):
+            continue
+        kind, name = next(k for word, k in KINDS.items() if word in ann)
+        if not isinstance(value, kind):
+            raise ConfigError(f"{where}.{key}: expected {name}, got {value!r:.60}")
 
 
 def _levels(raw: dict[str, Any], where: str) -> tuple[Level, ...]:
-    formerly = raw.pop("formerly", {}) or {}
+    formerly = raw.pop("formerly", None) or {}
     if ("levels" in raw) == ("one_key" in raw):
         raise ConfigError(f"{where}: give exactly one of levels, one_key")
     if "one_key" in raw:
-        ((key, values),) = raw.pop("one_key").items()
-        levels = {lv.label: lv.overrides for lv in one_key(key, values)}
+        single = raw.pop("one_key")
+        if not (isinstance(single, dict) and len(single) == 1):
+            raise ConfigError(f"{where}.one_key: expected {{dotted.key: [values]}}")
+        ((key, values),) = single.items()
+        levels = {lv.label: lv.overrides for lv in one_key(key, list(values))}
     else:
         levels = raw.pop("levels")
     for label in (*levels, *formerly):
         if not isinstance(label, str) or label not in levels:
             raise ConfigError(f"{where}.levels: label {label!r} must be a quoted level name")
+    for label, overrides in levels.items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}.levels.{label}: expected {{dotted.key: value}}")
     return tuple(
         Level(label, dict(o), tuple(formerly.get(label, ()))) for label, o in levels.items()
     )
