@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 from sidrec_core.studies.pipeline import load_pipeline, upstream
@@ -197,24 +196,16 @@ def grid_point(trial: Any) -> tuple[str, int] | None:
     return (str(point[0]), int(point[1])) if point else None
 
 
-def _point_field(trial: Any, index: int, param: str, cast: Callable[[Any], Any]) -> Any:
-    """Field ``index`` of the trial's grid point or, in studies stored before the grid point
-    held it, the trial's ``param`` param (None when neither is there)."""
-    point = grid_point(trial)
-    if point:
-        return point[index]
-    value = trial.params.get(param)
-    return None if value is None else cast(value)
-
-
+# every committed trial (600 in experiments/*/optuna.jsonl) holds its grid point; the level and
+# seed params of the first studies were migrated into it
 def trial_level(trial: Any) -> str | None:
-    """A trial's level (a grid point user attribute; a ``level`` param in older studies)."""
-    return _point_field(trial, 0, "level", str)
+    point = grid_point(trial)
+    return point[0] if point else None
 
 
 def trial_seed(trial: Any) -> int | None:
-    """A trial's seed (a grid point user attribute; a ``seed`` param in older studies)."""
-    return _point_field(trial, 1, "seed", int)
+    point = grid_point(trial)
+    return point[1] if point else None
 
 
 def level_spec(
