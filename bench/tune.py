@@ -1,6 +1,6 @@
 """Tuning mode: ``python bench/tune.py --model sasrec|sidlm [--profile beauty] [--n-trials 20]``.
 
-Seeded TPE over the model's search space (sidrec_core/studies/spaces.py), objective valid
+Seeded TPE over the model's search space (studies.yaml, tunables), objective valid
 NDCG@10 with per-epoch pruning, resumable storage experiments/tune/<model>/optuna.jsonl (an Optuna
 journal), then the best configuration retrained over 3 seeds; report in experiments/tune/<model>/.
 ``--report-only`` rewrites the report from the storage (give the flags the search ran with).

@@ -474,17 +474,15 @@ def _slicing(
     ostudy = optuna.create_study(study_name="lm_head_slicing-beauty", storage=url)
     ostudy.set_user_attr("dataset", "beauty")
     ostudy.set_user_attr("seeds", [0, 1, 2])
-    dist = {
-        "level": optuna.distributions.CategoricalDistribution(["off", "on"]),
-        "seed": optuna.distributions.CategoricalDistribution([0, 1, 2]),
-    }
     for (level, seed), value in ndcg.items():
         ostudy.add_trial(
             optuna.trial.create_trial(
-                params={"level": level, "seed": seed},
-                distributions=dist,
                 value=value,  # valid/ndcg@10, the objective
-                user_attrs={"test/ndcg@10": value, "wall_seconds": 60.0},
+                user_attrs={
+                    "grid_point": [level, seed],
+                    "test/ndcg@10": value,
+                    "wall_seconds": 60.0,
+                },
             )
         )
     study, trials = STUDIES["lm_head_slicing"], ostudy.get_trials(deepcopy=False)

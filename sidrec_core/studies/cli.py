@@ -152,6 +152,27 @@ def error_exit(exc: BaseException, storage: str | None, out: str) -> int:
     return 2
 
 
+def report_only(names: list[str], opts: StudyOptions) -> int:
+    """Rewrite the reports of ``names`` from their storage, then the index once."""
+    from sidrec_core.studies.index import write_index
+    from sidrec_core.studies.report import write_study_report
+
+    written = False
+    for name in names:
+        storage = opts.storage_url_for(name)
+        if not exists(storage):  # a study never run has no report (none is invented)
+            print(json.dumps({"study": name, "report": None, "trials": 0}))
+            continue
+        written = True
+        paths = write_study_report(
+            get_study(name), storage, Path(opts.out_dir), opts.storage_url_for
+        )
+        print(json.dumps({"study": name, "report": str(paths[0])}))
+    if written:
+        write_index(Path(opts.out_dir))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -192,22 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             sets=args.sets,
             retry_failed=not args.no_retry_failed,
         )
+        if args.report_only:
+            return report_only(names, opts)
         status = 0
         for name in names:
-            if args.report_only:
-                from sidrec_core.studies.index import write_index
-                from sidrec_core.studies.report import write_study_report
-
-                storage = opts.storage_url_for(name)
-                if not exists(storage):  # a study never run has no report (none is invented)
-                    print(json.dumps({"study": name, "report": None, "trials": 0}))
-                    continue
-                paths = write_study_report(
-                    get_study(name), storage, Path(opts.out_dir), opts.storage_url_for
-                )
-                write_index(Path(opts.out_dir))
-                print(json.dumps({"study": name, "report": str(paths[0])}))
-                continue
             seeds = declared_seeds(get_study(name), opts) if args.n_seeds is None else args.n_seeds
             summary = run_study(name, dataclasses.replace(opts, n_seeds=seeds))
             if summary.get("up_to_date"):

@@ -56,7 +56,7 @@ from sidrec_core.studies.seeds import (
     seeds_held,
     shortfall_text,
 )
-from sidrec_core.studies.storage import exists, read_storage, study_journal
+from sidrec_core.studies.storage import sections, study_journal
 from sidrec_core.studies.study import Study, is_shared, live_point
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the pipeline default
@@ -316,16 +316,8 @@ def finding_row(
 
 def real_sections(out_dir: Path, study: Study) -> list[tuple[str, optuna.Study]]:
     """(profile, Optuna study) of every real-data section in the study's storage."""
-    url = study_journal(out_dir, study.name)
-    if not exists(url):
-        return []
-    out = []
-    for name in optuna.get_all_study_names(read_storage(url)):
-        if name.startswith(f"{study.name}-"):
-            ostudy = optuna.load_study(study_name=name, storage=read_storage(url))
-            if not is_pipeline_check(ostudy):
-                out.append((name.removeprefix(f"{study.name}-"), ostudy))
-    return out
+    found = sections(study_journal(out_dir, study.name), study.name)
+    return [(profile, ostudy) for profile, ostudy in found if not is_pipeline_check(ostudy)]
 
 
 def literature(out_dir: Path) -> list[str]:
@@ -365,17 +357,11 @@ def provenance(out_dir: Path) -> list[str]:
     backfill = read_backfill(out_dir)
     total: dict[str, list[int]] = {}
     for s in STUDIES.values():
-        url = study_journal(out_dir, s.name)
-        if not exists(url):
-            continue
-        for name in optuna.get_all_study_names(read_storage(url)):
-            if name.startswith(f"{s.name}-"):
-                trials = optuna.load_study(study_name=name, storage=read_storage(url)).get_trials(
-                    deepcopy=False
-                )
-                for field, n in provenance_counts(name, trials, backfill).items():
-                    before = total.get(field, [0, 0, 0])
-                    total[field] = [a + b for a, b in zip(before, n, strict=True)]
+        for _, ostudy in sections(study_journal(out_dir, s.name), s.name):
+            trials = ostudy.get_trials(deepcopy=False)
+            for field, n in provenance_counts(ostudy.study_name, trials, backfill).items():
+                before = total.get(field, [0, 0, 0])
+                total[field] = [a + b for a, b in zip(before, n, strict=True)]
     if not total:
         return []
     lead = (

@@ -123,18 +123,15 @@ def landed_in(folder: Path) -> dict[Key, tuple[str, str]]:
 def backfill_rows(out_dir: Path, studies: Iterable[str]) -> list[dict[str, Any]]:
     """One row per complete trial of every study's storage under ``out_dir``: the fields it
     did not record and its ``landed_in`` (None when no commit holds it yet)."""
-    from sidrec_core.studies.storage import exists, read_storage, study_journal
+    from sidrec_core.studies.storage import sections, study_journal
 
     rows = []
     for name in studies:
         url = study_journal(out_dir, name)
-        if not exists(url):
-            continue
-        landed = landed_in(Path(url).parent)
-        for study_name in sorted(optuna.get_all_study_names(read_storage(url))):
-            if not study_name.startswith(f"{name}-"):
-                continue
-            ostudy = optuna.load_study(study_name=study_name, storage=read_storage(url))
+        found = sorted(sections(url, name), key=lambda section: section[1].study_name)
+        landed = landed_in(Path(url).parent) if found else {}
+        for _, ostudy in found:
+            study_name = ostudy.study_name
             for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 commit, date = landed.get(trial_key_of(study_name, t), (None, None))
                 rows.append(

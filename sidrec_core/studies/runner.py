@@ -13,12 +13,14 @@ trial (the storage's lock); two launches queueing the same point at once (the ra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import multiprocessing
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +118,31 @@ def base_params(opts: StudyOptions) -> dict[str, Any]:
 
 
 def seeds_for(params: dict[str, Any], n_seeds: int) -> list[int]:
+    """``n_seeds`` consecutive seeds from ``base.seed``: a study's grid, a search's retrains."""
     first = int(get_dotted(params, "base.seed", 0))
     return [first + i for i in range(n_seeds)]
+
+
+@contextlib.contextmanager
+def parent_run(
+    ostudy: optuna.Study, kind: str, params: dict[str, Any], profile: str, dataset: str, **kw: Any
+) -> Iterator[Any]:
+    """The MLflow parent run of a study or search (``kw``: run_name, tags), one across launches:
+    its id is kept as the Optuna study's ``mlflow_parent_run_id``."""
+    parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")
+    with start_run(
+        kind, params, dataset=dataset, profile=profile, metrics_dir=None, run_id=parent_id, **kw
+    ) as parent:
+        if parent.run_id and parent.run_id != parent_id:
+            ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        yield parent
+
+
+def record_error(trial: optuna.Trial, exc: BaseException) -> None:
+    """A failing trial's error and the tail of its traceback, as user attrs (the reports and
+    MLflow show them)."""
+    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
 
 
 def open_study(
@@ -344,8 +369,7 @@ class Objective:
             trial.set_user_attr("metrics", metrics)
             return float(metrics[study.objective])
         except Exception as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            record_error(trial, exc)
             log.error("trial %d (%s, seed %d) failed: %s", trial.number, label, seed, exc)
             raise
 
@@ -406,19 +430,15 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
             "complete": state[TrialState.COMPLETE],
             "up_to_date": True,
         }
-    parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")
-    with start_run(
+    with parent_run(
+        ostudy,
         f"study/{study.name}",
         params,
-        dataset=str(get_dotted(params, "data.name")),
-        profile=opts.profile,
-        metrics_dir=None,
-        run_id=parent_id,
+        opts.profile,
+        str(get_dotted(params, "data.name")),
         run_name=f"study/{optuna_name(study, opts.profile)}",
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
-        if parent.run_id and parent.run_id != parent_id:
-            ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
         if opts.workers == 1:
             _work(name, params, seeds, opts, parent.run_id)
         else:

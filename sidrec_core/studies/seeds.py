@@ -73,23 +73,15 @@ class Cost:
 def real_walls(storage: str, study: str) -> list[float]:
     """``wall_seconds`` of every complete trial in the real-data sections of ``storage``."""
     from sidrec_core.studies.report import is_pipeline_check
-    from sidrec_core.studies.storage import exists, read_storage
+    from sidrec_core.studies.storage import sections
 
-    if not exists(storage):
-        return []
-    walls = []
-    for name in optuna.get_all_study_names(read_storage(storage)):
-        if not name.startswith(f"{study}-"):
-            continue
-        ostudy = optuna.load_study(study_name=name, storage=read_storage(storage))
-        if is_pipeline_check(ostudy):
-            continue
-        walls += [
-            float(t.user_attrs["wall_seconds"])
-            for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "wall_seconds" in t.user_attrs
-        ]
-    return walls
+    return [
+        float(t.user_attrs["wall_seconds"])
+        for _, ostudy in sections(storage, study)
+        if not is_pipeline_check(ostudy)
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "wall_seconds" in t.user_attrs
+    ]
 
 
 def measure_costs(out_dir: Path) -> list[Cost]:

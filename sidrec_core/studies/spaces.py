@@ -1,16 +1,18 @@
-"""The tuning mode's search spaces, declared per model like the studies in ``registry.py``: the
-stages a trial runs and reuses, the searched params keys and their domains, and the published
-starting points queued before TPE samples."""
+"""The tuning mode's search spaces, declared per model in ``studies.yaml`` (section ``tunables``)
+beside the studies: the stages a trial runs and reuses, the searched params keys and their domains,
+and the published starting points queued before TPE samples."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-from sidrec_core.config import flatten
+from sidrec_core.config import ConfigError, flatten
 from sidrec_core.stages import resolve_params
+from sidrec_core.studies.registry import CATALOGUE, check_keys, read_catalogue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,114 +83,35 @@ class Tunable:
         return point
 
 
-TUNABLES: dict[str, Tunable] = {
-    t.name: t
-    for t in (
-        # cornac's grid (PreferredAI/cornac, cornac/models/tiger/README.md, "Best TIGER configs
-        # vs tuned SASRec"): loss x hidden x lr x dropout x history. Its "bce" is bce_shared
-        # here; averaged as cornac does it sits on a plateau on Beauty (valid NDCG@10 < .001
-        # for 20 epochs, experiments/sasrec_bce.md), so its weighting is searched too. Queued
-        # first: cornac's winner with the weighting that learns (then the launch's default).
-        Tunable(
-            "sasrec",
-            run=("train_sasrec",),
-            reuse=("prepare",),
-            epochs_key="sasrec.train.epochs",
-            space=(
-                Param("sasrec.loss", ("ce", "bce", "bce_shared")),
-                Param(
-                    "sasrec.bce_shared_balanced", (True, False), when=("sasrec.loss", "bce_shared")
-                ),
-                Param("sasrec.hidden_dim", (64, 128)),
-                Param("sasrec.train.lr", low=5e-4, high=5e-3),
-                Param("sasrec.dropout", (0.2, 0.5)),
-                Param("sasrec.max_history", (20, 50)),
-            ),
-            starts=(
-                (
-                    {
-                        "sasrec.loss": "bce_shared",
-                        "sasrec.bce_shared_balanced": True,
-                        "sasrec.hidden_dim": 128,
-                        "sasrec.train.lr": 5e-4,
-                        "sasrec.dropout": 0.2,
-                        "sasrec.max_history": 50,
-                    },
-                    "cornac's tuned SASRec (cornac/models/tiger/README.md), its bce loss with "
-                    "each row's positive weighted like its negatives together",
-                ),
-            ),
-        ),
-        Tunable(
-            "sidlm",
-            run=("train_sidlm", "eval_sidlm"),
-            reuse=("prepare", "embed", "build_sids"),
-            epochs_key="sidlm.train.epochs",
-            space=(
-                Param("sidlm.hidden_size", (128, 192, 256)),
-                Param("sidlm.num_layers", (2, 4, 6)),
-                Param("sidlm.attention_dropout", (0.0, 0.1, 0.2)),
-                Param("sidlm.train.lr", low=5e-4, high=5e-3),
-                Param("sidlm.train.weight_decay", (0.0, 0.01, 0.05)),
-            ),
-        ),
-        # Issue 34's recipe search: the regularisation, step count and loss weighting that TIGER-
-        # class recipes use and the default lacks (experiments/sidlm_recipe_probe.md), with the
-        # sizes kept where one trial trains in <= 30 minutes on one CPU thread (the probe's
-        # all-together run: 12 epochs at batch 64, 1,294 s on a loaded core). Queued first: the
-        # probe's all-together configuration, then the step count alone.
-        Tunable(
-            "sidlm_recipe",
-            run=("train_sidlm", "eval_sidlm"),
-            reuse=("prepare", "embed", "build_sids"),
-            epochs_key="sidlm.train.epochs",
-            space=(
-                Param("sidlm.embedding_dropout", (0.0, 0.1, 0.2, 0.3)),
-                Param("sidlm.residual_dropout", (0.0, 0.1, 0.2)),
-                Param("sidlm.attention_dropout", (0.0, 0.1)),
-                Param("sidlm.num_layers", (4, 6)),
-                Param("sidlm.train.lr", low=5e-4, high=3e-3),
-                Param("sidlm.train.batch_size", (64, 128, 256)),
-                Param("sidlm.train.epochs", (12, 16)),
-                Param("sidlm.first_item_targets", ("keep", "drop")),
-                Param("sidlm.loss_normalization", ("batch", "tokens")),
-            ),
-            starts=(
-                (
-                    {
-                        "sidlm.embedding_dropout": 0.1,
-                        "sidlm.residual_dropout": 0.1,
-                        "sidlm.attention_dropout": 0.1,
-                        "sidlm.num_layers": 4,
-                        "sidlm.train.lr": 0.0011,
-                        "sidlm.train.batch_size": 64,
-                        "sidlm.train.epochs": 12,
-                        "sidlm.first_item_targets": "drop",
-                        "sidlm.loss_normalization": "tokens",
-                    },
-                    "every change of experiments/sidlm_recipe_probe.md together (one seed: test "
-                    ".0589 / .0313 against the default's .0547 / .0292)",
-                ),
-                (
-                    {
-                        "sidlm.embedding_dropout": 0.0,
-                        "sidlm.residual_dropout": 0.0,
-                        "sidlm.attention_dropout": 0.1,
-                        "sidlm.num_layers": 4,
-                        "sidlm.train.lr": 0.001,
-                        "sidlm.train.batch_size": 64,
-                        "sidlm.train.epochs": 12,
-                        "sidlm.first_item_targets": "keep",
-                        "sidlm.loss_normalization": "batch",
-                    },
-                    "the default with batch 64 and lr 1e-3 alone, more and smaller steps with no "
-                    "other change (a one-seed run on another machine, not in this repository, "
-                    "scored above the all-together recipe)",
-                ),
-            ),
-        ),
+def _tunable(name: str, raw: dict[str, Any], file: str) -> Tunable:
+    where = f"{file}: tunables.{name}"
+    check_keys(raw, Tunable, where)
+    space = []
+    for i, p in enumerate(raw.get("space", ())):
+        check_keys(p, Param, f"{where}.space[{i}]")
+        when = tuple(p["when"]) if p.get("when") else None
+        space.append(Param(**{**p, "choices": tuple(p.get("choices", ())), "when": when}))
+    starts = []
+    for i, s in enumerate(raw.get("starts", ())):
+        if set(s) != {"point", "source"}:
+            raise ConfigError(f"{where}.starts[{i}]: needs point and source only")
+        starts.append((dict(s["point"]), s["source"]))
+    return Tunable(
+        name=name,
+        run=tuple(raw["run"]),
+        reuse=tuple(raw["reuse"]),
+        space=tuple(space),
+        starts=tuple(starts),
+        epochs_key=raw.get("epochs_key", ""),
     )
-}
+
+
+def load_tunables(path: Path = CATALOGUE) -> dict[str, Tunable]:
+    """Every search space of the catalogue file, in file order."""
+    return {n: _tunable(n, r, path.name) for n, r in read_catalogue("tunables", path).items()}
+
+
+TUNABLES: dict[str, Tunable] = load_tunables()
 
 
 def get_tunable(name: str) -> Tunable:

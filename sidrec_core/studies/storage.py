@@ -117,6 +117,19 @@ def read_storage(location: str) -> BaseStorage:
     return make_storage(location)
 
 
+def sections(location: str, study: str) -> list[tuple[str, optuna.Study]]:
+    """(profile, Optuna study) of every ``<study>-<profile>`` study in the storage at
+    ``location``, in the storage's order ([] when there is no storage)."""
+    if not exists(location):
+        return []
+    storage, prefix = read_storage(location), f"{study}-"
+    return [
+        (name.removeprefix(prefix), optuna.load_study(study_name=name, storage=storage))
+        for name in optuna.get_all_study_names(storage)
+        if name.startswith(prefix)
+    ]
+
+
 def worker_id() -> str:
     """This process as a trial's ``worker``: ``host:pid:start`` (start tells a reused pid apart)."""
     tags = process_tags()

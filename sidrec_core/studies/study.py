@@ -4,7 +4,7 @@ A study varies one factor over its levels with everything else at the defaults, 
 seeds, and says which stages each trial re-runs (``run``) and which upstream artifacts it reuses
 (``reuse``, built once per seed at the default configuration and cached): the beam-width study
 loads a trained SID LM and only re-runs evaluation (STYLE.md, "Experiments"). The catalogue of
-studies is :mod:`sidrec_core.studies.registry`.
+studies is ``studies.yaml`` (read by :mod:`sidrec_core.studies.registry`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 from sidrec_core.metrics import OBJECTIVE, TEST_KEYS
@@ -31,9 +30,6 @@ SID_QUALITY = (
     "fit_seconds",
 )
 GEN_KEYS = ("test/invalid_rate", "test/duplicate_rate", "test/users_per_second")
-TOKENIZER_PIPELINE = dict(
-    run=("build_sids", "train_sidlm", "eval_sidlm"), reuse=("prepare", "embed")
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,35 +189,22 @@ def one_key(key: str, values: list[Any]) -> tuple[Level, ...]:
     return tuple(Level(_label(v), {key: v}) for v in values)
 
 
-def flag(name: str, key: str, default: bool, factor: str, **kw: Any) -> Study:
-    """An on/off study of one boolean flag."""
-    return Study(name, factor, one_key(key, [False, True]), _label(default), **kw)
-
-
 def grid_point(trial: Any) -> tuple[str, int] | None:
     """The (level, seed) an Optuna trial was queued for (its ``grid_point`` user attribute)."""
     point = trial.user_attrs.get("grid_point")
     return (str(point[0]), int(point[1])) if point else None
 
 
-def _point_field(trial: Any, index: int, param: str, cast: Callable[[Any], Any]) -> Any:
-    """Field ``index`` of the trial's grid point or, in studies stored before the grid point
-    held it, the trial's ``param`` param (None when neither is there)."""
-    point = grid_point(trial)
-    if point:
-        return point[index]
-    value = trial.params.get(param)
-    return None if value is None else cast(value)
-
-
+# every committed trial (600 in experiments/*/optuna.jsonl) holds its grid point; the level and
+# seed params of the first studies were migrated into it
 def trial_level(trial: Any) -> str | None:
-    """A trial's level (a grid point user attribute; a ``level`` param in older studies)."""
-    return _point_field(trial, 0, "level", str)
+    point = grid_point(trial)
+    return point[0] if point else None
 
 
 def trial_seed(trial: Any) -> int | None:
-    """A trial's seed (a grid point user attribute; a ``seed`` param in older studies)."""
-    return _point_field(trial, 1, "seed", int)
+    point = grid_point(trial)
+    return point[1] if point else None
 
 
 def level_spec(

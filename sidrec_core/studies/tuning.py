@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import statistics
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,14 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.stages.context import TRIAL_ENV
 from sidrec_core.studies import dvc_run
 from sidrec_core.studies.profiles import get_dotted, with_overrides
-from sidrec_core.studies.runner import StudyOptions, base_params, ran_seconds
+from sidrec_core.studies.runner import (
+    StudyOptions,
+    base_params,
+    parent_run,
+    ran_seconds,
+    record_error,
+    seeds_for,
+)
 from sidrec_core.studies.spaces import Tunable, get_tunable
 from sidrec_core.studies.storage import (
     JOURNAL,
@@ -245,8 +251,7 @@ class TuneObjective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            record_error(trial, exc)
             raise
         for key in (*TEST_KEYS, "wall_seconds"):
             if key in metrics:
@@ -296,8 +301,7 @@ def retrain(
     overrides = ostudy.best_trial.params if which == "best" else {}
     retrains = open_retrains(tun, opts)
     fail_dead_trials(retrains)
-    first = int(get_dotted(params, "base.seed", 0))
-    for seed in range(first, first + opts.retrain_seeds):
+    for seed in seeds_for(params, opts.retrain_seeds):
         point = retrain_point(which, seed, overrides)
         enqueue_once(retrains, point, point)
 
@@ -349,18 +353,15 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
     ostudy = open_search(tun, opts)
     fail_dead_trials(ostudy)
     before = _finished(ostudy)
-    with start_run(
+    with parent_run(
+        ostudy,
         f"tune/{name}",
         params,
-        dataset=str(get_dotted(params, "data.name", "beauty")),
-        profile=opts.profile,
-        metrics_dir=None,
-        run_id=ostudy.user_attrs.get("mlflow_parent_run_id"),
+        opts.profile,
+        str(get_dotted(params, "data.name", "beauty")),
         run_name=f"tune/{name}-{opts.profile}",
         tags={"tune": name},
     ) as parent:
-        if parent.run_id and parent.run_id != ostudy.user_attrs.get("mlflow_parent_run_id"):
-            ostudy.set_user_attr("mlflow_parent_run_id", parent.run_id)
         objective = TuneObjective(tun, params, opts, parent.run_id)
 
         def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
