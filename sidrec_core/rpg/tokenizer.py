@@ -61,7 +61,8 @@ class OPQConfig:
     # encoded, never fitted on), or on every item
     train_on: Literal["train_items", "all"] = "train_items"
     resolve_duplicates: bool = True
-    # whitened PCA to this many dimensions before OPQ, as RPG (0 = off: the raw embeddings)
+    # whitened PCA to this many dimensions before OPQ, as RPG (0 = off: the raw embeddings);
+    # fitted on the ``train_on`` rows, where RPG fits it on every item's text
     pca_dim: int = 0
     embeddings: str = "data/embeddings.npy"
     output_dir: str = "data/sids_rpg"
