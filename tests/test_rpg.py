@@ -66,6 +66,23 @@ def test_encode_is_the_nearest_centroid_per_digit_and_reproducible():
     assert again.tobytes() == codes.tobytes()
 
 
+def test_pca_whitening_gives_unit_covariance_and_survives_save_load(tmp_path):
+    x = _planted(n=600, dim=32)
+    cfg = OPQConfig(num_codebooks=4, codebook_size=16, opq_iters=5, pca_dim=8)
+    tok = OPQTokenizer(cfg, seed=0).fit(x)
+    z = tok.project(x)
+    assert z.shape == (600, 8)
+    np.testing.assert_allclose(np.cov(z.T), np.eye(8), atol=1e-3)
+    codes = tok.encode(x)
+    # the planted rank is 6: 8 whitened axes keep it, so decoding lands near the input
+    assert tok.reconstruction_mse(x, codes) < 0.5 * ((x - x.mean(0)) ** 2).sum(1).mean()
+    tok.save(tmp_path)
+    again = OPQTokenizer.load(tmp_path, cfg)
+    assert again.encode(x).tobytes() == codes.tobytes()
+    with pytest.raises(ValueError, match="pca_dim is 0"):
+        OPQTokenizer.load(tmp_path, OPQConfig(num_codebooks=4, codebook_size=16))
+
+
 def test_unpack_codes_reads_faiss_bit_order():
     codes = np.array([[1, 2, 3, 0], [7, 5, 6, 4]])  # 3-bit codes, LSB first
     bits = ((codes[..., None] >> np.arange(3)) & 1).reshape(2, -1)
@@ -198,6 +215,7 @@ def test_loss_is_the_mean_of_per_digit_cross_entropies():
         ({"train_rows": "window"}, "rpg.train_rows"),
         ({"sid": {"codebook_size": 100}}, "rpg.sid.codebook_size"),
         ({"sid": {"rotation": "pca"}}, "rpg.sid.rotation"),
+        ({"sid": {"pca_dim": 12, "num_codebooks": 8}}, "rpg.sid.pca_dim"),
         ({"decoding": {"beam_width": 0}}, "rpg.decoding.beam_width"),
         ({"decoding": {"strategy": "beam"}}, "rpg.decoding.strategy"),
         ({"train": {"lr": 0}}, "rpg.train.lr"),

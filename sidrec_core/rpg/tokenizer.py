@@ -9,6 +9,13 @@ digit m in 0..K-1. The digits are unordered: no digit refines another, so a mode
 M at once. ``rotation: none`` is a plain product quantiser over the raw coordinates (the baseline
 OPQ improves on).
 
+``pca_dim > 0`` first projects the embeddings on their top ``pca_dim`` principal axes, whitened
+(unit variance per axis), as RPG does before OPQ (sklearn ``PCA(n_components=sent_emb_pca,
+whiten=True)``: 3072 -> 512 for OpenAI text-embedding-3-large, 768 -> 128 for sentence-t5-base;
+genrec/models/RPG/tokenizer.py ``_init_tokenizer``, config.yaml ``sent_emb_pca``). Whitening gives
+every kept direction equal weight in the quantisation error, so the low-variance directions get
+codes too.
+
 Duplicate SIDs (two items with the same M codes) are counted before resolution; with
 ``resolve_duplicates`` each later member of a group (by item id) moves the one digit whose
 next-nearest code costs it the least squared error, repeated until every SID is unique (see
@@ -54,6 +61,9 @@ class OPQConfig:
     # encoded, never fitted on), or on every item
     train_on: Literal["train_items", "all"] = "train_items"
     resolve_duplicates: bool = True
+    # whitened PCA to this many dimensions before OPQ, as RPG (0 = off: the raw embeddings);
+    # fitted on the ``train_on`` rows, where RPG fits it on every item's text
+    pca_dim: int = 0
     embeddings: str = "data/embeddings.npy"
     output_dir: str = "data/sids_rpg"
 
@@ -72,6 +82,11 @@ class OPQConfig:
         for name in ("opq_iters", "pq_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sid.{name} must be >= 1, got {getattr(self, name)}")
+        if self.pca_dim < 0 or self.pca_dim % self.num_codebooks:
+            raise ValueError(
+                f"sid.pca_dim must be 0 or a positive multiple of sid.num_codebooks "
+                f"({self.num_codebooks}), got {self.pca_dim}"
+            )
 
     @property
     def nbits(self) -> int:
@@ -87,14 +102,45 @@ def unpack_codes(packed: np.ndarray, num_codebooks: int, nbits: int) -> np.ndarr
 
 
 class OPQTokenizer:
-    """``fit(x)``, ``encode(x) -> codes [N, M]``, ``decode(codes) -> x̂ [N, D]`` (in the input
-    space), ``save``/``load``. State: the rotation R [D, D] (identity for ``rotation: none``) and
-    the centroids [M, K, D / M] of the rotated sub-spaces."""
+    """``fit(x)``, ``encode(x) -> codes [N, M]``, ``decode(codes) -> x̂ [N, D_in]`` (in the
+    input space), ``save``/``load``. State: the whitening (``mean`` [D_in], ``projection``
+    [D_in, D], ``unprojection`` [D, D_in]; None without ``pca_dim``, D = D_in), the rotation
+    R [D, D] (identity for ``rotation: none``) and the centroids [M, K, D / M] of the rotated
+    sub-spaces."""
 
     def __init__(self, cfg: OPQConfig, seed: int = 0):
         self.cfg, self.seed = cfg, seed
+        self.mean: np.ndarray | None = None
+        self.projection: np.ndarray | None = None
+        self.unprojection: np.ndarray | None = None
         self.rotation: np.ndarray | None = None  # [D, D]: x_rot = x @ rotation.T
         self.centroids: np.ndarray | None = None  # [M, K, D / M]
+
+    def _fit_whitening(self, x: np.ndarray) -> None:
+        """Top ``pca_dim`` principal axes of ``x`` [N, D_in], each scaled to unit variance."""
+        dim = self.cfg.pca_dim
+        if dim > min(x.shape):
+            raise ValueError(
+                f"rpg.sid.pca_dim={dim} exceeds the embeddings' rank bound {min(x.shape)} "
+                f"({x.shape[0]} items x {x.shape[1]} dimensions)"
+            )
+        x64 = np.asarray(x, dtype=np.float64)
+        mean = x64.mean(0)
+        _, sing, vt = np.linalg.svd(x64 - mean, full_matrices=False)
+        std = np.maximum(sing[:dim] / math.sqrt(max(len(x) - 1, 1)), 1e-12)
+        axes = vt[:dim].T  # [D_in, D]
+        self.mean = mean.astype(np.float32)
+        self.projection = np.ascontiguousarray(axes / std, dtype=np.float32)
+        self.unprojection = np.ascontiguousarray((axes * std).T, dtype=np.float32)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """x [N, D_in] -> the whitened principal components [N, D] (x itself without
+        ``pca_dim``)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.projection is None:
+            return x
+        assert self.mean is not None
+        return np.ascontiguousarray((x - self.mean) @ self.projection, dtype=np.float32)
 
     def _check_dim(self, dim: int) -> None:
         if dim % self.cfg.num_codebooks:
@@ -107,6 +153,9 @@ class OPQTokenizer:
         """Learn R and the centroids from ``x`` [N, D]."""
         cfg = self.cfg
         x = check_vectors(x, cfg.codebook_size)
+        if cfg.pca_dim:
+            self._fit_whitening(x)
+            x = self.project(x)
         self._check_dim(x.shape[1])
         pin_simd()
         dim, seed = x.shape[1], int(self.seed) % (2**31)
@@ -143,21 +192,31 @@ class OPQTokenizer:
         return pq
 
     def rotate(self, x: np.ndarray) -> np.ndarray:
-        """x [N, D] -> xR^T [N, D] (the space the centroids live in)."""
+        """x [N, D_in] -> project(x) R^T [N, D] (the space the centroids live in)."""
         assert self.rotation is not None
-        return np.ascontiguousarray(np.asarray(x, dtype=np.float32) @ self.rotation.T)
+        return np.ascontiguousarray(self.project(x) @ self.rotation.T)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """Nearest code per sub-space: x [N, D] -> int64 [N, M]."""
-        self._check_dim(np.asarray(x).shape[1])
+        """Nearest code per sub-space: x [N, D_in] -> int64 [N, M]."""
+        x = np.asarray(x)
+        if self.projection is None:
+            self._check_dim(x.shape[1])
+        elif x.shape[1] != self.projection.shape[0]:
+            raise ValueError(
+                f"OPQTokenizer: embeddings have {x.shape[1]} dimensions, the whitening was "
+                f"fitted on {self.projection.shape[0]}"
+            )
         packed = self._pq().compute_codes(self.rotate(x))
         return unpack_codes(packed, self.cfg.num_codebooks, self.cfg.nbits)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """codes [N, M] -> reconstructions [N, D] in the input space."""
+        """codes [N, M] -> reconstructions [N, D_in] in the input space."""
         assert self.centroids is not None and self.rotation is not None
         parts = [self.centroids[m, codes[:, m]] for m in range(codes.shape[1])]
-        return np.concatenate(parts, axis=1) @ self.rotation
+        x = np.concatenate(parts, axis=1) @ self.rotation
+        if self.unprojection is None:
+            return x
+        return x @ self.unprojection + self.mean
 
     def reconstruction_mse(self, x: np.ndarray, codes: np.ndarray) -> float:
         """Mean over items of ||x - decode(codes)||^2."""
@@ -165,7 +224,19 @@ class OPQTokenizer:
 
     def save(self, directory: str | Path) -> None:
         assert self.centroids is not None and self.rotation is not None
-        save_npz(Path(directory) / TOKENIZER_FILE, rotation=self.rotation, centroids=self.centroids)
+        whitening = {}
+        if self.projection is not None:
+            whitening = {
+                "mean": self.mean,
+                "projection": self.projection,
+                "unprojection": self.unprojection,
+            }
+        save_npz(
+            Path(directory) / TOKENIZER_FILE,
+            rotation=self.rotation,
+            centroids=self.centroids,
+            **whitening,
+        )
 
     @classmethod
     def load(cls, directory: str | Path, cfg: OPQConfig) -> OPQTokenizer:
@@ -173,13 +244,22 @@ class OPQTokenizer:
         with reading(path, "re-run build_rpg_sids (dvc repro build_rpg_sids)"):
             state = np.load(path, allow_pickle=False)
             rotation, centroids = state["rotation"], state["centroids"]
+            whitening = {k: state[k] for k in ("mean", "projection", "unprojection") if k in state}
         if centroids.shape[:2] != (cfg.num_codebooks, cfg.codebook_size):
             raise ValueError(
                 f"{path} holds {centroids.shape[0]} x {centroids.shape[1]} codebooks, rpg.sid "
                 f"asks for {cfg.num_codebooks} x {cfg.codebook_size}: re-run build_rpg_sids"
             )
+        if bool(whitening) != bool(cfg.pca_dim):
+            raise ValueError(
+                f"{path} was fitted with{'out' if not whitening else ''} PCA whitening, rpg.sid."
+                f"pca_dim is {cfg.pca_dim}: re-run build_rpg_sids"
+            )
         tok = cls(cfg)
         tok.rotation, tok.centroids = rotation, centroids
+        if whitening:
+            tok.mean, tok.projection = whitening["mean"], whitening["projection"]
+            tok.unprojection = whitening["unprojection"]
         return tok
 
 
