@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.studies.fingerprints import READ
+from sidrec_core.studies.markdown import table as md_table
 
 SIDECAR = "provenance_backfill.jsonl"
 NOT_RECORDED = "not recorded"
@@ -101,12 +102,12 @@ def counts(
 
 def count_lines(tally: dict[str, tuple[int, int, int]], lead: str) -> list[str]:
     """A markdown table of :func:`counts` under the sentence ``lead``."""
-    lines = [lead, "", "| field | recorded | derived | not recorded |", "|---|---|---|---|"]
     names = {**FIELDS, LANDED_IN: LANDED_IN_TEXT}
-    for field, (rec, der, nrec) in tally.items():
-        shown = ("—" if field == LANDED_IN else str(rec), str(der) if field == LANDED_IN else "—")
-        lines.append(f"| {names[field]} | {shown[0]} | {shown[1]} | {nrec} |")
-    return lines
+    rows = [
+        [names[f], *(("—", der) if f == LANDED_IN else (rec, "—")), nrec]
+        for f, (rec, der, nrec) in tally.items()
+    ]
+    return [lead, "", *md_table(["field", "recorded", "derived", "not recorded"], rows)]
 
 
 def section_lines(
