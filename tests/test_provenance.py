@@ -11,12 +11,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from bench.backfill_provenance import backfill_rows, landed_in
 from sidrec_core.studies.provenance import (
     LANDED_IN,
     SIDECAR,
-    backfill_rows,
     counts,
-    landed_in,
     read_backfill,
     recorded,
     trial_key_of,

@@ -9,21 +9,14 @@ from pathlib import Path
 import optuna
 import pytest
 
+from bench.trial_costs import cost_table, measure_costs, read_cost_table
 from sidrec_core.studies.cli import declared_seeds
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.runner import StudyOptions
-from sidrec_core.studies.seeds import (
-    COST_TABLE,
-    cost_table,
-    measure_costs,
-    read_cost_table,
-    seeds_for_minutes,
-    seeds_held,
-    shortfall_text,
-)
+from sidrec_core.studies.seeds import COST_TABLE, seeds_for_minutes, seeds_held, shortfall_text
 from sidrec_core.studies.storage import make_storage
 from sidrec_core.studies.study import live_point
 

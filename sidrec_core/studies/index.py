@@ -32,6 +32,8 @@ import optuna
 from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
 from sidrec_core.studies.literature import claim_reading, metric_text
+from sidrec_core.studies.markdown import row
+from sidrec_core.studies.markdown import table as md_table
 from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
 from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
 from sidrec_core.studies.provenance import counts as provenance_counts
@@ -308,10 +310,8 @@ def finding_row(
     wall_best = [table[f.best][c].values for c in cols if c == "wall_seconds"]
     per_trial = f"; {np.median(list(wall_best[0].values())):.0f} s a trial" if wall_best else ""
     chosen = f"`{f.metric}` (best level chosen on `{f.objective}`)"
-    return (
-        f"| [`{study.name}`]({study.name}/report.md) | {profile} | {study.factor} | {chosen} | "
-        f"{best_cell(study, f)} | {effect} | {cost}{per_trial} |"
-    )
+    link = f"[`{study.name}`]({study.name}/report.md)"
+    return row([link, profile, study.factor, chosen, best_cell(study, f), effect, cost + per_trial])
 
 
 def real_sections(out_dir: Path, study: Study) -> list[tuple[str, optuna.Study]]:
@@ -329,24 +329,21 @@ def literature(out_dir: Path) -> list[str]:
         "metric the finding is about (95% CI over seeds, then each seed's difference; details in "
         "the study's report).",
         "",
-        "| finding | source | study | profile | metric | measured | verdict |",
-        "|---|---|---|---|---|---|---|",
+        *md_table(["finding", "source", "study", "profile", "metric", "measured", "verdict"]),
     ]
     for s in STUDIES.values():
         sections = real_sections(out_dir, s) if s.claims else []
         for claim in s.claims:
             link = f"[`{s.name}`]({s.name}/report.md)"
             if not sections:
-                lines.append(
-                    f"| {claim.finding} | {claim.source} | {link} | — | "
-                    f"{metric_text(claim, None)} | — | not run |"
-                )
+                cells = [claim.finding, claim.source, link, "—", metric_text(claim, None)]
+                lines.append(row([*cells, "—", "not run"]))
             for profile, ostudy in sections:
                 _, table, _ = summarize_trials(s, ostudy.get_trials(deepcopy=False))
                 measured, reading = claim_reading(claim, table)
+                metric = metric_text(claim, table[claim.level])
                 lines.append(
-                    f"| {claim.finding} | {claim.source} | {link} | {profile} | "
-                    f"{metric_text(claim, table[claim.level])} | {measured} | {reading} |"
+                    row([claim.finding, claim.source, link, profile, metric, measured, reading])
                 )
     return lines + [""]
 
@@ -397,8 +394,9 @@ def findings(out_dir: Path) -> list[str]:
         "differ from params.yaml) says so, with the pipeline default's figure where another "
         "study measured it.",
         "",
-        "| study | profile | factor | metric | best level | effect vs default | cost |",
-        "|---|---|---|---|---|---|---|",
+        *md_table(
+            ["study", "profile", "factor", "metric", "best level", "effect vs default", "cost"]
+        ),
     ]
     if not rows:
         lines.append("| (no study has run on real data yet) | | | | | | |")
@@ -419,15 +417,16 @@ def published() -> list[str]:
         "The rows `experiments/pipeline_report.md` sets beside this pipeline's (same 22,363 users, "
         "leave-one-out); HR@10 is Recall@10 with one target.",
         "",
-        "| model | protocol | HR@10 | NDCG@10 | source |",
-        "|---|---|---|---|---|",
     ]
-    for table, protocol in ((PUBLISHED, "all items ranked"), (PUBLISHED_UNSEEN, "history removed")):
-        for name, (src, figs) in table.items():
-            lines.append(
-                f"| {name} | {protocol} | {figs['hr@10']:.4f} | {figs['ndcg@10']:.4f} | {src} |"
-            )
-    return lines + [""]
+    rows = [
+        [name, protocol, f"{figs['hr@10']:.4f}", f"{figs['ndcg@10']:.4f}", src]
+        for rows, protocol in (
+            (PUBLISHED, "all items ranked"),
+            (PUBLISHED_UNSEEN, "history removed"),
+        )
+        for name, (src, figs) in rows.items()
+    ]
+    return lines + md_table(["model", "protocol", "HR@10", "NDCG@10", "source"], rows) + [""]
 
 
 def write_index(out_dir: Path) -> Path:
@@ -451,31 +450,33 @@ def write_index(out_dir: Path) -> Path:
         "reports give mean ± 95% CI over seeds and, on real data, Holm-corrected paired t-tests "
         "(over seeds) against the default. Smoke sections are pipeline checks on synthetic data.",
         "",
-        "| study | group | factor | levels (default) | seeds declared | profiles run | report |",
-        "|---|---|---|---|---|---|---|",
+        *md_table(
+            ["study", "group", "factor", "levels (default)", "seeds declared"]
+            + ["profiles run", "report"]
+        ),
     ]
     for s in STUDIES.values():
         sections = report_sections(out_dir / s.name / "report.md")
         ran = [p for p in PROFILE_ORDER if p in sections]
         has_report = (out_dir / s.name / "report.md").exists()
         report = f"[report]({s.name}/report.md)" if has_report else "—"
+        levels = f"{', '.join(s.labels)} (`{s.default}`)"
         lines.append(
-            f"| `{s.name}` | {s.group} | {s.factor} | {', '.join(s.labels)} "
-            f"(`{s.default}`) | {s.seeds} | {', '.join(ran) or '—'} | {report} |"
+            row([f"`{s.name}`", s.group, s.factor, levels, s.seeds, ", ".join(ran) or "—", report])
         )
+    files = [(out_dir / n, how) for n, how in RESULTS_FILES.items() if (out_dir / n).exists()]
+    tuned = sorted((out_dir / "tune").rglob("report_*.md"))
+    files += [(report, "`python bench/tune.py`") for report in tuned]
+    rows = [
+        [f"[`{p.relative_to(out_dir)}`]({p.relative_to(out_dir)})", how, last_commit(p)]
+        for p, how in files
+    ]
     lines += [
         "",
         "## Other results files",
         "",
-        "| file | how it was made | last commit |",
-        "|---|---|---|",
+        *md_table(["file", "how it was made", "last commit"], rows),
     ]
-    for name, how in RESULTS_FILES.items():
-        if (out_dir / name).exists():
-            lines.append(f"| [`{name}`]({name}) | {how} | {last_commit(out_dir / name)} |")
-    for report in sorted((out_dir / "tune").rglob("report_*.md")):
-        rel = report.relative_to(out_dir)
-        lines.append(f"| [`{rel}`]({rel}) | `python bench/tune.py` | {last_commit(report)} |")
     path = out_dir / "README.md"
     write_text(path, "\n".join(lines) + "\n")
     return path

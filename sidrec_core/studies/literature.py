@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from sidrec_core.studies.markdown import table as md_table
 from sidrec_core.studies.stats import mean_ci
 from sidrec_core.studies.study import Claim, Study
 
@@ -70,14 +71,13 @@ def claim_lines(study: Study, table: dict[str, dict[str, Cell]]) -> list[str]:
         "(claim level - compared level, 95% CI over the seeds both completed; not "
         "multiplicity-corrected: one pre-set claim per finding).",
         "",
-        "| finding | source | metric | measured difference | verdict |",
-        "|---|---|---|---|---|",
     ]
-    for claim in study.claims:
-        measured, reading = claim_reading(claim, table)
-        metric = metric_text(claim, table[claim.level])
-        lines.append(f"| {claim.finding} | {claim.source} | {metric} | {measured} | {reading} |")
-    return lines
+    rows = [
+        [claim.finding, claim.source, metric_text(claim, table[claim.level])]
+        + list(claim_reading(claim, table))
+        for claim in study.claims
+    ]
+    return lines + md_table(["finding", "source", "metric", "measured difference", "verdict"], rows)
 
 
 def claim_reading(claim: Claim, table: dict[str, dict[str, Cell]]) -> tuple[str, str]:

@@ -19,6 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.metrics import TEST_KEYS
+from sidrec_core.studies.markdown import row
+from sidrec_core.studies.markdown import table as md_table
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
 from sidrec_core.studies.storage import read_storage
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
@@ -95,9 +97,10 @@ def reference_lines(
         f"{sum(p is not None for p in adjusted)} tests of this table (significant at adjusted "
         f"p < {ALPHA}); relative = mean diff / the reference's mean.",
         "",
-        "| level | metric | reference | level | mean diff (95% CI) | relative | Holm p | "
-        "significant |",
-        "|---|---|---|---|---|---|---|---|",
+        *md_table(
+            ["level", "metric", "reference", "level", "mean diff (95% CI)", "relative"]
+            + ["Holm p", "significant"]
+        ),
     ]
     for (lv, metric, a, b, diff, _), adj in zip(tests, adjusted, strict=True):
         base, mean = mean_ci(list(b.values()))[0], mean_ci(list(a.values()))[0]
@@ -107,8 +110,10 @@ def reference_lines(
         sig = "n/a" if adj is None else ("yes" if adj < ALPHA else "no")
         adj_text = "undefined" if adj is None else f"{adj:.3f}"
         lines.append(
-            f"| {lv} | {metric} | {base:.5f} | {mean:.5f} | {diff:+.5f}{ci} | {rel} | "
-            f"{adj_text} | {sig} |"
+            row(
+                [lv, metric, f"{base:.5f}", f"{mean:.5f}", f"{diff:+.5f}{ci}", rel]
+                + [adj_text, sig]
+            )
         )
     best = max(
         (t for t in zip(tests, adjusted, strict=True) if t[0][1] == TEST_KEYS[0]),

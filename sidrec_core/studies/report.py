@@ -25,6 +25,8 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
+from sidrec_core.studies.markdown import row
+from sidrec_core.studies.markdown import table as md_table
 from sidrec_core.studies.notes import note_lines
 from sidrec_core.studies.provenance import section_lines as provenance_lines
 from sidrec_core.studies.reference import reference_lines
@@ -353,9 +355,10 @@ def significance_lines(
         "per-user ranks). MDE: the smallest true difference this test detects with 80% power, "
         "given the seeds' spread, shown where the difference is not significant.",
         "",
-        "| level | metric | mean diff (95% CI, seeds) | seed × user 95% CI | p | Holm p "
-        "| significant | MDE |",
-        "|---|---|---|---|---|---|---|---|",
+        *md_table(
+            ["level", "metric", "mean diff (95% CI, seeds)", "seed × user 95% CI", "p"]
+            + ["Holm p", "significant", "MDE"]
+        ),
     ]
     for cmp in comparisons:
         c, ci, adj = cmp.cell, cmp.ci, cmp.holm_p
@@ -364,10 +367,7 @@ def significance_lines(
         p = "undefined" if c.p_value is None else _fmt(c.p_value, 3)
         mde = "—" if sig == "yes" else _fmt(cmp.mde)
         name = cmp.level if cmp.versus == study.default else f"{cmp.level} − {cmp.versus}"
-        lines.append(
-            f"| {name} | {cmp.metric} | {diff} | {seed_user_text(cmp)} | {p} | {_fmt(adj, 3)} "
-            f"| {sig} | {mde} |"
-        )
+        lines.append(row([name, cmp.metric, diff, seed_user_text(cmp), p, _fmt(adj, 3), sig, mde]))
     missing = [lv for lv in study.labels if not table[lv][study.objective].values]
     lines += [
         f"| {lv} | (no completed trial) | | | | | | |" for lv in missing if lv != study.default
@@ -424,11 +424,14 @@ def profile_section(
         + ".",
         "",
     ]
-    header = ["level", *cols]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for lv in study.labels:
-        name = f"**{lv}** (default)" if lv == study.default else lv
-        lines.append("| " + " | ".join([name] + [cell_text(table[lv][c], c) for c in cols]) + " |")
+    lines += md_table(
+        ["level", *cols],
+        [
+            [f"**{lv}** (default)" if lv == study.default else lv]
+            + [cell_text(table[lv][c], c) for c in cols]
+            for lv in study.labels
+        ],
+    )
     lines += [
         "",
         "Quality cells: mean ± 95% CI (Student t) over seeds; "

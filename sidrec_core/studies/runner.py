@@ -5,10 +5,13 @@ with ``enqueue_trial``, one MLflow parent run per study and a nested run per tri
 (optuna/optuna-examples; STYLE.md).
 
 Resume: a launch queues each grid point that has no COMPLETE, RUNNING or WAITING trial, so only
-the remaining points run. A killed worker's trial is failed (its process is gone, or on an RDB
-storage its heartbeat stopped) and its point queued again. Two workers never take one queued
-trial (the storage's lock); two launches queueing the same point at once (the race
-``enqueue_trial(skip_if_exists=True)`` documents) leave a twin that is pruned before any work.
+the remaining points run. A worker is ``study.optimize`` over the queued trials, stopped by a
+callback when none is left, ``--max-trials`` is reached or the next would overrun the time budget;
+``--workers N`` is N such processes on the one storage. A killed worker's trial is failed by the
+next launch (its process is gone, or on an RDB storage its heartbeat stopped) and its point queued
+again. Two workers never take one queued trial (the storage's lock); two launches queueing the
+same point at once (the race ``enqueue_trial(skip_if_exists=True)`` documents) leave a twin that
+is pruned before any work.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import dataclasses
 import importlib
 import logging
 import multiprocessing
-import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,6 @@ from sidrec_core.tracking import PARENT_ENV, start_run
 log = logging.getLogger(__name__)
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 GRID_SEED = 0
-POLL_SECONDS = 5.0  # how often a worker with nothing queued checks other workers' trials
 
 
 @dataclasses.dataclass
@@ -138,6 +140,46 @@ def parent_run(
         yield parent
 
 
+def run_stages(
+    trial: optuna.Trial,
+    stages: tuple[tuple[str, ...], tuple[str, ...]],
+    params: dict[str, Any],
+    trial_dir: Path,
+    objective: str,
+    mlflow: dict[str, Any],
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The one trial path of a study and a search: the stages ``(run, reuse)`` through DVC under
+    ``params``, in a nested MLflow run (``mlflow``: kind, profile, parent_run_id, run_name,
+    tags) -> their metrics. A stage the trial's pruner stopped prunes the trial; any other error
+    is kept on the trial (:func:`record_error`)."""
+    kind = mlflow.pop("kind")
+    dataset = str(get_dotted(params, "data.name", "?"))
+    try:
+        with start_run(kind, params, dataset=dataset, metrics_dir=None, **mlflow) as run:
+            nest = {PARENT_ENV: run.run_id} if run.run_id else {}
+            try:
+                metrics = dvc_run.run_trial(*stages, params, trial_dir, {**(env or {}), **nest})
+            except dvc_run.StageFailed as exc:
+                pruned = [line for line in exc.lines if "TrialPruned: " in line]
+                if pruned:  # the stage's own message: "pruned after epoch N"
+                    raise optuna.TrialPruned(pruned[-1].split("TrialPruned: ")[-1]) from None
+                raise
+            if metrics.get(objective) is None:
+                raise KeyError(
+                    f"objective {objective!r} missing from the metrics of "
+                    f"{'+'.join(stages[0])}; got: {', '.join(sorted(metrics))}"
+                )
+            run.record(**{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    except optuna.TrialPruned:
+        raise
+    except Exception as exc:
+        record_error(trial, exc)
+        log.error("trial %d of %s failed: %s", trial.number, trial.study.study_name, exc)
+        raise
+    return metrics
+
+
 def record_error(trial: optuna.Trial, exc: BaseException) -> None:
     """A failing trial's error and the tail of its traceback, as user attrs (the reports and
     MLflow show them)."""
@@ -204,13 +246,6 @@ def enqueue_missing(
                 ostudy.enqueue_trial({}, user_attrs={"grid_point": [level, seed]})
                 queued += 1
     return queued
-
-
-def counts(ostudy: optuna.Study) -> dict[TrialState, int]:
-    out = dict.fromkeys(TrialState, 0)
-    for t in ostudy.get_trials(deepcopy=False):
-        out[t.state] += 1
-    return out
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
@@ -336,42 +371,28 @@ class Objective:
         params_trial = with_overrides(
             self.params, {**study.fixed, "base.seed": seed, **study.level(label).overrides}
         )
-        try:
-            with start_run(
-                f"trial/{study.name}",
-                params_trial,
-                dataset=str(get_dotted(params_trial, "data.name", "?")),
-                profile=profile,
-                metrics_dir=None,
-                parent_run_id=self.parent_run_id,
-                run_name=f"{study.name}/{label}/seed{seed}",
-                tags={
-                    "study": study.name,
-                    "level": label,
-                    "seed": seed,
-                    "trial": trial.number,
-                    "factor": study.factor,
-                },
-            ) as run:
-                nest = {PARENT_ENV: run.run_id} if run.run_id else {}
-                metrics = dvc_run.run_trial(study.run, study.reuse, params_trial, trial_dir, nest)
-                if metrics.get(study.objective) is None:
-                    raise KeyError(
-                        f"objective {study.objective!r} missing from the metrics of "
-                        f"{'+'.join(study.run)}; got: {', '.join(sorted(metrics))}"
-                    )
-                run.record(**{k: v for k, v in metrics.items() if not isinstance(v, str)})
-            # Headline figures as their own attrs (visible in optuna-dashboard), everything in
-            # one "metrics" attr: one storage commit each, so keep their number small.
-            for key in (*study.secondary, *(f"{st}/wall_seconds" for st in study.run)):
-                if key in metrics:
-                    trial.set_user_attr(key, metrics[key])
-            trial.set_user_attr("metrics", metrics)
-            return float(metrics[study.objective])
-        except Exception as exc:
-            record_error(trial, exc)
-            log.error("trial %d (%s, seed %d) failed: %s", trial.number, label, seed, exc)
-            raise
+        mlflow = {
+            "kind": f"trial/{study.name}",
+            "profile": profile,
+            "parent_run_id": self.parent_run_id,
+            "run_name": f"{study.name}/{label}/seed{seed}",
+            "tags": {
+                "study": study.name,
+                "level": label,
+                "seed": seed,
+                "trial": trial.number,
+                "factor": study.factor,
+            },
+        }
+        stages = (study.run, study.reuse)
+        metrics = run_stages(trial, stages, params_trial, trial_dir, study.objective, mlflow)
+        # Headline figures as their own attrs (visible in optuna-dashboard), everything in one
+        # "metrics" attr: one storage commit each, so keep their number small.
+        for key in (*study.secondary, *(f"{st}/wall_seconds" for st in study.run)):
+            if key in metrics:
+                trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("metrics", metrics)
+        return float(metrics[study.objective])
 
 
 def _work(
@@ -381,26 +402,22 @@ def _work(
     opts: StudyOptions,
     parent_run_id: str | None,
 ) -> None:
-    """A worker: run queued trials until none is left, ``max_trials`` ran or the next one would
-    overrun the time budget. RUNNING trials of other workers are waited for: a dead worker's
-    trial is failed (:func:`fail_dead_trials`) and its point queued again."""
-    study = get_study(study_name)
-    ostudy = open_study(study, opts, seeds)
-    objective = Objective(study_name, params, seeds, opts, parent_run_id)
-    count = 0
-    while opts.max_trials is None or count < opts.max_trials:
-        if fail_dead_trials(ostudy):
-            enqueue_missing(ostudy, study, seeds, opts.retry_failed)
-        state = counts(ostudy)
-        if state[TrialState.WAITING]:
-            if not opts.budget.allows(ran_seconds(ostudy, next_level(ostudy))):
-                break
-            ostudy.optimize(objective, n_trials=1, catch=(Exception,))
-            count += 1
-        elif state[TrialState.RUNNING] and remaining(ostudy, study, seeds):
-            time.sleep(POLL_SECONDS)
-        else:
-            break
+    """A worker: ``optimize`` over the queued trials, stopped when none is queued,
+    ``max_trials`` ran or the next one would overrun the time budget (expected to last as long
+    as its level's trials did)."""
+    ostudy = open_study(get_study(study_name), opts, seeds)
+
+    def go_on(s: optuna.Study) -> bool:
+        level = next_level(s)
+        return level is not None and opts.budget.allows(ran_seconds(s, level))
+
+    if go_on(ostudy):
+        ostudy.optimize(
+            Objective(study_name, params, seeds, opts, parent_run_id),
+            n_trials=opts.max_trials,
+            catch=(Exception,),
+            callbacks=[lambda s, _: go_on(s) or s.stop()],
+        )
 
 
 def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
@@ -417,19 +434,19 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     fail_dead_trials(ostudy)
     before = len(remaining(ostudy, study, seeds))
     queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
-    state = counts(ostudy)
+    state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
+    summary: dict[str, Any] = {
+        "study": optuna_name(study, opts.profile),
+        "storage": opts.storage_url_for(study.name),
+        "grid_points": len(study.labels) * len(seeds),
+        "remaining_before": before,
+        "queued": queued,
+    }
     if before == 0 and not queued and not state[TrialState.WAITING] + state[TrialState.RUNNING]:
         # nothing to run: the storage, the reports and MLflow stay as they are (a committed
         # study's files are tracked; an empty parent run would only clutter the UI)
-        return {
-            "study": optuna_name(study, opts.profile),
-            "storage": opts.storage_url_for(study.name),
-            "grid_points": len(study.labels) * len(seeds),
-            "remaining_before": 0,
-            "remaining_after": 0,
-            "complete": state[TrialState.COMPLETE],
-            "up_to_date": True,
-        }
+        done = {"remaining_after": 0, "complete": state[TrialState.COMPLETE], "up_to_date": True}
+        return summary | done
     with parent_run(
         ostudy,
         f"study/{study.name}",
@@ -439,30 +456,20 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         run_name=f"study/{optuna_name(study, opts.profile)}",
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
-        if opts.workers == 1:
-            _work(name, params, seeds, opts, parent.run_id)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            procs = [
-                ctx.Process(target=_work, args=(name, params, seeds, opts, parent.run_id))
-                for _ in range(opts.workers)
-            ]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-        trials = ostudy.get_trials(deepcopy=False)
-        summary = {
-            "study": optuna_name(study, opts.profile),
-            "storage": opts.storage_url_for(study.name),
-            "grid_points": len(study.labels) * len(seeds),
-            "remaining_before": before,
-            "remaining_after": len(remaining(ostudy, study, seeds)),
-            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
-            "failed": sum(t.state == TrialState.FAIL for t in trials),
-            "pruned_duplicates": sum(t.state == TrialState.PRUNED for t in trials),
-            "queued": queued,
-        }
+        # --workers N: this process and N - 1 spawned ones, each an optimize on the one storage
+        args = (name, params, seeds, opts, parent.run_id)
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_work, args=args) for _ in range(opts.workers - 1)]
+        for proc in procs:
+            proc.start()
+        _work(*args)
+        for proc in procs:
+            proc.join()
+        state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
+        summary["remaining_after"] = len(remaining(ostudy, study, seeds))
+        summary["complete"] = state[TrialState.COMPLETE]
+        summary["failed"] = state[TrialState.FAIL]
+        summary["pruned_duplicates"] = state[TrialState.PRUNED]
         parent.record(**{k: v for k, v in summary.items() if isinstance(v, int)})
         if opts.report:
             from sidrec_core.studies.index import write_index

@@ -1,7 +1,7 @@
 """How many seeds a study runs, and what a trial of it costs (issue 33, item 4c).
 
 A study whose trial costs at most :data:`CHEAP_MINUTES` CPU-minutes runs :data:`CHEAP_SEEDS`
-seeds, any other :data:`DEFAULT_SEEDS`; the registry declares the count per study
+seeds, any other :data:`DEFAULT_SEEDS`; ``studies.yaml`` declares the count per study
 (:attr:`~sidrec_core.studies.study.Study.seeds`). The cost is measured, not guessed: the median
 ``wall_seconds`` of the study's complete real-data trials (the stages a trial re-runs, on one
 thread; the upstream stages a new seed needs are built once per seed and not counted), written by
@@ -14,23 +14,15 @@ A synthetic (smoke) launch is a pipeline check with no statistics: it keeps
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import shlex
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
-
-from sidrec_core.io import write_text
 
 CHEAP_MINUTES = 10.0
 CHEAP_SEEDS, DEFAULT_SEEDS = 5, 3
 PIPELINE_CHECK_SEEDS = 3
-COST_TABLE = "trial_costs.md"
+COST_TABLE = "trial_costs.md"  # written by bench/trial_costs.py
 ROUND_2 = "the rest run in round 2"
 
 
@@ -50,124 +42,3 @@ def shortfall_text(held: int, declared: int) -> str | None:
     if held >= declared:
         return None
     return f"{held} of {declared} declared seeds; {ROUND_2}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Cost:
-    """One study's measured trial cost: ``minutes`` (median) over ``trials`` real-data trials,
-    their range, and where the figure comes from (``basis``: its own trials or named studies
-    running the same stages)."""
-
-    study: str
-    trials: int
-    minutes: float | None
-    low: float | None
-    high: float | None
-    basis: str
-
-    @property
-    def seeds(self) -> int | None:
-        return None if self.minutes is None else seeds_for_minutes(self.minutes)
-
-
-def real_walls(storage: str, study: str) -> list[float]:
-    """``wall_seconds`` of every complete trial in the real-data sections of ``storage``."""
-    from sidrec_core.studies.report import is_pipeline_check
-    from sidrec_core.studies.storage import sections
-
-    return [
-        float(t.user_attrs["wall_seconds"])
-        for _, ostudy in sections(storage, study)
-        if not is_pipeline_check(ostudy)
-        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "wall_seconds" in t.user_attrs
-    ]
-
-
-def measure_costs(out_dir: Path) -> list[Cost]:
-    """Every registered study's :class:`Cost`, from the storages under ``out_dir``."""
-    from sidrec_core.studies.registry import STUDIES
-    from sidrec_core.studies.storage import study_journal
-
-    walls = {n: real_walls(study_journal(out_dir, n), n) for n in STUDIES}
-    costs = []
-    for name, study in STUDIES.items():
-        own = walls[name]
-        if own:
-            m = np.array(own) / 60.0
-            costs.append(Cost(name, len(own), float(np.median(m)), m.min(), m.max(), "measured"))
-            continue
-        alike = [n for n, s in STUDIES.items() if s.run == study.run and walls[n]]
-        if not alike:
-            costs.append(Cost(name, 0, None, None, None, "not measured"))
-            continue
-        medians = [float(np.median(walls[n])) / 60.0 for n in alike]
-        # the dearest of them, so that a study is never given more seeds than its peers' cost
-        # allows; its range is the spread of their medians
-        basis = f"not measured; same stages as {', '.join(f'`{n}`' for n in alike)} (range: theirs)"
-        costs.append(Cost(name, 0, max(medians), min(medians), max(medians), basis))
-    return costs
-
-
-def _minutes(x: float | None) -> str:
-    return "—" if x is None else f"{x:.1f}"
-
-
-def cost_table(costs: list[Cost], command: str) -> str:
-    """``experiments/trial_costs.md``: the measured basis of every declared seed count."""
-    lines = [
-        "# Trial cost per study: the basis of the seeds the registry declares",
-        "",
-        f"Made by `{command}` from the studies' storage (`experiments/<study>/optuna.jsonl`). A "
-        f"trial's cost is its `wall_seconds`: the stages it re-runs, on one thread, so its wall "
-        f"minutes bound its CPU-minutes from above; the upstream stages a new seed needs are "
-        f"built once per seed and not counted. Rule (issue "
-        f"33, item 4c): a study whose median trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes "
-        f"runs {CHEAP_SEEDS} seeds, any other {DEFAULT_SEEDS}. A study with no real-data trial "
-        "takes the dearest median of the studies that run the same stages. "
-        "`sidrec_core/studies/registry.py` declares each count; a test checks it against this "
-        "table.",
-        "",
-        "| study | real-data trials | median trial minutes | [min, max] | seeds | basis |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in costs:
-        spread = "—" if c.low is None else f"[{_minutes(c.low)}, {_minutes(c.high)}]"
-        lines.append(
-            f"| `{c.study}` | {c.trials} | {_minutes(c.minutes)} | {spread} | "
-            f"{c.seeds or '—'} | {c.basis} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-ROW = re.compile(
-    r"^\| `(?P<study>[^`]+)` \| (?P<trials>\d+) \| (?P<minutes>[\d.]+|—) \| .*?\| "
-    r"(?P<seeds>\d+|—) \|"
-)
-
-
-def read_cost_table(path: Path) -> dict[str, tuple[float | None, int | None]]:
-    """``{study: (median trial minutes, seeds)}`` from a table :func:`cost_table` wrote."""
-    out = {}
-    for line in path.read_text().splitlines():
-        m = ROW.match(line)
-        if m:
-            minutes = None if m["minutes"] == "—" else float(m["minutes"])
-            out[m["study"]] = (minutes, None if m["seeds"] == "—" else int(m["seeds"]))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``bench/trial_costs.py [--out experiments]``: write ``<out>/trial_costs.md``."""
-    import argparse
-
-    from sidrec_core.studies.runner import EXPERIMENTS_DIR
-
-    p = argparse.ArgumentParser(description="write experiments/trial_costs.md from the storages")
-    p.add_argument("--out", default=str(EXPERIMENTS_DIR), help="the studies' root folder")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    command = shlex.join(["python", "bench/trial_costs.py", *(argv or sys.argv[1:])])
-    write_text(out / COST_TABLE, cost_table(measure_costs(out), command))
-    print(out / COST_TABLE)
-    return 0

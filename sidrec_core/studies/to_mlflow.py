@@ -104,18 +104,18 @@ def _ms(when: dt.datetime | None) -> int | None:
     return None if when is None else int(when.replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
-def _finite(values: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in values.items() if math.isfinite(v)}
+def _figures(values: dict[str, float], objective: str) -> dict[str, float]:
+    """The finite ``values``, the headline first and the rest sorted."""
+    finite = {k: v for k, v in values.items() if math.isfinite(v)}
+    return {k: finite[k] for k in headline_first(sorted(finite), objective)}
 
 
 def trial_metrics(trial: FrozenTrial, objective: str) -> dict[str, float]:
-    """Every figure the trial stored, the objective as its value, the headline first and the
-    rest sorted."""
+    """Every figure the trial stored, the objective as its value (:func:`_figures` order)."""
     figures = {k: v for k, v in scalar_attrs(trial.user_attrs).items() if k not in SKIP_ATTRS}
     if trial.value is not None:
         figures[objective] = float(trial.value)
-    figures = _finite(figures)
-    return {k: figures[k] for k in headline_first(sorted(figures), objective)}
+    return _figures(figures, objective)
 
 
 def _param(value: Any) -> str:
@@ -239,24 +239,14 @@ def retrain_runs(
     for t in retrains.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         which, seed = str(t.user_attrs["config"]), t.user_attrs["seed"]
         overrides = json.loads(t.user_attrs.get("overrides") or "{}")
-        metrics = _finite({k: float(v) for k, v in scalar_attrs(t.user_attrs["metrics"]).items()})
-        metrics = {k: metrics[k] for k in headline_first(sorted(metrics), objective)}
+        metrics = _figures(scalar_attrs(t.user_attrs["metrics"]), objective)
+        point = {"retrain": which, "seed": str(seed)}
         out.append(
             RunRecord(
                 key=f"{label}:{ostudy.study_name}/{RETRAINED.get(which, which)}/s{seed}",
                 name=f"{ostudy.study_name}/retrain-{which}/s{seed}",
-                tags={
-                    **base,
-                    "sidrec.kind": "retrain",
-                    "retrain": which,
-                    "seed": str(seed),
-                    "commit": NOT_RECORDED,
-                },
-                params={
-                    "retrain": which,
-                    "seed": str(seed),
-                    **{k: _param(v) for k, v in overrides.items()},
-                },
+                tags={**base, "sidrec.kind": "retrain", **point, "commit": NOT_RECORDED},
+                params={**point, **{k: _param(v) for k, v in overrides.items()}},
                 metrics=metrics,
                 description=f"Retrain of the {which} configuration, seed {seed}: "
                 + _headline_text(metrics, objective),

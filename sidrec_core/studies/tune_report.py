@@ -14,6 +14,8 @@ import yaml
 from optuna.trial import TrialState
 
 from sidrec_core.io import atomic_path, write_text
+from sidrec_core.studies.markdown import row
+from sidrec_core.studies.markdown import table as md_table
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.spaces import Tunable
 from sidrec_core.studies.stats import diff_ci, mean_ci, paired_test
@@ -94,8 +96,7 @@ def versus_default(
         f"Seeds both have: {sorted(set(best) & set(base))}. Difference = best − default, "
         "mean with its paired 95% CI (Student t) and the paired t-test's p.",
         "",
-        "| metric | best | default | best − default | p |",
-        "|---|---|---|---|---|",
+        *md_table(["metric", "best", "default", "best − default", "p"]),
     ]
     decision = None
     for key in (OBJECTIVE, *TEST_KEYS):
@@ -108,7 +109,7 @@ def versus_default(
         cells = [_fmt(mean_ci(list(v.values()))[0]) for v in (a, b)]
         change = "—" if diff is None else _fmt(diff) + ("" if np.isnan(hw) else f" ± {_fmt(hw)}")
         pcell = "undefined" if p is None else f"{p:.3f}"
-        lines.append(f"| {key} | {cells[0]} | {cells[1]} | {change} | {pcell} |")
+        lines.append(row([key, *cells, change, pcell]))
         if key == OBJECTIVE and diff is not None and not np.isnan(hw):
             decision = diff - hw > 0
     lines.append("")
@@ -184,21 +185,19 @@ def write_tune_report(
         "",
         f"## Best trial: #{best.number}, {OBJECTIVE} = {_fmt(float(best.value))}",
         "",
-        "| param | value |",
-        "|---|---|",
+        *md_table(["param", "value"], ([f"`{k}`", _fmt(v)] for k, v in best.params.items())),
     ]
-    lines += [f"| `{k}` | {_fmt(v)} |" for k, v in best.params.items()]
     retrains = open_retrains(tun, opts)
     retrain = retrained(retrains, "best", best.params)
     lines += ["", f"## Best configuration retrained over seeds {sorted(retrain) or '—'}", ""]
     if retrain:
-        lines += ["| metric | mean ± 95% CI | per seed |", "|---|---|---|"]
+        lines += md_table(["metric", "mean ± 95% CI", "per seed"])
         for key in (OBJECTIVE, *TEST_KEYS):
             vals = [float(m[key]) for m in retrain.values() if key in m]
             if vals:
                 mean, hw = mean_ci(vals)
                 cell = _fmt(mean) if np.isnan(hw) else f"{_fmt(mean)} ± {_fmt(hw)}"
-                lines.append(f"| {key} | {cell} | {', '.join(_fmt(v) for v in vals)} |")
+                lines.append(row([key, cell, ", ".join(_fmt(v) for v in vals)]))
     else:
         lines.append("Not yet: the search has not used its budget (or the time budget stopped it).")
     lines += versus_default(ostudy, params, retrain, retrained(retrains, "default", {}))
@@ -207,16 +206,17 @@ def write_tune_report(
     if isinstance(imp, str):
         lines.append(f"None: {imp}.")
     else:
-        lines += ["| param | importance |", "|---|---|"]
-        lines += [f"| `{k}` | {v:.3f} |" for k, v in imp.items()]
+        lines += md_table(["param", "importance"], ([f"`{k}`", f"{v:.3f}"] for k, v in imp.items()))
     lines += [
         "",
         "## History",
         "",
         "Test figures are shown for reading only; the search selects on the objective.",
         "",
-        "| trial | state | value | test/ndcg@10 | test/hr@10 | last epoch | minutes | params |",
-        "|---|---|---|---|---|---|---|---|",
+        *md_table(
+            ["trial", "state", "value", "test/ndcg@10", "test/hr@10", "last epoch", "minutes"]
+            + ["params"]
+        ),
     ]
     for t in trials:
         value = _fmt(float(t.value)) if t.value is not None else "—"
@@ -230,10 +230,7 @@ def write_tune_report(
         state = t.state.name.lower()
         if DUPLICATE_OF in t.user_attrs:
             state += f" (duplicate of running #{t.user_attrs[DUPLICATE_OF]})"
-        lines.append(
-            f"| {t.number} | {state} | {value} | {' | '.join(tests)} | {last} "
-            f"| {minutes} | {shown} |"
-        )
+        lines.append(row([t.number, state, value, *tests, last, minutes, shown]))
     png = plot_history(ostudy, folder / f"{opts.profile}_history.png")
     best_file = folder / f"{opts.profile}_best_params.yaml"
     write_text(best_file, yaml.safe_dump(best_overrides_yaml(params, best.params), sort_keys=False))

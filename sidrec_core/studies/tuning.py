@@ -42,7 +42,7 @@ from sidrec_core.studies.runner import (
     base_params,
     parent_run,
     ran_seconds,
-    record_error,
+    run_stages,
     seeds_for,
 )
 from sidrec_core.studies.spaces import Tunable, get_tunable
@@ -56,7 +56,6 @@ from sidrec_core.studies.storage import (
     read_storage,
     worker_id,
 )
-from sidrec_core.tracking import PARENT_ENV, start_run
 
 log = logging.getLogger(__name__)
 PRUNER = "pruner"  # trial user attr: the pruner the trial ran under
@@ -220,39 +219,17 @@ class TuneObjective:
         epochs = trial_epochs(self.tun, self.params)
         spec = {"storage": self.opts.tune_storage(self.tun.name), "study": trial.study.study_name}
         spec |= {"trial": trial.number, "pruner": self.opts.pruner, "epochs": epochs}
-        try:
-            with start_run(
-                f"tune/{self.tun.name}",
-                with_overrides(self.params, overrides),
-                dataset=str(get_dotted(self.params, "data.name", "beauty")),
-                profile=self.opts.profile,
-                metrics_dir=None,
-                parent_run_id=self.parent,
-                run_name=f"tune-{self.tun.name}/{trial.number}",
-                tags={"tune": self.tun.name, "trial": trial.number},
-            ) as run:
-                try:
-                    metrics = dvc_run.run_trial(
-                        self.tun.run,
-                        self.tun.reuse,
-                        with_overrides(self.params, overrides),
-                        trial_dir,
-                        {
-                            TRIAL_ENV: json.dumps(spec),
-                            **({PARENT_ENV: run.run_id} if run.run_id else {}),
-                        },
-                    )
-                except dvc_run.StageFailed as exc:
-                    pruned = [line for line in exc.lines if "TrialPruned: " in line]
-                    if pruned:  # the stage's own message: "pruned after epoch N"
-                        raise optuna.TrialPruned(pruned[-1].split("TrialPruned: ")[-1]) from None
-                    raise
-                run.record(**{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        except optuna.TrialPruned:
-            raise
-        except Exception as exc:
-            record_error(trial, exc)
-            raise
+        mlflow = {
+            "kind": f"tune/{self.tun.name}",
+            "profile": self.opts.profile,
+            "parent_run_id": self.parent,
+            "run_name": f"tune-{self.tun.name}/{trial.number}",
+            "tags": {"tune": self.tun.name, "trial": trial.number},
+        }
+        stages = (self.tun.run, self.tun.reuse)
+        trained = with_overrides(self.params, overrides)
+        env = {TRIAL_ENV: json.dumps(spec)}
+        metrics = run_stages(trial, stages, trained, trial_dir, OBJECTIVE, mlflow, env)
         for key in (*TEST_KEYS, "wall_seconds"):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
@@ -319,10 +296,12 @@ def retrain(
         )
         return float(metrics[OBJECTIVE])
 
-    while retrains.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if not opts.budget.allows(ran_seconds(ostudy), "retrain"):
-            break
-        retrains.optimize(run, n_trials=1)
+    def more(study: optuna.Study) -> bool:  # a queued seed, and time to run it
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return bool(waiting) and opts.budget.allows(ran_seconds(ostudy), "retrain")
+
+    if more(retrains):
+        retrains.optimize(run, callbacks=[lambda study, _: more(study) or study.stop()])
     return retrained(retrains, which, overrides)
 
 
