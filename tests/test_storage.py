@@ -17,7 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sidrec_core.studies import tuning
+from sidrec_core.lifecycle import process_start
+from sidrec_core.studies import storage, tuning
 from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import cell_text, is_cost, summarize_trials
@@ -277,3 +278,20 @@ def test_two_machines_share_a_study_through_postgresql(tmp_path, postgres_url):
         storage=make_storage(str(alone / "exclude_seen" / "optuna.jsonl")),
     )
     assert figures(shared) == figures(single) and len(figures(single)) >= 4
+
+
+def test_an_untagged_running_trial_is_failed_once_no_live_worker_could_still_tag_it(
+    tmp_path, monkeypatch
+):
+    """A worker killed between Optuna's ask and its first line leaves a RUNNING trial with no
+    worker tag; the next launch waits out the tagging window, then fails it (and only it)."""
+    monkeypatch.setattr(storage, "UNCLAIMED_AFTER", 0.3)  # seconds
+    journal = storage.make_storage(str(tmp_path / "j.jsonl"), create=True)
+    study = optuna.create_study(storage=journal)
+    orphan = study.ask()
+    live = study.ask()
+    me = os.getpid()
+    live.set_user_attr(storage.WORKER, f"{socket.gethostname()}:{me}:{process_start(me)}")
+    assert storage.fail_dead_trials(study) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}

@@ -11,6 +11,7 @@ so a mistyped path fails instead of starting an empty study.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import time
@@ -136,19 +137,38 @@ def worker_id() -> str:
     return f"{tags[HOST_TAG]}:{tags[PID_TAG]}:{tags.get(START_TAG, '')}"
 
 
+UNCLAIMED_AFTER = 10.0  # seconds: a live worker tags its trial milliseconds after Optuna starts it
+
+
+def _unclaimed_age(t: optuna.trial.FrozenTrial, now: datetime.datetime) -> float | None:
+    """Seconds since an untagged RUNNING trial started; None for a tagged one."""
+    if WORKER in t.user_attrs:
+        return None
+    return (now - (t.datetime_start or now)).total_seconds()
+
+
 def fail_dead_trials(ostudy: optuna.Study) -> int:
-    """Fail the RUNNING trials whose worker process on this host is gone, and on an RDB storage
-    those whose heartbeat stopped. Returns how many were failed here (not by heartbeat)."""
+    """Fail the RUNNING trials whose worker process on this host is gone, those no worker tagged
+    within :data:`UNCLAIMED_AFTER` seconds of their start (a worker killed between Optuna's ask
+    and the objective's first line; a younger one is waited for), and on an RDB storage those
+    whose heartbeat stopped. Returns how many were failed here (not by heartbeat)."""
     optuna.storages.fail_stale_trials(ostudy)
+    running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    ages = [a for t in running if (a := _unclaimed_age(t, datetime.datetime.now())) is not None]
+    if ages and min(ages) <= UNCLAIMED_AFTER:
+        time.sleep(UNCLAIMED_AFTER - min(ages) + 0.5)
     failed = 0
+    now = datetime.datetime.now()
     for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, rest = str(t.user_attrs.get(WORKER, "")).partition(":")
         pid, _, start = rest.partition(":")
-        if (
+        age = _unclaimed_age(t, now)
+        dead_here = (
             host == process_tags()[HOST_TAG]
             and pid.isdigit()
             and not pid_alive(int(pid), start or None)
-        ):
+        )
+        if dead_here or (age is not None and age > UNCLAIMED_AFTER):
             ostudy.tell(t.number, state=TrialState.FAIL)
             failed += 1
     return failed
