@@ -19,7 +19,7 @@ from sidrec_core.studies.profiles import PROFILES_DIR, dvc_set_args
 
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = ("sidrec_core", "bench", "experiments/profiles", ".dvc", "data/datasets")
-FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+FILES = ("dvc.yaml", "params.yaml", "studies.yaml", ".dvcignore", ".gitignore")
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
