@@ -466,7 +466,14 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         for proc in procs:
             proc.join()
         state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
-        summary["remaining_after"] = len(remaining(ostudy, study, seeds))
+        # a point another machine's worker is running is not left undone: that worker ends it
+        busy = {
+            live_point(study, t)
+            for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        }
+        left = remaining(ostudy, study, seeds)
+        summary["remaining_after"] = sum(p not in busy for p in left)
+        summary["running_elsewhere"] = sum(p in busy for p in left)
         summary["complete"] = state[TrialState.COMPLETE]
         summary["failed"] = state[TrialState.FAIL]
         summary["pruned_duplicates"] = state[TrialState.PRUNED]
