@@ -465,12 +465,10 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         _work(*args)
         for proc in procs:
             proc.join()
-        state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
+        trials = ostudy.get_trials(deepcopy=False)
+        state = Counter(t.state for t in trials)
         # a point another machine's worker is running is not left undone: that worker ends it
-        busy = {
-            live_point(study, t)
-            for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        }
+        busy = {live_point(study, t) for t in trials if t.state == TrialState.RUNNING}
         left = remaining(ostudy, study, seeds)
         summary["remaining_after"] = sum(p not in busy for p in left)
         summary["running_elsewhere"] = sum(p in busy for p in left)
