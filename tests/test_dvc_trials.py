@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,32 @@ def test_sweep_removes_the_locked_worktree_of_a_worker_killed_while_creating_it(
     sweep_worktrees()
     listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
     assert str(tree) not in listed.stdout and not folder.exists()
+
+
+@pytest.mark.slow
+def test_sweep_never_fails_on_a_dead_workers_tree_that_is_still_written():
+    """A file written into a dead worker's tree while it is removed ("Directory not empty") must
+    not fail the trial that sweeps it: the stage group is ended and waited for, and a writer
+    outside it (here one that runs on) cannot stop the tree from being pruned."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folder = Path(tempfile.mkdtemp(prefix=f"sidrec-trial-{dead.pid}-"))
+    tree = folder / "repo"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree)], cwd=ROOT, check=True)
+    loop = f"i=0; while true; do i=$((i+1)); mkdir -p {tree}/w; : > {tree}/w/$i; done"
+    stage = subprocess.Popen(["bash", "-c", loop], start_new_session=True)
+    (folder / "pgid").write_text(str(stage.pid))
+    stranger = subprocess.Popen(["bash", "-c", loop], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        sweep_worktrees()
+        assert stage.wait(timeout=5) == -signal.SIGKILL  # the dead worker's stage was ended
+    finally:
+        stranger.kill()
+        stranger.wait()
+    shutil.rmtree(folder, ignore_errors=True)
+    listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert str(tree) not in listed.stdout
 
 
 def test_a_failed_worktree_add_is_tried_again_then_raised(monkeypatch, tmp_path):

@@ -179,8 +179,7 @@ def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, li
             lines.append(line.rstrip("\n"))
         return proc.wait(), lines
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the stage DVC started, if it is still running
+        end_group(proc.pid)  # the stage DVC started, if it is still running
         proc.wait()
 
 
@@ -202,19 +201,53 @@ def add_worktree(tree: Path, commit: str, attempts: int = 3) -> None:
             time.sleep(2.0 * (attempt + 1))
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (a zombie is not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rpartition(")")[2].split()  # state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] not in "ZX":
+                return True
+    return False
+
+
+def end_group(pgid: int, wait: float = 5.0) -> None:
+    """SIGKILL process group ``pgid`` and wait (up to ``wait`` s) until none of it runs: a
+    process killed mid-write can still add a file to the tree that is about to be removed."""
+    deadline = time.monotonic() + wait
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+        while _group_running(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def remove_worktree(tree: Path, attempts: int = 3) -> None:
+    """Remove the worktree ``tree`` and its folder; never raises (a file another process is
+    still writing there fails ``git worktree remove``: tried again, then deleted and pruned)."""
+    for attempt in range(attempts):
+        done = subprocess.run(
+            ["git", "worktree", "remove", "--force", "--force", str(tree)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+        )
+        if done.returncode == 0 or not tree.exists():
+            break
+        time.sleep(0.5 * (attempt + 1))
+    shutil.rmtree(tree.parent, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=PROJECT_ROOT, capture_output=True)
+
+
 def sweep_worktrees() -> None:
     """Remove the trial worktrees of workers that died (a SIGKILL skips their cleanup), ending
-    the stage a dead worker's DVC left running."""
-    listed = git("worktree", "list", "--porcelain").splitlines()
-    for line in listed:
+    the stage a dead worker's DVC left running; a tree that cannot be removed at once never
+    fails the trial that sweeps it."""
+    for line in git("worktree", "list", "--porcelain").splitlines():
         found = re.search(r"^worktree (.*/sidrec-trial-(\d+)-[^/]+)/repo$", line)
         if found and not pid_alive(int(found[2])):
-            group = Path(found[1], "pgid")
             with contextlib.suppress(OSError, ValueError):  # a stage still running for nobody
-                os.killpg(int(group.read_text()), signal.SIGKILL)
+                end_group(int(Path(found[1], "pgid").read_text()))
             # twice forced: a worker killed inside `git worktree add` leaves its tree locked
-            git("worktree", "remove", "--force", "--force", f"{found[1]}/repo")
-            shutil.rmtree(found[1], ignore_errors=True)
+            remove_worktree(Path(found[1], "repo"))
     git("worktree", "prune")
 
 
@@ -296,10 +329,4 @@ def run_trial(
         key = params_hash({n: {k: v for k, v in lock[n].items() if k != "outs"} for n in targets})
         return trial_metrics(tree, targets, ran, key, trial_dir)
     finally:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", "--force", str(tree)],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-        )
-        shutil.rmtree(parent, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=PROJECT_ROOT, capture_output=True)
+        remove_worktree(tree)
