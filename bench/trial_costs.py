@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import shlex
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 from optuna.trial import TrialState
 
 from sidrec_core.io import write_text
+from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import is_pipeline_check
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
@@ -58,8 +60,9 @@ def real_walls(storage: str, study: str) -> list[float]:
     ]
 
 
-def measure_costs(out_dir: Path) -> list[Cost]:
-    """Every registered study's :class:`Cost`, from the storages under ``out_dir``."""
+def measure_costs(out_dir: Path, metrics_dir: Path = PROJECT_ROOT / "metrics") -> list[Cost]:
+    """Every registered study's :class:`Cost`, from the storages under ``out_dir`` (and the
+    pipeline's ``metrics_dir`` for a study no trial of which, nor of a peer's, ran)."""
     walls = {n: real_walls(study_journal(out_dir, n), n) for n in STUDIES}
     costs = []
     for name, study in STUDIES.items():
@@ -70,7 +73,7 @@ def measure_costs(out_dir: Path) -> list[Cost]:
             continue
         alike = [n for n, s in STUDIES.items() if s.run == study.run and walls[n]]
         if not alike:
-            costs.append(Cost(name, 0, None, None, None, "not measured"))
+            costs.append(pipeline_cost(name, study.run, metrics_dir))
             continue
         medians = [float(np.median(walls[n])) / 60.0 for n in alike]
         # the dearest of them, so that a study is never given more seeds than its peers' cost
@@ -78,6 +81,19 @@ def measure_costs(out_dir: Path) -> list[Cost]:
         basis = f"not measured; same stages as {', '.join(f'`{n}`' for n in alike)} (range: theirs)"
         costs.append(Cost(name, 0, max(medians), min(medians), max(medians), basis))
     return costs
+
+
+def pipeline_cost(name: str, run: tuple[str, ...], metrics_dir: Path) -> Cost:
+    """A study no trial of which ran, nor of any study running its stages: the committed
+    pipeline run of those stages at the defaults (``metrics/<stage>.json``'s ``wall_seconds``)."""
+    files = [metrics_dir / f"{stage}.json" for stage in run]
+    if not all(f.exists() for f in files):
+        return Cost(name, 0, None, None, None, "not measured")
+    minutes = sum(float(json.loads(f.read_text())["wall_seconds"]) for f in files) / 60.0
+    named = " + ".join(f"`metrics/{f.name}`" for f in files)
+    return Cost(
+        name, 0, minutes, minutes, minutes, f"no trial yet; the pipeline's default run ({named})"
+    )
 
 
 def _minutes(x: float | None) -> str:
@@ -95,7 +111,8 @@ def cost_table(costs: list[Cost], command: str) -> str:
         f"built once per seed and not counted. Rule (issue "
         f"33, item 4c): a study whose median trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes "
         f"runs {CHEAP_SEEDS} seeds, any other {DEFAULT_SEEDS}. A study with no real-data trial "
-        "takes the dearest median of the studies that run the same stages. "
+        "takes the dearest median of the studies that run the same stages, and without one the "
+        "pipeline's own run of its stages at the defaults. "
         "`studies.yaml` declares each count; a test checks it against this "
         "table.",
         "",

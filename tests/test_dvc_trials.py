@@ -52,6 +52,16 @@ def test_a_rerouted_tokenizer_input_becomes_a_dep_of_build_sids():
     assert level_deps("sid_input", "both") == {"build_sids": ["data/item_embeddings/both.npy"]}
 
 
+def test_a_key_is_a_dep_only_of_the_stage_whose_params_name_it_most_specifically():
+    """``rpg.sid.embeddings`` is build_rpg_sids' input (params ``rpg.sid``); train_rpg reads
+    all of ``rpg`` but never the embeddings, so it gains no dep on them."""
+    assert level_deps("rpg_input", "text") == {}
+    assert level_deps("rpg_decoding", "graph") == {}
+    assert level_deps("rpg_input", "collaborative") == {
+        "build_rpg_sids": ["data/item_embeddings/collaborative.npy"]
+    }
+
+
 def test_an_input_of_a_reused_stage_is_added_only_where_the_study_builds_it():
     """sid_features' SASRec reads the SID table build_sids makes (reused by the study); a SASRec
     study that does not build SIDs adds nothing, and ETEGRec's collaborative input is a listed

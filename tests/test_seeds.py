@@ -4,6 +4,7 @@ missing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -65,18 +66,27 @@ def test_costs_are_the_median_of_real_data_trials_and_peers_stand_in(tmp_path):
     _store(out, "negatives", "beauty", "beauty", [("uniform", s, w) for s, w in enumerate(walls)])
     _store(out, "negatives", "smoke", "synthetic", [("uniform", 0, 99_999.0)])  # not counted
     _store(out, "similarity", "beauty", "beauty", [("dot", 0, 1200.0)])  # 20 minutes
-    costs = {c.study: c for c in measure_costs(out)}
+    metrics = tmp_path / "metrics"  # the pipeline's own runs of the SID-LM stages
+    metrics.mkdir()
+    for stage, wall in (("build_sids", 60.0), ("train_sidlm", 540.0), ("eval_sidlm", 120.0)):
+        (metrics / f"{stage}.json").write_text(json.dumps({"wall_seconds": wall}))
+    costs = {c.study: c for c in measure_costs(out, metrics)}
     assert costs["negatives"].trials == 3 and costs["negatives"].minutes == pytest.approx(2.0)
     assert (costs["negatives"].low, costs["negatives"].high) == pytest.approx((1.0, 15.0))
     assert costs["negatives"].seeds == 5 and costs["similarity"].seeds == 3
     # sasrec_loss runs the same stage (train_sasrec) and has no trial: the dearest peer's median
     assert costs["sasrec_loss"].trials == 0 and costs["sasrec_loss"].minutes == pytest.approx(20.0)
     assert costs["sasrec_loss"].seeds == 3
-    assert costs["tokenizer"].minutes is None and costs["tokenizer"].seeds is None
+    # no trial of its own or of a peer: the pipeline's run of its three stages, 12 minutes
+    assert costs["tokenizer"].trials == 0 and costs["tokenizer"].minutes == pytest.approx(12.0)
+    assert costs["tokenizer"].seeds == 3 and "metrics/train_sidlm.json" in costs["tokenizer"].basis
+    # nor has the pipeline run its stages here: not measured
+    assert costs["etegrec"].minutes is None and costs["etegrec"].seeds is None
     path = tmp_path / COST_TABLE
     path.write_text(cost_table(list(costs.values()), "python bench/trial_costs.py"))
     assert read_cost_table(path)["negatives"] == (2.0, 5)
-    assert read_cost_table(path)["tokenizer"] == (None, None)
+    assert read_cost_table(path)["tokenizer"] == (12.0, 3)
+    assert read_cost_table(path)["etegrec"] == (None, None)
 
 
 def test_seeds_held_counts_seeds_with_a_complete_trial_that_counts():

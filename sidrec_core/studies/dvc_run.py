@@ -115,13 +115,23 @@ def extra_deps(
     flat = flatten(resolve_params(params))
     before = list(reuse)
     extra: dict[str, list[str]] = {}
+
+    def depth(stage: Stage, key: str) -> int:  # how specific a params entry naming key is
+        return max(
+            (p.count(".") + 1 for p in stage.params if key == p or key.startswith(p + ".")),
+            default=0,
+        )
+
     for name in ordered(run, pipeline):
         stage = pipeline[name]
         outs = [o for s in before for o in pipeline[s].outs]
         for key, value in flat.items():
-            if not isinstance(value, str) or not any(
-                key == p or key.startswith(p + ".") for p in stage.params
-            ):
+            mine = depth(stage, key)
+            # a key belongs to the stage whose params name it most specifically (rpg.sid.* to
+            # build_rpg_sids, not to train_rpg, which reads all of rpg)
+            if not isinstance(value, str) or not mine:
+                continue
+            if any(depth(other, key) > mine for other in pipeline.values()):
                 continue
             path = value.rstrip("/")
             listed = any(inside(path, d) or inside(d, path) for d in stage.deps)
