@@ -213,9 +213,9 @@ def trial_metrics(
 def run_trial(
     run: tuple[str, ...],
     reuse: tuple[str, ...],
-    params: dict[str, Any],
+    params: dict,
     trial_dir: Path,
-    env: dict[str, str] | None = None,
+    env: dict | None = None,
 ) -> dict[str, Any]:
     """Run the ``run`` stages (and, as DVC decides, their upstream) at ``params`` -> their merged
     metrics (a later stage's key wins) with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``,

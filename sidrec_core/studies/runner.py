@@ -129,11 +129,11 @@ def parent_run(ostudy: optuna.Study, kind: str, params: dict, profile: str, **kw
 
 def run_stages(
     trial: optuna.Trial,
-    stages: tuple[tuple[str, ...], tuple[str, ...]],
-    params: dict[str, Any],
+    stages: tuple,
+    params: dict,
     trial_dir: Path,
     objective: str,
-    mlflow: dict[str, Any],
+    mlflow: dict,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The one trial path of studies and searches: the stages ``(run, reuse)`` through DVC in a
@@ -168,11 +168,7 @@ def run_stages(
 
 
 def optimize_while(
-    ostudy: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    go_on: Callable[[optuna.Study], bool],
-    n_trials: int | None = None,
-    callbacks: tuple = (),
+    ostudy: optuna.Study, objective: Callable, go_on: Callable, n_trials=None, callbacks=()
 ) -> None:
     """``optimize`` while ``go_on(study)`` holds (checked before each trial)."""
     if go_on(ostudy):
@@ -316,11 +312,7 @@ class Objective:
 
 
 def _work(
-    study_name: str,
-    params: dict[str, Any],
-    seeds: list[int],
-    opts: StudyOptions,
-    parent_run_id: str | None,
+    study_name: str, params: dict, seeds: list[int], opts: StudyOptions, parent_run_id: str | None
 ) -> None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
     ``max_trials`` ran or the next one would overrun the time budget (expected to last as long

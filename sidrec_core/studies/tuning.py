@@ -101,11 +101,8 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def pruner_text(name: str, epochs: int) -> str:
-    return (
-        "none"
-        if name == "none"
-        else f"{name}, from epoch {first_prunable_epoch(epochs)} of {epochs}"
-    )
+    first = first_prunable_epoch(epochs)
+    return "none" if name == "none" else f"{name}, from epoch {first} of {epochs}"
 
 
 def trial_epochs(tun: Tunable, params: dict[str, Any]) -> int:
