@@ -268,11 +268,11 @@ def best_is_default(ostudy: optuna.Study, params: dict[str, Any]) -> bool:
 
 def open_report(name: str, opts: TuneOptions) -> tuple[Tunable, optuna.Study, dict[str, Any]]:
     """(the model, its stored search, the launch's params): what the report reads."""
-    location = opts.tune_storage(name)
+    tun, location = get_tunable(name), opts.tune_storage(name)
     check_storage(location, flag="--storage" if opts.storage else "the search's storage")
     storage = read_storage(location)
     ostudy = optuna.load_study(study_name=f"tune-{name}-{opts.profile}", storage=storage)
-    return get_tunable(name), ostudy, base_params(opts)
+    return tun, ostudy, base_params(opts)
 
 
 def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
