@@ -1,15 +1,11 @@
 """One trial's stages run by DVC: ``dvc repro <stages>`` in a throw-away git worktree of this
-working copy, with the trial's params written to its ``params.yaml`` and this working copy's DVC
-cache. DVC's run-cache does the caching: a stage whose command, deps and params sections match
-a run it recorded (this trial's upstream stages at the defaults, a resumed trial's finished
-stages, a level another study measured) is restored, not run, and its metrics file is the one
-written when it ran, wall time and memory included.
+working copy, with the trial's ``params.yaml`` and this working copy's DVC cache, so DVC's
+run-cache restores any stage it ran before (upstream stages at the defaults, a resumed trial's
+finished stages, a level another study measured) with the metrics file written when it ran.
 
-Why a worktree and ``dvc repro``, measured on the smoke profile (one ``eval_sidlm`` trial of
-``beam_width``, 2 CPU cores at load 5): ~5 s when DVC restores every stage and ~15 s when
-eval_sidlm runs; ``dvc exp run --temp -S ...`` takes ~15 s and ~27 s (and leaves an experiment
-ref to read and remove), ``dvc exp run --queue`` + ``--run-all`` ~17 s a trial. Calling the stage
-in the worker took ~0.3 s, a Beauty ``eval_sidlm`` takes 2.7 min (README).
+Measured on smoke (one ``eval_sidlm`` trial, 2 cores at load 5): ~5 s when DVC restores every
+stage, ~15 s when eval_sidlm runs; ``dvc exp run --temp -S`` took ~15 s / ~27 s and ``--queue``
+~17 s a trial.
 """
 
 from __future__ import annotations
@@ -40,8 +36,7 @@ from sidrec_core.studies.pipeline import PROJECT_ROOT, Stage, inside, load_pipel
 from sidrec_core.tracking import tracking_uri
 
 RAN = re.compile(r"^Running stage '([^']+)'")
-# what a metrics file says about its run, not what the stage measured
-RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")
+RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")  # about the run, not measured by it
 
 
 class StageFailed(RuntimeError):
@@ -53,7 +48,7 @@ class StageFailed(RuntimeError):
 
 
 def dvc_command() -> str:
-    """The ``dvc`` of this interpreter's environment (a dependency), else the one on PATH."""
+    """The ``dvc`` of this interpreter's environment, else the one on PATH."""
     local = Path(sys.executable).with_name("dvc")
     return str(local) if local.exists() else "dvc"
 
@@ -67,54 +62,38 @@ def git(*args: str, cwd: Path = PROJECT_ROOT) -> str:
 
 @functools.cache
 def code_commit() -> str:
-    """The commit a trial's worktree checks out: HEAD with this working copy's changes to
-    tracked files (``git stash create``; untracked files are not part of it). Read once per
-    process, like the provenance a trial records."""
-    # the stash commit is a dangling object: any identity will do where git has none
-    anyone = ("-c", "user.name=sidrec", "-c", "user.email=sidrec@localhost")
+    """HEAD plus this working copy's changes to tracked files (``git stash create``), once."""
+    anyone = ("-c", "user.name=sidrec", "-c", "user.email=sidrec@localhost")  # a dangling object
     return git(*anyone, "stash", "create") or git("rev-parse", "HEAD")
-
-
-def cache_dir() -> str:
-    """The DVC cache every trial shares: ``SIDREC_DVC_CACHE``, else this working copy's."""
-    return os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()
 
 
 @functools.cache
 def _repo_cache_dir() -> str:
-    return subprocess.run(
-        [dvc_command(), "cache", "dir"], cwd=PROJECT_ROOT, capture_output=True, text=True
-    ).stdout.strip() or str(PROJECT_ROOT / ".dvc" / "cache")
+    out = subprocess.run([dvc_command(), "cache", "dir"], cwd=PROJECT_ROOT, capture_output=True)
+    return out.stdout.decode().strip() or str(PROJECT_ROOT / ".dvc" / "cache")
 
 
 def data_env(params: dict[str, Any]) -> dict[str, str]:
-    """``SIDREC_DATA_DIR`` for a dataset git does not hold (``data/raw``, ``../shared``), which a
-    worktree lacks; nothing for the synthetic corpus, a shipped dataset or a set variable."""
+    """``SIDREC_DATA_DIR`` for a dataset git does not hold (a worktree lacks it)."""
     from sidrec_core.data.dataset import SHIPPED_DATASETS, resolve_dataset_dir
 
     name = str(resolve_params(params)["data"]["name"])
     if name == "synthetic" or os.environ.get("SIDREC_DATA_DIR"):
         return {}
     found = resolve_dataset_dir(name)
-    return (
-        {} if inside(str(found), str(SHIPPED_DATASETS)) else {"SIDREC_DATA_DIR": str(found.parent)}
-    )
+    shipped = inside(str(found), str(SHIPPED_DATASETS))
+    return {} if shipped else {"SIDREC_DATA_DIR": str(found.parent)}
 
 
 def extra_deps(
-    run: tuple[str, ...],
-    reuse: tuple[str, ...],
-    params: dict[str, Any],
-    pipeline: dict[str, Stage],
+    run: tuple[str, ...], reuse: tuple[str, ...], params: dict[str, Any], pipeline: dict[str, Stage]
 ) -> dict[str, list[str]]:
-    """Inputs a run stage reads through its params that ``dvc.yaml`` does not list: a path value
-    in one of its params sections naming an out of a stage before it in the trial (e.g.
-    ``sid.embeddings`` -> the collaborative table ``item_embeddings`` writes, ``sasrec.sid_dir``
-    -> the SID table). Added as deps in the trial's copy of ``dvc.yaml``, so DVC runs their
-    producer first and keys the stage by their content."""
+    """Inputs a run stage reads through a path in its params sections that names an out of an
+    earlier stage of the trial but ``dvc.yaml`` does not list (``sid.embeddings`` -> the
+    collaborative table): added as deps in the trial's ``dvc.yaml``, so DVC keys the stage by
+    them."""
     flat = flatten(resolve_params(params))
-    before = list(reuse)
-    extra: dict[str, list[str]] = {}
+    before, extra = list(reuse), {}
 
     def depth(stage: Stage, key: str) -> int:  # how specific a params entry naming key is
         return max(
@@ -142,15 +121,13 @@ def extra_deps(
 
 
 def _jsonable(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Numbers (floats; NaN/inf -> None), strings and lists of numbers, a nested mapping's keys
-    joined with ``/`` (``{"mostpop": {"test/hr@10": x}}`` -> ``mostpop/test/hr@10``, as the
-    stage returns it)."""
+    """Numbers (NaN/inf -> None), strings, None, lists of numbers; nested keys joined by ``/``."""
     out: dict[str, Any] = {}
     for key, v in metrics.items():
         k = prefix + key
         if isinstance(v, dict):
             out.update(_jsonable(v, f"{k}/"))
-        elif v is None or isinstance(v, (bool, str)):  # None: a NaN the stage wrote as null
+        elif v is None or isinstance(v, (bool, str)):
             out[k] = v
         elif isinstance(v, (int, float)):
             out[k] = float(v) if math.isfinite(v) else None
@@ -166,12 +143,10 @@ def _die_with_parent() -> None:
 
 
 def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-    """``dvc repro targets`` in ``tree``, its output passed on to stderr -> (exit, lines). DVC
-    and the stage it runs form one process group, ended with the worker: killed or stopped, a
-    worker leaves no stage running."""
-    cmd = [dvc_command(), "repro", *targets]
+    """``dvc repro targets`` in ``tree``, output passed on to stderr -> (exit, lines). DVC and its
+    stage form one process group that ends with the worker."""
     proc = subprocess.Popen(
-        cmd,
+        [dvc_command(), "repro", *targets],
         cwd=tree,
         env=env,
         stdout=subprocess.PIPE,
@@ -183,8 +158,7 @@ def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, li
     (tree.parent / "pgid").write_text(str(proc.pid))  # for the sweep, should the worker die
     lines = []
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in proc.stdout or ():
             sys.stderr.write(line)
             lines.append(line.rstrip("\n"))
         return proc.wait(), lines
@@ -194,9 +168,8 @@ def _repro(tree: Path, targets: list[str], env: dict[str, str]) -> tuple[int, li
 
 
 def add_worktree(tree: Path, commit: str, attempts: int = 3) -> None:
-    """``git worktree add`` at ``commit``, tried again after a pause: a worker killed inside its
-    own ``git worktree add`` leaves a git process writing for a moment, and a concurrent add then
-    fails ("Could not write new index file"); the last failure is raised."""
+    """``git worktree add``, retried after a pause: a worker killed inside its own add leaves git
+    writing for a moment ("Could not write new index file")."""
     for attempt in range(attempts):
         try:
             git("worktree", "add", "--quiet", "--detach", str(tree), commit)
@@ -264,8 +237,8 @@ def sweep_worktrees() -> None:
 def trial_metrics(
     folder: Path, targets: list[str], ran: set[str], key: str, trial_dir: Path
 ) -> dict[str, Any]:
-    """The merged figures of the ``targets`` stages from ``folder/metrics/<stage>.json`` (see
-    :func:`run_trial`), ``ran`` being the stages that ran rather than came from the cache."""
+    """The merged figures of ``folder/metrics/<target>.json`` (see :func:`run_trial`); ``ran``:
+    the stages that ran rather than came from the cache."""
     merged: dict[str, Any] = {}
     walls, peaks, spent = [], [], 0.0
     for name in targets:
@@ -275,13 +248,9 @@ def trial_metrics(
         walls.append(metrics.pop("wall_seconds"))
         peaks.append(metrics.pop("peak_rss_mb"))
         spent += walls[-1] if name in ran else 0.0
-        merged.update(metrics)
-        merged[f"{name}/wall_seconds"] = walls[-1]
-        merged[f"{name}/peak_rss_mb"] = peaks[-1]
-    merged["wall_seconds"] = float(sum(walls))
-    merged["peak_rss_mb"] = float(max(peaks))
-    merged["cached_stages"] = float(len(set(targets) - ran))
-    merged["spent_seconds"] = spent
+        merged |= {**metrics, f"{name}/wall_seconds": walls[-1], f"{name}/peak_rss_mb": peaks[-1]}
+    merged |= {"wall_seconds": float(sum(walls)), "peak_rss_mb": float(max(peaks))}
+    merged |= {"cached_stages": float(len(set(targets) - ran)), "spent_seconds": spent}
     merged["trial_key"] = key
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged
@@ -290,17 +259,15 @@ def trial_metrics(
 def run_trial(
     run: tuple[str, ...],
     reuse: tuple[str, ...],
-    params: dict[str, Any],
+    params: dict,
     trial_dir: Path,
-    env: dict[str, str] | None = None,
+    env: dict | None = None,
 ) -> dict[str, Any]:
-    """Run the trial's ``run`` stages (and, as DVC decides, their upstream) at ``params``.
-    Returns the merged flat metrics of the run stages (a later stage's key wins) with
-    ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``, the total ``wall_seconds`` / peak
-    ``peak_rss_mb``, ``cached_stages`` (run stages DVC restored), ``spent_seconds`` (wall time
-    of the run stages DVC ran) and ``trial_key`` (the run stages' ``dvc.lock`` entries without
-    their outs: DVC's run-cache key); each run stage's metrics file and the merged figures are
-    copied under ``trial_dir``. ``env`` is added to the stages' environment."""
+    """Run the ``run`` stages (and, as DVC decides, their upstream) at ``params`` -> their merged
+    metrics (a later stage's key wins) with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``,
+    the totals, ``cached_stages`` (restored by DVC), ``spent_seconds`` (of the stages DVC ran)
+    and ``trial_key`` (DVC's run-cache key: the stages' lock entries without outs); copied
+    under ``trial_dir``. ``env`` is added to the stages' environment."""
     pipeline = load_pipeline()
     resolve_params(params)  # a bad key fails here, naming it, not inside DVC
     sweep_worktrees()
@@ -308,11 +275,10 @@ def run_trial(
     tree = parent / "repo"
     try:
         add_worktree(tree, code_commit())
-        write_text(
-            tree / ".dvc" / "config.local",
-            f"[cache]\n    dir = {cache_dir()}\n[core]\n"
-            f"    site_cache_dir = {tree / '.dvc' / 'tmp' / 'site'}\n",
-        )
+        cache = os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()
+        site = tree / ".dvc" / "tmp" / "site"
+        config = f"[cache]\n    dir = {cache}\n[core]\n    site_cache_dir = {site}\n"
+        write_text(tree / ".dvc" / "config.local", config)
         write_text(tree / "params.yaml", yaml.safe_dump(params, sort_keys=False))
         extra = extra_deps(run, reuse, params, pipeline)
         if extra:
@@ -322,7 +288,7 @@ def run_trial(
             write_text(tree / "dvc.yaml", yaml.safe_dump(spec, sort_keys=False))
         stage_env = {
             **os.environ,
-            # each stage's `python` is this interpreter, activated or not (as `make test` runs)
+            # each stage's `python` is this interpreter, activated or not
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(tree),
             "MLFLOW_TRACKING_URI": tracking_uri(),

@@ -1,11 +1,6 @@
-"""Study set-up hooks: inputs a study needs that no pipeline stage produces.
-
-``load_mode`` compares initialising the SID LM from scratch with loading a local pretrained
-causal LM (dense / full fine-tune / LoRA). Nothing is downloaded: on ``dev``/``full`` the user
-names a local checkpoint (``--set sidlm.checkpoint=PATH``); on ``smoke`` a tiny randomly
-initialised Qwen2 with its own tokenizer stands in, so the machinery of every mode runs (its
-quality figures mean nothing, and the report says the profile).
-"""
+"""Study set-up hooks for inputs no stage makes. ``load_mode`` needs a local pretrained causal LM
+(nothing is downloaded): ``--set sidlm.checkpoint=PATH``, or on ``smoke`` a tiny random Qwen2 that
+only exercises the machinery."""
 
 from __future__ import annotations
 
@@ -37,17 +32,9 @@ def local_base_checkpoint(params: dict[str, Any], out_dir: Path) -> dict[str, An
 
         tok = _scratch_base("hello world")
         torch.manual_seed(0)
-        lm = Qwen2ForCausalLM(
-            Qwen2Config(
-                vocab_size=len(tok),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                tie_word_embeddings=False,
-            )
-        )
+        size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+        heads = dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+        lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), **size, **heads))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".smoke_base_lm.", dir=target.parent))
         lm.save_pretrained(str(tmp))

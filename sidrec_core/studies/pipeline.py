@@ -1,14 +1,11 @@
-"""The stage graph as ``dvc.yaml`` declares it: the one source of truth for what each stage
-reads (params sections or dotted keys, deps) and writes (outs). The ablation bench reads it here
-and never re-declares a stage; a stage's upstream stages are those whose outs it lists as deps.
-"""
+"""The stage graph as ``dvc.yaml`` declares it (params, deps, outs per stage): read here, never
+re-declared; a stage's upstream stages are those whose outs it lists as deps."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -20,21 +17,10 @@ DVC_FILE = PROJECT_ROOT / "dvc.yaml"
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One ``dvc.yaml`` stage: ``params`` sections/dotted keys, ``deps`` and ``outs`` paths
-    (relative to the project root)."""
-
     name: str
-    params: tuple[str, ...]
-    deps: tuple[str, ...]
+    params: tuple[str, ...]  # sections or dotted keys
+    deps: tuple[str, ...]  # paths relative to the project root
     outs: tuple[str, ...]
-
-
-def _paths(entries: list[Any] | None) -> tuple[str, ...]:
-    """``dvc.yaml`` list entries (``path`` or ``{path: {options}}``) -> paths."""
-    out = []
-    for entry in entries or []:
-        out.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
-    return tuple(p.rstrip("/") for p in out)
 
 
 @functools.cache
@@ -44,13 +30,17 @@ def load_pipeline(path: Path = DVC_FILE) -> dict[str, Stage]:
         spec = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the pipeline ({exc})") from exc
+
+    def paths(entries: list | None) -> tuple[str, ...]:  # `path` or `{path: {options}}`
+        return tuple(
+            (next(iter(e)) if isinstance(e, dict) else str(e)).rstrip("/") for e in entries or []
+        )
+
     stages = {}
     for name, body in (spec.get("stages") or {}).items():
-        params = []
-        for entry in body.get("params") or []:
-            params.extend(entry if isinstance(entry, dict) else [entry])
+        params = [p for e in body.get("params") or [] for p in (e if isinstance(e, dict) else [e])]
         stages[name] = Stage(
-            name, tuple(str(p) for p in params), _paths(body.get("deps")), _paths(body.get("outs"))
+            name, tuple(map(str, params)), paths(body.get("deps")), paths(body.get("outs"))
         )
     return stages
 
@@ -68,8 +58,7 @@ def upstream(name: str, pipeline: dict[str, Stage]) -> list[str]:
 
 
 def ordered(names: list[str] | tuple[str, ...], pipeline: dict[str, Stage]) -> list[str]:
-    order = list(pipeline)
     for n in names:
         if n not in pipeline:
-            raise KeyError(f"unknown stage '{n}'; dvc.yaml has: {', '.join(order)}")
-    return sorted(names, key=order.index)
+            raise KeyError(f"unknown stage '{n}'; dvc.yaml has: {', '.join(pipeline)}")
+    return sorted(names, key=list(pipeline).index)

@@ -1,12 +1,7 @@
-"""The study catalogue: ``studies.yaml`` at the repository root, read strictly into frozen
-dataclasses (:class:`~sidrec_core.studies.study.Study`; the search spaces are read by
-:mod:`sidrec_core.studies.spaces`). An unknown key, a missing one or a value of the wrong kind is
-a one-line :class:`~sidrec_core.config.ConfigError` naming the file and the dotted key.
-
-A study's levels are written ``levels: {label: {dotted.key: value}}`` or, for a factor that is
-one params key, ``one_key: {dotted.key: [values]}`` (labels ``off``/``on`` for booleans, else the
-value). A ``secondary`` entry in capitals names a metric group of :mod:`~.study`.
-"""
+"""The study catalogue ``studies.yaml``, read strictly into frozen dataclasses (studies here, search
+spaces in :mod:`~.spaces`): an unknown or missing key or a value of the wrong kind is a one-line
+ConfigError naming the file and dotted key. Levels are ``levels: {label: {dotted.key: value}}`` or
+``one_key: {dotted.key: [values]}``; a ``secondary`` entry in capitals names a metric group."""
 
 from __future__ import annotations
 
@@ -23,11 +18,16 @@ from sidrec_core.studies.study import Claim, Level, Reference, Study, one_key
 
 CATALOGUE = PROJECT_ROOT / "studies.yaml"
 SECTIONS = ("blocks", "studies", "tunables")  # blocks: YAML anchors the entries merge in
-METRIC_GROUPS = {
-    "TEST_KEYS": S.TEST_KEYS,
-    "SID_QUALITY": S.SID_QUALITY,
-    "GEN_KEYS": S.GEN_KEYS,
-    "COST_KEYS": S.COST_KEYS,
+METRIC_GROUPS = {g: getattr(S, g) for g in ("TEST_KEYS", "SID_QUALITY", "GEN_KEYS", "COST_KEYS")}
+# what a field's annotation asks of its YAML value (first match; None where the type allows it)
+KINDS = {
+    "tuple": (list, "a list"),
+    "dict": (dict, "a mapping"),
+    "Reference": (dict, "a mapping"),
+    "bool": (bool, "true or false"),
+    "float": ((int, float), "a number"),
+    "int": (int, "an integer"),
+    "str": (str, "a string"),
 }
 
 
@@ -49,21 +49,9 @@ def read_catalogue(section: str, path: Path = CATALOGUE) -> dict[str, dict[str, 
     return entries
 
 
-# what a field's annotation asks of its YAML value (first match; None allowed where it says so)
-KINDS = {
-    "tuple": (list, "a list"),
-    "dict": (dict, "a mapping"),
-    "Reference": (dict, "a mapping"),
-    "bool": (bool, "true or false"),
-    "float": ((int, float), "a number"),
-    "int": (int, "an integer"),
-    "str": (str, "a string"),
-}
-
-
-def check_keys(raw: dict[str, Any], cls: type, where: str, extra: tuple[str, ...] = ()) -> None:
-    """Raise naming ``where.key`` (``where`` starts with the file's name) for a key that is no
-    field of ``cls`` (nor in ``extra``) or a value of the wrong kind for its field."""
+def check_keys(raw: dict[str, Any], cls: type, where: str, extra: tuple = ()) -> None:
+    """Raise naming ``where.key`` for a key that is no field of ``cls`` (nor in ``extra``) or a
+    value of the wrong kind for its field."""
     fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     for key, value in raw.items():
         if key not in fields and key not in extra:
@@ -77,54 +65,54 @@ def check_keys(raw: dict[str, Any], cls: type, where: str, extra: tuple[str, ...
             raise ConfigError(f"{where}.{key}: expected {name}, got {value!r:.60}")
 
 
+def build(cls: type, raw: dict[str, Any], where: str, extra: tuple = (), **given: Any) -> Any:
+    """``cls(**raw)`` once :func:`check_keys` passes, lists as tuples, ``given`` replacing raw
+    fields (``extra`` keys left out); a rejected value raises naming ``where``."""
+    check_keys(raw, cls, where, extra)
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k not in extra}
+    try:
+        return cls(**{**kw, **given})
+    except (TypeError, ValueError) as exc:  # a required field left out; a level or stage unknown
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
 def _levels(raw: dict[str, Any], where: str) -> tuple[Level, ...]:
-    formerly = raw.pop("formerly", None) or {}
+    formerly = raw.get("formerly") or {}
     if ("levels" in raw) == ("one_key" in raw):
         raise ConfigError(f"{where}: give exactly one of levels, one_key")
+    levels = raw.get("levels")
     if "one_key" in raw:
-        single = raw.pop("one_key")
-        if not (isinstance(single, dict) and len(single) == 1):
+        if not (isinstance(raw["one_key"], dict) and len(raw["one_key"]) == 1):
             raise ConfigError(f"{where}.one_key: expected {{dotted.key: [values]}}")
-        ((key, values),) = single.items()
+        ((key, values),) = raw["one_key"].items()
         levels = {lv.label: lv.overrides for lv in one_key(key, list(values))}
-    else:
-        levels = raw.pop("levels")
     for label in (*levels, *formerly):
         if not isinstance(label, str) or label not in levels:
             raise ConfigError(f"{where}.levels: label {label!r} must be a quoted level name")
     for label, overrides in levels.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}.levels.{label}: expected {{dotted.key: value}}")
-    return tuple(
-        Level(label, dict(o), tuple(formerly.get(label, ()))) for label, o in levels.items()
-    )
+    return tuple(Level(lb, dict(o), tuple(formerly.get(lb, ()))) for lb, o in levels.items())
 
 
 def _study(name: str, raw: dict[str, Any], file: str) -> Study:
     where = f"{file}: studies.{name}"
-    check_keys(raw, Study, where, extra=("levels", "one_key", "formerly"))
     if "name" in raw:
         raise ConfigError(f"{where}.name: the entry's key is its name")
-    raw = dict(raw)
-    levels = _levels(raw, where)
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    if "fixed" in kw:
-        kw["fixed"] = dict(kw["fixed"])  # a copy: a YAML alias shares one dict between studies
-    if "secondary" in kw:
-        kw["secondary"] = tuple(m for g in kw["secondary"] for m in METRIC_GROUPS.get(g, (g,)))
-    for i, claim in enumerate(kw.get("claims", ())):
-        check_keys(claim, Claim, f"{where}.claims[{i}]")
-    kw["claims"] = tuple(Claim(**c) for c in kw.get("claims", ()))
-    if kw.get("reference"):
-        check_keys(kw["reference"], Reference, f"{where}.reference")
-        kw["reference"] = Reference(
-            **{**kw["reference"], "match": tuple(raw["reference"]["match"])}
-        )
-    kw["contrasts"] = tuple(tuple(c) for c in kw.get("contrasts", ()))
-    try:
-        return Study(name=name, levels=levels, **kw)
-    except (TypeError, ValueError) as exc:  # a required field left out; a level or stage unknown
-        raise ConfigError(f"{where}: {exc}") from exc
+    extra = ("levels", "one_key", "formerly")
+    check_keys(raw, Study, where, extra)
+    given: dict[str, Any] = {"name": name, "levels": _levels(raw, where)}
+    if "fixed" in raw:
+        given["fixed"] = dict(raw["fixed"] or {})  # a copy: a YAML alias shares one dict
+    if "secondary" in raw:
+        given["secondary"] = tuple(m for g in raw["secondary"] for m in METRIC_GROUPS.get(g, (g,)))
+    claims = raw.get("claims") or ()
+    given["claims"] = tuple(build(Claim, c, f"{where}.claims[{i}]") for i, c in enumerate(claims))
+    if raw.get("reference"):
+        ref = raw["reference"]
+        given["reference"] = build(Reference, ref, f"{where}.reference", match=tuple(ref["match"]))
+    given["contrasts"] = tuple(tuple(c) for c in raw.get("contrasts") or ())
+    return build(Study, raw, where, extra, **given)
 
 
 def load_studies(path: Path = CATALOGUE) -> dict[str, Study]:

@@ -1,17 +1,12 @@
-"""Optuna driver of the ablation studies, on Optuna's public API: named studies in one storage per
-study (an Optuna journal under ``experiments/<study>/`` by default, committed so a study moves
-between machines; see :mod:`~sidrec_core.studies.storage`), every (level x seed) grid point queued
-with ``enqueue_trial``, one MLflow parent run per study and a nested run per trial
-(optuna/optuna-examples; STYLE.md).
+"""Optuna driver of the ablation studies (optuna/optuna-examples): one storage per study
+(:mod:`~.storage`), every (level x seed) grid point queued with ``enqueue_trial``, one MLflow
+parent run per study and a nested run per trial; the tuner (:mod:`~.tuning`) shares the trial path.
 
-Resume: a launch queues each grid point that has no COMPLETE, RUNNING or WAITING trial, so only
-the remaining points run. A worker is ``study.optimize`` over the queued trials, stopped by a
-callback when none is left, ``--max-trials`` is reached or the next would overrun the time budget;
-``--workers N`` is N such processes on the one storage. A killed worker's trial is failed by the
-next launch (its process is gone, or on an RDB storage its heartbeat stopped) and its point queued
-again. Two workers never take one queued trial (the storage's lock); two launches queueing the
-same point at once (the race ``enqueue_trial(skip_if_exists=True)`` documents) leave a twin that
-is pruned before any work.
+A launch queues each grid point with no COMPLETE, RUNNING or WAITING trial, so a relaunch runs
+only what is missing. A worker is ``study.optimize`` over the queued trials, stopped when none is
+left, ``--max-trials`` ran or the next would overrun ``--time-budget``; ``--workers N`` is N such
+processes on one storage, whose lock hands each queued trial to one worker. A killed worker's
+trial is failed by the next launch and its point queued again.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import logging
 import multiprocessing
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +34,6 @@ from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
 from sidrec_core.studies.storage import (
-    GRACE_SECONDS,
-    HEARTBEAT_SECONDS,
     WORKER,
     check_storage,
     fail_dead_trials,
@@ -62,11 +55,12 @@ from sidrec_core.tracking import PARENT_ENV, start_run
 log = logging.getLogger(__name__)
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 GRID_SEED = 0
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 @dataclasses.dataclass
 class StudyOptions:
-    """Everything a launch of ``bench/ablate.py --study NAME`` decides."""
+    """What a launch of ``bench/ablate.py`` decides."""
 
     profile: str = "smoke"
     storage: str | None = None  # RDB URL or journal path; default <out_dir>/<study>/optuna.jsonl
@@ -78,11 +72,8 @@ class StudyOptions:
     out_dir: str = str(EXPERIMENTS_DIR)
     params_file: str = "params.yaml"
     sets: list[str] = dataclasses.field(default_factory=list)
-    profiles_dir: str | None = None
     retry_failed: bool = True
     report: bool = True
-    heartbeat_seconds: int = HEARTBEAT_SECONDS
-    grace_seconds: int = GRACE_SECONDS
 
     def __post_init__(self) -> None:
         if self.n_seeds < 1:
@@ -102,10 +93,8 @@ class StudyOptions:
         return self.storage or study_journal(Path(self.out_dir), study)
 
     def open_storage(self, location: str) -> optuna.storages.BaseStorage:
-        """The storage at ``location``; a missing one is created for a study's own journal (the
-        default) or with ``--new-storage``, never for a mistyped ``--storage``."""
-        create = self.storage is None or self.new_storage
-        return make_storage(location, self.heartbeat_seconds, self.grace_seconds, create=create)
+        """A missing storage is created for a study's own journal or with ``--new-storage``."""
+        return make_storage(location, create=self.storage is None or self.new_storage)
 
 
 def optuna_name(study: Study, profile: str) -> str:
@@ -114,9 +103,8 @@ def optuna_name(study: Study, profile: str) -> str:
 
 def base_params(opts: StudyOptions) -> dict[str, Any]:
     """params file (missing: all defaults) + profile overrides + ``--set`` overrides."""
-    path = Path(opts.params_file)
-    params = load_params(path) if path.exists() else {}
-    return apply_overrides(load_profile(opts.profile, params, opts.profiles_dir), opts.sets)
+    params = load_params(Path(opts.params_file)) if Path(opts.params_file).exists() else {}
+    return apply_overrides(load_profile(opts.profile, params), opts.sets)
 
 
 def seeds_for(params: dict[str, Any], n_seeds: int) -> list[int]:
@@ -126,12 +114,11 @@ def seeds_for(params: dict[str, Any], n_seeds: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def parent_run(
-    ostudy: optuna.Study, kind: str, params: dict[str, Any], profile: str, dataset: str, **kw: Any
-) -> Iterator[Any]:
+def parent_run(ostudy: optuna.Study, kind: str, params: dict, profile: str, **kw: Any) -> Iterator:
     """The MLflow parent run of a study or search (``kw``: run_name, tags), one across launches:
-    its id is kept as the Optuna study's ``mlflow_parent_run_id``."""
+    its id is the Optuna study's ``mlflow_parent_run_id``."""
     parent_id = ostudy.user_attrs.get("mlflow_parent_run_id")
+    dataset = str(get_dotted(params, "data.name", "beauty"))
     with start_run(
         kind, params, dataset=dataset, profile=profile, metrics_dir=None, run_id=parent_id, **kw
     ) as parent:
@@ -142,17 +129,16 @@ def parent_run(
 
 def run_stages(
     trial: optuna.Trial,
-    stages: tuple[tuple[str, ...], tuple[str, ...]],
-    params: dict[str, Any],
+    stages: tuple,
+    params: dict,
     trial_dir: Path,
     objective: str,
-    mlflow: dict[str, Any],
+    mlflow: dict,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The one trial path of a study and a search: the stages ``(run, reuse)`` through DVC under
-    ``params``, in a nested MLflow run (``mlflow``: kind, profile, parent_run_id, run_name,
-    tags) -> their metrics. A stage the trial's pruner stopped prunes the trial; any other error
-    is kept on the trial (:func:`record_error`)."""
+    """The one trial path of studies and searches: the stages ``(run, reuse)`` through DVC in a
+    nested MLflow run (``mlflow``: kind, profile, parent_run_id, run_name, tags) -> their
+    metrics. A stage its pruner stopped prunes the trial; other errors are kept on the trial."""
     kind = mlflow.pop("kind")
     dataset = str(get_dotted(params, "data.name", "?"))
     try:
@@ -173,171 +159,106 @@ def run_stages(
             run.record(**{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     except optuna.TrialPruned:
         raise
-    except Exception as exc:
-        record_error(trial, exc)
+    except Exception as exc:  # shown by the reports and MLflow
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
         log.error("trial %d of %s failed: %s", trial.number, trial.study.study_name, exc)
         raise
     return metrics
 
 
-def record_error(trial: optuna.Trial, exc: BaseException) -> None:
-    """A failing trial's error and the tail of its traceback, as user attrs (the reports and
-    MLflow show them)."""
-    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+def optimize_while(
+    ostudy: optuna.Study, objective: Callable, go_on: Callable, n_trials=None, callbacks=()
+) -> None:
+    """``optimize`` while ``go_on(study)`` holds (checked before each trial)."""
+    if go_on(ostudy):
+        stop = [*callbacks, lambda s, _: go_on(s) or s.stop()]
+        ostudy.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=stop)
 
 
 def open_study(
     study: Study, opts: StudyOptions, seeds: list[int], params: dict[str, Any] | None = None
 ) -> optuna.Study:
-    """Create or load the Optuna study; grid points are queued by :func:`enqueue_missing`.
-    With ``params``, records the dataset and the profile's overrides for the report."""
+    """Create or load the Optuna study; with ``params``, record the dataset and the profile's
+    overrides for the report."""
     ostudy = load_or_create(
         opts.open_storage(opts.storage_url_for(study.name)),
         optuna_name(study, opts.profile),
         study.direction,
         optuna.samplers.RandomSampler(seed=GRID_SEED),
     )
-    attrs = {
-        "factor": study.factor,
-        "profile": opts.profile,
-        "levels": study.labels,
-        "default": study.default,
-        "objective": study.objective,
-        "seeds": seeds,
-    }
+    attrs = {"factor": study.factor, "profile": opts.profile, "levels": study.labels}
+    attrs |= {"default": study.default, "objective": study.objective, "seeds": seeds}
     if params is not None:
-        attrs["dataset"] = resolve_params(params)["data"]["name"]
-        attrs["profile_overrides"] = profile_overrides(opts)
+        over = flatten(load_params(profile_path(opts.profile)))
+        over |= dict(item.partition("=")[::2] for item in opts.sets)
+        attrs |= {"dataset": resolve_params(params)["data"]["name"], "profile_overrides": over}
     for key, value in attrs.items():
         if ostudy.user_attrs.get(key) != value:  # a launch that changes nothing appends nothing
             ostudy.set_user_attr(key, value)
     return ostudy
 
 
-def profile_overrides(opts: StudyOptions) -> dict[str, Any]:
-    """What the profile file and ``--set`` change, as flat ``{dotted key: value}``."""
-    over = flatten(load_params(profile_path(opts.profile, opts.profiles_dir)))
-    for item in opts.sets:
-        key, _, value = item.partition("=")
-        over[key] = value
-    return over
-
-
 def enqueue_missing(
     ostudy: optuna.Study, study: Study, seeds: list[int], retry_failed: bool = True
 ) -> int:
-    """Queue (``enqueue_trial``) every grid point with no COMPLETE, RUNNING or WAITING trial
-    (nor a FAILED one, with ``retry_failed`` off), the default level's first: every level is
-    tested against it, so a study stopped part-way still pairs what it finished, and a default
-    another study shares is taken at once. Returns how many were queued."""
-    taken = {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
-    if not retry_failed:
-        taken.add(TrialState.FAIL)
-    # a trial of a level redefined since it ran takes nothing: its point is queued again
+    """Queue every grid point with no live trial (nor a FAILED one without ``retry_failed``), the
+    default level's first: a study stopped part-way still pairs what it finished with it. Level
+    and seed are a user attr, not params: a categorical's choices could not grow. -> how many."""
+    taken = {*LIVE, *(() if retry_failed else (TrialState.FAIL,))}
+    # a trial of a level redefined since it ran takes nothing (live_point is None)
     busy = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
-    queued = 0
-    for level in [study.default, *(lv for lv in study.labels if lv != study.default)]:
-        for seed in seeds:
-            if (level, seed) not in busy:
-                # level and seed are a user attribute, not suggested params: a categorical's
-                # choices are fixed for the life of a study, and a new level or --n-seeds may
-                # grow them
-                ostudy.enqueue_trial({}, user_attrs={"grid_point": [level, seed]})
-                queued += 1
-    return queued
+    todo = [(lv, s) for lv in dict.fromkeys([study.default, *study.labels]) for s in seeds]
+    todo = [p for p in todo if p not in busy]
+    for point in todo:
+        ostudy.enqueue_trial({}, user_attrs={"grid_point": list(point)})
+    return len(todo)
 
 
-def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
-    """``trial k/N`` and an ETA: the remaining grid points, each at the median duration of its
-    level's finished trials that ran here (of all of them for a level none of whose trials ran;
-    a trial whose figures were taken from another study took no time and says nothing)."""
-    points, done = grid(ostudy, study, seeds)
-    todo = [p for p in points if p not in done]
-    text = f"trial {len(done) + 1}/{len(points)}"
-    secs = ran_seconds(ostudy)
-    if secs:
-        levels = [level for level, _ in todo]
-        median = {lv: float(np.median(ran_seconds(ostudy, lv))) for lv in set(levels)}
-        left = sum(median[lv] for lv in levels)
-        text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
-    return text
-
-
-def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
-    """Durations of the complete trials that ran here (not taken from another study). With
-    ``level``: those of that level's trials, when any ran (levels can differ in cost many times
-    over, one row per target against one per user), else all of them."""
-    done = [
-        t
-        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not is_shared(t)
-    ]
-    mine = [t for t in done if level is not None and trial_level(t) == level]
-    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine or done]
-
-
-def next_level(ostudy: optuna.Study) -> str | None:
-    """The level of the queued trial a worker runs next (Optuna takes the lowest-numbered
-    WAITING trial); None when nothing is queued."""
-    waiting = ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return trial_level(min(waiting, key=lambda t: t.number)) if waiting else None
-
-
-def grid(
-    ostudy: optuna.Study, study: Study, seeds: list[int]
-) -> tuple[list[tuple[str, int]], set[tuple[str, int]]]:
-    """(the grid points, those with a complete trial), from one read of the storage. The grid is
-    the points of ``seeds`` and those of any other seed that another launch (with a larger
-    ``--n-seeds``) queued, runs or finished: a worker takes whatever is queued, so its progress
-    counts them too. Level order, then seed."""
-    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    live = [
-        (t.state, live_point(study, t)) for t in ostudy.get_trials(deepcopy=False, states=states)
-    ]
+def grid(ostudy: optuna.Study, study: Study, seeds: list[int]) -> tuple[list, set]:
+    """(the grid points, those complete): ``seeds``' points and any other seed another launch
+    queued, runs or finished (a worker takes whatever is queued), in level then seed order."""
+    live = [(t.state, live_point(study, t)) for t in ostudy.get_trials(False, states=LIVE)]
     points = {(lv, s) for lv in study.labels for s in seeds} | {p for _, p in live if p}
     done = {p for state, p in live if p and state == TrialState.COMPLETE}
-    order = {lv: i for i, lv in enumerate(study.labels)}
-    return sorted(points, key=lambda p: (order[p[0]], p[1])), done
+    return sorted(points, key=lambda p: (study.labels.index(p[0]), p[1])), done
 
 
 def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tuple[str, int]]:
-    """Grid points (:func:`grid`) without a complete trial."""
     points, done = grid(ostudy, study, seeds)
     return [p for p in points if p not in done]
 
 
+def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
+    """Durations of the complete trials that ran here (not taken from another study), of
+    ``level``'s when any ran (levels may differ in cost many times over)."""
+    done = [t for t in ostudy.get_trials(False, states=(TrialState.COMPLETE,)) if not is_shared(t)]
+    mine = [t for t in done if level is not None and trial_level(t) == level]
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine or done]
+
+
+def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
+    """``trial k/N`` and an ETA: each remaining point at its level's median duration."""
+    points, done = grid(ostudy, study, seeds)
+    text = f"trial {len(done) + 1}/{len(points)}"
+    if secs := ran_seconds(ostudy):
+        left = sum(np.median(ran_seconds(ostudy, p[0])) for p in points if p not in done)
+        text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
+    return text
+
+
+def next_level(ostudy: optuna.Study) -> str | None:
+    """The level of the queued trial Optuna hands out next (the lowest-numbered WAITING one)."""
+    waiting = ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return trial_level(min(waiting, key=lambda t: t.number)) if waiting else None
+
+
 class Objective:
-    """One trial: build the params of (level, seed), run the stages, return the objective.
-    Picklable, so spawned workers get their own copy."""
+    """One trial: the params of its (level, seed), the stages, the objective. Picklable."""
 
-    def __init__(
-        self,
-        study_name: str,
-        params: dict[str, Any],
-        seeds: list[int],
-        opts: StudyOptions,
-        parent_run_id: str | None,
-    ):
-        self.study_name = study_name
-        self.params = params
-        self.seeds = seeds
-        self.opts = opts
-        self.parent_run_id = parent_run_id
-
-    def _duplicate(self, study: Study, trial: optuna.Trial, point: tuple[str, int]) -> bool:
-        """Another worker queued the same point at the same time: the lower number runs it (a
-        complete trial of the level's earlier definition does not count)."""
-        for t in trial.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
-        ):
-            if t.number == trial.number:
-                continue
-            if t.state == TrialState.COMPLETE and live_point(study, t) == point:
-                return True
-            if t.state == TrialState.RUNNING and grid_point(t) == point and t.number < trial.number:
-                return True
-        return False
+    def __init__(self, study_name: str, params: dict, seeds: list[int], opts: StudyOptions, parent):
+        self.study_name, self.params, self.seeds = study_name, params, seeds
+        self.opts, self.parent_run_id = opts, parent
 
     def __call__(self, trial: optuna.Trial) -> float:
         study = get_study(self.study_name)
@@ -347,8 +268,16 @@ class Objective:
         label, seed = point
         if label not in study.labels:
             raise optuna.TrialPruned(f"level {label!r} is no longer in study {study.name}")
-        if self._duplicate(study, trial, (label, seed)):
-            raise optuna.TrialPruned(f"grid point ({label}, seed {seed}) taken by another trial")
+        # two launches queueing one point at once (enqueue_trial's documented race) leave a twin:
+        # a complete trial of the point, or a running one numbered lower, takes it
+        for t in trial.study.get_trials(False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            complete = t.state == TrialState.COMPLETE
+            if (live_point(study, t) if complete else grid_point(t)) == point and (
+                complete or t.number < trial.number
+            ):
+                raise optuna.TrialPruned(
+                    f"grid point ({label}, seed {seed}) taken by another trial"
+                )
         trial.set_user_attr(WORKER, worker_id())
         trial.set_user_attr("level_spec", level_spec(study, label))
         trial.set_user_attr("provenance", code_state())
@@ -359,35 +288,22 @@ class Objective:
             label,
             seed,
         )
-        profile = self.opts.profile
-        trial_dir = (
-            Path(self.opts.out_dir)
-            / study.name
-            / profile
-            / "trials"
-            / f"{trial.number:04d}-{label}-s{seed}"
-        )
+        out = Path(self.opts.out_dir) / study.name / self.opts.profile / "trials"
+        trial_dir = out / f"{trial.number:04d}-{label}-s{seed}"
         trial.set_user_attr("trial_dir", str(trial_dir))
-        params_trial = with_overrides(
-            self.params, {**study.fixed, "base.seed": seed, **study.level(label).overrides}
-        )
+        over = {**study.fixed, "base.seed": seed, **study.level(label).overrides}
+        tags = {"study": study.name, "level": label, "seed": seed, "trial": trial.number}
         mlflow = {
             "kind": f"trial/{study.name}",
-            "profile": profile,
+            "profile": self.opts.profile,
             "parent_run_id": self.parent_run_id,
             "run_name": f"{study.name}/{label}/seed{seed}",
-            "tags": {
-                "study": study.name,
-                "level": label,
-                "seed": seed,
-                "trial": trial.number,
-                "factor": study.factor,
-            },
+            "tags": {**tags, "factor": study.factor},
         }
         stages = (study.run, study.reuse)
-        metrics = run_stages(trial, stages, params_trial, trial_dir, study.objective, mlflow)
-        # Headline figures as their own attrs (visible in optuna-dashboard), everything in one
-        # "metrics" attr: one storage commit each, so keep their number small.
+        params = with_overrides(self.params, over)
+        metrics = run_stages(trial, stages, params, trial_dir, study.objective, mlflow)
+        # headline figures as their own attrs (optuna-dashboard shows them), all in "metrics"
         for key in (*study.secondary, *(f"{st}/wall_seconds" for st in study.run)):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
@@ -396,11 +312,7 @@ class Objective:
 
 
 def _work(
-    study_name: str,
-    params: dict[str, Any],
-    seeds: list[int],
-    opts: StudyOptions,
-    parent_run_id: str | None,
+    study_name: str, params: dict, seeds: list[int], opts: StudyOptions, parent_run_id: str | None
 ) -> None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
     ``max_trials`` ran or the next one would overrun the time budget (expected to last as long
@@ -411,13 +323,8 @@ def _work(
         level = next_level(s)
         return level is not None and opts.budget.allows(ran_seconds(s, level))
 
-    if go_on(ostudy):
-        ostudy.optimize(
-            Objective(study_name, params, seeds, opts, parent_run_id),
-            n_trials=opts.max_trials,
-            catch=(Exception,),
-            callbacks=[lambda s, _: go_on(s) or s.stop()],
-        )
+    objective = Objective(study_name, params, seeds, opts, parent_run_id)
+    optimize_while(ostudy, objective, go_on, opts.max_trials)
 
 
 def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
@@ -443,8 +350,7 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         "queued": queued,
     }
     if before == 0 and not queued and not state[TrialState.WAITING] + state[TrialState.RUNNING]:
-        # nothing to run: the storage, the reports and MLflow stay as they are (a committed
-        # study's files are tracked; an empty parent run would only clutter the UI)
+        # nothing to run: storage, reports and MLflow stay as they are (no empty parent run)
         done = {"remaining_after": 0, "complete": state[TrialState.COMPLETE], "up_to_date": True}
         return summary | done
     with parent_run(
@@ -452,7 +358,6 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         f"study/{study.name}",
         params,
         opts.profile,
-        str(get_dotted(params, "data.name")),
         run_name=f"study/{optuna_name(study, opts.profile)}",
         tags={"study": study.name, "factor": study.factor},
     ) as parent:

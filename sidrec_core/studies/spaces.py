@@ -1,6 +1,5 @@
-"""The tuning mode's search spaces, declared per model in ``studies.yaml`` (section ``tunables``)
-beside the studies: the stages a trial runs and reuses, the searched params keys and their domains,
-and the published starting points queued before TPE samples."""
+"""The tuning mode's search spaces (``studies.yaml``, section ``tunables``): the stages a trial
+runs and reuses, the searched keys and their domains, the published starts queued before TPE."""
 
 from __future__ import annotations
 
@@ -12,14 +11,13 @@ import optuna
 
 from sidrec_core.config import ConfigError, flatten
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies.registry import CATALOGUE, check_keys, read_catalogue
+from sidrec_core.studies.registry import CATALOGUE, build, read_catalogue
 
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-    """One searched params key: ``choices`` (categorical) or ``low``..``high`` (float, log).
-    ``when=(key, value)`` makes it conditional: searched only in trials where the earlier
-    param ``key`` took ``value`` (otherwise the params file's value stands)."""
+    """A searched key: ``choices`` (categorical) or ``low``..``high`` (float, log). ``when=(key,
+    value)``: searched only where the earlier param ``key`` took ``value``."""
 
     key: str
     choices: tuple[Any, ...] = ()
@@ -32,27 +30,22 @@ class Param:
         return self.when is None or chosen.get(self.when[0]) == self.when[1]
 
     def contains(self, value: Any) -> bool:
-        """Whether ``value`` is a point of this param's domain."""
         if self.choices:
             return any(
                 isinstance(value, bool) == isinstance(c, bool) and value == c for c in self.choices
             )
-        assert self.low is not None and self.high is not None
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return number and self.low <= value <= self.high
+        return number and self.low <= value <= self.high  # type: ignore[operator]
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.choices:
             return trial.suggest_categorical(self.key, list(self.choices))
-        assert self.low is not None and self.high is not None
-        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True)
 class Tunable:
-    """A model's search: the stages a trial runs and reuses, the space, and the published
-    starting points queued before TPE samples (each a full assignment of the space, with its
-    source); the launch's default is queued after them (``queued_starts``)."""
+    """A model's search; ``starts``: (full point of the space, its source)."""
 
     name: str
     run: tuple[str, ...]
@@ -62,7 +55,7 @@ class Tunable:
     epochs_key: str = ""  # the trial's training length, which sets the pruner's warm-up
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's overrides, conditional params included only where they apply."""
+        """The trial's overrides, conditional params only where they apply."""
         chosen: dict[str, Any] = {}
         for p in self.space:
             if p.applies(chosen):
@@ -70,9 +63,7 @@ class Tunable:
         return chosen
 
     def default_point(self, params: dict[str, Any]) -> dict[str, Any] | None:
-        """The launch's resolved values of the space's keys (conditional keys only where they
-        apply), or None when one of them lies outside the space (e.g. the smoke profile's
-        tiny models): such a default is not a point TPE could sample."""
+        """The launch's values of the space's keys, None when one lies outside the space."""
         resolved = flatten(resolve_params(params))
         point: dict[str, Any] = {}
         for p in self.space:
@@ -85,25 +76,12 @@ class Tunable:
 
 def _tunable(name: str, raw: dict[str, Any], file: str) -> Tunable:
     where = f"{file}: tunables.{name}"
-    check_keys(raw, Tunable, where)
-    space = []
-    for i, p in enumerate(raw.get("space", ())):
-        check_keys(p, Param, f"{where}.space[{i}]")
-        when = tuple(p["when"]) if p.get("when") else None
-        space.append(Param(**{**p, "choices": tuple(p.get("choices", ())), "when": when}))
-    starts = []
+    space = [build(Param, p, f"{where}.space[{i}]") for i, p in enumerate(raw.get("space", ()))]
     for i, s in enumerate(raw.get("starts", ())):
         if set(s) != {"point", "source"}:
             raise ConfigError(f"{where}.starts[{i}]: needs point and source only")
-        starts.append((dict(s["point"]), s["source"]))
-    return Tunable(
-        name=name,
-        run=tuple(raw["run"]),
-        reuse=tuple(raw["reuse"]),
-        space=tuple(space),
-        starts=tuple(starts),
-        epochs_key=raw.get("epochs_key", ""),
-    )
+    starts = tuple((dict(s["point"]), s["source"]) for s in raw.get("starts", ()))
+    return build(Tunable, raw, where, name=name, space=tuple(space), starts=starts)
 
 
 def load_tunables(path: Path = CATALOGUE) -> dict[str, Tunable]:

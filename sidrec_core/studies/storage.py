@@ -1,13 +1,8 @@
-"""Where studies are stored: by default one Optuna journal per study, ``<out>/<study>/optuna.jsonl``
-(append-only JSON lines kept in the repository), or an RDB URL given with ``--storage``.
-
-A journal's file lock hands each queued trial to one worker of this machine; a PostgreSQL server's
-row lock does so for many machines, and its heartbeat fails (and re-queues) the trial of a dead
-worker. A journal has no heartbeat: :func:`fail_dead_trials` fails a RUNNING trial whose worker
-process on this machine is gone. SQLite has no row lock and serves one worker. A missing storage
-is created only when asked (``--new-storage``, or a study's own journal, announced in one line),
-so a mistyped path fails instead of starting an empty study.
-"""
+"""Where studies are stored: an Optuna journal per study, ``<out>/<study>/optuna.jsonl`` (in git),
+or an RDB URL (``--storage``). A journal's file lock hands a queued trial to one worker of this
+machine, PostgreSQL's row lock to one worker of many machines, and RDB heartbeats fail a dead
+worker's trial; SQLite serves one worker. A missing storage is created only when asked, so a
+mistyped path fails instead of starting an empty study."""
 
 from __future__ import annotations
 
@@ -29,6 +24,7 @@ log = logging.getLogger(__name__)
 JOURNAL = "optuna.jsonl"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a killed worker's trial is retried after ~30 s
 WORKER = "worker"  # trial user attr: host:pid:start of the process that ran it
+UNCLAIMED_AFTER = 10.0  # seconds: a live worker tags its trial milliseconds after Optuna starts it
 EXPECTED = "expected an RDB URL (sqlite:///PATH, postgresql://USER@HOST/DB) or a journal path"
 # the package of each driver SQLAlchemy may import (``postgresql://`` is psycopg 3)
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL"}
@@ -38,13 +34,9 @@ def study_journal(out_dir: Path, study: str) -> str:
     return str(Path(out_dir).resolve() / study / JOURNAL)
 
 
-def is_rdb(location: str) -> bool:
-    return "://" in location
-
-
 def exists(location: str, flag: str = "--storage") -> bool:
     """Whether the storage is there: a journal or SQLite file that exists, or a server."""
-    if not is_rdb(location):
+    if "://" not in location:
         return Path(location).is_file()
     try:
         url = sqlalchemy.engine.make_url(location)
@@ -54,23 +46,16 @@ def exists(location: str, flag: str = "--storage") -> bool:
 
 
 def check_storage(location: str, create: bool = False, flag: str = "--storage") -> None:
-    """Raise ValueError naming ``flag`` unless the storage exists (or ``create``)."""
     if not exists(location, flag) and not create:
         raise ValueError(f"{flag} {location!r}: no such storage ({EXPECTED}); add --new-storage")
 
 
-def make_storage(
-    location: str,
-    heartbeat: int = HEARTBEAT_SECONDS,
-    grace: int = GRACE_SECONDS,
-    create: bool = False,
-    flag: str = "--storage",
-) -> BaseStorage:
+def make_storage(location: str, create: bool = False, flag: str = "--storage") -> BaseStorage:
     """The storage at ``location``; errors are one-line ValueErrors naming ``flag``."""
     check_storage(location, create, flag)
     if not exists(location):
         log.info("new study storage: %s", location)
-    if not is_rdb(location):
+    if "://" not in location:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(location))
     url = sqlalchemy.engine.make_url(location)
@@ -80,8 +65,8 @@ def make_storage(
         try:
             return RDBStorage(
                 location,
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
         except ImportError as exc:  # Optuna's, raised from the driver's ModuleNotFoundError
@@ -90,8 +75,7 @@ def make_storage(
         except sqlalchemy.exc.ArgumentError:  # a dialect SQLAlchemy does not know
             why = f"not a storage URL; {EXPECTED}"
         except sqlalchemy.exc.DBAPIError as exc:
-            # on a fresh storage another launch may be creating the schema (IntegrityError,
-            # ProgrammingError) or hold the lock (OperationalError): it is there after a wait
+            # another launch may be creating the schema or hold the lock: wait and retry
             why = f"cannot open the database: {str(exc.orig).strip().splitlines()[0]}"
             if attempt < 2:
                 time.sleep(1.0 + attempt)
@@ -103,8 +87,8 @@ def make_storage(
 def load_or_create(
     storage: BaseStorage, name: str, direction: str, sampler: optuna.samplers.BaseSampler
 ) -> optuna.Study:
-    """Load study ``name``, creating it when missing (``create_study(load_if_exists=True)``
-    would append a record of the attempt to a journal on every launch)."""
+    """Study ``name``, created when missing (``load_if_exists`` alone would append a record of
+    the attempt to a journal on every launch)."""
     if name in optuna.get_all_study_names(storage):
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     return optuna.create_study(
@@ -119,8 +103,7 @@ def read_storage(location: str) -> BaseStorage:
 
 
 def sections(location: str, study: str) -> list[tuple[str, optuna.Study]]:
-    """(profile, Optuna study) of every ``<study>-<profile>`` study in the storage at
-    ``location``, in the storage's order ([] when there is no storage)."""
+    """(profile, Optuna study) of every ``<study>-<profile>`` in the storage, in its order."""
     if not exists(location):
         return []
     storage, prefix = read_storage(location), f"{study}-"
@@ -135,9 +118,6 @@ def worker_id() -> str:
     """This process as a trial's ``worker``: ``host:pid:start`` (start tells a reused pid apart)."""
     tags = process_tags()
     return f"{tags[HOST_TAG]}:{tags[PID_TAG]}:{tags.get(START_TAG, '')}"
-
-
-UNCLAIMED_AFTER = 10.0  # seconds: a live worker tags its trial milliseconds after Optuna starts it
 
 
 def _unclaimed_age(t: optuna.trial.FrozenTrial, now: datetime.datetime) -> float | None:

@@ -1,19 +1,12 @@
-"""Tuning mode: a seeded Optuna TPE search over a model's declared search space, beside the
-ablation mode and on the same machinery (``dvc.yaml`` stages, cached upstream artifacts, one
-storage per model, nested MLflow runs, resume).
+"""Tuning mode: a seeded TPE search over a model's declared space (:mod:`~.spaces`) on the ablation
+machinery (:func:`~.runner.run_stages`: DVC stages, nested MLflow runs, resume).
 
-The objective is ``valid/ndcg@10``; every validation during training is reported as an
-intermediate value, so the pruner (median by default, or Hyperband) stops weak trials early,
-never before a quarter of their epochs, and they are recorded as PRUNED. Every model gets the
-same trial budget (``n_trials`` finished = complete + pruned trials, Optuna's
-``MaxTrialsCallback``); concurrent workers sample apart (TPE's constant liar). The published best
-configuration, when there is one, is queued first, then the launch's own default (params.yaml
-with the profile and ``--set`` applied), so the search starts from both. The best trial
-and the default are then retrained over the same 3 seeds and compared pairwise (the best is
-adopted only when it beats the default on the objective beyond seed noise); the best overrides
-are written as a params file usable with any stage (``--params``). Each retrain seed is a queued
-trial of the sibling study ``<search>-retrain``, so workers sharing the storage split the seeds
-the way they split any queued trials.
+The objective is ``valid/ndcg@10``, reported at every validation so the pruner (median, Hyperband)
+stops weak trials, never before a quarter of their epochs. Every model gets the same budget of
+finished (complete + pruned) trials (``MaxTrialsCallback``); concurrent workers sample apart (TPE's
+constant liar). The published starts, then the launch's default, are queued first. The best trial
+and the default are retrained over the same seeds, each seed a queued trial of the sibling study
+``<search>-retrain``, and compared pairwise; the best overrides are written as a params file.
 """
 
 from __future__ import annotations
@@ -40,6 +33,7 @@ from sidrec_core.studies.profiles import get_dotted, with_overrides
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
+    optimize_while,
     parent_run,
     ran_seconds,
     run_stages,
@@ -59,7 +53,13 @@ from sidrec_core.studies.storage import (
 
 log = logging.getLogger(__name__)
 PRUNER = "pruner"  # trial user attr: the pruner the trial ran under
+START = "start"  # trial user attr: why the trial was queued rather than sampled
+DEFAULT_START = "the launch's default (params.yaml with the profile and --set overrides applied)"
+DUPLICATE_OF = "duplicate_of"  # trials of older searches pruned as twins of a running trial
 TEST_KEYS = STUDY_TEST_KEYS[::-1]  # hr@5 first: the tuning tables' column order
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states the budget counts
+WARMUP_FRACTION = 0.25  # no trial is pruned before this share of its epochs
+RETRAINED = {"best": "retrain", "default": "retrain_default"}  # folder per configuration
 
 
 @dataclasses.dataclass
@@ -84,11 +84,8 @@ class TuneOptions(StudyOptions):
         return self.storage or str(self.folder(model).resolve() / JOURNAL)
 
 
-WARMUP_FRACTION = 0.25  # no trial is pruned before this share of its epochs
-
-
 def first_prunable_epoch(epochs: int) -> int:
-    """A quarter of the training (at least epoch 3): on a decaying schedule a smaller learning
+    """A quarter of the training, at least epoch 3: on a decaying schedule a smaller learning
     rate starts slower and may finish higher, and an earlier cut prunes exactly those trials."""
     return max(3, math.ceil(WARMUP_FRACTION * epochs))
 
@@ -104,71 +101,33 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def pruner_text(name: str, epochs: int) -> str:
-    """What a trial's pruner was (recorded on each trial: launches may differ)."""
-    if name == "none":
-        return "none"
-    return f"{name}, from epoch {first_prunable_epoch(epochs)} of {epochs}"
+    first = first_prunable_epoch(epochs)
+    return "none" if name == "none" else f"{name}, from epoch {first} of {epochs}"
 
 
 def trial_epochs(tun: Tunable, params: dict[str, Any]) -> int:
-    """The training length of ``tun``'s trials under ``params`` (defaults filled in)."""
     return int(flatten(resolve_params(params))[tun.epochs_key]) if tun.epochs_key else 0
-
-
-DUPLICATE_OF = "duplicate_of"  # trials of older searches pruned as twins of a running trial
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states the budget counts
 
 
 def _finished(ostudy: optuna.Study) -> int:
     return len(ostudy.get_trials(deepcopy=False, states=FINISHED))
 
 
-def open_search(
-    tun: Tunable, opts: TuneOptions, pruner: optuna.pruners.BasePruner | None = None
-) -> optuna.Study:
-    """Create or resume the search. The TPE seed is ``base.seed`` plus the number of trials
-    already stored: a fresh search is reproducible, and a worker that joins a running search
-    does not replay the first worker's suggestions."""
-    storage = opts.open_storage(opts.tune_storage(tun.name))
-    name = f"tune-{tun.name}-{opts.profile}"
-    stored = load_or_create(storage, name, "maximize", optuna.samplers.RandomSampler())
-    params = base_params(opts)
-    seed = int(get_dotted(params, "base.seed", 0)) + len(stored.get_trials(deepcopy=False))
-    epochs = trial_epochs(tun, params)
-    ostudy = optuna.load_study(
-        study_name=name,
-        storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True),
-        pruner=pruner or make_pruner(opts.pruner, epochs),
-    )
-    for start, source in queued_starts(tun, params):
-        enqueue_once(ostudy, start, {START: source})
-    return ostudy
-
-
 def enqueue_once(ostudy: optuna.Study, params: dict, attrs: dict) -> None:
-    """Queue ``params`` unless a trial with ``attrs`` exists; again when every such trial failed
-    (a killed trial must not leave its point unmeasured)."""
+    """Queue ``params`` unless a trial with ``attrs`` exists, again when every such trial failed
+    (``skip_if_exists`` alone would leave a killed trial's point unmeasured)."""
     tried = [
-        t
+        t.state
         for t in ostudy.get_trials(deepcopy=False)
         if all(t.user_attrs.get(k) == v for k, v in attrs.items())
     ]
-    if not tried:
-        ostudy.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
-    elif all(t.state == TrialState.FAIL for t in tried):
-        ostudy.enqueue_trial(params, user_attrs=attrs)
-
-
-START = "start"  # trial user attr: why the trial was queued rather than sampled
-DEFAULT_START = "the launch's default (params.yaml with the profile and --set overrides applied)"
+    if not tried or all(s == TrialState.FAIL for s in tried):
+        ostudy.enqueue_trial(params, user_attrs=attrs, skip_if_exists=not tried)
 
 
 def queued_starts(tun: Tunable, params: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
-    """The points queued before TPE samples: the published starts, then the launch's default
-    when it is a point of the space (a start equal to an earlier one is queued once)."""
-    starts = list(tun.starts)
-    default = tun.default_point(params)
+    """The published starts, then the launch's default when it is a new point of the space."""
+    starts, default = list(tun.starts), tun.default_point(params)
     if default is None:
         log.info("%s: the launch's default lies outside the search space; not queued", tun.name)
     elif all(default != start for start, _ in starts):
@@ -176,18 +135,35 @@ def queued_starts(tun: Tunable, params: dict[str, Any]) -> list[tuple[dict[str, 
     return starts
 
 
+def open_search(
+    tun: Tunable, opts: TuneOptions, pruner: optuna.pruners.BasePruner | None = None
+) -> optuna.Study:
+    """Create or resume the search. TPE's seed is ``base.seed`` + the trials stored: a fresh
+    search is reproducible and a joining worker does not replay the first one's suggestions."""
+    storage = opts.open_storage(opts.tune_storage(tun.name))
+    name = f"tune-{tun.name}-{opts.profile}"
+    stored = load_or_create(storage, name, "maximize", optuna.samplers.RandomSampler())
+    params = base_params(opts)
+    seed = int(get_dotted(params, "base.seed", 0)) + len(stored.get_trials(deepcopy=False))
+    ostudy = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+        pruner=pruner or make_pruner(opts.pruner, trial_epochs(tun, params)),
+    )
+    for start, source in queued_starts(tun, params):
+        enqueue_once(ostudy, start, {START: source})
+    return ostudy
+
+
 class TrialPruning(Callback):
     """In a stage's process: reports ``valid/ndcg@10`` of each validation to the trial ``spec``
-    names (storage, study, trial number, pruner and epochs as the tuner set them) and raises
-    ``optuna.TrialPruned`` when its pruner stops it."""
+    names (storage, study, trial, pruner, epochs) and raises TrialPruned when pruned."""
 
     def __init__(self, spec: dict[str, Any]):
         storage = make_storage(spec["storage"])
-        study = optuna.load_study(
-            study_name=spec["study"],
-            storage=storage,
-            pruner=make_pruner(spec["pruner"], int(spec["epochs"])),
-        )
+        pruner = make_pruner(spec["pruner"], int(spec["epochs"]))
+        study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner)
         study_id = storage.get_study_id_from_name(spec["study"])
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(spec["trial"]))
         self.trial = optuna.trial.Trial(study, trial_id)
@@ -204,39 +180,30 @@ class TuneObjective:
 
     def __init__(self, tun: Tunable, params: dict[str, Any], opts: TuneOptions, parent: str | None):
         self.tun, self.params, self.opts, self.parent = tun, params, opts, parent
-        self.pruner = pruner_text(opts.pruner, trial_epochs(tun, params))  # same for every trial
+        self.epochs = trial_epochs(tun, params)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        overrides = self.tun.suggest(trial)
-        trial.set_user_attr(PRUNER, self.pruner)
+        tun, opts = self.tun, self.opts
+        overrides = tun.suggest(trial)
+        trial.set_user_attr(PRUNER, pruner_text(opts.pruner, self.epochs))
         trial.set_user_attr(WORKER, worker_id())
-        trial_dir = (
-            self.opts.folder(self.tun.name) / self.opts.profile / "trials" / f"{trial.number:04d}"
-        )
-
-        # the stages run in DVC's processes: they report each validation to this trial
-        # (:class:`TrialPruning`), and a pruned stage fails the repro
-        epochs = trial_epochs(self.tun, self.params)
-        spec = {"storage": self.opts.tune_storage(self.tun.name), "study": trial.study.study_name}
-        spec |= {"trial": trial.number, "pruner": self.opts.pruner, "epochs": epochs}
+        trial_dir = opts.folder(tun.name) / opts.profile / "trials" / f"{trial.number:04d}"
+        # the stages run in DVC's processes and report each validation to this trial
+        spec = {"storage": opts.tune_storage(tun.name), "study": trial.study.study_name}
+        spec |= {"trial": trial.number, "pruner": opts.pruner, "epochs": self.epochs}
         mlflow = {
-            "kind": f"tune/{self.tun.name}",
-            "profile": self.opts.profile,
+            "kind": f"tune/{tun.name}",
+            "profile": opts.profile,
             "parent_run_id": self.parent,
-            "run_name": f"tune-{self.tun.name}/{trial.number}",
-            "tags": {"tune": self.tun.name, "trial": trial.number},
+            "run_name": f"tune-{tun.name}/{trial.number}",
+            "tags": {"tune": tun.name, "trial": trial.number},
         }
-        stages = (self.tun.run, self.tun.reuse)
-        trained = with_overrides(self.params, overrides)
-        env = {TRIAL_ENV: json.dumps(spec)}
-        metrics = run_stages(trial, stages, trained, trial_dir, OBJECTIVE, mlflow, env)
+        params, env = with_overrides(self.params, overrides), {TRIAL_ENV: json.dumps(spec)}
+        metrics = run_stages(trial, (tun.run, tun.reuse), params, trial_dir, OBJECTIVE, mlflow, env)
         for key in (*TEST_KEYS, "wall_seconds"):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
         return float(metrics[OBJECTIVE])
-
-
-RETRAINED = {"best": "retrain", "default": "retrain_default"}  # folder per configuration
 
 
 def open_retrains(tun: Tunable, opts: TuneOptions) -> optuna.Study:
@@ -250,11 +217,8 @@ def retrain_point(which: str, seed: int, overrides: dict[str, Any]) -> dict[str,
     return {"config": which, "seed": seed, "overrides": json.dumps(overrides, sort_keys=True)}
 
 
-def retrained(
-    retrains: optuna.Study, which: str, overrides: dict[str, Any]
-) -> dict[str, dict[str, float]]:
-    """{seed: objective + test metrics} of the complete retrains of ``which`` configuration
-    trained with ``overrides``, in trial order."""
+def retrained(retrains: optuna.Study, which: str, overrides: dict) -> dict[str, dict[str, float]]:
+    """{seed: objective + test metrics} of the complete retrains of ``which`` with ``overrides``."""
     return {
         str(t.user_attrs["seed"]): t.user_attrs["metrics"]
         for t in retrains.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -264,17 +228,11 @@ def retrained(
 
 
 def retrain(
-    tun: Tunable,
-    ostudy: optuna.Study,
-    params: dict[str, Any],
-    opts: TuneOptions,
-    which: str = "best",
+    tun: Tunable, ostudy: optuna.Study, params: dict, opts: TuneOptions, which: str = "best"
 ) -> dict[str, dict[str, float]]:
-    """Retrain ``which`` configuration, the best trial's overrides or the launch's ``default``
-    (``params`` as is), over ``opts.retrain_seeds`` seeds -> {seed: objective + test metrics}.
-    Each seed is queued once (again after a failure) and run by whichever worker takes it (a
-    seed whose stages a trial already ran comes from the cache); a seed that would overrun the
-    time budget waits for the next launch."""
+    """Retrain the best trial's overrides or the ``default`` over ``opts.retrain_seeds`` seeds ->
+    {seed: objective + test metrics}; each seed a queued trial any worker takes (from the cache
+    where a trial ran its stages); a seed that would overrun the time budget waits."""
     overrides = ostudy.best_trial.params if which == "best" else {}
     retrains = open_retrains(tun, opts)
     fail_dead_trials(retrains)
@@ -287,21 +245,18 @@ def retrain(
             raise optuna.TrialPruned("no queued retrain left")
         trial.set_user_attr(WORKER, worker_id())
         config, seed = trial.user_attrs["config"], int(trial.user_attrs["seed"])
-        seeded = with_overrides(params, {"base.seed": seed})
-        trained = with_overrides(seeded, json.loads(trial.user_attrs["overrides"]))
+        over = {"base.seed": seed, **json.loads(trial.user_attrs["overrides"])}
         folder = opts.folder(tun.name) / opts.profile / RETRAINED[config] / f"s{seed}"
-        metrics = dvc_run.run_trial(tun.run, tun.reuse, trained, folder)
-        trial.set_user_attr(
-            "metrics", {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
-        )
+        metrics = dvc_run.run_trial(tun.run, tun.reuse, with_overrides(params, over), folder)
+        kept = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
+        trial.set_user_attr("metrics", kept)
         return float(metrics[OBJECTIVE])
 
     def more(study: optuna.Study) -> bool:  # a queued seed, and time to run it
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         return bool(waiting) and opts.budget.allows(ran_seconds(ostudy), "retrain")
 
-    if more(retrains):
-        retrains.optimize(run, callbacks=[lambda study, _: more(study) or study.stop()])
+    optimize_while(retrains, run, more)
     return retrained(retrains, which, overrides)
 
 
@@ -313,12 +268,10 @@ def best_is_default(ostudy: optuna.Study, params: dict[str, Any]) -> bool:
 
 def open_report(name: str, opts: TuneOptions) -> tuple[Tunable, optuna.Study, dict[str, Any]]:
     """(the model, its stored search, the launch's params): what the report reads."""
-    tun = get_tunable(name)
-    location = opts.tune_storage(name)
+    tun, location = get_tunable(name), opts.tune_storage(name)
     check_storage(location, flag="--storage" if opts.storage else "the search's storage")
-    ostudy = optuna.load_study(
-        study_name=f"tune-{name}-{opts.profile}", storage=read_storage(location)
-    )
+    storage = read_storage(location)
+    ostudy = optuna.load_study(study_name=f"tune-{name}-{opts.profile}", storage=storage)
     return tun, ostudy, base_params(opts)
 
 
@@ -327,34 +280,20 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
     from sidrec_core.studies.tune_report import write_tune_report
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tun = get_tunable(name)
-    params = base_params(opts)
+    tun, params = get_tunable(name), base_params(opts)
     ostudy = open_search(tun, opts)
     fail_dead_trials(ostudy)
     before = _finished(ostudy)
-    with parent_run(
-        ostudy,
-        f"tune/{name}",
-        params,
-        opts.profile,
-        str(get_dotted(params, "data.name", "beauty")),
-        run_name=f"tune/{name}-{opts.profile}",
-        tags={"tune": name},
-    ) as parent:
-        objective = TuneObjective(tun, params, opts, parent.run_id)
-
-        def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            log.info(progress_line(study, opts.n_trials, trial))
-            if not opts.budget.allows(ran_seconds(study)):
-                study.stop()  # the next trial would overrun the time budget
-
-        if _finished(ostudy) < opts.n_trials and opts.budget.allows(ran_seconds(ostudy)):
-            ostudy.optimize(
-                objective,
-                n_trials=opts.max_trials,
-                catch=(Exception,),
-                callbacks=[optuna.study.MaxTrialsCallback(opts.n_trials, FINISHED), after],
+    kw = {"run_name": f"tune/{name}-{opts.profile}", "tags": {"tune": name}}
+    with parent_run(ostudy, f"tune/{name}", params, opts.profile, **kw) as parent:
+        if _finished(ostudy) < opts.n_trials:
+            callbacks = (
+                optuna.study.MaxTrialsCallback(opts.n_trials, FINISHED),
+                lambda study, trial: log.info(progress_line(study, opts.n_trials, trial)),
             )
+            objective = TuneObjective(tun, params, opts, parent.run_id)
+            time_left = lambda study: opts.budget.allows(ran_seconds(study))  # noqa: E731
+            optimize_while(ostudy, objective, time_left, opts.max_trials, callbacks)
         summary: dict[str, Any] = {
             "study": ostudy.study_name,
             "storage": opts.tune_storage(name),
@@ -369,8 +308,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
             if not best_is_default(ostudy, params):
                 summary["retrain_default"] = retrain(tun, ostudy, params, opts, "default")
         if complete:
-            summary["best_value"] = ostudy.best_value
-            summary["best_params"] = ostudy.best_params
+            summary |= {"best_value": ostudy.best_value, "best_params": ostudy.best_params}
             if opts.report:
                 paths = write_tune_report(tun, ostudy, params, opts)
                 summary["report"] = str(paths[0])
@@ -383,9 +321,8 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
 def progress_line(
     ostudy: optuna.Study, budget: int, trial: optuna.trial.FrozenTrial | None = None
 ) -> str:
-    """One line after a trial: ``trial``'s (default: the newest trial's) state and value, the
-    best so far, finished of budget, ETA (median duration of the finished trials times those
-    left)."""
+    """After a trial: its (default: the newest's) state and value, the best so far, finished of
+    ``budget``, ETA (median duration of the finished trials times those left)."""
     trials = ostudy.get_trials(deepcopy=False)
     last = trial or trials[-1]
     done = [t.duration.total_seconds() for t in trials if t.state in FINISHED and t.duration]
@@ -405,6 +342,5 @@ def progress_line(
 def best_overrides_yaml(params: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
     """``params`` with the best overrides applied: a full params file for ``--params``."""
     out = with_overrides(params, best)
-    base = out.setdefault("base", {})
-    base.pop("profile", None)
+    out.setdefault("base", {}).pop("profile", None)
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
