@@ -45,8 +45,7 @@ class Source(NamedTuple):
 
 def open_storage(folder: Path) -> Any:
     """The journal committed in ``folder`` (an Optuna storage), or None."""
-    path = Path(folder) / JOURNAL
-    return read_storage(str(path.resolve())) if path.exists() else None
+    return read_storage(str(p.resolve())) if (p := Path(folder) / JOURNAL).exists() else None
 
 
 def study_sources(out_dir: Path, names: list[str], storage: Any = None) -> list[Source]:
@@ -159,13 +158,14 @@ def parent_run(src: Source, study: optuna.Study, base: dict) -> RunRecord:
         text = report.read_text()
     # a report's images are files beside it: in MLflow they are the run's artifacts
     text = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", r"(plot: artifact `report/\2`)", text)
-    times = [ms for t in trials for ms in (_ms(t.datetime_start), _ms(t.datetime_complete)) if ms]
+    starts = [ms for t in trials if (ms := _ms(t.datetime_start)) is not None]
+    ends = [ms for t in trials if (ms := _ms(t.datetime_complete)) is not None]
     return RunRecord(
         key=f"{src.label}:{study.study_name}",
         name=f"{'tune' if src.tuning else 'study'}/{study.study_name}",
         tags=tags,
-        start_ms=min(times, default=None),
-        end_ms=max(times, default=None),
+        start_ms=min(starts, default=None),
+        end_ms=max(ends, default=None),
         description=text,
         artifacts=tuple((p, "report") for p in files),
     )
