@@ -376,75 +376,12 @@ def _update_parent(client: Any, run: Any, rec: RunRecord, content: str) -> None:
     client.set_terminated(run.info.run_id, status=rec.status, end_time=rec.end_ms)
 
 
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI: a saved view of an experiment
-
-
-def saved_view(
-    name: str, search_filter: str, params: list[str], metrics: list[str], created_ms: int = 0
-) -> tuple[str, str]:
-    """(experiment tag, value) of a saved view in MLflow's experiment page (3.x): the runs
-    ``search_filter`` selects, sorted by the first of ``metrics``, all of them shown, in chart
-    mode a first section "Headline" with a parallel-coordinates chart of ``params`` against
-    ``metrics`` and a bar chart of the first metric. Opened by
-    ``#/experiments/<id>/runs?viewStateShareKey=<name>&compareRunsMode=CHART``; the UI lists it
-    under its views. The format is the UI's own (not a documented API): a later MLflow may
-    ignore it, never the runs."""
-    keys = [mlflow_key(m) for m in metrics]
-    section = f"{name}-headline"
-    chart = {"runsCountToCompare": 100, "metricSectionId": section, "deleted": False}
-    state = {
-        "searchFilter": search_filter,
-        "orderByKey": f"metrics.`{keys[0]}`",
-        "orderByAsc": False,
-        "selectedColumns": [f"params.`{k}`" for k in params] + [f"metrics.`{k}`" for k in keys],
-        "runsHiddenMode": "SHOW_ALL",
-        "compareRunCharts": [
-            {
-                **chart,
-                "uuid": f"{name}-parallel",
-                "type": "PARALLEL",
-                "isGenerated": False,
-                "selectedParams": params,
-                "selectedMetrics": keys,
-                "showAllRuns": True,
-            },
-            {
-                **chart,
-                "uuid": f"{name}-bar",
-                "type": "BAR",
-                "isGenerated": False,
-                "metricKey": keys[0],
-            },
-        ],
-        "compareRunSections": [
-            {
-                "uuid": section,
-                "name": "Headline",
-                "display": True,
-                "isReordered": True,
-                "deleted": False,
-                "isGenerated": False,
-            }
-        ],
-        # keeps "Headline" first: the UI sorts sections by name unless the user reordered them
-        "isAccordionReordered": True,
-    }
-    envelope = {
-        "name": name,
-        "createdAt": created_ms,
-        "updatedAt": created_ms,
-        "state": json.dumps(state, sort_keys=True),
-    }
-    return f"{VIEW_TAG_PREFIX}{name}", json.dumps(envelope, sort_keys=True)
-
-
 def sync_runs(
     experiment: str,
     parent: RunRecord,
     children: list[RunRecord],
     *,
     uri: str | None = None,
-    experiment_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Make ``experiment`` in the store at ``uri`` (default :func:`tracking_uri`) hold ``parent``
     and, nested under it, exactly ``children``: a run whose key and content are already there is
@@ -467,10 +404,6 @@ def sync_runs(
         if found
         else client.create_experiment(experiment, _artifact_location(uri, experiment))
     )
-    tags = client.get_experiment(exp_id).tags
-    for key, value in (experiment_tags or {}).items():
-        if tags.get(key) != value:
-            client.set_experiment_tag(exp_id, key, value)
     existing = _keyed_runs(client, exp_id)
     counts: dict[str, Any] = dict.fromkeys(
         ("created", "updated", "replaced", "unchanged", "deleted"), 0

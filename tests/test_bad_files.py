@@ -134,7 +134,7 @@ def test_oserror_without_a_file_is_given_the_artifact(tmp_path):
 
 @pytest.mark.parametrize("script", ["ablate", "tune"])
 def test_unwritable_out_folder_of_studies_is_one_line(tmp_path, capsys, script):
-    from sidrec_core.studies import cli as ablate_cli
+    from bench import ablate as ablate_cli
 
     (tmp_path / "blocker").write_text("")  # --out below a file cannot be created
     out = str(tmp_path / "blocker" / "exp")

@@ -10,9 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from bench.ablate import declared_seeds
+from bench.ablate import main as ablate_main
 from bench.trial_costs import cost_table, measure_costs, read_cost_table
-from sidrec_core.studies.cli import declared_seeds
-from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report

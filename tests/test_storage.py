@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from bench.ablate import main as ablate_main
 from sidrec_core.lifecycle import process_start
 from sidrec_core.studies import storage, tuning
-from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import cell_text, is_cost, summarize_trials
 from sidrec_core.studies.runner import StudyOptions

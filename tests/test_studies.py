@@ -19,10 +19,10 @@ import yaml
 from optuna.trial import TrialState
 from smoke_studies import complete_points, opts, trials_of
 
+from bench.ablate import main as ablate_main
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies.budget import TimeBudget
-from sidrec_core.studies.cli import main as ablate_main
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides

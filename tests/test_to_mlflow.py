@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sidrec_core.studies.cli import main as ablate_main
+from bench.ablate import main as ablate_main
 from sidrec_core.studies.provenance import LANDED_IN, SIDECAR, read_backfill, trial_key_of
 from sidrec_core.studies.report import scalar_attrs
 from sidrec_core.studies.to_mlflow import open_storage, rebuild, study_sources, tune_sources
