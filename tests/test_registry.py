@@ -93,5 +93,16 @@ def test_catalogue_values():
     )
     assert all(claim.source for s in STUDIES.values() for claim in s.claims)
     recipe = TUNABLES["sidlm_recipe"]
-    assert [source[:10] for _, source in recipe.starts] == ["every chan", "the defaul"]
+    assert [source[:10] for _, source in recipe.starts] == [
+        "every chan",
+        "the defaul",
+        "the defaul",
+        "the two be",
+    ]
+    assert [p["sidlm.loss_normalization"] for p, _ in recipe.starts] == [
+        "tokens",
+        "batch",
+        "tokens",
+        "tokens",
+    ]
     assert TUNABLES["sasrec"].space[1].when == ("sasrec.loss", "bce_shared")
