@@ -1,19 +1,7 @@
-"""What each committed trial recorded about the code and inputs it ran, and what git can add.
-
-Trials run since issue 33 record their code (``provenance``: commit, dirty flag, package
-versions), what their level meant (``level_spec``), the cache keys of their stages
-(``trial_key``) and the sha256 of their inputs (``sha256/read/*``). Earlier trials recorded some
-or none of these, and Optuna cannot add user attributes to a finished trial, so what can be
-derived for them lives in a committed sidecar, ``experiments/provenance_backfill.jsonl``
-(written by ``python bench/backfill_provenance.py``), one line per complete trial.
-
-Only one field is derivable honestly: ``landed_in``, the first commit whose copy of the study's
-storage (``optuna.jsonl``, or the ``optuna.db`` it was migrated from) holds the trial complete.
-The trial ran before that commit was made, so the code it ran is no newer than it: an upper
-bound, never the commit it ran. Everything else a trial did not record stays "not recorded":
-the code at run time is unknown, so no commit, dirty flag, package version, trial key or
-fingerprint is reconstructed for it.
-"""
+"""What each committed trial recorded about its code and inputs, and what git can add: only
+``landed_in`` (the first commit whose storage holds the trial complete, an upper bound on the code
+it ran), kept in the sidecar ``experiments/provenance_backfill.jsonl``. Nothing else is
+reconstructed: a field a trial did not record stays "not recorded"."""
 
 from __future__ import annotations
 
