@@ -191,12 +191,11 @@ def pipeline_default_value(out_dir: Path, study: Study, profile: str, metric: st
     if study.pipeline_default is None:
         return None
     name, level = study.pipeline_default
-    for other_profile, ostudy in real_sections(out_dir, STUDIES[name]):
-        if other_profile == profile:
-            _, table = summarize_trials(STUDIES[name], ostudy.get_trials(deepcopy=False))
-            cell = table[level].get(metric)
-            return cell.mean if cell and cell.values else None
-    return None
+    ostudy = dict(real_sections(out_dir, STUDIES[name])).get(profile)
+    if ostudy is None:
+        return None
+    cell = summarize_trials(STUDIES[name], ostudy.get_trials(deepcopy=False))[1][level].get(metric)
+    return cell.mean if cell and cell.values else None
 
 
 def best_cell(study: Study, f: Finding) -> str:
