@@ -311,15 +311,14 @@ def literature(out_dir: Path) -> list[str]:
 def provenance(out_dir: Path) -> list[str]:
     """How many complete trials of every study recorded each provenance field, had it derived
     in the sidecar, or have it not recorded."""
-    backfill = read_backfill(out_dir)
-    total: dict[str, tuple[int, int, int]] = {}
-    for s in STUDIES.values():
-        for _, ostudy in sections(study_journal(out_dir, s.name), s.name):
-            trials = ostudy.get_trials(deepcopy=False)
-            for field, n in provenance_counts(ostudy.study_name, trials, backfill).items():
-                total[field] = tuple(np.add(total.get(field, (0, 0, 0)), n).tolist())
-    if not total:
+    found = [
+        (ostudy.study_name, ostudy.get_trials(deepcopy=False))
+        for s in STUDIES.values()
+        for _, ostudy in sections(study_journal(out_dir, s.name), s.name)
+    ]
+    if not found:
         return []
+    total = provenance_counts(found, read_backfill(out_dir))
     lead = (
         f"Over the {sum(total['commit'])} complete trials of every study and profile: what each "
         f"recorded itself, what [`{SIDECAR}`]({SIDECAR}) derives from git for it, and what is "

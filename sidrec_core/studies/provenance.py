@@ -71,20 +71,20 @@ def read_backfill(out_dir: Path) -> dict[Key, dict[str, Any]]:
 
 
 def counts(
-    study_name: str,
-    trials: Iterable[optuna.trial.FrozenTrial],
+    sections: Iterable[tuple[str, Iterable[optuna.trial.FrozenTrial]]],
     backfill: dict[Key, dict[str, Any]],
 ) -> dict[str, tuple[int, int, int]]:
-    """``{field: (recorded, derived, not recorded)}`` over the complete trials; ``landed_in``
-    is never recorded, only derived (from the sidecar) or not."""
+    """``{field: (recorded, derived, not recorded)}`` over the complete trials of the
+    ``(Optuna study name, trials)`` sections; ``landed_in`` is only ever derived, or not."""
     out = {f: [0, 0, 0] for f in (*FIELDS, LANDED_IN)}
-    for t in trials:
-        if t.state != TrialState.COMPLETE:
-            continue
-        for field, ok in recorded(t).items():
-            out[field][0 if ok else 2] += 1
-        row = backfill.get(trial_key_of(study_name, t)) or {}
-        out[LANDED_IN][1 if row.get(LANDED_IN) else 2] += 1
+    for study_name, trials in sections:
+        for t in trials:
+            if t.state != TrialState.COMPLETE:
+                continue
+            for field, ok in recorded(t).items():
+                out[field][0 if ok else 2] += 1
+            row = backfill.get(trial_key_of(study_name, t)) or {}
+            out[LANDED_IN][1 if row.get(LANDED_IN) else 2] += 1
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
@@ -102,7 +102,7 @@ def section_lines(
     study_name: str, trials: list[optuna.trial.FrozenTrial], out_dir: Path
 ) -> list[str]:
     """The report's provenance table for one section (nothing when no trial is complete)."""
-    tally = counts(study_name, trials, read_backfill(out_dir))
+    tally = counts([(study_name, trials)], read_backfill(out_dir))
     if not sum(tally["commit"]):
         return []
     lead = (
