@@ -106,7 +106,7 @@ def test_counts_split_recorded_derived_and_not_recorded():
     for number, t in enumerate((full, bare, failed)):
         t.number, t.datetime_start = number, dt.datetime(2026, 12, 1, 0, 0, number)
     backfill = {trial_key_of("s-beauty", bare): {LANDED_IN: "c0ffee"}}
-    tally = counts("s-beauty", [full, bare, failed], backfill)
+    tally = counts([("s-beauty", [full, bare, failed])], backfill)
     assert tally["commit"] == (1, 0, 1) and tally["fingerprints"] == (1, 0, 1)
     assert tally[LANDED_IN] == (0, 1, 1)  # full has no sidecar row; the failed trial is no trial
 

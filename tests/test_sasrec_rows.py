@@ -174,7 +174,7 @@ def test_committed_sasrec_rows_trials_still_count_and_new_levels_have_none():
     ostudy = optuna.load_study(study_name="sasrec_rows-beauty", storage=read_storage(str(journal)))
     trials = ostudy.get_trials(deepcopy=False)
     assert not [t.number for t in trials if is_stale(study, t)]
-    _, table, _ = summarize_trials(study, trials)
+    _, table = summarize_trials(study, trials)
     seeds = {lv: sorted(table[lv]["valid/ndcg@10"].values) for lv in study.labels}
     assert seeds == {
         **{lv: [0, 1, 2] for lv in ("sequence", "order", "prefix", "recbole")},

@@ -242,7 +242,7 @@ def working_copy(dest: Path) -> Path:
 
 def figures(ostudy: optuna.Study) -> dict[tuple[str, str], str]:
     """The report's quality cells of the study (cost cells measure the machine, not the run)."""
-    cols, table, _ = summarize_trials(STUDIES["exclude_seen"], ostudy.get_trials())
+    cols, table = summarize_trials(STUDIES["exclude_seen"], ostudy.get_trials())
     return {(lv, c): cell_text(table[lv][c], c) for lv in table for c in cols if not is_cost(c)}
 
 

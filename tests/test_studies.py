@@ -486,7 +486,7 @@ def _slicing(
             )
         )
     study, trials = STUDIES["lm_head_slicing"], ostudy.get_trials(deepcopy=False)
-    cols, table, _ = summarize_trials(study, trials)
+    cols, table = summarize_trials(study, trials)
     finding = read_finding(study, cols, table, trial_records(study, trials))
     assert finding is not None
     lines = write_index(out).read_text().splitlines()

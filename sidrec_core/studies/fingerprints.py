@@ -1,11 +1,5 @@
-"""What two trials must share to be compared, and the per-user figures a seed x user CI needs.
-
-Every stage records ``sha256/read/<name>`` and ``sha256/wrote/<name>`` of what it read and wrote
-(:meth:`~sidrec_core.stages.context.StageContext.record_sha256`). A trial's *upstream* inputs
-are those it read but did not write itself: the SID table a decoding study's levels share, the
-prepared data of every model. Two levels at one seed are paired only where their upstream inputs
-are equal; trials run before fingerprints were recorded cannot be checked ("not recorded").
-"""
+"""Two trials are compared only where their upstream inputs (``sha256/read/*`` they did not
+write themselves) are equal; per-user figures for the seed x user CI come from stored ranks."""
 
 from __future__ import annotations
 

@@ -1,20 +1,9 @@
-"""``experiments/README.md``: the findings of every study run on real data, where they meet the
-published findings the studies name, how much provenance the committed trials carry (recorded,
-derived by :mod:`~sidrec_core.studies.provenance`, not recorded), the study registry with each
-study's declared seeds and links to every report, and every other results file with its
-provenance.
+"""``experiments/README.md``: every real-data study's finding, the published findings the studies
+test, the committed trials' provenance, the study registry and every other results file.
 
-A finding is read as a referee would: the best level is chosen on the study's validation
-objective (never on the test figure it is then compared on; a tie goes to the default), its
-paired difference from the default on test NDCG@10 carries a 95% CI over seeds and the Holm p of
-its study's report, and it is named best only when significant and in its favour ("n.s."
-otherwise). Each row names its metric, says when the seeds are copies of one run, and when the
-study's fixed overrides move its default off the pipeline default (beside the pipeline
-default's figure where another study measured it). What a study cannot answer (its notes,
-:mod:`sidrec_core.studies.notes`) follows the table.
-
-Findings come from the studies' Optuna storage (regenerated, never hand-edited); a study with
-only smoke sections has no finding.
+A finding is read as a referee would: the best level is chosen on the validation objective (a tie
+goes to the default), never on the test figure it is then compared on; it is named best only when
+its Holm-corrected paired difference from the default is significant and in its favour.
 """
 
 from __future__ import annotations
@@ -31,19 +20,16 @@ import optuna
 
 from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
+from sidrec_core.studies import markdown as md
 from sidrec_core.studies.literature import claim_reading, metric_text
-from sidrec_core.studies.markdown import row
-from sidrec_core.studies.markdown import table as md_table
 from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
 from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
 from sidrec_core.studies.provenance import counts as provenance_counts
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
-    ALPHA,
     PROFILE_ORDER,
-    Cell,
     Records,
-    _fmt,
+    Table,
     compare_levels,
     is_pipeline_check,
     report_sections,
@@ -93,7 +79,7 @@ RESULTS_FILES: dict[str, str] = {
 
 
 def last_commit(path: Path) -> str:
-    """The commit that last changed ``path`` (``uncommitted`` when git does not know it)."""
+    """``<hash> <date>`` of the commit that last changed ``path`` (``uncommitted`` if none)."""
     try:
         out = subprocess.run(
             ["git", "log", "-1", "--format=%h %cs", "--", path.name],
@@ -108,49 +94,44 @@ def last_commit(path: Path) -> str:
 
 
 def spent_seconds(trial: optuna.trial.FrozenTrial) -> float:
-    """CPU seconds this study spent on a trial: its stages' wall time minus what came from the
-    cache or another study's trial (trials stored before that was recorded: all of it)."""
+    """CPU seconds the study spent on a trial: its wall time minus what came from the cache or
+    another study's trial (all of it for trials stored before that was recorded)."""
     metrics = trial.user_attrs.get("metrics") or {}
     return float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
 
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """One real-data section as the index reads it. ``best`` is the level with the best
-    validation objective (a tie goes to the default); its paired difference from the default on
-    ``metric`` (the test figure) is ``diff`` ± ``ci`` with Holm-adjusted ``holm_p`` (None: no
-    test, or p undefined), over ``seeds`` seeds both completed."""
+    """One real-data section: ``best`` (on the validation ``objective``) against the default on
+    the test ``metric``: ``diff`` ± ``ci`` over ``seeds``, Holm p (None: no test or undefined),
+    the MDE, the seed x user CI (None: not recorded), ``copies`` (every seed repeats one run),
+    ``tied`` levels and the ``broken`` seeds left out for different upstream inputs."""
 
     metric: str
     objective: str
     best: str
-    levels: tuple[str, ...]  # the levels measured, in the study's order
+    levels: tuple[str, ...]
     default_value: float
     seeds: int
     diff: float | None = None
     ci: float = math.nan
     holm_p: float | None = None
-    copies: bool = False  # every seed of every level gives the same value: one measurement
-    tied: tuple[str, ...] = ()  # other levels whose validation objective equals the best's
-    mde: float | None = None  # smallest difference the test had 80% power to detect
-    seed_user: tuple[float, float] | None = None  # seed x test-user 95% CI; None: not recorded
-    broken: tuple[int, ...] = ()  # seeds left out: the two levels read different upstream inputs
+    copies: bool = False
+    tied: tuple[str, ...] = ()
+    mde: float | None = None
+    seed_user: tuple[float, float] | None = None
+    broken: tuple[int, ...] = ()
 
     @property
     def significant(self) -> bool:
-        return self.holm_p is not None and self.holm_p < ALPHA
+        return self.holm_p is not None and self.holm_p < md.ALPHA
 
 
 def read_finding(
-    study: Study,
-    cols: list[str],
-    table: dict[str, dict[str, Cell]],
-    records: Records | None = None,
+    study: Study, cols: list[str], table: Table, records: Records | None = None
 ) -> Finding | None:
-    """The section's finding from its summary table (None when the default has no test figure).
-    The best level is chosen on the study's validation objective, never on the test figure it
-    is then compared on, which is tested as the study's report tests it (with the trials'
-    ``records``: seeds whose upstream inputs differ left out, the seed x user CI)."""
+    """The section's finding (None when the default has no test figure), tested as the study's
+    report tests it (:func:`~sidrec_core.studies.report.compare_levels`)."""
     key = headline_metric(cols)  # e.g. mostpop/test/ndcg@10
     if key not in cols or not table[study.default][key].values:
         return None
@@ -163,7 +144,6 @@ def read_finding(
         return sign * value, lv == study.default
 
     best = max(levels, key=rank)
-    copies = seeds_are_copies([table[lv][key] for lv in levels])
     default = table[study.default][key]
     seeds = len(set(table[best][key].values) & set(default.values))
     tied = tuple(
@@ -171,6 +151,7 @@ def read_finding(
         for lv in levels
         if lv != best and table[lv][obj].values and table[lv][obj].mean == table[best][obj].mean
     )
+    copies = seeds_are_copies([table[lv][key] for lv in levels])
     finding = Finding(key, obj, best, tuple(levels), default.mean, seeds, copies=copies, tied=tied)
     if best == study.default:
         return finding
@@ -192,8 +173,7 @@ def read_finding(
 
 
 def departures(study: Study) -> dict[str, Any]:
-    """The study's ``fixed`` overrides that differ from the pipeline default (``params.yaml``
-    with the code's defaults filled in): where its own default is not the pipeline's."""
+    """The study's ``fixed`` overrides off the pipeline default (params.yaml + code defaults)."""
     pipeline = _pipeline_params()
     return {k: v for k, v in study.fixed.items() if k not in pipeline or pipeline[k] != v}
 
@@ -206,27 +186,20 @@ def _pipeline_params() -> dict[str, Any]:
 
 
 def pipeline_default_value(out_dir: Path, study: Study, profile: str, metric: str) -> float | None:
-    """The pipeline default's mean ``metric`` in ``profile``, as the study that
-    :attr:`Study.pipeline_default` names measured it (None when it has not)."""
+    """The pipeline default's mean ``metric`` in ``profile``, measured by the study that
+    :attr:`Study.pipeline_default` names (None when it has not)."""
     if study.pipeline_default is None:
         return None
     name, level = study.pipeline_default
-    for other_profile, ostudy in real_sections(out_dir, STUDIES[name]):
-        if other_profile == profile:
-            _, table, _ = summarize_trials(STUDIES[name], ostudy.get_trials(deepcopy=False))
-            cell = table[level].get(metric)
-            return cell.mean if cell and cell.values else None
-    return None
-
-
-def _diff_text(f: Finding) -> str:
-    diff = _fmt(f.diff)
-    return diff if math.isnan(f.ci) else f"{diff} ± {_fmt(f.ci)}"
+    ostudy = dict(real_sections(out_dir, STUDIES[name])).get(profile)
+    if ostudy is None:
+        return None
+    cell = summarize_trials(STUDIES[name], ostudy.get_trials(deepcopy=False))[1][level].get(metric)
+    return cell.mean if cell and cell.values else None
 
 
 def best_cell(study: Study, f: Finding) -> str:
-    """The findings table's "best level" cell: a level is named only when its difference
-    from the default is significant and in its favour."""
+    """A level is named only when its difference is significant and in its favour."""
     if f.levels == (study.default,):
         return "—"
     if f.best == study.default:
@@ -241,28 +214,21 @@ def best_cell(study: Study, f: Finding) -> str:
 
 def effect_text(study: Study, f: Finding) -> str:
     """The findings table's effect cell, plain about what was not found."""
-    value = f"{_fmt(f.default_value)}, {f.seeds} seeds"
+    value = f"{md.fmt(f.default_value)}, {f.seeds} seeds"
     if f.levels == (study.default,):
         return f"only the default measured so far ({value})"
     if f.best == study.default:
-        return (
-            f"no level above the default on `{f.objective}`"
-            + (f" (tied: {', '.join(f.tied)})" if f.tied else "")
-            + f"; default {value}"
-        )
-    head = f"`{f.best}` − default: {_diff_text(f)}"
+        tied = f" (tied: {', '.join(f.tied)})" if f.tied else ""
+        return f"no level above the default on `{f.objective}`{tied}; default {value}"
     if f.copies:
-        head = f"`{f.best}` − default: {_fmt(f.diff)}"
+        head = f"`{f.best}` − default: {md.fmt(f.diff)}"
         return f"{head} at every seed: the seeds are copies, one measurement, no test"
+    head = f"`{f.best}` − default: {md.pm(f.diff, f.ci)}"
     if f.holm_p is None:
         return f"{head}; p undefined (every seed's difference equal); {f.seeds} seeds"
-    su = (
-        "not recorded"
-        if f.seed_user is None
-        else f"[{_fmt(f.seed_user[0])}, {_fmt(f.seed_user[1])}]"
-    )
-    text = f"{head} (seeds); seed × user CI {su}; Holm p {_fmt(f.holm_p, 3)}, "
-    text += "significant" if f.significant else f"n.s. (MDE {_fmt(f.mde)})"
+    text = f"{head} (seeds); seed × user CI {md.interval(f.seed_user)}; "
+    text += f"Holm p {md.fmt(f.holm_p, 3)}, "
+    text += "significant" if f.significant else f"n.s. (MDE {md.fmt(f.mde)})"
     text += f"; {f.seeds} seeds"
     if f.broken:
         text += f" (seeds {list(f.broken)} left out: different upstream inputs)"
@@ -271,18 +237,15 @@ def effect_text(study: Study, f: Finding) -> str:
 
 def finding_row(
     study: Study, profile: str, ostudy: optuna.Study, out_dir: Path | None = None
-) -> str | None:
-    """One findings-table row for a real-data section, None when it has no complete trial."""
+) -> tuple[str, list[str]] | None:
+    """(findings-table row, the section's notes); None when it has no complete trial."""
     trials = ostudy.get_trials(deepcopy=False)
-    cols, table, _ = summarize_trials(study, trials)
+    cols, table = summarize_trials(study, trials)
     f = read_finding(study, cols, table, trial_records(study, trials))
     if f is None:
         return None
-    done = [
-        t
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE and "wall_seconds" in t.user_attrs
-    ]
+    complete = optuna.trial.TrialState.COMPLETE
+    done = [t for t in trials if t.state == complete and "wall_seconds" in t.user_attrs]
     walls = [spent_seconds(t) for t in done]
     shared = sum(map(is_shared, done))
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
@@ -292,26 +255,25 @@ def finding_row(
     if len(walls) < grid:
         effect += f" (partial: {len(walls)} of {grid} trials)"
     short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
-    if short:
-        effect += f"; {short}"
+    effect += f"; {short}" if short else ""
     moved = departures(study)
     if moved:
-        pinned = ", ".join(f"`{k}={v}`" for k, v in moved.items())
         there = pipeline_default_value(out_dir, study, profile, f.metric) if out_dir else None
-        effect += f"; not on the pipeline default: the study fixes {pinned}"
+        effect += f"; not on the pipeline default: the study fixes {md.assignments(moved.items())}"
         if there is not None:
             name, level = study.pipeline_default or ("", "")
             effect += (
-                f" (its default {_fmt(f.default_value)} against the pipeline default "
-                f"{_fmt(there)}, `{name}` `{level}`)"
+                f" (its default {md.fmt(f.default_value)} against the pipeline default "
+                f"{md.fmt(there)}, `{name}` `{level}`)"
             )
-    if study_notes(study, table, f.metric):
-        effect += "; see the notes below"
-    wall_best = [table[f.best][c].values for c in cols if c == "wall_seconds"]
-    per_trial = f"; {np.median(list(wall_best[0].values())):.0f} s a trial" if wall_best else ""
+    notes = study_notes(study, table, f.metric)
+    effect += "; see the notes below" if notes else ""
+    if "wall_seconds" in cols:
+        cost += f"; {np.median(list(table[f.best]['wall_seconds'].values.values())):.0f} s a trial"
     chosen = f"`{f.metric}` (best level chosen on `{f.objective}`)"
     link = f"[`{study.name}`]({study.name}/report.md)"
-    return row([link, profile, study.factor, chosen, best_cell(study, f), effect, cost + per_trial])
+    cells = [link, profile, study.factor, chosen, best_cell(study, f), effect, cost]
+    return md.row(cells), notes
 
 
 def real_sections(out_dir: Path, study: Study) -> list[tuple[str, optuna.Study]]:
@@ -329,58 +291,51 @@ def literature(out_dir: Path) -> list[str]:
         "metric the finding is about (95% CI over seeds, then each seed's difference; details in "
         "the study's report).",
         "",
-        *md_table(["finding", "source", "study", "profile", "metric", "measured", "verdict"]),
+        *md.table(["finding", "source", "study", "profile", "metric", "measured", "verdict"]),
     ]
     for s in STUDIES.values():
-        sections = real_sections(out_dir, s) if s.claims else []
+        found = real_sections(out_dir, s) if s.claims else []
+        link = f"[`{s.name}`]({s.name}/report.md)"
         for claim in s.claims:
-            link = f"[`{s.name}`]({s.name}/report.md)"
-            if not sections:
+            if not found:
                 cells = [claim.finding, claim.source, link, "—", metric_text(claim, None)]
-                lines.append(row([*cells, "—", "not run"]))
-            for profile, ostudy in sections:
-                _, table, _ = summarize_trials(s, ostudy.get_trials(deepcopy=False))
-                measured, reading = claim_reading(claim, table)
-                metric = metric_text(claim, table[claim.level])
-                lines.append(
-                    row([claim.finding, claim.source, link, profile, metric, measured, reading])
-                )
+                lines.append(md.row([*cells, "—", "not run"]))
+            for profile, ostudy in found:
+                _, table = summarize_trials(s, ostudy.get_trials(deepcopy=False))
+                cells = [claim.finding, claim.source, link, profile]
+                cells += [metric_text(claim, table[claim.level]), *claim_reading(claim, table)]
+                lines.append(md.row(cells))
     return lines + [""]
 
 
 def provenance(out_dir: Path) -> list[str]:
-    """Over every complete trial of every committed study and profile: how many recorded each
-    provenance field, had it derived in the sidecar, or have it not recorded."""
-    backfill = read_backfill(out_dir)
-    total: dict[str, list[int]] = {}
-    for s in STUDIES.values():
-        for _, ostudy in sections(study_journal(out_dir, s.name), s.name):
-            trials = ostudy.get_trials(deepcopy=False)
-            for field, n in provenance_counts(ostudy.study_name, trials, backfill).items():
-                before = total.get(field, [0, 0, 0])
-                total[field] = [a + b for a, b in zip(before, n, strict=True)]
-    if not total:
+    """How many complete trials of every study recorded each provenance field, had it derived
+    in the sidecar, or have it not recorded."""
+    found = [
+        (ostudy.study_name, ostudy.get_trials(deepcopy=False))
+        for s in STUDIES.values()
+        for _, ostudy in sections(study_journal(out_dir, s.name), s.name)
+    ]
+    if not found:
         return []
+    total = provenance_counts(found, read_backfill(out_dir))
     lead = (
         f"Over the {sum(total['commit'])} complete trials of every study and profile: what each "
         f"recorded itself, what [`{SIDECAR}`]({SIDECAR}) derives from git for it, and what is "
         "not recorded (never reconstructed). Each report gives its sections' counts."
     )
-    tally = {k: (v[0], v[1], v[2]) for k, v in total.items()}
-    return ["## Provenance of the committed trials", "", *count_lines(tally, lead), ""]
+    return ["## Provenance of the committed trials", "", *count_lines(total, lead), ""]
 
 
 def findings(out_dir: Path) -> list[str]:
     rows, notes = [], []
     for s in STUDIES.values():
         for profile, ostudy in real_sections(out_dir, s):
-            row = finding_row(s, profile, ostudy, out_dir)
-            if row:
-                rows.append(row)
-                cols, table, _ = summarize_trials(s, ostudy.get_trials(deepcopy=False))
-                metric = headline_metric(cols)
+            found = finding_row(s, profile, ostudy, out_dir)
+            if found:
+                rows.append(found[0])
                 link = f"[`{s.name}`]({s.name}/report.md) ({profile})"
-                notes += [f"- {link}: {n}" for n in study_notes(s, table, metric)]
+                notes += [f"- {link}: {n}" for n in found[1]]
     lines = [
         "## Findings (real data)",
         "",
@@ -388,36 +343,25 @@ def findings(out_dir: Path) -> list[str]:
         "to the default) and its paired difference from the default on the row's test metric "
         "(95% CI over seeds, then the seed × test-user bootstrap CI where per-user ranks were "
         "stored), Holm-corrected within its study's report. A level is named best only when "
-        f'that difference is significant (Holm p < {ALPHA}) and in its favour; "n.s." marks '
+        f'that difference is significant (Holm p < {md.ALPHA}) and in its favour; "n.s." marks '
         "one that is not, with the minimum detectable effect (MDE: 80% power at the seeds' "
         "spread). A study whose every level runs off the pipeline default (its fixed overrides "
         "differ from params.yaml) says so, with the pipeline default's figure where another "
         "study measured it.",
         "",
-        *md_table(
+        *md.table(
             ["study", "profile", "factor", "metric", "best level", "effect vs default", "cost"]
         ),
+        *(rows or ["| (no study has run on real data yet) | | | | | | |"]),
+        "",
     ]
-    if not rows:
-        lines.append("| (no study has run on real data yet) | | | | | | |")
-    lines += rows + [""]
-    if notes:
-        lines += ["### What the findings cannot answer", "", *notes, ""]
-    return lines
+    return lines + (["### What the findings cannot answer", "", *notes, ""] if notes else [])
 
 
 def published() -> list[str]:
-    """The published Beauty rows the pipeline report compares with, each with its source and
-    the protocol it was measured under."""
+    """The published Beauty rows the pipeline report compares with, with source and protocol."""
     from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
 
-    lines = [
-        "## Published Beauty figures",
-        "",
-        "The rows `experiments/pipeline_report.md` sets beside this pipeline's (same 22,363 users, "
-        "leave-one-out); HR@10 is Recall@10 with one target.",
-        "",
-    ]
     rows = [
         [name, protocol, f"{figs['hr@10']:.4f}", f"{figs['ndcg@10']:.4f}", src]
         for rows, protocol in (
@@ -426,7 +370,15 @@ def published() -> list[str]:
         )
         for name, (src, figs) in rows.items()
     ]
-    return lines + md_table(["model", "protocol", "HR@10", "NDCG@10", "source"], rows) + [""]
+    return [
+        "## Published Beauty figures",
+        "",
+        "The rows `experiments/pipeline_report.md` sets beside this pipeline's (same 22,363 users, "
+        "leave-one-out); HR@10 is Recall@10 with one target.",
+        "",
+        *md.table(["model", "protocol", "HR@10", "NDCG@10", "source"], rows),
+        "",
+    ]
 
 
 def write_index(out_dir: Path) -> Path:
@@ -450,23 +402,23 @@ def write_index(out_dir: Path) -> Path:
         "reports give mean ± 95% CI over seeds and, on real data, Holm-corrected paired t-tests "
         "(over seeds) against the default. Smoke sections are pipeline checks on synthetic data.",
         "",
-        *md_table(
+        *md.table(
             ["study", "group", "factor", "levels (default)", "seeds declared"]
             + ["profiles run", "report"]
         ),
     ]
     for s in STUDIES.values():
-        sections = report_sections(out_dir / s.name / "report.md")
-        ran = [p for p in PROFILE_ORDER if p in sections]
-        has_report = (out_dir / s.name / "report.md").exists()
-        report = f"[report]({s.name}/report.md)" if has_report else "—"
-        levels = f"{', '.join(s.labels)} (`{s.default}`)"
-        lines.append(
-            row([f"`{s.name}`", s.group, s.factor, levels, s.seeds, ", ".join(ran) or "—", report])
+        ran = [p for p in PROFILE_ORDER if p in report_sections(out_dir / s.name / "report.md")]
+        report = (
+            f"[report]({s.name}/report.md)" if (out_dir / s.name / "report.md").exists() else "—"
         )
+        levels = f"{', '.join(s.labels)} (`{s.default}`)"
+        cells = [f"`{s.name}`", s.group, s.factor, levels, s.seeds, ", ".join(ran) or "—", report]
+        lines.append(md.row(cells))
     files = [(out_dir / n, how) for n, how in RESULTS_FILES.items() if (out_dir / n).exists()]
-    tuned = sorted((out_dir / "tune").rglob("report_*.md"))
-    files += [(report, "`python bench/tune.py`") for report in tuned]
+    files += [
+        (p, "`python bench/tune.py`") for p in sorted((out_dir / "tune").rglob("report_*.md"))
+    ]
     rows = [
         [f"[`{p.relative_to(out_dir)}`]({p.relative_to(out_dir)})", how, last_commit(p)]
         for p, how in files
@@ -475,7 +427,7 @@ def write_index(out_dir: Path) -> Path:
         "",
         "## Other results files",
         "",
-        *md_table(["file", "how it was made", "last commit"], rows),
+        *md.table(["file", "how it was made", "last commit"], rows),
     ]
     path = out_dir / "README.md"
     write_text(path, "\n".join(lines) + "\n")

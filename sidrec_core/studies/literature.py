@@ -1,18 +1,8 @@
-"""Where a study's measurements meet the literature: each :class:`~sidrec_core.studies.study.Claim`
-is checked against the paired difference (claim level - compared level, per seed) and its 95% CI.
-
-Verdicts, from the CI of the mean paired difference d over the seeds both levels completed:
-
-- ``better``: agrees when the CI lies above 0, disagrees when it lies below 0;
-- ``not_worse``: disagrees when the CI lies below 0, agrees otherwise (consistent when it covers 0);
-- ``equal``: disagrees when the CI excludes 0, consistent when it covers 0.
-
-A CI that covers 0 with the finding needing a sign is "not resolved at n seeds": the study is too
-small to tell, which is said, not read as agreement; when every seed's difference has the same
-sign, the reading says so (the direction the seeds point in, short of a resolved CI). Each seed's
-difference follows the CI. The claims are few and fixed before the run
-(one per published finding), so their CIs are not multiplicity-corrected; the section says so.
-"""
+"""Each :class:`~sidrec_core.studies.study.Claim` against the 95% CI of the paired difference
+(claim level - compared level, over shared seeds): ``better`` agrees above 0, disagrees below;
+``not_worse`` disagrees below 0; ``equal`` disagrees when the CI excludes 0. A CI covering 0 where
+the finding needs a sign is "not resolved at n seeds", never agreement. One pre-set claim per
+finding, so the CIs are not multiplicity-corrected."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""What a study cannot answer, said where its numbers are read: the study's declared
-:attr:`~sidrec_core.studies.study.Study.notes`, their figures filled from the section's storage,
-and the caveats the numbers show by themselves (seeds that are copies of one run).
-
-A note figure ``{level:metric}`` is the level's mean over seeds (the median for a cost figure,
-as the report's tables give them); ``{*:metric}`` is the range of the levels' values; ``:%``
-after the metric prints a percentage. A figure with no value yet reads ``n/a``.
-"""
+"""What a study cannot answer: its declared notes with figures filled from the section
+(``{level:metric}`` the level's mean, median for a cost figure; ``{*:metric}`` the levels' range;
+``:%`` a percentage; ``n/a`` when unmeasured), and seeds that are copies of one run."""
 
 from __future__ import annotations
 
@@ -16,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sidrec_core.metrics import HEADLINE
+from sidrec_core.studies.markdown import is_cost
 from sidrec_core.studies.study import NOTE_FIGURE, Study
 
 if TYPE_CHECKING:
@@ -23,9 +19,7 @@ if TYPE_CHECKING:
 
 
 def level_value(cell: Cell | None, metric: str) -> float | None:
-    """A level's figure for a note: the mean over seeds, the median for a cost figure."""
-    from sidrec_core.studies.report import is_cost  # report imports this module
-
+    """The mean over seeds, the median for a cost figure."""
     if cell is None or not cell.values:
         return None
     if is_cost(metric):
@@ -34,8 +28,6 @@ def level_value(cell: Cell | None, metric: str) -> float | None:
 
 
 def _text(value: float | None, metric: str, percent: bool) -> str:
-    from sidrec_core.studies.report import is_cost
-
     if value is None or math.isnan(value):
         return "n/a"
     if percent:
@@ -62,8 +54,7 @@ def fill_note(note: str, study: Study, table: dict[str, dict[str, Cell]]) -> str
 
 
 def seeds_are_copies(cells: list[Cell]) -> bool:
-    """Whether every level measured gives the same value at each of its >= 2 seeds: a
-    deterministic method whose seeds repeat one run (its CI is 0 and no test is possible)."""
+    """Every level measured gives one value at all its >= 2 seeds: the seeds repeat one run."""
     measured = [c for c in cells if c.values]
     return bool(measured) and all(
         len(c.values) >= 2 and len(set(c.values.values())) == 1 for c in measured
@@ -71,8 +62,7 @@ def seeds_are_copies(cells: list[Cell]) -> bool:
 
 
 def study_notes(study: Study, table: dict[str, dict[str, Cell]], metric: str) -> list[str]:
-    """The caveats of one real-data section: seeds that are copies (on ``metric``), then the
-    study's declared notes with their figures filled in."""
+    """Seeds that are copies (on ``metric``), then the study's notes, figures filled in."""
     out = []
     if seeds_are_copies([table[lv][metric] for lv in study.labels if metric in table[lv]]):
         out.append(
@@ -83,13 +73,11 @@ def study_notes(study: Study, table: dict[str, dict[str, Cell]], metric: str) ->
 
 
 def headline_metric(cols: list[str]) -> str:
-    """The section's test NDCG@10 column (a model's prefixed key such as
-    ``mostpop/test/ndcg@10`` where the study reports one)."""
+    """The test NDCG@10 column (a model's prefixed key such as ``mostpop/test/ndcg@10``)."""
     return next((c for c in cols if c.endswith(HEADLINE[0])), HEADLINE[0])
 
 
 def note_lines(study: Study, cols: list[str], table: dict[str, dict[str, Cell]]) -> list[str]:
-    """The report's "what this study cannot answer" paragraph for one real-data section."""
     notes = study_notes(study, table, headline_metric(cols))
     if not notes:
         return []

@@ -1,19 +1,7 @@
-"""What each committed trial recorded about the code and inputs it ran, and what git can add.
-
-Trials run since issue 33 record their code (``provenance``: commit, dirty flag, package
-versions), what their level meant (``level_spec``), the cache keys of their stages
-(``trial_key``) and the sha256 of their inputs (``sha256/read/*``). Earlier trials recorded some
-or none of these, and Optuna cannot add user attributes to a finished trial, so what can be
-derived for them lives in a committed sidecar, ``experiments/provenance_backfill.jsonl``
-(written by ``python bench/backfill_provenance.py``), one line per complete trial.
-
-Only one field is derivable honestly: ``landed_in``, the first commit whose copy of the study's
-storage (``optuna.jsonl``, or the ``optuna.db`` it was migrated from) holds the trial complete.
-The trial ran before that commit was made, so the code it ran is no newer than it: an upper
-bound, never the commit it ran. Everything else a trial did not record stays "not recorded":
-the code at run time is unknown, so no commit, dirty flag, package version, trial key or
-fingerprint is reconstructed for it.
-"""
+"""What each committed trial recorded about its code and inputs, and what git can add: only
+``landed_in`` (the first commit whose storage holds the trial complete, an upper bound on the code
+it ran), kept in the sidecar ``experiments/provenance_backfill.jsonl``. Nothing else is
+reconstructed: a field a trial did not record stays "not recorded"."""
 
 from __future__ import annotations
 
@@ -83,20 +71,20 @@ def read_backfill(out_dir: Path) -> dict[Key, dict[str, Any]]:
 
 
 def counts(
-    study_name: str,
-    trials: Iterable[optuna.trial.FrozenTrial],
+    sections: Iterable[tuple[str, Iterable[optuna.trial.FrozenTrial]]],
     backfill: dict[Key, dict[str, Any]],
 ) -> dict[str, tuple[int, int, int]]:
-    """``{field: (recorded, derived, not recorded)}`` over the complete trials; ``landed_in``
-    is never recorded, only derived (from the sidecar) or not."""
+    """``{field: (recorded, derived, not recorded)}`` over the complete trials of the
+    ``(Optuna study name, trials)`` sections; ``landed_in`` is only ever derived, or not."""
     out = {f: [0, 0, 0] for f in (*FIELDS, LANDED_IN)}
-    for t in trials:
-        if t.state != TrialState.COMPLETE:
-            continue
-        for field, ok in recorded(t).items():
-            out[field][0 if ok else 2] += 1
-        row = backfill.get(trial_key_of(study_name, t)) or {}
-        out[LANDED_IN][1 if row.get(LANDED_IN) else 2] += 1
+    for study_name, trials in sections:
+        for t in trials:
+            if t.state != TrialState.COMPLETE:
+                continue
+            for field, ok in recorded(t).items():
+                out[field][0 if ok else 2] += 1
+            row = backfill.get(trial_key_of(study_name, t)) or {}
+            out[LANDED_IN][1 if row.get(LANDED_IN) else 2] += 1
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
@@ -114,7 +102,7 @@ def section_lines(
     study_name: str, trials: list[optuna.trial.FrozenTrial], out_dir: Path
 ) -> list[str]:
     """The report's provenance table for one section (nothing when no trial is complete)."""
-    tally = counts(study_name, trials, read_backfill(out_dir))
+    tally = counts([(study_name, trials)], read_backfill(out_dir))
     if not sum(tally["commit"]):
         return []
     lead = (

@@ -1,13 +1,7 @@
-"""Where a study's levels meet the model they start from: a study whose stages start from a
-trained model (GRPO from the SID LM) names, as its :class:`~sidrec_core.studies.study.Reference`,
-the level of another study that evaluated exactly that model. Each level is compared with it per
-seed (paired mean difference with its 95% CI, relative change, paired t-test, Holm-corrected over
-the section's tests), read from the other study's storage, never copied by hand.
-
-A seed pairs only when the fingerprint figures agree exactly (``Reference.match``: e.g. GRPO's
-validation NDCG@10 before its first step and the reference's validation NDCG@10): a reference
-trained by another code version, or on other users, is listed as unpaired instead.
-"""
+"""A study whose stages start from a trained model (GRPO from the SID LM) compares each level,
+per seed, with the level of another study that evaluated exactly that model (its
+:class:`~sidrec_core.studies.study.Reference`), read from that study's storage. A seed pairs only
+when the fingerprint figures (``Reference.match``) agree exactly."""
 
 from __future__ import annotations
 
@@ -19,8 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.metrics import TEST_KEYS
-from sidrec_core.studies.markdown import row
-from sidrec_core.studies.markdown import table as md_table
+from sidrec_core.studies import markdown as md
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
 from sidrec_core.studies.storage import read_storage
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
@@ -28,14 +21,11 @@ from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
 if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell
 
-ALPHA = 0.05
-
 
 def reference_rows(
     study: Study, profile: str, storage_for: Callable[[str], str]
 ) -> dict[int, dict[str, float]]:
-    """{seed: figures} of the reference level's complete trials in ``profile`` ({} if none;
-    trials of an earlier definition of the level are left out)."""
+    """{seed: figures} of the reference level's complete, not stale trials in ``profile``."""
     from sidrec_core.studies.registry import STUDIES
     from sidrec_core.studies.report import scalar_attrs
 
@@ -95,41 +85,29 @@ def reference_lines(
         f"{head}: the same trained model, users and decoding, paired over the seeds whose "
         f"`{ref.match[0]}` equals the reference's `{ref.match[1]}`; p Holm-corrected over the "
         f"{sum(p is not None for p in adjusted)} tests of this table (significant at adjusted "
-        f"p < {ALPHA}); relative = mean diff / the reference's mean.",
+        f"p < {md.ALPHA}); relative = mean diff / the reference's mean.",
         "",
-        *md_table(
+        *md.table(
             ["level", "metric", "reference", "level", "mean diff (95% CI)", "relative"]
             + ["Holm p", "significant"]
         ),
     ]
+    largest = None  # the level with the largest change on the first test metric
     for (lv, metric, a, b, diff, _), adj in zip(tests, adjusted, strict=True):
         base, mean = mean_ci(list(b.values()))[0], mean_ci(list(a.values()))[0]
         hw = diff_ci(a, b)
         ci = "" if math.isnan(hw) else f" ± {hw:.5f}"
         rel = f"{100 * diff / base:+.1f}% ± {100 * hw / base:.1f}%" if base and ci else "n/a"
-        sig = "n/a" if adj is None else ("yes" if adj < ALPHA else "no")
         adj_text = "undefined" if adj is None else f"{adj:.3f}"
-        lines.append(
-            row(
-                [lv, metric, f"{base:.5f}", f"{mean:.5f}", f"{diff:+.5f}{ci}", rel]
-                + [adj_text, sig]
-            )
-        )
-    best = max(
-        (t for t in zip(tests, adjusted, strict=True) if t[0][1] == TEST_KEYS[0]),
-        key=lambda t: t[0][4],
-        default=None,
-    )
-    if best is not None:
-        (lv, metric, a, b, diff, _), adj = best
-        base, hw = mean_ci(list(b.values()))[0], diff_ci(a, b)
-        ci = "" if math.isnan(hw) else f" ± {100 * hw / base:.1f}%"
-        verdict = "significant" if adj is not None and adj < ALPHA else "not significant"
-        lines += [
-            "",
-            f"Largest {metric} change from {ref.label}: `{lv}`, {100 * diff / base:+.1f}%{ci} "
-            f"(95% CI over {len(a)} paired seeds; {verdict} after Holm).",
-        ]
+        cells = [lv, metric, f"{base:.5f}", f"{mean:.5f}", f"{diff:+.5f}{ci}", rel, adj_text]
+        lines.append(md.row([*cells, md.significant(adj)]))
+        if metric == TEST_KEYS[0] and (largest is None or diff > largest[0]):
+            ci = "" if math.isnan(hw) else f" ± {100 * hw / base:.1f}%"
+            verdict = "significant" if md.significant(adj) == "yes" else "not significant"
+            change = f"`{lv}`, {100 * diff / base:+.1f}%{ci} (95% CI over {len(a)} paired seeds"
+            text = f"Largest {metric} change from {ref.label}: {change}; {verdict} after Holm)."
+            largest = diff, text
+    lines += ["", largest[1]] if largest else []
     if unpaired:
         lines += [
             "",

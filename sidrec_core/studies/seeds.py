@@ -1,16 +1,7 @@
-"""How many seeds a study runs, and what a trial of it costs (issue 33, item 4c).
-
-A study whose trial costs at most :data:`CHEAP_MINUTES` CPU-minutes runs :data:`CHEAP_SEEDS`
-seeds, any other :data:`DEFAULT_SEEDS`; ``studies.yaml`` declares the count per study
-(:attr:`~sidrec_core.studies.study.Study.seeds`). The cost is measured, not guessed: the median
-``wall_seconds`` of the study's complete real-data trials (the stages a trial re-runs, on one
-thread; the upstream stages a new seed needs are built once per seed and not counted), written by
-``python bench/trial_costs.py`` into ``experiments/trial_costs.md``. A study with no real-data
-trial takes its basis from the studies that run the same stages.
-
-A synthetic (smoke) launch is a pipeline check with no statistics: it keeps
-:data:`PIPELINE_CHECK_SEEDS` whatever the study declares.
-"""
+"""Seeds per study (issue 33, item 4c): :data:`CHEAP_SEEDS` where a trial costs at most
+:data:`CHEAP_MINUTES` CPU-minutes (the median measured by ``bench/trial_costs.py`` into
+``experiments/trial_costs.md``), else :data:`DEFAULT_SEEDS`; a synthetic launch is a pipeline
+check with :data:`PIPELINE_CHECK_SEEDS`."""
 
 from __future__ import annotations
 

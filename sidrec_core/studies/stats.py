@@ -1,11 +1,6 @@
-"""Statistics of a study over seeds: mean with a Student-t 95% CI, the paired t-test of two levels
-(paired over seeds: trials with the same seed share upstream artifacts and initialisation), the
-CI of a paired difference, Holm's correction of a family of p-values, the smallest effect a paired
-test could have detected, and a CI that carries test-user sampling besides seed variance.
-
-The seed-level t treats each seed's test-set mean as exact; the test users are one sample of
-users, so :func:`seed_user_ci` resamples both, seeds and users (a two-way bootstrap of the paired
-per-user difference)."""
+"""Statistics over seeds: mean with a Student-t 95% CI, paired t-test (trials of one seed share
+upstream artifacts and initialisation), Holm's correction, the minimum detectable effect, and a
+seed x test-user bootstrap CI (the test users are a sample too)."""
 
 from __future__ import annotations
 
@@ -27,10 +22,8 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[float | None, float | None]:
-    """Paired t-test of a vs b over the seeds both have -> (mean diff, two-sided p).
-
-    p is None (undefined) with fewer than 2 shared seeds or when every seed's difference is the
-    same (zero variance: the t statistic is 0/0 or x/0, not evidence either way)."""
+    """Paired t-test of a vs b over shared seeds -> (mean diff, two-sided p); p is None with
+    fewer than 2 seeds or when every seed's difference is equal (t is 0/0 or x/0)."""
     shared = sorted(set(a) & set(b))
     if not shared:
         return None, None
@@ -66,12 +59,9 @@ CHUNK = 50  # bootstrap resamples drawn at once
 def min_detectable_effect(
     sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8
 ) -> float | None:
-    """Smallest true mean difference a two-sided paired t-test over ``n`` seeds detects with
-    probability ``power`` at level ``alpha``, given the seed-difference SD ``sd`` (None when
-    ``n`` < 3 or ``sd`` is not a positive number). "No effect" then reads "no effect larger".
-    With 2 seeds (1 degree of freedom) the noncentral t has no usable tail here and the test's
-    critical value is 12.7 standard errors: no MDE is given.
-    """
+    """Smallest true difference a two-sided paired t-test over ``n`` seeds detects with
+    ``power`` at ``alpha`` given the seed-difference SD ``sd``; None when ``sd`` is not positive
+    or ``n`` < 3 (with 1 dof the critical value is 12.7 standard errors: no usable MDE)."""
     if n < 3 or not sd > 0 or not math.isfinite(sd):
         return None
     df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
@@ -92,12 +82,10 @@ def seed_user_ci(
 ) -> tuple[float, float, float]:
     """Two-way bootstrap of paired per-user differences -> (mean, 2.5%, 97.5%).
 
-    ``diffs[s]`` [U] is level - control per test user at training seed ``s``, the same users in
-    the same order at every seed. Seeds and users are crossed (every seed is scored on the one
-    test set), so each resample draws the users once, shared by all seeds, and the seeds
-    independently, both with replacement (Owen 2007, "the pigeonhole bootstrap"). Resampling the
-    users anew within each seed would average their sampling noise away over seeds and give a CI
-    too narrow by up to the square root of the seed count."""
+    ``diffs[s]`` [U]: level - control per test user at seed ``s``, the same users at every seed.
+    Seeds and users are crossed, so a resample draws the users once for all seeds and the seeds
+    independently (Owen 2007, "the pigeonhole bootstrap"); users drawn anew per seed would give a
+    CI too narrow by up to the square root of the seed count."""
     seeds = sorted(diffs)
     if not seeds:
         return float("nan"), float("nan"), float("nan")

@@ -1,6 +1,5 @@
-"""The tuning report: best params, the objective's history (table + plot), Optuna's parameter
-importances, the best trial's test figures retrained over seeds (mean ± 95% CI), and the best
-configuration as a params file (``best_params.yaml``) for ``--params`` / ``dvc exp run -S``."""
+"""The tuning report: best params, history (table + plot), fANOVA importances, the best trial
+retrained over seeds against the retrained default, and the best as a params file."""
 
 from __future__ import annotations
 
@@ -13,24 +12,14 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from sidrec_core.io import atomic_path, write_text
-from sidrec_core.studies.markdown import row
-from sidrec_core.studies.markdown import table as md_table
+from sidrec_core.io import write_text
+from sidrec_core.studies import markdown as md
+from sidrec_core.studies import tuning as tn
 from sidrec_core.studies.pipeline import PROJECT_ROOT
+from sidrec_core.studies.report import pyplot, save_png
 from sidrec_core.studies.spaces import Tunable
 from sidrec_core.studies.stats import diff_ci, mean_ci, paired_test
-from sidrec_core.studies.tuning import (
-    DUPLICATE_OF,
-    OBJECTIVE,
-    PRUNER,
-    START,
-    TEST_KEYS,
-    TuneOptions,
-    best_is_default,
-    best_overrides_yaml,
-    open_retrains,
-    retrained,
-)
+from sidrec_core.studies.tuning import OBJECTIVE, TEST_KEYS, TuneOptions
 
 
 def _fmt(x: Any) -> str:
@@ -39,16 +28,15 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def _shown(location: str) -> str:
-    """``location`` with this checkout's root left out (reports are read on other machines)."""
+def _shown(location: str) -> str:  # reports are read on other machines
     return location.replace(f"{PROJECT_ROOT}/", "")
 
 
 def pruners_used(trials: list[optuna.trial.FrozenTrial]) -> str:
-    """The pruner each trial ran under, grouped: ``median, from epoch 5 of 20: trials 23-30``."""
+    """``median, from epoch 5 of 20: trials 23-30``: each trial's pruner, grouped."""
     groups: dict[str, list[int]] = {}
     for t in trials:
-        groups.setdefault(t.user_attrs.get(PRUNER, "not recorded"), []).append(t.number)
+        groups.setdefault(t.user_attrs.get(tn.PRUNER, "not recorded"), []).append(t.number)
     return "; ".join(f"{name}: trials {_ranges(nums)}" for name, nums in groups.items())
 
 
@@ -82,13 +70,12 @@ def versus_default(
     retrain: dict[str, dict[str, float]],
     retrain_default: dict[str, dict[str, float]],
 ) -> list[str]:
-    """Report lines: the retrained best against the retrained default (``{seed: figures}``),
-    paired over seeds, and whether the best should become the default (its objective's paired
-    95% CI above 0; the test figures are for reading, never for the choice)."""
+    """The retrained best against the retrained default (``{seed: figures}``), paired over
+    seeds; adopt the best only when its objective's paired 95% CI lies above 0."""
     best = {int(s): m for s, m in retrain.items()}
     base = {int(s): m for s, m in retrain_default.items()}
     lines = ["", "## Best against the default, paired over seeds", ""]
-    if best_is_default(ostudy, params):
+    if tn.best_is_default(ostudy, params):
         return [*lines, "The best trial's params are the defaults: nothing to compare."]
     if not base:
         return [*lines, "Not yet: the default has not been retrained."]
@@ -96,7 +83,7 @@ def versus_default(
         f"Seeds both have: {sorted(set(best) & set(base))}. Difference = best − default, "
         "mean with its paired 95% CI (Student t) and the paired t-test's p.",
         "",
-        *md_table(["metric", "best", "default", "best − default", "p"]),
+        *md.table(["metric", "best", "default", "best − default", "p"]),
     ]
     decision = None
     for key in (OBJECTIVE, *TEST_KEYS):
@@ -107,9 +94,8 @@ def versus_default(
         diff, p = paired_test(a, b)
         hw = diff_ci(a, b)
         cells = [_fmt(mean_ci(list(v.values()))[0]) for v in (a, b)]
-        change = "—" if diff is None else _fmt(diff) + ("" if np.isnan(hw) else f" ± {_fmt(hw)}")
-        pcell = "undefined" if p is None else f"{p:.3f}"
-        lines.append(row([key, *cells, change, pcell]))
+        change = "—" if diff is None else md.pm(diff, hw, _fmt)
+        lines.append(md.row([key, *cells, change, "undefined" if p is None else f"{p:.3f}"]))
         if key == OBJECTIVE and diff is not None and not np.isnan(hw):
             decision = diff - hw > 0
     lines.append("")
@@ -129,15 +115,10 @@ def versus_default(
 
 
 def plot_history(ostudy: optuna.Study, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     trials = [t for t in ostudy.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     xs = [t.number for t in trials]
     ys = [float(t.value) for t in trials]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     ax.scatter(xs, ys, s=12, label="complete trial")
     if ys:
         ax.plot(xs, np.maximum.accumulate(ys), color="tab:orange", label="best so far")
@@ -148,11 +129,7 @@ def plot_history(ostudy: optuna.Study, path: Path) -> Path:
     ax.set_xlabel("trial")
     ax.set_ylabel(OBJECTIVE)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_tune_report(
@@ -162,20 +139,19 @@ def write_tune_report(
     folder = opts.folder(tun.name)
     best = ostudy.best_trial
     trials = ostudy.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     lines = [
         f"# Tuning `{tun.name}` (profile `{opts.profile}`)",
         "",
         f"Seeded TPE over {len(tun.space)} params, objective `{OBJECTIVE}` (maximise), pruned "
         f"on the per-epoch validation values ({pruners_used(trials)}), budget {opts.n_trials} "
-        "finished trials. Trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".",
+        f"finished trials. Trials: {md.state_counts(trials)}.",
         f"Command: `python bench/tune.py --model {tun.name} --profile {opts.profile} "
         f"--n-trials {opts.n_trials}{''.join(f' --set {kv}' for kv in opts.sets)}`; "
         f"storage `{_shown(opts.tune_storage(tun.name))}`.",
     ]
     for t in trials:
-        if START in t.user_attrs:
-            lines += [f"Trial {t.number} is queued, not sampled: {t.user_attrs[START]}."]
+        if tn.START in t.user_attrs:
+            lines += [f"Trial {t.number} is queued, not sampled: {t.user_attrs[tn.START]}."]
     lines += ["", "## Search space", ""]
     for p in tun.space:
         dom = ", ".join(map(str, p.choices)) if p.choices else f"[{p.low}, {p.high}] (log)"
@@ -185,35 +161,34 @@ def write_tune_report(
         "",
         f"## Best trial: #{best.number}, {OBJECTIVE} = {_fmt(float(best.value))}",
         "",
-        *md_table(["param", "value"], ([f"`{k}`", _fmt(v)] for k, v in best.params.items())),
+        *md.table(["param", "value"], ([f"`{k}`", _fmt(v)] for k, v in best.params.items())),
     ]
-    retrains = open_retrains(tun, opts)
-    retrain = retrained(retrains, "best", best.params)
+    retrains = tn.open_retrains(tun, opts)
+    retrain = tn.retrained(retrains, "best", best.params)
     lines += ["", f"## Best configuration retrained over seeds {sorted(retrain) or '—'}", ""]
     if retrain:
-        lines += md_table(["metric", "mean ± 95% CI", "per seed"])
+        lines += md.table(["metric", "mean ± 95% CI", "per seed"])
         for key in (OBJECTIVE, *TEST_KEYS):
             vals = [float(m[key]) for m in retrain.values() if key in m]
             if vals:
-                mean, hw = mean_ci(vals)
-                cell = _fmt(mean) if np.isnan(hw) else f"{_fmt(mean)} ± {_fmt(hw)}"
-                lines.append(row([key, cell, ", ".join(_fmt(v) for v in vals)]))
+                cell = md.pm(*mean_ci(vals), _fmt)
+                lines.append(md.row([key, cell, ", ".join(_fmt(v) for v in vals)]))
     else:
         lines.append("Not yet: the search has not used its budget (or the time budget stopped it).")
-    lines += versus_default(ostudy, params, retrain, retrained(retrains, "default", {}))
+    lines += versus_default(ostudy, params, retrain, tn.retrained(retrains, "default", {}))
     imp = importances(ostudy)
     lines += ["", "## Parameter importances (Optuna, fANOVA)", ""]
     if isinstance(imp, str):
         lines.append(f"None: {imp}.")
     else:
-        lines += md_table(["param", "importance"], ([f"`{k}`", f"{v:.3f}"] for k, v in imp.items()))
+        lines += md.table(["param", "importance"], ([f"`{k}`", f"{v:.3f}"] for k, v in imp.items()))
     lines += [
         "",
         "## History",
         "",
         "Test figures are shown for reading only; the search selects on the objective.",
         "",
-        *md_table(
+        *md.table(
             ["trial", "state", "value", "test/ndcg@10", "test/hr@10", "last epoch", "minutes"]
             + ["params"]
         ),
@@ -228,12 +203,14 @@ def write_tune_report(
         minutes = f"{t.duration.total_seconds() / 60:.1f}" if t.duration else "—"
         shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
         state = t.state.name.lower()
-        if DUPLICATE_OF in t.user_attrs:
-            state += f" (duplicate of running #{t.user_attrs[DUPLICATE_OF]})"
-        lines.append(row([t.number, state, value, *tests, last, minutes, shown]))
+        if tn.DUPLICATE_OF in t.user_attrs:
+            state += f" (duplicate of running #{t.user_attrs[tn.DUPLICATE_OF]})"
+        lines.append(md.row([t.number, state, value, *tests, last, minutes, shown]))
     png = plot_history(ostudy, folder / f"{opts.profile}_history.png")
     best_file = folder / f"{opts.profile}_best_params.yaml"
-    write_text(best_file, yaml.safe_dump(best_overrides_yaml(params, best.params), sort_keys=False))
+    write_text(
+        best_file, yaml.safe_dump(tn.best_overrides_yaml(params, best.params), sort_keys=False)
+    )
     sets = " ".join(f"-S ++{k}={json.dumps(v)}" for k, v in best.params.items())
     lines += [
         "",
