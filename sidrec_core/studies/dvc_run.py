@@ -101,18 +101,21 @@ def extra_deps(
             default=0,
         )
 
+    # a key belongs to the stage whose params name it most specifically (rpg.sid.* to
+    # build_rpg_sids, not to train_rpg, which reads all of rpg)
+    deepest = {
+        key: max(depth(s, key) for s in pipeline.values())
+        for key, value in flat.items()
+        if isinstance(value, str)
+    }
     for name in ordered(run, pipeline):
         stage = pipeline[name]
         outs = [o for s in before for o in pipeline[s].outs]
-        for key, value in flat.items():
+        for key, most in deepest.items():
             mine = depth(stage, key)
-            # a key belongs to the stage whose params name it most specifically (rpg.sid.* to
-            # build_rpg_sids, not to train_rpg, which reads all of rpg)
-            if not isinstance(value, str) or not mine:
+            if not mine or mine < most:
                 continue
-            if any(depth(other, key) > mine for other in pipeline.values()):
-                continue
-            path = value.rstrip("/")
+            path = flat[key].rstrip("/")
             listed = any(inside(path, d) or inside(d, path) for d in stage.deps)
             if not listed and any(inside(path, o) for o in outs):
                 extra.setdefault(name, []).append(path)

@@ -77,7 +77,7 @@ class Study:
     reference: Reference | None = None
     # paired comparisons besides each level vs the default, Holm-corrected with them
     contrasts: tuple[tuple[str, str], ...] = ()
-    notes: tuple[str, ...] = ()  # what the study cannot answer; NOTE_FIGURE placeholders
+    notes: tuple[str, ...] = ()  # what the study cannot answer, {level:metric} filled in
     # (study, level) that measured the pipeline default, when ``fixed`` moves this default off it
     pipeline_default: tuple[str, str] | None = None
     seeds: int = 3  # a real-data launch's seeds (experiments/trial_costs.md)
