@@ -20,9 +20,11 @@ from optuna.trial import TrialState
 from smoke_studies import complete_points, opts, trials_of
 
 from bench.ablate import main as ablate_main
+from sidrec_core.config import load_params
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.defaults import same_defaults
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
@@ -48,7 +50,7 @@ from sidrec_core.studies.runner import (
     run_study,
 )
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
-from sidrec_core.studies.storage import make_storage
+from sidrec_core.studies.storage import make_storage, sections
 from sidrec_core.studies.study import (
     SID_QUALITY,
     Level,
@@ -217,6 +219,34 @@ def test_a_redefined_level_runs_again_and_its_old_trials_are_left_out(tmp_path, 
     assert len(stale) == 2 and all(live_point(changed, t) is None for t in stale)
     report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
     assert STALE_NOTE in report and "on seed 0 ran `eval.exclude_seen=True`\n" in report
+
+
+def test_a_changed_default_runs_the_grid_again_beside_the_trials_on_the_earlier_one(tmp_path):
+    first = opts(tmp_path, n_seeds=1)
+    assert run_study("exclude_seen", first)["study"] == "exclude_seen-smoke"
+    params = load_params(ROOT / "params.yaml")
+    params["eval"]["ks"] = [5, 10, 20]  # a section the study's stage reads
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = dataclasses.replace(first, params_file=str(tmp_path / "params.yaml"))
+    summary = run_study("exclude_seen", changed)
+    new = summary["study"]
+    assert new.startswith("exclude_seen-smoke@") and summary["complete"] == 2
+    found = dict(sections(first.storage_url_for("exclude_seen"), "exclude_seen"))
+    assert list(found) == ["smoke", new.removeprefix("exclude_seen-")]
+    assert all(len(complete_points(s.get_trials())) == 2 for s in found.values())
+    assert (tmp_path / "exp" / "exclude_seen" / new.removeprefix("exclude_seen-")).is_dir()
+    report = (tmp_path / "exp" / "exclude_seen" / "report.md").read_text()
+    title = "## Profile `smoke` — pipeline check on synthetic data, not a finding"
+    assert report.index(f"## Profile `{new.removeprefix('exclude_seen-')}`") < report.index(title)
+    assert f"{title} — earlier defaults" in report
+    assert (
+        f"earlier defaults than `{new}`'s: `eval.ks=[1, 5, 10, 20, 50]` (now [5, 10, 20])" in report
+    )
+    # back on the first defaults, their Optuna study is found again: nothing to run
+    again = run_study("exclude_seen", first)
+    assert again["study"] == "exclude_seen-smoke" and again["up_to_date"]
+    # a knob added since (absent from what a study recorded) splits nothing
+    assert same_defaults({"a": 1}, {"a": 1, "b": 2}) and not same_defaults({"a": 1}, {"a": 2})
 
 
 def test_time_budget_compares_the_median_trial_with_the_time_left():
@@ -688,7 +718,7 @@ def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
 
 ASKER = """
 import sys, time, optuna
-from sidrec_core.studies.storage import make_storage
+from sidrec_core.studies.storage import make_storage, sections
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="race", storage=make_storage(sys.argv[1]))
 while time.time() < float(sys.argv[2]):

@@ -9,13 +9,13 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import optuna
 from optuna.trial import TrialState
 
 from sidrec_core.metrics import TEST_KEYS
 from sidrec_core.studies import markdown as md
+from sidrec_core.studies.defaults import profile_of
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
-from sidrec_core.studies.storage import read_storage
+from sidrec_core.studies.storage import sections
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
 
 if TYPE_CHECKING:
@@ -33,10 +33,15 @@ def reference_rows(
     if ref is None:
         return {}
     try:
-        name, storage = f"{ref.study}-{profile}", storage_for(ref.study)
-        other = optuna.load_study(study_name=name, storage=read_storage(storage))
-    except (KeyError, ValueError):  # no section for this profile (KeyError) or no storage
+        found = dict(sections(storage_for(ref.study), ref.study))
+    except (KeyError, ValueError):  # no storage
         return {}
+    # the same label, else the referenced study's current defaults for the profile
+    same = [label for label in found if profile_of(label) == profile_of(profile)]
+    label = profile if profile in found else (same[-1] if same else None)
+    if label is None:
+        return {}
+    other = found[label]
     defined = STUDIES.get(ref.study)  # None: a study made for the occasion, not registered
     rows: dict[int, dict[str, float]] = {}
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

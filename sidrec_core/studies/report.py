@@ -19,6 +19,7 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies import markdown as md
 from sidrec_core.studies import stats
+from sidrec_core.studies.defaults import DEFAULTS, changed_text, profile_of
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.markdown import is_cost
@@ -26,7 +27,7 @@ from sidrec_core.studies.notes import note_lines
 from sidrec_core.studies.provenance import section_lines as provenance_lines
 from sidrec_core.studies.reference import reference_lines
 from sidrec_core.studies.seeds import COST_TABLE, seeds_held, shortfall_text
-from sidrec_core.studies.storage import exists, read_storage, study_journal
+from sidrec_core.studies.storage import sections, study_journal
 from sidrec_core.studies.study import Study, is_stale, live_point, trial_level, trial_seed
 
 PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
@@ -341,15 +342,19 @@ def profile_section(
     ostudy: optuna.Study,
     out: Path,
     storage_for: Callable[[str], str] | None = None,
+    current: optuna.Study | None = None,
 ) -> list[str]:
-    """One ``## Profile`` section; ``storage_for(study name)`` finds the storage of the study
-    :attr:`Study.reference` names (default: its journal beside this study's folder)."""
+    """One ``## Profile`` section (``profile``: the label, ``beauty`` or ``beauty@<sha>``);
+    ``storage_for(study name)`` finds the storage of the study :attr:`Study.reference` names
+    (default: its journal beside this study's folder); ``current``: the profile's Optuna study
+    on the current defaults, given for a section on earlier ones."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table = summarize_trials(study, trials)
     seeds = ostudy.user_attrs.get("seeds", [])
     check = is_pipeline_check(ostudy)
     overrides = ostudy.user_attrs.get("profile_overrides") or {}
     title = " — pipeline check on synthetic data, not a finding" if check else ""
+    title += " — earlier defaults" if current is not None else ""
     lines = [
         f"{SECTION_PREFIX}{profile}`{title}",
         "",
@@ -357,6 +362,13 @@ def profile_section(
         f"seeds {seeds}; trials: {md.state_counts(trials)}.",
         "",
     ]
+    if current is not None:
+        then, now = (s.user_attrs.get(DEFAULTS, {}) for s in (ostudy, current))
+        lines += [
+            f"These trials ran on earlier defaults than `{current.study_name}`'s: "
+            f"{changed_text(then, now)}.",
+            "",
+        ]
     short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
     if short and not check:
         lines += [
@@ -395,8 +407,11 @@ def profile_section(
     return lines + [""]
 
 
-def _profile_key(profile: str) -> tuple[int, str]:
-    return (PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else 9, profile)
+def _profile_key(label: str, current: set[str] = frozenset()) -> tuple[int, str, bool, str]:
+    """Profiles in their order, each one's current defaults before its earlier ones."""
+    profile = profile_of(label)
+    order = PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else 9
+    return (order, profile, bool(current) and label not in current, label)
 
 
 def report_sections(report: Path) -> dict[str, str]:
@@ -414,8 +429,8 @@ def write_study_report(
     in ``storage``; a profile found only in the old report keeps its section (it ran against
     another storage). Returns the written paths, report first."""
     out = out_dir / study.name
-    names = set(optuna.get_all_study_names(read_storage(storage))) if exists(storage) else set()
-    profiles = [n.removeprefix(f"{study.name}-") for n in names if n.startswith(f"{study.name}-")]
+    found = dict(sections(storage, study.name))  # label -> Optuna study, in creation order
+    latest = {profile_of(label): label for label in found}  # each profile's current defaults
     fixed = md.assignments(study.fixed.items())
     pinned = [f"Every level (and the reused stages) runs with {fixed}."] if study.fixed else []
     reuse = f" and reuses {', '.join(study.reuse)} (built once per seed at the defaults)"
@@ -431,16 +446,16 @@ def write_study_report(
         "",
     ]
     report = out / "report.md"
-    kept = {p: text for p, text in report_sections(report).items() if p not in profiles}
+    kept = {p: text for p, text in report_sections(report).items() if p not in found}
     written: list[Path] = []
-    for profile in sorted([*profiles, *kept], key=_profile_key):
-        if profile in kept:
-            lines += kept[profile].rstrip("\n").split("\n") + [""]
+    current = set(latest.values())
+    for label in sorted([*found, *kept], key=lambda lb: _profile_key(lb, current)):
+        if label in kept:
+            lines += kept[label].rstrip("\n").split("\n") + [""]
             continue
-        name = f"{study.name}-{profile}"
-        ostudy = optuna.load_study(study_name=name, storage=read_storage(storage))
-        lines += profile_section(study, profile, ostudy, out, storage_for)
-        if (out / f"{profile}.png").exists():
-            written.append(out / f"{profile}.png")
+        now = None if label in current else found[latest[profile_of(label)]]
+        lines += profile_section(study, label, found[label], out, storage_for, now)
+        if (out / f"{label}.png").exists():
+            written.append(out / f"{label}.png")
     write_text(report, "\n".join(lines))
     return [report, *written]

@@ -31,6 +31,7 @@ from sidrec_core.perf import code_state
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies import dvc_run
 from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.defaults import DEFAULTS, effective_defaults, optuna_name
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
 from sidrec_core.studies.storage import (
@@ -95,10 +96,6 @@ class StudyOptions:
     def open_storage(self, location: str) -> optuna.storages.BaseStorage:
         """A missing storage is created for a study's own journal or with ``--new-storage``."""
         return make_storage(location, create=self.storage is None or self.new_storage)
-
-
-def optuna_name(study: Study, profile: str) -> str:
-    return f"{study.name}-{profile}"
 
 
 def base_params(opts: StudyOptions) -> dict[str, Any]:
@@ -177,18 +174,24 @@ def optimize_while(
 
 
 def open_study(
-    study: Study, opts: StudyOptions, seeds: list[int], params: dict[str, Any] | None = None
+    study: Study,
+    opts: StudyOptions,
+    seeds: list[int],
+    defaults: dict[str, Any],
+    params: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    """Create or load the Optuna study; with ``params``, record the dataset and the profile's
-    overrides for the report."""
+    """Create or load the Optuna study that recorded ``defaults`` (:mod:`~.defaults`); with
+    ``params``, note the dataset and the profile's overrides for the report."""
+    storage = opts.open_storage(opts.storage_url_for(study.name))
     ostudy = load_or_create(
-        opts.open_storage(opts.storage_url_for(study.name)),
-        optuna_name(study, opts.profile),
+        storage,
+        optuna_name(storage, study.name, opts.profile, defaults),
         study.direction,
         optuna.samplers.RandomSampler(seed=GRID_SEED),
     )
     attrs = {"factor": study.factor, "profile": opts.profile, "levels": study.labels}
     attrs |= {"default": study.default, "objective": study.objective, "seeds": seeds}
+    attrs |= {DEFAULTS: defaults}
     if params is not None:
         over = flatten(load_params(profile_path(opts.profile)))
         over |= dict(item.partition("=")[::2] for item in opts.sets)
@@ -288,7 +291,8 @@ class Objective:
             label,
             seed,
         )
-        out = Path(self.opts.out_dir) / study.name / self.opts.profile / "trials"
+        section = trial.study.study_name.removeprefix(f"{study.name}-")  # profile[@defaults]
+        out = Path(self.opts.out_dir) / study.name / section / "trials"
         trial_dir = out / f"{trial.number:04d}-{label}-s{seed}"
         trial.set_user_attr("trial_dir", str(trial_dir))
         over = {**study.fixed, "base.seed": seed, **study.level(label).overrides}
@@ -312,12 +316,17 @@ class Objective:
 
 
 def _work(
-    study_name: str, params: dict, seeds: list[int], opts: StudyOptions, parent_run_id: str | None
+    study_name: str,
+    params: dict,
+    seeds: list[int],
+    opts: StudyOptions,
+    defaults: dict[str, Any],
+    parent_run_id: str | None,
 ) -> None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
     ``max_trials`` ran or the next one would overrun the time budget (expected to last as long
     as its level's trials did)."""
-    ostudy = open_study(get_study(study_name), opts, seeds)
+    ostudy = open_study(get_study(study_name), opts, seeds, defaults)
 
     def go_on(s: optuna.Study) -> bool:
         level = next_level(s)
@@ -332,18 +341,19 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = get_study(name)
     params = base_params(opts)
+    defaults = effective_defaults(study, params)  # a set-up hook's local paths are no default
     if study.setup:
         module, fn = study.setup.split(":")
         setup = getattr(importlib.import_module(module), fn)
         params = with_overrides(params, setup(params, Path(opts.out_dir)))
     seeds = seeds_for(params, opts.n_seeds)
-    ostudy = open_study(study, opts, seeds, params)
+    ostudy = open_study(study, opts, seeds, defaults, params)
     fail_dead_trials(ostudy)
     before = len(remaining(ostudy, study, seeds))
     queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
     state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
     summary: dict[str, Any] = {
-        "study": optuna_name(study, opts.profile),
+        "study": ostudy.study_name,
         "storage": opts.storage_url_for(study.name),
         "grid_points": len(study.labels) * len(seeds),
         "remaining_before": before,
@@ -358,11 +368,11 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         f"study/{study.name}",
         params,
         opts.profile,
-        run_name=f"study/{optuna_name(study, opts.profile)}",
+        run_name=f"study/{ostudy.study_name}",
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
         # --workers N: this process and N - 1 spawned ones, each an optimize on the one storage
-        args = (name, params, seeds, opts, parent.run_id)
+        args = (name, params, seeds, opts, defaults, parent.run_id)
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_work, args=args) for _ in range(opts.workers - 1)]
         for proc in procs:

@@ -1,0 +1,51 @@
+"""Record on every Optuna study of the committed study storages the defaults its trials ran on
+(:mod:`sidrec_core.studies.defaults`), for studies made before launches recorded them:
+``python bench/stamp_defaults.py [--check]``. Such a study's trials count for the current
+definition of their level (the rule that held when they ran), so they ran on the params the
+repository holds when this runs: ``params.yaml``, the profile, and the ``--set`` overrides the
+study recorded. Run it before a default changes, never after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sidrec_core.config import apply_overrides, flatten, load_params
+from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
+from sidrec_core.studies.profiles import load_profile, profile_path
+from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.runner import EXPERIMENTS_DIR
+from sidrec_core.studies.storage import sections, study_journal
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def launch_params(profile: str, overrides: dict[str, object]) -> dict:
+    """params.yaml + the profile + the ``--set`` overrides among the recorded ``overrides``."""
+    own = flatten(load_params(profile_path(profile)))
+    sets = [f"{k}={v}" for k, v in overrides.items() if own.get(k) != v]
+    return apply_overrides(load_profile(profile, load_params(PARAMS)), sets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="list what it would record, change none")
+    args = ap.parse_args(argv)
+    for name, study in STUDIES.items():
+        journal = study_journal(EXPERIMENTS_DIR, name)
+        for label, ostudy in sections(journal, name):
+            if DEFAULTS in ostudy.user_attrs:
+                continue
+            profile = ostudy.user_attrs.get("profile", label)
+            overrides = ostudy.user_attrs.get("profile_overrides") or {}
+            defaults = effective_defaults(study, launch_params(profile, overrides))
+            print(f"{ostudy.study_name}: {len(defaults)} params recorded", file=sys.stderr)
+            if not args.check:
+                ostudy.set_user_attr(DEFAULTS, defaults)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

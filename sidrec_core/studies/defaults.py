@@ -1,0 +1,76 @@
+"""Which defaults a study's trials ran on. A level is a set of overrides on the launch's params
+(``params.yaml``, the profile, ``--set``, the study's ``fixed``), so when a default changes, the
+same level measures another model. Each Optuna study records those params (restricted to the
+sections its stages read, without the seed) as ``defaults``; a launch on other defaults opens a
+new Optuna study ``<study>-<profile>@<sha>`` beside the old one, whose trials then stand as the
+answer on the earlier defaults (their report section says which values differed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from sidrec_core.config import ConfigError, flatten
+from sidrec_core.stages import resolve_params
+from sidrec_core.studies.pipeline import load_pipeline
+from sidrec_core.studies.profiles import with_overrides
+from sidrec_core.studies.study import Study
+
+DEFAULTS = "defaults"  # the Optuna study's user attr
+MARK = "@"  # <study>-<profile>@<sha>: a profile's Optuna study on later defaults
+
+
+def effective_defaults(study: Study, params: dict[str, Any]) -> dict[str, Any]:
+    """What every level of ``study`` overrides: the resolved ``params`` with the study's ``fixed``,
+    the sections its stages (run and reuse) read, without ``base.seed`` (a grid axis)."""
+    pipeline = load_pipeline()
+    read = {p.split(".")[0] for s in (*study.run, *study.reuse) for p in pipeline[s].params}
+    flat = flatten(resolve_params(with_overrides(params, study.fixed)))
+    kept = {k: v for k, v in flat.items() if k.split(".")[0] in read and k != "base.seed"}
+    return json.loads(json.dumps(kept, sort_keys=True))  # as the storage reads it back
+
+
+def digest(defaults: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def profile_of(label: str) -> str:
+    """``beauty@1a2b3c4d`` -> ``beauty``."""
+    return label.split(MARK, 1)[0]
+
+
+def same_defaults(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Equal on every key both hold: a knob added since takes, by this project's rule, the value
+    that keeps the model as it was; a knob removed since cannot be set any more."""
+    return all(recorded[k] == now[k] for k in recorded.keys() & now.keys())
+
+
+def optuna_name(storage: BaseStorage, study: str, profile: str, defaults: dict[str, Any]) -> str:
+    """The Optuna study of ``study`` x ``profile`` that recorded ``defaults``; else the name a new
+    one takes: ``<study>-<profile>`` for the profile's first, ``<study>-<profile>@<sha>`` after."""
+    first = f"{study}-{profile}"
+    names = [
+        n for n in optuna.get_all_study_names(storage) if n == first or n.startswith(first + MARK)
+    ]
+    for name in names:
+        recorded = optuna.load_study(study_name=name, storage=storage).user_attrs.get(DEFAULTS)
+        if recorded is None:
+            raise ConfigError(
+                f"Optuna study {name!r} records no {DEFAULTS!r}: which defaults its trials ran on "
+                "is unknown (python bench/stamp_defaults.py records them for a storage)"
+            )
+        if same_defaults(recorded, defaults):
+            return name
+    return f"{first}{MARK}{digest(defaults)}" if names else first
+
+
+def changed_text(earlier: dict[str, Any], now: dict[str, Any]) -> str:
+    """``key=old (now new)`` for every value both hold that differs."""
+    keys = sorted(k for k in earlier.keys() & now.keys() if earlier[k] != now[k])
+    shown = (f"`{k}={json.dumps(earlier[k])}` (now {json.dumps(now[k])})" for k in keys)
+    return ", ".join(shown) or "none"
