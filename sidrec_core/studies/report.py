@@ -30,7 +30,7 @@ from sidrec_core.studies.seeds import COST_TABLE, seeds_held, shortfall_text
 from sidrec_core.studies.storage import sections, study_journal
 from sidrec_core.studies.study import Study, is_stale, live_point, trial_level, trial_seed
 
-PROFILE_ORDER = ("full", "beauty", "dev", "smoke")
+PROFILE_ORDER = ("full", "beauty", "sports", "dev", "smoke")
 SECTION_PREFIX = "## Profile `"
 # the figures worth a panel when a study has them: quality, the factor's own cost, SID quality
 PLOT_KEYS = (
