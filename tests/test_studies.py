@@ -539,6 +539,33 @@ def test_index_findings_from_real_data_storage(tmp_path):
     assert sum(map(spent_seconds, trials)) == 6 * 60.0  # 0.1 CPU-h in 6 trials
 
 
+@pytest.mark.parametrize(
+    "later_off, verdict",
+    [
+        ((0.020, 0.022, 0.021), "`off` yes (0.0050 → 0.0100)"),
+        ((0.005, 0.005, 0.007), "`off` no (0.0050 → -0.0053)"),
+    ],
+)
+def test_index_says_whether_an_effect_kept_its_direction_on_later_defaults(
+    tmp_path, later_off, verdict
+):
+    out = tmp_path / "exp"
+    url = make_storage(str(out / "lm_head_slicing" / "optuna.jsonl"), create=True)
+    sections = {"beauty": (0.015, 0.017, 0.016), "beauty@abcd1234": later_off}
+    for label, off in sections.items():
+        ostudy = optuna.create_study(study_name=f"lm_head_slicing-{label}", storage=url)
+        ostudy.set_user_attr("dataset", "beauty")
+        ostudy.set_user_attr("seeds", [0, 1, 2])
+        for level, values in (("on", (0.010, 0.011, 0.012)), ("off", off)):
+            for seed, value in enumerate(values):
+                attrs = {"grid_point": [level, seed], "test/ndcg@10": value, "wall_seconds": 60.0}
+                ostudy.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    rows = [line for line in write_index(out).read_text().splitlines() if "lm_head_slic" in line]
+    earlier, later = (next(r for r in rows if f"| beauty | {lb} |" in r) for lb in sections)
+    assert earlier.startswith("| [`lm_head_slicing`]") and earlier.endswith("| — |")
+    assert verdict in later.split("|")[-2]
+
+
 def test_index_names_no_best_level_before_another_level_is_measured(tmp_path):
     ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
     f, _, row = _slicing(tmp_path / "exp", ndcg)

@@ -21,6 +21,7 @@ import optuna
 from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
 from sidrec_core.studies import markdown as md
+from sidrec_core.studies.defaults import profile_of
 from sidrec_core.studies.literature import claim_reading, metric_text
 from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
 from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
@@ -235,10 +236,45 @@ def effect_text(study: Study, f: Finding) -> str:
     return text
 
 
+def level_effects(study: Study, ostudy: optuna.Study) -> dict[str, tuple[float, bool]]:
+    """{level: (difference from the default on the headline test metric, significant after the
+    section's Holm correction)} of one section."""
+    trials = ostudy.get_trials(deepcopy=False)
+    cols, table = summarize_trials(study, trials)
+    key = headline_metric(cols)
+    return {
+        c.level: (float(c.cell.diff), c.holm_p is not None and c.holm_p < md.ALPHA)
+        for c in compare_levels(study, cols, table, trial_records(study, trials))
+        if c.versus == study.default and c.metric == key and c.cell.diff is not None
+    }
+
+
+def direction_cell(study: Study, earlier: optuna.Study | None, now: optuna.Study) -> str:
+    """Whether each level's effect kept its direction from the earlier defaults' section to the
+    current one: yes / no where it is significant on both, else unresolved."""
+    if earlier is None:
+        return "—"
+    then, current = level_effects(study, earlier), level_effects(study, now)
+    parts = []
+    for lv in [lv for lv in study.labels if lv in then and lv in current]:
+        (d0, s0), (d1, s1) = then[lv], current[lv]
+        if not (s0 or s1):
+            continue
+        verdict = ("yes" if d0 * d1 > 0 else "no") if s0 and s1 else "unresolved"
+        shown = f"{md.fmt(d0)}{'' if s0 else ' n.s.'} → {md.fmt(d1)}{'' if s1 else ' n.s.'}"
+        parts.append(f"`{lv}` {verdict} ({shown})")
+    return "; ".join(parts) or "unresolved (no level significant on either)"
+
+
 def finding_row(
-    study: Study, profile: str, ostudy: optuna.Study, out_dir: Path | None = None
+    study: Study,
+    profile: str,
+    ostudy: optuna.Study,
+    out_dir: Path | None = None,
+    earlier: optuna.Study | None = None,
 ) -> tuple[str, list[str]] | None:
-    """(findings-table row, the section's notes); None when it has no complete trial."""
+    """(findings-table row, the section's notes); None when it has no complete trial.
+    ``earlier``: the profile's section on the earlier defaults, for the direction column."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table = summarize_trials(study, trials)
     f = read_finding(study, cols, table, trial_records(study, trials))
@@ -272,8 +308,9 @@ def finding_row(
         cost += f"; {np.median(list(table[f.best]['wall_seconds'].values.values())):.0f} s a trial"
     chosen = f"`{f.metric}` (best level chosen on `{f.objective}`)"
     link = f"[`{study.name}`]({study.name}/report.md)"
-    cells = [link, profile, study.factor, chosen, best_cell(study, f), effect, cost]
-    return md.row(cells), notes
+    dataset = str(ostudy.user_attrs.get("dataset", "?"))
+    cells = [link, dataset, profile, study.factor, chosen, best_cell(study, f), effect, cost]
+    return md.row([*cells, direction_cell(study, earlier, ostudy)]), notes
 
 
 def real_sections(out_dir: Path, study: Study) -> list[tuple[str, optuna.Study]]:
@@ -330,8 +367,16 @@ def provenance(out_dir: Path) -> list[str]:
 def findings(out_dir: Path) -> list[str]:
     rows, notes = [], []
     for s in STUDIES.values():
-        for profile, ostudy in real_sections(out_dir, s):
-            found = finding_row(s, profile, ostudy, out_dir)
+        found_sections = real_sections(out_dir, s)
+        latest = {profile_of(label): label for label, _ in found_sections}
+        first = {}  # each profile's section on the earliest defaults
+        for label, ostudy in found_sections:
+            first.setdefault(profile_of(label), ostudy)
+        for profile, ostudy in found_sections:
+            is_latest = latest[profile_of(profile)] == profile
+            earlier = first[profile_of(profile)] if is_latest else None
+            earlier = None if earlier is ostudy else earlier
+            found = finding_row(s, profile, ostudy, out_dir, earlier)
             if found:
                 rows.append(found[0])
                 link = f"[`{s.name}`]({s.name}/report.md) ({profile})"
@@ -347,12 +392,16 @@ def findings(out_dir: Path) -> list[str]:
         "one that is not, with the minimum detectable effect (MDE: 80% power at the seeds' "
         "spread). A study whose every level runs off the pipeline default (its fixed overrides "
         "differ from params.yaml) says so, with the pipeline default's figure where another "
-        "study measured it.",
+        "study measured it. A profile whose defaults changed since a study first ran has a row "
+        "per defaults (`<profile>@<sha>` the later); the later row's last column says, per "
+        "level significant on either, whether its effect kept its direction (yes / no where "
+        "significant on both, else unresolved: earlier → now).",
         "",
         *md.table(
-            ["study", "profile", "factor", "metric", "best level", "effect vs default", "cost"]
+            ["study", "dataset", "profile", "factor", "metric", "best level", "effect vs default"]
+            + ["cost", "same direction as on earlier defaults"]
         ),
-        *(rows or ["| (no study has run on real data yet) | | | | | | |"]),
+        *(rows or ["| (no study has run on real data yet) | | | | | | | | |"]),
         "",
     ]
     return lines + (["### What the findings cannot answer", "", *notes, ""] if notes else [])
