@@ -28,11 +28,11 @@ from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
 from sidrec_core.studies.provenance import counts as provenance_counts
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
-    PROFILE_ORDER,
     Records,
     Table,
     compare_levels,
     is_pipeline_check,
+    profile_key,
     report_sections,
     summarize_trials,
     trial_records,
@@ -457,7 +457,7 @@ def write_index(out_dir: Path) -> Path:
         ),
     ]
     for s in STUDIES.values():
-        ran = [p for p in PROFILE_ORDER if p in report_sections(out_dir / s.name / "report.md")]
+        ran = sorted(report_sections(out_dir / s.name / "report.md"), key=profile_key)
         report = (
             f"[report]({s.name}/report.md)" if (out_dir / s.name / "report.md").exists() else "—"
         )

@@ -407,7 +407,7 @@ def profile_section(
     return lines + [""]
 
 
-def _profile_key(label: str, current: set[str] = frozenset()) -> tuple[int, str, bool, str]:
+def profile_key(label: str, current: set[str] = frozenset()) -> tuple[int, str, bool, str]:
     """Profiles in their order, each one's current defaults before its earlier ones."""
     profile = profile_of(label)
     order = PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else 9
@@ -449,7 +449,7 @@ def write_study_report(
     kept = {p: text for p, text in report_sections(report).items() if p not in found}
     written: list[Path] = []
     current = set(latest.values())
-    for label in sorted([*found, *kept], key=lambda lb: _profile_key(lb, current)):
+    for label in sorted([*found, *kept], key=lambda lb: profile_key(lb, current)):
         if label in kept:
             lines += kept[label].rstrip("\n").split("\n") + [""]
             continue

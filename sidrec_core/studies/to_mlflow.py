@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sidrec_core.metrics import HEADLINE
+from sidrec_core.studies.defaults import profile_of
 from sidrec_core.studies.index import last_commit
 from sidrec_core.studies.provenance import LANDED_IN, read_backfill, trial_key_of
 from sidrec_core.studies.registry import STUDIES
@@ -178,7 +179,7 @@ def rebuild(sources: list[Source], uri: str | None, profiles=None, echo=False) -
     names = ((s, n) for s in sources for n in sorted(optuna.get_all_study_names(s.storage)))
     for src, study in names:
         profile, key = study.removeprefix(src.prefix), f"{src.label}:{study}"
-        skip = profiles is not None and profile not in profiles
+        skip = profiles is not None and profile_of(profile) not in profiles
         if skip or not study.startswith(src.prefix) or (src.tuning and study.endswith("-retrain")):
             continue  # a search's retrain study is folded into the search's runs
         ostudy = optuna.load_study(study_name=study, storage=src.storage)
