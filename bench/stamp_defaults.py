@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, study in STUDIES.items():
         journal = study_journal(EXPERIMENTS_DIR, name)
         for label, ostudy in sections(journal, name):
-            if DEFAULTS in ostudy.user_attrs:
+            if ostudy.user_attrs.get(DEFAULTS) is not None:
                 continue
             profile = ostudy.user_attrs.get("profile", label)
             overrides = ostudy.user_attrs.get("profile_overrides") or {}

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from smoke_studies import complete_points, opts, trials_of
 
 from bench.ablate import main as ablate_main
-from sidrec_core.config import load_params
+from sidrec_core.config import ConfigError, load_params
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies.budget import TimeBudget
@@ -247,6 +247,22 @@ def test_a_changed_default_runs_the_grid_again_beside_the_trials_on_the_earlier_
     assert again["study"] == "exclude_seen-smoke" and again["up_to_date"]
     # a knob added since (absent from what a study recorded) splits nothing
     assert same_defaults({"a": 1}, {"a": 1, "b": 2}) and not same_defaults({"a": 1}, {"a": 2})
+
+
+def test_a_stamped_study_from_before_the_record_is_continued_not_duplicated(tmp_path, monkeypatch):
+    import bench.stamp_defaults as stamp
+
+    o = opts(tmp_path, n_seeds=1)
+    run_study("exclude_seen", o)
+    storage = make_storage(o.storage_url_for("exclude_seen"))
+    ostudy = optuna.load_study(study_name="exclude_seen-smoke", storage=storage)
+    ostudy.set_user_attr("defaults", None)  # as a study stored before launches recorded them
+    with pytest.raises(ConfigError, match="records no 'defaults'"):
+        run_study("exclude_seen", o)
+    monkeypatch.setattr(stamp, "EXPERIMENTS_DIR", tmp_path / "exp")
+    assert stamp.main([]) == 0
+    again = run_study("exclude_seen", o)
+    assert again["study"] == "exclude_seen-smoke" and again["up_to_date"]
 
 
 def test_time_budget_compares_the_median_trial_with_the_time_left():
