@@ -301,8 +301,9 @@ def significance_lines(
         )
     if records is not None and not any(upstream(m) for lv in records.values() for m in lv.values()):
         lines.append(
-            "\nUpstream fingerprints: not recorded (trials run before stages recorded the "
-            "sha256 of their inputs), so equal inputs across levels could not be checked."
+            "\nUpstream fingerprints: not recorded (no stage of these trials recorded the sha256 "
+            "of its inputs: they ran before stages did, or only stages that record none), so "
+            "equal inputs across levels could not be checked."
         )
     return lines
 
