@@ -8,6 +8,7 @@ import torch
 
 from sidrec_core.data.split import Split
 from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.io import path_sha256
 from sidrec_core.models.base import Recommender, topk_items
 from sidrec_core.models.baselines import MostPop, RandomRec
 from sidrec_core.train import TrainConfig, fit
@@ -131,4 +132,7 @@ def test_prepare_embed_baselines_stages(syn_params, tmp_path):
     assert prep_json["dataset"] == "synthetic" and prep_json["num_interactions"] > 0
     assert "mlflow_run_id" in prep_json
     assert set(json.loads((mdir / "embed.json").read_text())) >= {"num_items", "dim"}
-    assert "test/ndcg@10" in json.loads((mdir / "baselines.json").read_text())["mostpop"]
+    saved = json.loads((mdir / "baselines.json").read_text())
+    assert "test/ndcg@10" in saved["mostpop"]
+    # the prepared data it read, so studies pair only trials on equal inputs
+    assert saved["sha256/read/prepared"] == path_sha256(tmp_path / "prepared" / "dataset.npz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sidrec_core.config import to_dict
@@ -42,4 +43,5 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                 run.log_metrics(metrics)
                 out[name] = dict(metrics, **{"test/ranks": res.ranks_record()})
         ctx.run.record(**out)
+        ctx.record_sha256(read={"prepared": Path(data.prepared_dir) / "dataset.npz"})
     return {f"{m}/{k}": v for m, d in out.items() for k, v in d.items()}
