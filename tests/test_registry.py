@@ -98,11 +98,14 @@ def test_catalogue_values():
         "the defaul",
         "the defaul",
         "the two be",
+        "the token-",
     ]
     assert [p["sidlm.loss_normalization"] for p, _ in recipe.starts] == [
         "tokens",
         "batch",
         "tokens",
         "tokens",
+        "tokens",
     ]
+    assert [p["sidlm.train.epochs"] for p, _ in recipe.starts] == [12, 12, 12, 12, 16]
     assert TUNABLES["sasrec"].space[1].when == ("sasrec.loss", "bce_shared")
