@@ -12,11 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from sidrec_core.config import apply_overrides, flatten, load_params
+from sidrec_core.config import flatten, load_params
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
-from sidrec_core.studies.profiles import load_profile, profile_path
+from sidrec_core.studies.profiles import profile_path
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.runner import EXPERIMENTS_DIR
+from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, base_params
 from sidrec_core.studies.storage import sections, study_journal
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -26,7 +26,7 @@ def launch_params(profile: str, overrides: dict[str, object]) -> dict:
     """params.yaml + the profile + the ``--set`` overrides among the recorded ``overrides``."""
     own = flatten(load_params(profile_path(profile)))
     sets = [f"{k}={v}" for k, v in overrides.items() if own.get(k) != v]
-    return apply_overrides(load_profile(profile, load_params(PARAMS)), sets)
+    return base_params(StudyOptions(profile=profile, params_file=str(PARAMS), sets=sets))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -42,6 +43,12 @@ def digest(defaults: dict[str, Any]) -> str:
 def profile_of(label: str) -> str:
     """``beauty@1a2b3c4d`` -> ``beauty``."""
     return label.split(MARK, 1)[0]
+
+
+def current_labels(labels: Iterable[str]) -> dict[str, str]:
+    """{profile: its label on the latest defaults}: the last of its labels in creation order
+    (the order a storage lists its Optuna studies)."""
+    return {profile_of(label): label for label in labels}
 
 
 def same_defaults(recorded: dict[str, Any], now: dict[str, Any]) -> bool:

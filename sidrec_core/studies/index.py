@@ -21,7 +21,7 @@ import optuna
 from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
 from sidrec_core.studies import markdown as md
-from sidrec_core.studies.defaults import profile_of
+from sidrec_core.studies.defaults import current_labels, profile_of
 from sidrec_core.studies.literature import claim_reading, metric_text
 from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
 from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
@@ -368,15 +368,12 @@ def findings(out_dir: Path) -> list[str]:
     rows, notes = [], []
     for s in STUDIES.values():
         found_sections = real_sections(out_dir, s)
-        latest = {profile_of(label): label for label, _ in found_sections}
-        first = {}  # each profile's section on the earliest defaults
-        for label, ostudy in found_sections:
-            first.setdefault(profile_of(label), ostudy)
+        current = current_labels(label for label, _ in found_sections)
+        earliest = dict(reversed([(profile_of(lb), o) for lb, o in found_sections]))
         for profile, ostudy in found_sections:
-            is_latest = latest[profile_of(profile)] == profile
-            earlier = first[profile_of(profile)] if is_latest else None
-            earlier = None if earlier is ostudy else earlier
-            found = finding_row(s, profile, ostudy, out_dir, earlier)
+            first = earliest[profile_of(profile)]
+            compare = current[profile_of(profile)] == profile and first is not ostudy
+            found = finding_row(s, profile, ostudy, out_dir, first if compare else None)
             if found:
                 rows.append(found[0])
                 link = f"[`{s.name}`]({s.name}/report.md) ({profile})"

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from sidrec_core.metrics import TEST_KEYS
 from sidrec_core.studies import markdown as md
-from sidrec_core.studies.defaults import profile_of
+from sidrec_core.studies.defaults import current_labels, profile_of
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
 from sidrec_core.studies.storage import sections
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
@@ -37,8 +37,7 @@ def reference_rows(
     except (KeyError, ValueError):  # no storage
         return {}
     # the same label, else the referenced study's current defaults for the profile
-    same = [label for label in found if profile_of(label) == profile_of(profile)]
-    label = profile if profile in found else (same[-1] if same else None)
+    label = profile if profile in found else current_labels(found).get(profile_of(profile))
     if label is None:
         return {}
     other = found[label]

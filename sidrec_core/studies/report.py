@@ -19,7 +19,7 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies import markdown as md
 from sidrec_core.studies import stats
-from sidrec_core.studies.defaults import DEFAULTS, changed_text, profile_of
+from sidrec_core.studies.defaults import DEFAULTS, changed_text, current_labels, profile_of
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.markdown import is_cost
@@ -431,7 +431,7 @@ def write_study_report(
     another storage). Returns the written paths, report first."""
     out = out_dir / study.name
     found = dict(sections(storage, study.name))  # label -> Optuna study, in creation order
-    latest = {profile_of(label): label for label in found}  # each profile's current defaults
+    latest = current_labels(found)
     fixed = md.assignments(study.fixed.items())
     pinned = [f"Every level (and the reused stages) runs with {fixed}."] if study.fixed else []
     reuse = f" and reuses {', '.join(study.reuse)} (built once per seed at the defaults)"
