@@ -233,6 +233,14 @@ def test_dim_not_divisible_by_codebooks_names_the_key():
         OPQTokenizer(OPQConfig(num_codebooks=5, codebook_size=8)).fit(_planted(n=100, dim=16))
 
 
+def test_opq_with_fewer_items_than_dimensions_fails_with_the_key_not_in_faiss():
+    x = _planted(n=12, dim=16)
+    with pytest.raises(ValueError, match=r"rpg.sid.rotation=opq .* 12 items x 16 dimensions"):
+        OPQTokenizer(OPQConfig(num_codebooks=4, codebook_size=8, opq_iters=2)).fit(x)
+    # a plain product quantiser has no such bound
+    OPQTokenizer(OPQConfig(num_codebooks=4, codebook_size=8, rotation="none")).fit(x)
+
+
 def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
     params = syn_prepared
     emb = tmp_path / "emb.npy"

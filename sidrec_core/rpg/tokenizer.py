@@ -160,6 +160,12 @@ class OPQTokenizer:
         pin_simd()
         dim, seed = x.shape[1], int(self.seed) % (2**31)
         if cfg.rotation == "opq":
+            if len(x) < dim:  # faiss aborts the process on this (an assertion in C++)
+                raise ValueError(
+                    f"rpg.sid.rotation=opq needs at least as many training items as dimensions, "
+                    f"got {len(x)} items x {dim} dimensions (lower rpg.sid.pca_dim or use "
+                    "rotation none)"
+                )
             opq = faiss.OPQMatrix(dim, cfg.num_codebooks)
             opq.niter = cfg.opq_iters
             # the PQ inside OPQ's alternation: our width and seed (faiss' own would be 8 bits,
