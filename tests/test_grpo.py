@@ -278,6 +278,18 @@ def test_rl_rows_one_random_cut_per_user(syn_loo):
 
 
 # -- configuration ---------------------------------------------------------------------------
+def test_top_k_moved_counts_changed_sets_not_reorderings():
+    from sidrec_core.stages.rl_sidlm import top_k_moved
+
+    start = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 0], [0, 0, 0]])
+    now = np.array([[3, 2, 1], [4, 5, 9], [7, 9, 0], [0, 0, 0]])
+    moved = top_k_moved(start, now, k=3)
+    # a reordering is no change; one new item in three changes the set and keeps 2 of 3
+    assert moved["valid/top10_changed"] == pytest.approx(2 / 4)
+    assert moved["valid/top10_kept"] == pytest.approx((1 + 2 / 3 + 1 / 2 + 1) / 4)
+    assert top_k_moved(start, start, k=3) == {"valid/top10_changed": 0.0, "valid/top10_kept": 1.0}
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="rl.num_generations"):
         build(RLConfig, {"num_generations": 1}, "rl")
@@ -381,6 +393,9 @@ def test_rl_stage_tunes_saves_and_evaluates_like_eval_sidlm(syn_prepared, syn_ds
         assert f"rl/reward/{name}_last_epoch" in saved
     assert len(saved["epoch_valid/ndcg@10"]) == 1 and "start_valid/ndcg@10" in saved
     assert saved["valid/ndcg@10"] == saved["best_valid/ndcg@10"] == saved["epoch_valid/ndcg@10"][0]
+    moved = saved["epoch_valid/top10_changed"]
+    assert len(moved) == 1 and saved["best_valid/top10_changed"] == moved[0]
+    assert 0 <= saved["best_valid/top10_kept"] <= 1
     curves = json.loads((tmp_path / "metrics" / "rl_sidlm_curves.json").read_text())
     assert [r["step"] for r in curves] == [1, 2] and "rl/reward/cf" in curves[0]
     # eval_sidlm pointed at the tuned model reproduces the stage's test figures

@@ -6,7 +6,10 @@ checkpoint of the reward model), the semantic reward ``embed.output``. The tuned
 atomically to ``rl.output_dir`` and scored by :func:`sidrec_core.stages.eval_sidlm.score`: the same
 validation subsample, test users and decoding as ``eval_sidlm``, so ``metrics/rl_sidlm.json`` and
 ``metrics/eval_sidlm.json`` compare directly. Per-step curves (mean reward per reward function,
-KL, group HR@1) go to MLflow and ``metrics/rl_sidlm_curves.json``.
+KL, group HR@1) go to MLflow and ``metrics/rl_sidlm_curves.json``. How far GRPO moved the model
+is measured on the validation users against the start model's top 10 after every epoch
+(``valid/top10_changed``, ``valid/top10_kept``): an RL run whose lists did not move cannot rank
+reward mixes, whatever its NDCG.
 """
 
 from __future__ import annotations
@@ -59,6 +62,18 @@ def load_item_embeddings(path: str, num_items: int) -> torch.Tensor:
     return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
 
 
+def top_k_moved(start: np.ndarray, now: np.ndarray, k: int = 10) -> dict[str, float]:
+    """How far ranked lists ``now`` [U, >=k] moved from ``start`` (the same users' lists before
+    training): the share of users whose top-k set differs, and the mean share of the start's top-k
+    items (empty slots, id 0, left out) still in the top k."""
+    a, b = start[:, :k], now[:, :k]
+    changed = (np.sort(a, axis=1) != np.sort(b, axis=1)).any(axis=1)
+    kept = ((a[:, :, None] == b[:, None, :]).any(-1) & (a > 0)).sum(1)
+    size = (a > 0).sum(1)
+    share = np.divide(kept, size, out=np.ones(len(a)), where=size > 0)
+    return {"valid/top10_changed": float(changed.mean()), "valid/top10_kept": float(share.mean())}
+
+
 def _summary(history: list[dict[str, float]]) -> dict[str, float]:
     """Mean of every per-step figure over the last epoch's steps."""
     last_epoch = max((i for i, r in enumerate(history) if "epoch" in r), default=len(history))
@@ -108,12 +123,15 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         )
         valid = loo.split("valid", data.max_history)
         users = subsample_rows(len(valid), ev.max_valid_users)  # eval_sidlm's validation users
+        start_lists: list[np.ndarray] = []  # the start model's, from the first validation
 
         def validate() -> dict[str, float]:
             res = evaluate(
                 model, valid, ev, device, num_items=ds.num_items, bootstrap=False, users=users
             )
-            return {k: v for k, v in res.metrics.items() if "@" in k}
+            start_lists[:] = start_lists or [res.item_ids]
+            moved = top_k_moved(start_lists[0], res.item_ids)
+            return {k: v for k, v in res.metrics.items() if "@" in k} | moved
 
         def rows(epoch: int) -> list[tuple[list[int], int]]:
             rng = np.random.default_rng([seed, epoch])
@@ -133,7 +151,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             rl_train_seconds=result.seconds,
             rl_users_per_second=result.users / max(result.seconds, 1e-9),
             **{f"start_{monitor}": result.start_metric, f"best_{monitor}": result.best_metric},
-            **{f"epoch_{monitor}": [r[monitor] for r in result.history if "epoch" in r]},
+            **{
+                f"epoch_{key}": [r[key] for r in result.history if "epoch" in r]
+                for key in (monitor, "valid/top10_changed", "valid/top10_kept")
+            },
+            **{f"best_{k}": v for k, v in result.best_metrics.items() if "top10" in k},
             **_summary(result.history),
         )
         ctx.record_sha256(
