@@ -32,6 +32,7 @@ PLANTED = Tunable(
     reuse=("prepare",),
     space=(Param("sasrec.train.lr", (1e-6, 1e-2)),),
     starts=(({"sasrec.train.lr": 1e-6}, "a deliberately bad start"),),
+    secondary=("num_parameters",),
 )
 
 
@@ -80,6 +81,9 @@ def test_search_finds_planted_setting_and_resumes(tmp_path, monkeypatch):
     first = next(line for line in report.splitlines() if line.startswith("| 0 | complete |"))
     test_ndcg = trials(o, "planted")[0].user_attrs["test/ndcg@10"]
     assert f"| {tune_report._fmt(test_ndcg)} |" in first  # the history row shows the test figure
+    size = trials(o, "planted")[0].user_attrs["num_parameters"]  # and the secondary metric
+    assert "| num_parameters |" in report and f"| {tune_report._fmt(size)} |" in first
+    assert all("num_parameters" in m for m in summary["retrain"].values())
     best = yaml.safe_load((folder / "smoke_best_params.yaml").read_text())
     assert best["sasrec"]["train"]["lr"] == 1e-2 and best["data"]["name"] == "synthetic"
     assert sorted(summary["retrain_default"]) == ["0", "1"]  # the default, same seeds

@@ -53,6 +53,7 @@ class Tunable:
     space: tuple[Param, ...]
     starts: tuple[tuple[dict[str, Any], str], ...] = ()
     epochs_key: str = ""  # the trial's training length, which sets the pruner's warm-up
+    secondary: tuple[str, ...] = ()  # metrics kept on every trial and shown in the report
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's overrides, conditional params only where they apply."""

@@ -168,7 +168,7 @@ def write_tune_report(
     lines += ["", f"## Best configuration retrained over seeds {sorted(retrain) or '—'}", ""]
     if retrain:
         lines += md.table(["metric", "mean ± 95% CI", "per seed"])
-        for key in (OBJECTIVE, *TEST_KEYS):
+        for key in (OBJECTIVE, *TEST_KEYS, *tun.secondary):
             vals = [float(m[key]) for m in retrain.values() if key in m]
             if vals:
                 cell = md.pm(*mean_ci(vals), _fmt)
@@ -189,15 +189,15 @@ def write_tune_report(
         "Test figures are shown for reading only; the search selects on the objective.",
         "",
         *md.table(
-            ["trial", "state", "value", "test/ndcg@10", "test/hr@10", "last epoch", "minutes"]
-            + ["params"]
+            ["trial", "state", "value", "test/ndcg@10", "test/hr@10", *tun.secondary]
+            + ["last epoch", "minutes", "params"]
         ),
     ]
     for t in trials:
         value = _fmt(float(t.value)) if t.value is not None else "—"
         tests = [
             _fmt(float(t.user_attrs[k])) if k in t.user_attrs else "—"
-            for k in ("test/ndcg@10", "test/hr@10")
+            for k in ("test/ndcg@10", "test/hr@10", *tun.secondary)
         ]
         last = max(t.intermediate_values) if t.intermediate_values else "—"
         minutes = f"{t.duration.total_seconds() / 60:.1f}" if t.duration else "—"

@@ -200,7 +200,7 @@ class TuneObjective:
         }
         params, env = with_overrides(self.params, overrides), {TRIAL_ENV: json.dumps(spec)}
         metrics = run_stages(trial, (tun.run, tun.reuse), params, trial_dir, OBJECTIVE, mlflow, env)
-        for key in (*TEST_KEYS, "wall_seconds"):
+        for key in (*TEST_KEYS, "wall_seconds", *tun.secondary):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
         return float(metrics[OBJECTIVE])
@@ -248,7 +248,7 @@ def retrain(
         over = {"base.seed": seed, **json.loads(trial.user_attrs["overrides"])}
         folder = opts.folder(tun.name) / opts.profile / RETRAINED[config] / f"s{seed}"
         metrics = dvc_run.run_trial(tun.run, tun.reuse, with_overrides(params, over), folder)
-        kept = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS) if k in metrics}
+        kept = {k: metrics[k] for k in (OBJECTIVE, *TEST_KEYS, *tun.secondary) if k in metrics}
         trial.set_user_attr("metrics", kept)
         return float(metrics[OBJECTIVE])
 
