@@ -10,23 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from sidrec_core.config import flatten, load_params
-from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
-from sidrec_core.studies.profiles import profile_path
+from sidrec_core.studies.defaults import DEFAULTS
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.runner import EXPERIMENTS_DIR, StudyOptions, base_params
+from sidrec_core.studies.runner import EXPERIMENTS_DIR, section_defaults
 from sidrec_core.studies.storage import sections, study_journal
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-
-
-def launch_params(profile: str, overrides: dict[str, object]) -> dict:
-    """params.yaml + the profile + the ``--set`` overrides among the recorded ``overrides``."""
-    own = flatten(load_params(profile_path(profile)))
-    sets = [f"{k}={v}" for k, v in overrides.items() if own.get(k) != v]
-    return base_params(StudyOptions(profile=profile, params_file=str(PARAMS), sets=sets))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     for name, study in STUDIES.items():
         journal = study_journal(EXPERIMENTS_DIR, name)
-        for label, ostudy in sections(journal, name):
+        for _, ostudy in sections(journal, name):
             if ostudy.user_attrs.get(DEFAULTS) is not None:
                 continue
-            profile = ostudy.user_attrs.get("profile", label)
-            overrides = ostudy.user_attrs.get("profile_overrides") or {}
-            defaults = effective_defaults(study, launch_params(profile, overrides))
+            defaults = section_defaults(study, ostudy)
             print(f"{ostudy.study_name}: {len(defaults)} params recorded", file=sys.stderr)
             if not args.check:
                 ostudy.set_user_attr(DEFAULTS, defaults)

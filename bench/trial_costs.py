@@ -1,6 +1,7 @@
 """Trial costs: ``python bench/trial_costs.py`` writes ``experiments/trial_costs.md``, the median
-trial minutes per study (the ``wall_seconds`` of its complete real-data trials) behind the seed
-counts ``studies.yaml`` declares; the rule is :mod:`sidrec_core.studies.seeds`.
+trial minutes per study (the ``wall_seconds`` of its complete real-data trials on today's
+defaults) behind the seed counts ``studies.yaml`` declares; the rule is
+:mod:`sidrec_core.studies.seeds`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sidrec_core.io import write_text
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import is_pipeline_check
-from sidrec_core.studies.runner import EXPERIMENTS_DIR
+from sidrec_core.studies.runner import EXPERIMENTS_DIR, on_todays_defaults
 from sidrec_core.studies.seeds import (
     CHEAP_MINUTES,
     CHEAP_SEEDS,
@@ -50,11 +51,13 @@ class Cost:
 
 
 def real_walls(storage: str, study: str) -> list[float]:
-    """``wall_seconds`` of every complete trial in the real-data sections of ``storage``."""
+    """``wall_seconds`` of every complete trial in the real-data sections of ``storage`` that ran
+    on today's defaults (a trial on earlier ones may have cost another amount: a pinned SASRec
+    trained other rows)."""
     return [
         float(t.user_attrs["wall_seconds"])
         for _, ostudy in sections(storage, study)
-        if not is_pipeline_check(ostudy)
+        if not is_pipeline_check(ostudy) and on_todays_defaults(STUDIES[study], ostudy)
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "wall_seconds" in t.user_attrs
     ]
@@ -106,7 +109,8 @@ def cost_table(costs: list[Cost], command: str) -> str:
         "# Trial cost per study: the basis of the seeds the registry declares",
         "",
         f"Made by `{command}` from the studies' storage (`experiments/<study>/optuna.jsonl`). A "
-        f"trial's cost is its `wall_seconds`: the stages it re-runs, on one thread, so its wall "
+        f"trial's cost is its `wall_seconds` (trials on today's defaults only: a trial on earlier "
+        f"ones may have trained another model): the stages it re-runs, on one thread, so its wall "
         f"minutes bound its CPU-minutes from above; the upstream stages a new seed needs are "
         f"built once per seed and not counted. Rule (issue "
         f"33, item 4c): a study whose median trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes "

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import optuna
 import pytest
 
-from sidrec_core.studies.index import best_cell, departures, read_finding
+from sidrec_core.studies.defaults import departures, pipeline_params
+from sidrec_core.studies.index import best_cell, read_finding
 from sidrec_core.studies.literature import claim_reading
 from sidrec_core.studies.notes import fill_note, seeds_are_copies, study_notes
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.report import Cell
+from sidrec_core.studies.report import Cell, write_study_report
 from sidrec_core.studies.stats import mean_ci
+from sidrec_core.studies.storage import make_storage
 from sidrec_core.studies.study import Claim
 
 VALID, TEST = "valid/ndcg@10", "test/ndcg@10"
@@ -90,6 +93,42 @@ def test_departures_are_the_fixed_overrides_off_the_pipeline_default():
     # a fixed override equal to params.yaml is no departure
     same = dataclasses.replace(STUDIES["sinkhorn"], fixed={"sid.method": "rqkmeans"})
     assert departures(same) == {}
+
+
+def test_a_section_departs_where_its_recorded_defaults_differ_from_the_pipeline_now():
+    """A section that ran on a pinned value, or on a default changed since, says so after the pin
+    is lifted; the profile's own values are no departure."""
+    study = dataclasses.replace(STUDIES["sasrec_loss"], fixed={}, formerly_fixed=({},))
+    section = optuna.create_study()
+    section.set_user_attr("profile_overrides", {"sasrec.train.epochs": 3, "base.profile": "x"})
+    pipeline = pipeline_params()
+    now = {k: pipeline[k] for k in ("sasrec.train_rows", "sasrec.train.lr", "sasrec.loss")}
+    now |= {"sasrec.train.epochs": 3}
+    section.set_user_attr("defaults", now)
+    assert departures(study, section) == {}
+    section.set_user_attr("defaults", {**now, "sasrec.train_rows": "sequence"})
+    assert departures(study, section) == {"sasrec.train_rows": "sequence"}
+    assert departures(study) == {}  # the study itself no longer pins it
+
+
+def test_a_report_section_names_the_values_its_trials_ran_with_that_today_lacks(tmp_path):
+    study = STUDIES["sasrec_loss"]  # round 2 lifted its pin on sequence rows
+    url = str(tmp_path / study.name / "optuna.jsonl")
+    section = optuna.create_study(
+        study_name=f"{study.name}-beauty", storage=make_storage(url, create=True)
+    )
+    attrs = {"profile": "beauty", "dataset": "beauty", "seeds": [0], "profile_overrides": {}}
+    for key, value in attrs.items():
+        section.set_user_attr(key, value)
+    today = {k: v for k, v in pipeline_params().items() if k.startswith("sasrec.")}
+    section.set_user_attr("defaults", today)
+    for level in study.labels:
+        metrics = {"grid_point": [level, 0], "test/ndcg@10": 0.03, "valid/ndcg@10": 0.03}
+        section.add_trial(optuna.trial.create_trial(value=0.03, user_attrs=metrics))
+    line = "These trials ran with `sasrec.train_rows=sequence`"
+    assert line not in write_study_report(study, url, tmp_path)[0].read_text()
+    section.set_user_attr("defaults", {**today, "sasrec.train_rows": "sequence"})
+    assert line in write_study_report(study, url, tmp_path)[0].read_text()
 
 
 def test_note_figures_are_filled_from_the_table():

@@ -13,10 +13,11 @@ import pytest
 from bench.ablate import declared_seeds
 from bench.ablate import main as ablate_main
 from bench.trial_costs import cost_table, measure_costs, read_cost_table
+from sidrec_core.studies.defaults import DEFAULTS
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
-from sidrec_core.studies.runner import StudyOptions
+from sidrec_core.studies.runner import StudyOptions, section_defaults
 from sidrec_core.studies.seeds import COST_TABLE, seeds_for_minutes, seeds_held, shortfall_text
 from sidrec_core.studies.storage import make_storage
 from sidrec_core.studies.study import live_point
@@ -37,14 +38,15 @@ def test_every_declared_seed_count_follows_the_committed_cost_table():
         assert minutes is not None and seeds == seeds_for_minutes(minutes), name
         assert study.seeds == seeds, name
     # the measured medians behind two declarations on either side of the threshold
-    assert table["negatives"][0] == pytest.approx(2.1) and STUDIES["negatives"].seeds == 5
+    assert table["decoding"][0] == pytest.approx(1.3) and STUDIES["decoding"].seeds == 5
     assert table["sasrec_rows"][0] == pytest.approx(11.9) and STUDIES["sasrec_rows"].seeds == 3
 
 
-def _store(out: Path, study: str, profile: str, dataset: str, trials: list[tuple]) -> None:
+def _store(out: Path, study: str, profile: str, dataset: str, trials: list[tuple]) -> optuna.Study:
     """``trials``: (level, seed, wall seconds) complete trials in ``<study>-<profile>``."""
     url = make_storage(str(out / study / "optuna.jsonl"), create=True)
     ostudy = optuna.create_study(study_name=f"{study}-{profile}", storage=url)
+    ostudy.set_user_attr("profile", profile.split("@")[0])
     ostudy.set_user_attr("dataset", dataset)
     ostudy.set_user_attr("seeds", sorted({t[1] for t in trials}))
     for level, seed, wall in trials:
@@ -58,13 +60,20 @@ def _store(out: Path, study: str, profile: str, dataset: str, trials: list[tuple
                 },
             )
         )
+    return ostudy
 
 
 def test_costs_are_the_median_of_real_data_trials_and_peers_stand_in(tmp_path):
     out = tmp_path / "exp"
     walls = [60.0, 120.0, 900.0]  # median 2 minutes
-    _store(out, "negatives", "beauty", "beauty", [("uniform", s, w) for s, w in enumerate(walls)])
+    now = _store(
+        out, "negatives", "beauty", "beauty", [("uniform", s, w) for s, w in enumerate(walls)]
+    )
+    now.set_user_attr(DEFAULTS, section_defaults(STUDIES["negatives"], now))  # today's: counted
     _store(out, "negatives", "smoke", "synthetic", [("uniform", 0, 99_999.0)])  # not counted
+    # a section on earlier defaults (another SASRec loss then) trained another model: not counted
+    then = _store(out, "negatives", "beauty@0ld", "beauty", [("uniform", 0, 99_999.0)])
+    then.set_user_attr(DEFAULTS, {**now.user_attrs[DEFAULTS], "sasrec.loss": "earlier"})
     _store(out, "similarity", "beauty", "beauty", [("dot", 0, 1200.0)])  # 20 minutes
     metrics = tmp_path / "metrics"  # the pipeline's own runs of the SID-LM stages
     metrics.mkdir()
@@ -102,26 +111,26 @@ def test_seeds_held_counts_seeds_with_a_complete_trial_that_counts():
 
 def test_a_launch_runs_the_declared_seeds_on_real_data_and_three_on_synthetic(capsys):
     assert ablate_main(["--list"]) == 0
-    listing = capsys.readouterr().out.split("\n" + "negatives".ljust(16))[1]
+    listing = capsys.readouterr().out.split("\n" + "decoding".ljust(16))[1]
     assert "objective valid/ndcg@10; 5 seeds declared" in listing.split("\n")[2]
-    assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="beauty")) == 5
+    assert declared_seeds(STUDIES["decoding"], StudyOptions(profile="beauty")) == 5
     assert declared_seeds(STUDIES["tokenizer"], StudyOptions(profile="beauty")) == 3
     assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="smoke")) == 3
 
 
 def test_report_and_index_say_how_many_declared_seeds_a_study_holds(tmp_path):
     out = tmp_path / "exp"
-    trials = [(lv, s, 60.0) for lv in ("uniform", "popular", "mixed") for s in range(3)]
+    trials = [(lv, s, 60.0) for lv in ("uniform", "popular", "mixed") for s in range(2)]
     _store(out, "negatives", "beauty", "beauty", trials)
     _store(out, "negatives", "smoke", "synthetic", trials)
     url = str(out / "negatives" / "optuna.jsonl")
     report = write_study_report(STUDIES["negatives"], url, out)[0].read_text()
     beauty, smoke = report.split("## Profile `smoke`")
-    assert "Seeds: 3 of 5 declared seeds; the rest run in round 2" in beauty
+    assert "Seeds: 2 of 3 declared seeds; the rest run in round 2" in beauty
     assert "declared seeds" not in smoke  # a pipeline check has no statistics to power
     row = next(ln for ln in write_index(out).read_text().splitlines() if "[`negatives`]" in ln)
-    assert "3 of 5 declared seeds; the rest run in round 2" in row
+    assert "2 of 3 declared seeds; the rest run in round 2" in row
     studies_row = next(
         ln for ln in (out / "README.md").read_text().splitlines() if ln.startswith("| `negatives`")
     )
-    assert "| 5 |" in studies_row
+    assert "| 3 |" in studies_row

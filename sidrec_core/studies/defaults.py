@@ -8,6 +8,7 @@ answer on the earlier defaults (their report section says which values differed)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -16,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from sidrec_core.config import ConfigError, flatten
+from sidrec_core.config import ConfigError, flatten, load_params
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies.pipeline import load_pipeline
+from sidrec_core.studies.pipeline import PROJECT_ROOT, load_pipeline
 from sidrec_core.studies.profiles import with_overrides
 from sidrec_core.studies.study import Study
 
@@ -81,3 +82,33 @@ def changed_text(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     keys = sorted(k for k in earlier.keys() & now.keys() if earlier[k] != now[k])
     shown = (f"`{k}={json.dumps(earlier[k])}` (now {json.dumps(now[k])})" for k in keys)
     return ", ".join(shown) or "none"
+
+
+def departures(study: Study, ostudy: optuna.Study | None = None) -> dict[str, Any]:
+    """Where trials run off the pipeline default (params.yaml + code defaults): the study's
+    ``fixed`` overrides; for a section that recorded its defaults, every value those hold that the
+    pipeline does not (a fixed override, or a default changed since it ran), the profile's own
+    values left out. Pinned keys come first, in the study's order."""
+    pipeline = pipeline_params()
+    recorded = ostudy.user_attrs.get(DEFAULTS) if ostudy is not None else None
+    pinned = list(dict.fromkeys(k for f in (study.fixed, *study.formerly_fixed) for k in f))
+    if recorded is None:
+        held, profile = study.fixed, set()
+    else:
+        held = recorded
+        profile = {"base.profile", *(ostudy.user_attrs.get("profile_overrides") or {})}
+        profile -= set(pinned)
+    off = {
+        k: v
+        for k, v in held.items()
+        if k not in profile and (k not in pipeline or pipeline[k] != v)
+    }
+    return {k: off[k] for k in [*pinned, *sorted(off)] if k in off}
+
+
+@functools.cache
+def pipeline_params() -> dict[str, Any]:
+    """The pipeline default (``params.yaml`` + code defaults), flat, JSON-normalised as a
+    recorded ``defaults`` reads back."""
+    flat = flatten(resolve_params(load_params(PROJECT_ROOT / "params.yaml")))
+    return json.loads(json.dumps(flat, sort_keys=True))

@@ -9,19 +9,16 @@ its Holm-corrected paired difference from the default is significant and in its 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 
-from sidrec_core.config import flatten, load_params
 from sidrec_core.io import write_text
 from sidrec_core.studies import markdown as md
-from sidrec_core.studies.defaults import current_labels, profile_of
+from sidrec_core.studies.defaults import current_labels, departures, profile_of
 from sidrec_core.studies.literature import claim_reading, metric_text
 from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_notes
 from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
@@ -48,7 +45,6 @@ from sidrec_core.studies.seeds import (
 from sidrec_core.studies.storage import sections, study_journal
 from sidrec_core.studies.study import Study, is_shared, live_point
 
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the pipeline default
 # results made outside the study machinery: how each was made (the commit is git's)
 RESULTS_FILES: dict[str, str] = {
     "pipeline_report.md": "`dvc repro` (the `report` stage over `metrics/*.json`), profile full",
@@ -173,19 +169,6 @@ def read_finding(
     )
 
 
-def departures(study: Study) -> dict[str, Any]:
-    """The study's ``fixed`` overrides off the pipeline default (params.yaml + code defaults)."""
-    pipeline = _pipeline_params()
-    return {k: v for k, v in study.fixed.items() if k not in pipeline or pipeline[k] != v}
-
-
-@functools.cache
-def _pipeline_params() -> dict[str, Any]:
-    from sidrec_core.stages import resolve_params
-
-    return flatten(resolve_params(load_params(PARAMS)))
-
-
 def pipeline_default_value(out_dir: Path, study: Study, profile: str, metric: str) -> float | None:
     """The pipeline default's mean ``metric`` in ``profile``, measured by the study that
     :attr:`Study.pipeline_default` names (None when it has not)."""
@@ -292,10 +275,11 @@ def finding_row(
         effect += f" (partial: {len(walls)} of {grid} trials)"
     short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
     effect += f"; {short}" if short else ""
-    moved = departures(study)
+    moved = departures(study, ostudy)
     if moved:
         there = pipeline_default_value(out_dir, study, profile, f.metric) if out_dir else None
-        effect += f"; not on the pipeline default: the study fixes {md.assignments(moved.items())}"
+        ran = md.assignments(moved.items())
+        effect += f"; not on the pipeline default: its trials ran with {ran}"
         if there is not None:
             name, level = study.pipeline_default or ("", "")
             effect += (
@@ -387,8 +371,9 @@ def findings(out_dir: Path) -> list[str]:
         "stored), Holm-corrected within its study's report. A level is named best only when "
         f'that difference is significant (Holm p < {md.ALPHA}) and in its favour; "n.s." marks '
         "one that is not, with the minimum detectable effect (MDE: 80% power at the seeds' "
-        "spread). A study whose every level runs off the pipeline default (its fixed overrides "
-        "differ from params.yaml) says so, with the pipeline default's figure where another "
+        "spread). A row whose trials ran off the pipeline default (the study's fixed overrides, "
+        "or values params.yaml has changed since) says so, with the pipeline default's figure "
+        "where another "
         "study measured it. A profile whose defaults changed since a study first ran has a row "
         "per defaults (`<profile>@<sha>` the later); the later row's last column says, per "
         "level significant on either, whether its effect kept its direction (yes / no where "

@@ -19,7 +19,13 @@ from sidrec_core.io import atomic_path, write_text
 from sidrec_core.metrics import HEADLINE
 from sidrec_core.studies import markdown as md
 from sidrec_core.studies import stats
-from sidrec_core.studies.defaults import DEFAULTS, changed_text, current_labels, profile_of
+from sidrec_core.studies.defaults import (
+    DEFAULTS,
+    changed_text,
+    current_labels,
+    departures,
+    profile_of,
+)
 from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.markdown import is_cost
@@ -368,6 +374,15 @@ def profile_section(
         lines += [
             f"These trials ran on earlier defaults than `{current.study_name}`'s: "
             f"{changed_text(then, now)}.",
+            "",
+        ]
+    moved = departures(study, ostudy).items()
+    kept = {k: v for k, v in moved if k not in study.fixed or study.fixed[k] != v}
+    if kept and current is None and not check:
+        lines += [
+            f"These trials ran with {md.assignments(kept.items())}, which neither `params.yaml` "
+            "nor the study's fixed overrides hold now: a launch today runs the grid on today's "
+            "defaults in a section beside this one.",
             "",
         ]
     short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
