@@ -458,6 +458,31 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
     assert csv[0] == "model,hr_at_10,ndcg_at_10" and csv[1].startswith('"MostPop",')
 
 
+def test_pipeline_report_breaks_test_hr_down_by_the_targets_training_interactions():
+    import numpy as np
+
+    from sidrec_core.data.dataset import Dataset
+    from sidrec_core.data.split import leave_one_out
+    from sidrec_core.metrics import encode_ranks
+    from sidrec_core.stages.report import popularity_lines
+
+    # training parts give item 1 five interactions, item 2 one, item 3 none; test targets 1, 2, 3
+    seqs = [[1, 1, 1, 1, 1, 2, 1], [2, 3, 2], [4, 2, 3]]
+    ds = Dataset(
+        "t", ["a", "b", "c"], ["", "i1", "i2", "i3", "i4"], [np.array(q) for q in seqs], []
+    )
+    hit = {"model": "M", "file": "m.json", "test/hr@10": 2 / 3, "valid/hr@10": 0.5}
+    hit["test/ranks"] = encode_ranks(np.array([0.0, 3.0, np.inf]), 20)  # hits users a and b
+    short = {**hit, "model": "S", "test/ranks": encode_ranks(np.array([0.0]), 20)}  # other users
+    lines = popularity_lines([hit, short], leave_one_out(ds))
+    cells = {ln.split(" | ")[0]: ln.split(" | ")[1:] for ln in lines if ln.startswith("| ")}
+    assert cells["| share of test targets"][:3] == ["33.33%", "33.33%", "33.33%"]
+    assert cells["| share of valid targets"][:3] == ["33.33%", "66.67%", "0.00%"]
+    # groups [0, 1), [1, 5), [5, 20) hold users c, b, a; the empty groups show a dash
+    assert cells["| M"] == ["0.0000", "1.0000", "1.0000", "—", "—", "0.6667", "0.5000", "0.6667 |"]
+    assert "| S" not in cells  # ranks of other users are not grouped
+
+
 def test_pipeline_report_sets_history_filtered_rows_beside_their_protocol():
     from sidrec_core.stages.report import PUBLISHED_UNSEEN, headline, unseen_lines
 

@@ -15,8 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sidrec_core.config import build
+from sidrec_core.data.dataset import DataConfig, load_prepared
+from sidrec_core.data.split import LeaveOneOut, leave_one_out
 from sidrec_core.io import write_text
+from sidrec_core.metrics import decode_ranks, hit_rate
 from sidrec_core.rpg.published import PUBLISHED as RPG_PUBLISHED
 from sidrec_core.stages.context import stage_context
 
@@ -64,6 +69,8 @@ PUBLISHED_UNSEEN: dict[str, tuple[str, dict[str, float]]] = {
     "CBiT": (TB, {"hr@10": 0.0905, "ndcg@10": 0.0537}),
 }
 LETTER_SIDS = {"collision_rate_before": 0.0335, "utilization/0": 197 / 256}
+# groups of a target's interactions in the training part: [0, 1), [1, 5), [5, 20), [20, 100), 100+
+POPULARITY_EDGES = (1, 5, 20, 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +162,11 @@ def sid_quality_lines(sids: dict[str, Any] | None) -> list[str]:
 
 
 def render(
-    rows: list[dict[str, Any]], sids: dict[str, Any] | None, profile: str, dataset: str
+    rows: list[dict[str, Any]],
+    sids: dict[str, Any] | None,
+    profile: str,
+    dataset: str,
+    loo: LeaveOneOut | None = None,
 ) -> str:
     lines = [
         "# Pipeline report",
@@ -198,7 +209,8 @@ def render(
         ]
     if dataset != "beauty":
         lines += ["", f"Note: this run used `{dataset}`; the published figures are for Beauty."]
-    return "\n".join(lines + [""] + sid_quality_lines(sids))
+    groups = popularity_lines(rows, loo) if loo is not None else []
+    return "\n".join(lines + [""] + groups + sid_quality_lines(sids))
 
 
 def unseen_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -220,6 +232,69 @@ def unseen_lines(rows: list[dict[str, Any]]) -> list[str]:
     for name, (src, figs) in PUBLISHED_UNSEEN.items():
         lines.append(f"| {name} | {src} | {_fmt(figs['hr@10'])} | {_fmt(figs['ndcg@10'])} |")
     return lines
+
+
+def group_means(
+    values: np.ndarray, counts: np.ndarray, edges: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user ``values`` [U] grouped by ``counts`` [U] cut at ``edges`` (groups ``[0, e1)``,
+    ``[e1, e2)``, ..., ``[e_last, inf)``) -> (share of users [G], mean value [G]; nan: empty)."""
+    values, groups = np.asarray(values, dtype=np.float64), np.digitize(counts, edges)
+    if values.shape != groups.shape:
+        raise ValueError(f"values {values.shape} and counts {groups.shape} differ in shape")
+    size = np.bincount(groups, minlength=len(edges) + 1).astype(np.float64)
+    total = np.bincount(groups, weights=values, minlength=len(edges) + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return size / max(len(values), 1), np.where(size > 0, total / size, np.nan)
+
+
+def popularity_lines(rows: list[dict[str, Any]], loo: LeaveOneOut) -> list[str]:
+    """Each model's test HR@10 per group of its targets' training interactions (from the stored
+    per-user ranks), beside the share of validation and test targets in each group, and the test
+    HR@10 the model would have at the validation targets' mix of groups."""
+    counts = loo.train_item_counts()
+    at = {
+        split: counts[[s[k] for s in loo.dataset.sequences]]
+        for split, k in (("valid", -2), ("test", -1))
+    }
+    share = {
+        split: group_means(np.zeros(len(c)), c, POPULARITY_EDGES)[0] for split, c in at.items()
+    }
+    lows = (0, *POPULARITY_EDGES)
+    groups = [f"[{lo}, {hi})" for lo, hi in zip(lows[:-1], POPULARITY_EDGES, strict=True)]
+    groups.append(f"{lows[-1]}+")
+    lines = [
+        "## Test HR@10 by the target's interactions in training",
+        "",
+        "Users grouped by how often their target occurs in the training part (the items before "
+        "each user's last two). A test target is the user's last item, so it is often newer and "
+        "rarer than the validation target; the last column re-weights the groups' test HR@10 by "
+        "the validation targets' shares, separating that shift from the model's own valid-test gap "
+        "(`valid/hr@10` on the users its stage validated on).",
+        "",
+        "| | " + " | ".join(groups) + " | test HR@10 | valid HR@10 | test HR@10 at valid's mix |",
+        "|---|" + "---|" * (len(groups) + 3),
+    ]
+    for split in ("valid", "test"):
+        cells = " | ".join(_fmt(x, pct=True) for x in share[split])
+        lines.append(f"| share of {split} targets | {cells} | | | |")
+    for r in rows:
+        text = r.get("test/ranks")
+        ranks = decode_ranks(text) if isinstance(text, str) else None
+        if ranks is None or len(ranks) != len(at["test"]) or int(text.split(":")[1]) < 10:
+            continue
+        hr = group_means(hit_rate(ranks, 10), at["test"], POPULARITY_EDGES)[1]
+        mix = (
+            float(np.sum(share["valid"] * np.nan_to_num(hr)))
+            if not np.isnan(hr[share["valid"] > 0]).any()
+            else None
+        )
+        cells = " | ".join(_fmt(None if np.isnan(x) else float(x)) for x in hr)
+        lines.append(
+            f"| {r['model']} | {cells} | {_fmt(r.get('test/hr@10'))} | "
+            f"{_fmt(r.get('valid/hr@10'))} | {_fmt(mix)} |"
+        )
+    return lines + [""]
 
 
 # the SID table's quality in the headline (every other quality metric is in build_sids.json)
@@ -265,8 +340,9 @@ def write_plot_data(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Read ``metrics/*.json`` -> the markdown report and its plot CSV."""
-    with stage_context("report", params, report=ReportConfig) as ctx:
+    with stage_context("report", params, report=ReportConfig, data=DataConfig) as ctx:
         cfg = ctx.cfg["report"]
+        loo = leave_one_out(load_prepared(ctx.cfg["data"].prepared_dir))
         metrics_dir = Path(ctx.base.metrics_dir)
         rows = collect_rows(metrics_dir, params)
         sids = load_metrics(metrics_dir / "build_sids.json")
@@ -277,7 +353,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         files = {d.stem: load_metrics(metrics_dir / d.name) or {} for d in deps}
         found = [d.get("dataset") for d in (*files.values(), *rows) if d.get("dataset")]
         dataset = found[0] if found else "?"
-        write_text(cfg.output, render(rows, sids, ctx.base.profile, dataset))
+        write_text(cfg.output, render(rows, sids, ctx.base.profile, dataset, loo))
         write_plot_data(rows, Path(cfg.plot_data))
         ctx.run.log_artifact(cfg.output)
         ctx.run.set_tags({"dataset": dataset})
