@@ -284,11 +284,8 @@ def popularity_lines(rows: list[dict[str, Any]], loo: LeaveOneOut) -> list[str]:
         if ranks is None or len(ranks) != len(at["test"]) or int(text.split(":")[1]) < 10:
             continue
         hr = group_means(hit_rate(ranks, 10), at["test"], POPULARITY_EDGES)[1]
-        mix = (
-            float(np.sum(share["valid"] * np.nan_to_num(hr)))
-            if not np.isnan(hr[share["valid"] > 0]).any()
-            else None
-        )
+        # undefined when a group validation targets fall in holds no test target
+        mix = np.nansum(share["valid"] * hr) if not np.isnan(hr[share["valid"] > 0]).any() else None
         cells = " | ".join(_fmt(None if np.isnan(x) else float(x)) for x in hr)
         lines.append(
             f"| {r['model']} | {cells} | {_fmt(r.get('test/hr@10'))} | "

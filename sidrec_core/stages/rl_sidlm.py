@@ -129,7 +129,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             res = evaluate(
                 model, valid, ev, device, num_items=ds.num_items, bootstrap=False, users=users
             )
-            start_lists[:] = start_lists or [res.item_ids]
+            if not start_lists:
+                start_lists.append(res.item_ids)
             moved = top_k_moved(start_lists[0], res.item_ids)
             return {k: v for k, v in res.metrics.items() if "@" in k} | moved
 
