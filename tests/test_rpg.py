@@ -206,9 +206,33 @@ def test_loss_is_the_mean_of_per_digit_cross_entropies():
     assert float(loss) == pytest.approx(float(sum(per_target) / len(per_target)), rel=1e-5)
 
 
+def test_token_normalised_loss_weighs_every_target_alike_across_batches():
+    """"tokens": a batch's loss is its targets' summed loss / a fixed count, so a target's
+    gradient does not depend on how many targets share its batch ("batch" divides by them)."""
+    torch.manual_seed(0)
+    codes = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.randint(0, 8, (10, 4))])
+    short = {"history": torch.tensor([[0, 0, 3]]), "targets": torch.tensor([[0, 0, 4]])}
+    long = {"history": torch.tensor([[5, 6, 7]]), "targets": torch.tensor([[6, 7, 1]])}
+    losses = {}
+    for norm in ("batch", "tokens"):
+        cfg = _small(embedding_dropout=0.0, attention_dropout=0.0, loss_normalization=norm)
+        torch.manual_seed(1)
+        model = RPG(cfg, codes, 8).eval()
+        if norm == "tokens":
+            with pytest.raises(RuntimeError, match="loss_tokens"):
+                model.loss(short)
+        model.loss_tokens = 2.0
+        losses[norm] = [float(model.loss(b)) for b in (short, long)]
+    batch, tokens = losses["batch"], losses["tokens"]
+    # one target / 2 and three targets / 2, against each batch's own mean
+    assert tokens[0] == pytest.approx(batch[0] / 2, rel=1e-5)
+    assert tokens[1] == pytest.approx(batch[1] * 3 / 2, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "section, key",
     [
+        ({"loss_normalization": "mean"}, "rpg.loss_normalization"),
         ({"hidden_dim": 30, "num_heads": 4}, "rpg.hidden_dim"),
         ({"temperature": 0}, "rpg.temperature"),
         ({"attention_dropout": 1.0}, "rpg.attention_dropout"),

@@ -50,6 +50,11 @@ class RPGConfig:
     # position (RPG's); ``prefix`` = one per target
     train_rows: Literal["sequence", "prefix"] = "sequence"
     bucket_window: int = 50  # batches per length-sorted window (see data.batching)
+    # "batch": each batch's loss is the mean over its targets, so with length-bucketed batches a
+    # target in a batch of short histories weighs more than one in a batch of long ones;
+    # "tokens": the sum over its targets / a fixed count (batch size x mean targets a row), so
+    # every target weighs the same, as in the authors' shuffled batches
+    loss_normalization: Literal["batch", "tokens"] = "batch"
     checkpoint: str = "models/rpg/model.pt"
     sid: OPQConfig = dataclasses.field(default_factory=OPQConfig)
     decoding: GraphDecodingConfig = dataclasses.field(default_factory=GraphDecodingConfig)
@@ -131,6 +136,8 @@ class RPG(Recommender):
             # GPT-2's scaled init of the projections into the residual stream
             for lin in (block.proj, block.mlp[2]):
                 nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * cfg.num_layers))
+        # loss_normalization "tokens": the fixed divisor, set by train_rpg from the rows
+        self.loss_tokens: float | None = None
         # ((code_emb version, num_edges), adjacency)
         self._graph: tuple[tuple[int, int], Tensor] | None = None
         self.decoding = cfg.decoding
@@ -181,13 +188,23 @@ class RPG(Recommender):
         return torch.einsum("pmd,mkd->pmk", h, emb)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Mean over digits (and target positions) of the code cross-entropy."""
+        """Mean over digits of the code cross-entropy, over the batch's target positions
+        (``loss_normalization`` "batch") or summed over them / ``self.loss_tokens`` ("tokens")."""
+        tokens = self.cfg.loss_normalization == "tokens"
+        if tokens and not self.loss_tokens:
+            raise RuntimeError(
+                "rpg.loss_normalization=tokens: set RPG.loss_tokens (the fixed target count a "
+                "batch's loss is divided by) before training; train_rpg sets it"
+            )
         states = self.encode(batch["history"])
         targets = batch["targets"]
         valid = targets > 0
         logits = self.digit_logits(states[valid])  # [P, M, K]
         labels = self.codes[targets[valid]]  # [P, M]
-        return F.cross_entropy(logits.reshape(-1, self.codebook_size), labels.reshape(-1))
+        flat = (logits.reshape(-1, self.codebook_size), labels.reshape(-1))
+        if tokens:
+            return F.cross_entropy(*flat, reduction="sum") / (self.num_levels * self.loss_tokens)
+        return F.cross_entropy(*flat)
 
     def log_probs(self, history: Tensor) -> Tensor:
         """history [B, L] -> per-digit log-softmax of the next item [B, M, K]."""

@@ -66,6 +66,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             bucket_window=cfg.bucket_window,
             rows=cfg.train_rows,
         )
+        if cfg.loss_normalization == "tokens":
+            model.loss_tokens = cfg.train.batch_size * batches.num_positions / len(batches.users)
         valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)
         valid_rows = subsample_rows(len(valid), ev.max_valid_users)
 
