@@ -72,6 +72,8 @@ RESULTS_FILES: dict[str, str] = {
     "measured.md": "the figures code comments used to quote, each with the file that records it",
     "rpg_probe.md": "hand-run `python bench/train_rpg.py --set ...` and `dvc repro report` "
     "(commands in it), Beauty",
+    "tune/grpo/against_start_beauty.md": "`python bench/grpo_against_start.py --profile beauty` "
+    "(the GRPO and SID LM searches' retrains, from their storage)",
 }
 
 
