@@ -566,6 +566,15 @@ def _slicing(
     return finding, trials, row
 
 
+def test_an_effect_with_fewer_than_two_paired_seeds_says_it_is_not_tested():
+    study = STUDIES["rpg_input"]
+    one = Finding("test/ndcg@10", "valid/ndcg@10", "both", study.labels, 0.0271, seeds=0)
+    text = effect_text(study, one)
+    assert text == "`both` − default: not tested (a paired test needs 2 seeds)", text
+    two = dataclasses.replace(one, seeds=2, diff=0.005, ci=0.002)
+    assert "p undefined" in effect_text(study, two)
+
+
 def test_index_findings_from_real_data_storage(tmp_path):
     """The finding of a real-data section: best level (on valid), paired diff ± CI, Holm p,
     cost."""
