@@ -207,7 +207,7 @@ def test_loss_is_the_mean_of_per_digit_cross_entropies():
 
 
 def test_token_normalised_loss_weighs_every_target_alike_across_batches():
-    """"tokens": a batch's loss is its targets' summed loss / a fixed count, so a target's
+    """With "tokens" a batch's loss is its targets' summed loss / a fixed count, so a target's
     gradient does not depend on how many targets share its batch ("batch" divides by them)."""
     torch.manual_seed(0)
     codes = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.randint(0, 8, (10, 4))])
