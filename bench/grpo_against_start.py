@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
     ]
-    write_text(Path(out), "\n".join(text))
+    write_text(out, "\n".join(text))
     print(out)
     return 0
 

@@ -211,7 +211,7 @@ def effect_text(study: Study, f: Finding) -> str:
     if f.copies:
         head = f"`{f.best}` − default: {md.fmt(f.diff)}"
         return f"{head} at every seed: the seeds are copies, one measurement, no test"
-    if f.holm_p is None and f.seeds < 2:
+    if f.seeds < 2:  # no paired test, so no Holm p
         return f"`{f.best}` − default: not tested (a paired test needs 2 seeds)"
     head = f"`{f.best}` − default: {md.pm(f.diff, f.ci)}"
     if f.holm_p is None:
