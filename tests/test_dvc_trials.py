@@ -53,7 +53,7 @@ def test_a_rerouted_tokenizer_input_becomes_a_dep_of_build_sids():
 
 
 def test_a_key_is_a_dep_only_of_the_stage_whose_params_name_it_most_specifically():
-    """``rpg.sid.embeddings`` is build_rpg_sids' input (params ``rpg.sid``); train_rpg reads
+    """``rpg.sid.embeddings`` is build_rpg_sids' input (params ``rpg.sid``); eval_rpg reads
     all of ``rpg`` but never the embeddings, so it gains no dep on them."""
     assert level_deps("rpg_input", "text") == {}
     assert level_deps("rpg_decoding", "graph") == {}

@@ -3,17 +3,18 @@ MostPop, config errors, and the two stages, on synthetic data (seconds each)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from sidrec_core.config import BaseConfig, ConfigError, build
+from sidrec_core.config import BaseConfig, ConfigError, build, load_params
 from sidrec_core.data.batching import TrainBatches
 from sidrec_core.data.synthetic import synthetic_embeddings
 from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.io import save_npy
+from sidrec_core.io import ArtifactError, save_npy
 from sidrec_core.models.baselines import MostPop
 from sidrec_core.rpg.decoding import GraphDecodingConfig, exact_scores, graph_beam, item_graph
 from sidrec_core.rpg.model import RPG, RPGConfig
@@ -26,7 +27,9 @@ from sidrec_core.rpg.tokenizer import (
 )
 from sidrec_core.stages.build_rpg_sids import run as run_build_rpg_sids
 from sidrec_core.stages.context import metrics_dir_for
+from sidrec_core.stages.eval_rpg import run as run_eval_rpg
 from sidrec_core.stages.train_rpg import run as run_train_rpg
+from sidrec_core.studies.pipeline import PROJECT_ROOT, load_pipeline
 from sidrec_core.train import TrainConfig, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -284,7 +287,6 @@ def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
             "embeddings": str(emb),
             "output_dir": str(tmp_path / "sids_rpg"),
         },
-        "decoding": {"strategy": "graph", "beam_width": 10, "num_edges": 10},
         "train": {"epochs": 2, "batch_size": 64},
     }
     sids = run_build_rpg_sids(params)
@@ -292,12 +294,32 @@ def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
     assert sids["sha256/wrote/rpg_sids"] and sids["fit_items"] <= syn_ds.num_items
     again = run_build_rpg_sids(params)
     assert again["sha256/wrote/rpg_sids"] == sids["sha256/wrote/rpg_sids"]
-    out = run_train_rpg(params)
-    for key in ("test/hr@10", "test/ndcg@10", "valid/ndcg@5", "test/ranks", "sha256/read/rpg_sids"):
-        assert key in out, key
-    written = json.loads((tmp_path / "metrics" / "train_rpg.json").read_text())
-    assert written["test/ndcg@10"] == out["test/ndcg@10"]
+    trained = run_train_rpg(params)
+    assert trained["epochs"] == 2 and 0 < trained["best_valid/ndcg@10"] <= 1
+    assert not any(k.startswith("test/") for k in trained), "train_rpg leaves scoring to eval_rpg"
     assert (tmp_path / "rpg" / "model.pt").exists()
+    exact = run_eval_rpg(params)
+    for key in ("test/hr@10", "test/ndcg@10", "valid/ndcg@5", "test/ranks", "sha256/read/rpg"):
+        assert key in exact, key
+    written = json.loads((tmp_path / "metrics" / "eval_rpg.json").read_text())
+    assert written["test/ndcg@10"] == exact["test/ndcg@10"]
+    # a beam as wide as the catalogue's graph walk ranks like exact scoring at k = 10
+    params["rpg"]["decoding"] = {"strategy": "graph", "beam_width": 64, "num_edges": 64}
+    beam = run_eval_rpg(params)
+    assert beam["graph_seconds"] > 0
+    assert beam["test/ndcg@10"] == pytest.approx(exact["test/ndcg@10"], abs=1e-9)
+
+
+def test_a_checkpoint_of_other_settings_fails_naming_the_file(tmp_path):
+    codes = torch.randint(0, 256, (11, 4))
+    cfg = RPGConfig(hidden_dim=16, num_heads=2, ffn_dim=32, checkpoint=str(tmp_path / "m.pt"))
+    torch.save(RPG(cfg, codes, cfg.sid.codebook_size).state_dict(), cfg.checkpoint)
+    wider = dataclasses.replace(cfg, hidden_dim=32)
+    with pytest.raises(
+        ArtifactError, match=r"m\.pt: not a model .*size mismatch for .*re-run train_rpg"
+    ):
+        RPG.load(wider, codes)
+    assert RPG.load(cfg, codes).code_emb.shape == (4, 256, 16)
 
 
 def test_a_moved_nested_output_moves_the_metrics_beside_it():
@@ -305,3 +327,15 @@ def test_a_moved_nested_output_moves_the_metrics_beside_it():
     assert metrics_dir_for(BaseConfig(), moved, "rpg.sid.output_dir") == "/tmp/x/sids/metrics"
     default = {"rpg": RPGConfig()}
     assert metrics_dir_for(BaseConfig(), default, "rpg.sid.output_dir") == BaseConfig.metrics_dir
+
+
+def test_train_rpg_tracks_every_rpg_key_but_decoding_and_the_sid_settings():
+    """A key train_rpg reads but DVC does not track would let the run-cache restore a model of
+    other settings; a listed key missing from params.yaml fails ``dvc repro``."""
+    stages = load_pipeline()
+    listed = {p for p in stages["train_rpg"].params if p.startswith("rpg")}
+    fields = {f"rpg.{f.name}" for f in dataclasses.fields(RPGConfig)}
+    assert listed == fields - {"rpg.decoding", "rpg.sid"}
+    assert "rpg" in stages["eval_rpg"].params
+    written = load_params(PROJECT_ROOT / "params.yaml")["rpg"]
+    assert {f"rpg.{k}" for k in written} >= listed

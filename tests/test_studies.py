@@ -247,6 +247,11 @@ def test_a_changed_default_runs_the_grid_again_beside_the_trials_on_the_earlier_
     assert again["study"] == "exclude_seen-smoke" and again["up_to_date"]
     # a knob added since (absent from what a study recorded) splits nothing
     assert same_defaults({"a": 1}, {"a": 1, "b": 2}) and not same_defaults({"a": 1}, {"a": 2})
+    # nor does the default of the factor itself: every level sets eval.exclude_seen
+    params["eval"]["exclude_seen"] = not params["eval"].get("exclude_seen", False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    factor = run_study("exclude_seen", changed)
+    assert factor["study"] == new and factor["up_to_date"]
 
 
 def test_a_stamped_study_from_before_the_record_is_continued_not_duplicated(tmp_path, monkeypatch):
@@ -438,12 +443,15 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
             "gini": 0.3,
         },
     )
+    rpg = {"decoding": "graph", "test/hr@10": 0.25, "test/ndcg@10": 0.125, "test/hr@5": 0.2}
+    write_json(metrics_dir / "eval_rpg.json", rpg)
     params = {
         **syn_prepared,
         "report": {"output": str(tmp_path / "r.md"), "plot_data": str(tmp_path / "h.csv")},
     }
     out = run_report(params)
-    assert out["num_models"] == 2 and out["has_sid_metrics"] == 1
+    assert out["num_models"] == 3 and out["has_sid_metrics"] == 1
+    assert out["eval_rpg/test/ndcg@10"] == 0.125
     written = json.loads((metrics_dir / "report.json").read_text())
     assert (written["dataset"], written["profile"]) == ("synthetic", "test")
     assert out["build_sids/collision_rate_before"] == 0.02 and out["build_sids/gini"] == 0.3
@@ -454,6 +462,7 @@ def test_pipeline_report_reads_stage_metrics(syn_prepared, tmp_path):
         assert source in row and all(f"{v:.4f}" in row for v in figures.values())
     assert "| collision rate before resolution | 2.00% | 3.35% |" in text
     assert "| level-1 utilisation | 0.7500 | 0.7695 (197/256) |" in text
+    assert "| RPG (parallel long SIDs, graph-constrained beam) |" in text
     csv = (tmp_path / "h.csv").read_text().splitlines()
     assert csv[0] == "model,hr_at_10,ndcg_at_10" and csv[1].startswith('"MostPop",')
 

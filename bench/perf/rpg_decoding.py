@@ -12,10 +12,12 @@ Model: the trained RPG at ``rpg.checkpoint`` when it exists (with the table at
 over a random unique table of ``--num-items`` items when there is none (speed does not depend on
 the weights; recall against exact does, so a random model's recall is no quality figure).
 Users: the test histories of ``data.prepared_dir`` when their catalogue matches, else random.
+With ``--sidlm-width W`` and a trained RPG, the trained SID LM's constrained beam of width W is
+timed on the same test users (the pipeline's generative decoder, for the users/s comparison).
 
 Usage (one thread on a shared CPU)::
 
-    OMP_NUM_THREADS=1 python bench/perf/rpg_decoding.py --max-users 2000 \\
+    OMP_NUM_THREADS=1 python bench/perf/rpg_decoding.py --max-users 1000 --sidlm-width 20 \\
         --out experiments/perf/rpg_decoding.json
 """
 
@@ -32,8 +34,12 @@ import numpy as np
 import torch
 
 from sidrec_core.config import BaseConfig, apply_overrides, load_params
-from sidrec_core.data.dataset import DataConfig
+from sidrec_core.data.dataset import DataConfig, load_prepared
+from sidrec_core.data.split import leave_one_out, subsample_rows
+from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json
+from sidrec_core.models.beam import DecodingConfig
+from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, load_inputs
 from sidrec_core.perf import provenance
 from sidrec_core.rpg.decoding import GraphDecodingConfig
 from sidrec_core.rpg.model import RPG, RPGConfig
@@ -53,23 +59,45 @@ def load_codes(cfg: RPGConfig, num_items: int, seed: int) -> tuple[np.ndarray, s
 
 
 def load_histories(data: DataConfig, num_items: int, users: int, seed: int, max_len: int):
+    """-> (histories [U, max_len], where they came from, their test-split rows or None)."""
     prepared = Path(data.prepared_dir)
     if (prepared / "dataset.npz").exists():
-        from sidrec_core.data.dataset import load_prepared
-        from sidrec_core.data.split import leave_one_out, subsample_rows
-
         ds = load_prepared(prepared)
         if ds.num_items == num_items:
             split = leave_one_out(ds).split("test", max_len)
             rows = subsample_rows(len(split), users, seed)
             hist = split.histories if rows is None else split.histories[rows]
-            return torch.as_tensor(hist), f"{prepared} test split"
+            rows = np.arange(len(split)) if rows is None else rows
+            return torch.as_tensor(hist), f"{prepared} test split", rows
     rng = np.random.default_rng(seed)
     hist = np.zeros((users, max_len), dtype=np.int64)
     for row in hist:
         n = rng.integers(3, max_len + 1)
         row[max_len - n :] = rng.integers(1, num_items + 1, size=n)
-    return torch.as_tensor(hist), "random histories"
+    return torch.as_tensor(hist), "random histories", None
+
+
+def sidlm_beam(params: dict, rows: np.ndarray, width: int) -> dict:
+    """The trained SID LM's constrained beam of ``width`` on the same test users: users/s (its
+    generation included, the evaluator's batches) and HR/NDCG@10."""
+    cfgs = build_configs(params, {"data": DataConfig, "eval": EvalConfig, "sidlm": SIDLMConfig})
+    data, ev, cfg = cfgs["data"], cfgs["eval"], cfgs["sidlm"]
+    ds, loo, table = load_inputs(data, cfg.sid_dir)
+    model = SIDLM.load(cfg.output_dir, table, cfg, data.max_history)
+    model.decoding = DecodingConfig(strategy="constrained", beam_width=width)
+    test = loo.split("test", data.max_history)
+    ev = dataclasses.replace(ev, ks=(10,))
+    device = torch.device("cpu")
+    res = evaluate(model, test, ev, device, num_items=ds.num_items, bootstrap=False, users=rows)
+    m = res.metrics
+    return {
+        "model": cfg.output_dir,
+        "strategy": "constrained",
+        "beam_width": width,
+        "users_per_second": m["test/users_per_second"],
+        "hr@10": m["test/hr@10"],
+        "ndcg@10": m["test/ndcg@10"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-users", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-items", type=int, default=12101, help="random table size")
+    parser.add_argument(
+        "--sidlm-width",
+        type=int,
+        default=0,
+        help="also time the trained SID LM's constrained beam of this width on the same users",
+    )
     parser.add_argument("--out", default="experiments/perf/rpg_decoding.json")
     args = parser.parse_args(argv)
     params = apply_overrides(load_params(args.params), args.sets)
@@ -93,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     codes, codes_from = load_codes(cfg, args.num_items, base.seed)
     num_items = len(codes) - 1
     torch.manual_seed(base.seed)
-    model = RPG(cfg, torch.as_tensor(codes), cfg.sid.codebook_size)
     trained = Path(cfg.checkpoint).exists() and codes_from.endswith("codes.npy")
     if trained:
-        model.load_state_dict(torch.load(cfg.checkpoint, map_location="cpu", weights_only=True))
-    model.eval()
-    history, users_from = load_histories(
+        model = RPG.load(cfg, torch.as_tensor(codes))
+    else:
+        model = RPG(cfg, torch.as_tensor(codes), cfg.sid.codebook_size).eval()
+    history, users_from, test_rows = load_histories(
         data, num_items, args.max_users, base.seed, cfg.max_history
     )
     rows = []
@@ -140,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    against = {}
+    if args.sidlm_width and trained and test_rows is not None:
+        against = {"sidlm": sidlm_beam(params, test_rows, args.sidlm_width)}
+        print(json.dumps(against), flush=True)
     write_json(
         args.out,
         {
+            **against,
             "provenance": made,
             "model": cfg.checkpoint if trained else "random weights (seeded)",
             "codes": codes_from,

@@ -30,8 +30,8 @@ STRATEGIES = ("exact", "graph")
 
 @dataclasses.dataclass(frozen=True)
 class GraphDecodingConfig:
-    """``rpg.decoding`` subsection. Beam values: RPG's Beauty command (README, ``num_beams=20
-    n_edges=200 propagation_steps=3``)."""
+    """``rpg.decoding`` subsection: how ``eval_rpg`` ranks (training validates exactly). Beam
+    values: RPG's Beauty command (README, ``num_beams=20 n_edges=200 propagation_steps=3``)."""
 
     strategy: Literal["exact", "graph"] = "exact"
     beam_width: int = 20

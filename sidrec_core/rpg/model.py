@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sidrec_core.data.batching import ROW_LAYOUTS
+from sidrec_core.io import ArtifactError, reading
 from sidrec_core.models.base import Recommender, topk_items
 from sidrec_core.rpg.decoding import GraphDecodingConfig, exact_scores, graph_beam, item_graph
 from sidrec_core.rpg.tokenizer import OPQConfig
@@ -57,6 +58,7 @@ class RPGConfig:
     loss_normalization: Literal["batch", "tokens"] = "batch"
     checkpoint: str = "models/rpg/model.pt"
     sid: OPQConfig = dataclasses.field(default_factory=OPQConfig)
+    # read by eval_rpg alone (train_rpg's params in dvc.yaml list every other key)
     decoding: GraphDecodingConfig = dataclasses.field(default_factory=GraphDecodingConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -140,7 +142,24 @@ class RPG(Recommender):
         self.loss_tokens: float | None = None
         # ((code_emb version, num_edges), adjacency)
         self._graph: tuple[tuple[int, int], Tensor] | None = None
-        self.decoding = cfg.decoding
+        self.decoding = GraphDecodingConfig()  # exact, as training validates; eval_rpg sets cfg's
+
+    @classmethod
+    def load(cls, cfg: RPGConfig, codes: Tensor) -> RPG:
+        """The model ``train_rpg`` saved to ``cfg.checkpoint`` for the SID table ``codes``, on
+        the CPU, in eval mode; a checkpoint of other settings fails naming the file."""
+        model = cls(cfg, codes, cfg.sid.codebook_size)
+        remedy = "re-run train_rpg (dvc repro train_rpg)"
+        with reading(cfg.checkpoint, remedy):
+            state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # torch lists every mismatch, one a line, after a heading
+            first = ([*str(exc).splitlines()[1:], ""])[0].strip().rstrip(".")
+            raise ArtifactError(
+                f"{cfg.checkpoint}: not a model of the rpg section's settings ({first}); {remedy}"
+            ) from exc
+        return model.eval()
 
     @property
     def decoding(self) -> GraphDecodingConfig:
@@ -231,7 +250,7 @@ class RPG(Recommender):
 
     @torch.no_grad()
     def recommend(self, batch: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
-        """-> (item_ids [B, k], scores [B, k]) by ``rpg.decoding.strategy``."""
+        """-> (item_ids [B, k], scores [B, k]) by ``decoding.strategy``."""
         if self.decoding.strategy == "exact":
             return topk_items(self.score_all(batch["history"]), k)
         log_probs = self.log_probs(batch["history"])

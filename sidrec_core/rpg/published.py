@@ -1,5 +1,5 @@
 """Published RPG figures on Amazon-2014 5-core Beauty (leave-one-out, full ranking, HR = Recall
-with one target), each with its source: the rows a report sets beside ``train_rpg``'s own. The
+with one target), each with its source: the rows a report sets beside ``eval_rpg``'s own. The
 same shape as :data:`sidrec_core.stages.report.PUBLISHED` (model -> (source, figures))."""
 
 from __future__ import annotations

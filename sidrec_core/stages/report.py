@@ -104,6 +104,9 @@ def _label(stage_file: str, params: dict[str, Any]) -> str:
     return f"{name} (loss={cfg.loss}, {rows}, similarity={cfg.similarity}, negatives={neg}{feats})"
 
 
+RPG_DECODING = {"exact": "exact scoring", "graph": "graph-constrained beam"}
+
+
 def collect_rows(metrics_dir: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model found in ``metrics_dir``: name, stage file, test HR/NDCG@{5,10}."""
     rows: list[dict[str, Any]] = []
@@ -120,10 +123,11 @@ def collect_rows(metrics_dir: Path, params: dict[str, Any]) -> list[dict[str, An
     for name, label in (
         ("eval_sidlm", "SID LM (generative)"),
         ("rl_sidlm", "SID LM + GRPO (same users, same decoding)"),
-        ("train_rpg", "RPG (parallel long SIDs, exact scoring)"),
+        ("eval_rpg", "RPG (parallel long SIDs, {})"),
     ):
         data = load_metrics(metrics_dir / f"{name}.json")
         if data:
+            label = label.format(RPG_DECODING.get(data.get("decoding"), data.get("decoding")))
             rows.append({"model": label, "file": f"{name}.json", **data})
     return rows
 

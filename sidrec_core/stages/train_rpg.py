@@ -1,8 +1,7 @@
 """DVC stage ``train_rpg``: fit RPG (:mod:`sidrec_core.rpg.model`) on the OPQ SID table of
 ``build_rpg_sids`` with the shared loop, early-stopped on ``train.monitor`` (valid/ndcg@10, exact
-scoring of a fixed validation subsample), then score the best checkpoint on valid and test over
-all items with ``rpg.decoding`` (leave-one-out as in P5/TIGER). Metric keys are
-``train_sasrec``'s; the final valid figures are over every user."""
+scoring of a fixed validation subsample), and save the best checkpoint to ``rpg.checkpoint``.
+``eval_rpg`` scores it: a change of ``rpg_decoding`` re-runs that stage alone."""
 
 from __future__ import annotations
 
@@ -17,11 +16,12 @@ from sidrec_core.data.batching import TrainBatches
 from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig
-from sidrec_core.rpg.decoding import GraphDecodingConfig
+from sidrec_core.io import write_json
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.sid.table import SIDTable
-from sidrec_core.stages.context import stage_context
-from sidrec_core.stages.fit_ranker import fit_ranker, record_fit, score, validation
+from sidrec_core.stages.context import StageContext, stage_context
+from sidrec_core.stages.fit_ranker import fit_ranker, validation
+from sidrec_core.train import FitResult
 
 log = logging.getLogger(__name__)
 STAGE = "train_rpg"
@@ -40,6 +40,22 @@ def load_rpg_table(cfg: RPGConfig, num_items: int) -> SIDTable:
     return table
 
 
+def record_training(ctx: StageContext, result: FitResult, model: RPG, **extra: Any) -> None:
+    """``fit_ranker.record_fit`` without a test pass (``eval_rpg`` scores): the training figures,
+    ``extra`` and the parameter count; the per-epoch records to ``train_rpg_curves.json``."""
+    ctx.run.record(
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        steps=result.steps,
+        seconds_per_epoch=result.seconds_per_epoch,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        **extra,
+    )
+    numeric = (int, float)
+    curves = [{k: v for k, v in r.items() if isinstance(v, numeric)} for r in result.history]
+    write_json(Path(ctx.metrics_dir) / f"{STAGE}_curves.json", curves)
+
+
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """-> ``rpg.checkpoint``, ``metrics/train_rpg.json`` and per-epoch curves."""
     with stage_context(
@@ -56,8 +72,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ev.check_catalogue(loo.num_items)
         table = load_rpg_table(cfg, loo.num_items)
         model = RPG(cfg, torch.as_tensor(table.codes), cfg.sid.codebook_size).to(device)
-        # validation during training ranks exactly (the graph would be rebuilt every epoch)
-        model.decoding = GraphDecodingConfig(strategy="exact")
+        # validation ranks exactly (model.decoding's default): the graph would change every epoch
         batches = TrainBatches(
             loo.train_sequences,
             cfg.max_history,
@@ -68,14 +83,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         )
         if cfg.loss_normalization == "tokens":
             model.loss_tokens = cfg.train.batch_size * batches.num_positions / len(batches.users)
-        valid, test = loo.split("valid", cfg.max_history), loo.split("test", cfg.max_history)
+        valid = loo.split("valid", cfg.max_history)
         valid_rows = subsample_rows(len(valid), ev.max_valid_users)
-
         validate = validation(model, valid, ev, device, loo.num_items, valid_rows)
-
-        ctx.run.set_tags(
-            {"model": "rpg", "decoding": cfg.decoding.strategy, "rotation": cfg.sid.rotation}
-        )
+        ctx.run.set_tags({"model": "rpg", "rotation": cfg.sid.rotation})
         log.info(
             "train_rpg: %d rows, %d targets, %d batches/epoch, M=%d, hidden %d",
             len(batches.users),
@@ -89,9 +100,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             ctx, model, batches, cfg.train, validate, cfg.checkpoint, table.fingerprint()
         )
         fit_seconds = time.perf_counter() - start
-        model.decoding = cfg.decoding
-        metrics, res = score(model, (valid, test), ev, device, loo.num_items)
-        ctx.run.log_metrics(metrics)
         ctx.record_sha256(
             read={
                 "prepared": Path(data.prepared_dir) / "dataset.npz",
@@ -99,6 +107,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             },
             wrote={"rpg": cfg.checkpoint},
         )
-        # fit_seconds: wall time of training with its validations
-        record_fit(ctx, result, model, res, fit_seconds=fit_seconds)
+        # fit_seconds: wall time of training with its validations; best_valid/<metric>: the
+        # monitor's best on the validation subsample (eval_rpg scores every user)
+        record_training(
+            ctx,
+            result,
+            model,
+            fit_seconds=fit_seconds,
+            **{f"best_{cfg.train.monitor}": result.best_metric},
+        )
         return ctx.result()

@@ -29,11 +29,18 @@ MARK = "@"  # <study>-<profile>@<sha>: a profile's Optuna study on later default
 
 def effective_defaults(study: Study, params: dict[str, Any]) -> dict[str, Any]:
     """What every level of ``study`` overrides: the resolved ``params`` with the study's ``fixed``,
-    the sections its stages (run and reuse) read, without ``base.seed`` (a grid axis)."""
+    the sections its stages (run and reuse) read, without ``base.seed`` (a grid axis) and
+    without a key every level sets (its default reaches no trial: a change of the factor's own
+    default, ``rpg_input`` text -> both, leaves the trials current)."""
     pipeline = load_pipeline()
     read = {p.split(".")[0] for s in (*study.run, *study.reuse) for p in pipeline[s].params}
     flat = flatten(resolve_params(with_overrides(params, study.fixed)))
-    kept = {k: v for k, v in flat.items() if k.split(".")[0] in read and k != "base.seed"}
+    every = set.intersection(*(set(flatten(lv.overrides)) for lv in study.levels))
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if k.split(".")[0] in read and k != "base.seed" and k not in every
+    }
     return json.loads(json.dumps(kept, sort_keys=True))  # as the storage reads it back
 
 

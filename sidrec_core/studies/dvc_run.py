@@ -102,7 +102,7 @@ def extra_deps(
         )
 
     # a key belongs to the stage whose params name it most specifically (rpg.sid.* to
-    # build_rpg_sids, not to train_rpg, which reads all of rpg)
+    # build_rpg_sids, not to eval_rpg, which reads all of rpg)
     deepest = {
         key: max(depth(s, key) for s in pipeline.values())
         for key, value in flat.items()
