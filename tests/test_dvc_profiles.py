@@ -95,6 +95,17 @@ def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
     # back at the first run's params, eval_sidlm is restored from DVC's run-cache, not re-run
     assert "Stage 'eval_sidlm' is cached - skipping run" in again.stdout
     assert (repo / "metrics" / "eval_sidlm.json").read_bytes() == first
+    # RPG's decoding is eval_rpg's alone: the graph beam re-scores the trained model
+    graph = subprocess.run(
+        [str(dvc), "exp", "run", *args, "-S", "rpg.decoding.strategy=graph", "eval_rpg"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert graph.returncode == 0, graph.stdout[-2000:] + graph.stderr[-2000:]
+    assert "Running stage 'eval_rpg'" in graph.stdout
+    assert "Running stage 'train_rpg'" not in graph.stdout
     headline = json.loads((repo / "metrics" / "report.json").read_text())
     assert (headline["dataset"], headline["profile"]) == ("synthetic", "smoke")
     assert 0.0 <= headline["eval_sidlm/test/ndcg@10"] <= headline["eval_sidlm/test/hr@10"] <= 1.0
