@@ -54,8 +54,10 @@ def test_a_rerouted_tokenizer_input_becomes_a_dep_of_build_sids():
 
 def test_a_key_is_a_dep_only_of_the_stage_whose_params_name_it_most_specifically():
     """``rpg.sid.embeddings`` is build_rpg_sids' input (params ``rpg.sid``); eval_rpg reads
-    all of ``rpg`` but never the embeddings, so it gains no dep on them."""
-    assert level_deps("rpg_input", "text") == {}
+    all of ``rpg`` but never the embeddings, so it gains no dep on them. The default (both)
+    is the listed dep; the text level reads embed's out instead."""
+    assert level_deps("rpg_input", "both") == {}
+    assert level_deps("rpg_input", "text") == {"build_rpg_sids": ["data/embeddings.npy"]}
     assert level_deps("rpg_decoding", "graph") == {}
     assert level_deps("rpg_input", "collaborative") == {
         "build_rpg_sids": ["data/item_embeddings/collaborative.npy"]
@@ -86,6 +88,7 @@ def test_every_added_dep_is_a_tokenizer_or_sid_table_input():
             for paths in level_deps(study.name, level).values():
                 seen |= set(paths)
     assert seen == {
+        "data/embeddings.npy",  # rpg_input's text level (RPG's default reads both)
         "data/item_embeddings/collaborative.npy",
         "data/item_embeddings/both.npy",
         "data/sids",
