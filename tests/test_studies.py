@@ -24,7 +24,7 @@ from sidrec_core.config import ConfigError, load_params
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies.budget import TimeBudget
-from sidrec_core.studies.defaults import same_defaults
+from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
@@ -32,6 +32,7 @@ from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     STALE_NOTE,
     Cell,
+    broken_seeds,
     cell_text,
     compare_levels,
     is_pipeline_check,
@@ -252,6 +253,27 @@ def test_a_changed_default_runs_the_grid_again_beside_the_trials_on_the_earlier_
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     factor = run_study("exclude_seen", changed)
     assert factor["study"] == new and factor["up_to_date"]
+
+
+def test_an_input_the_levels_vary_by_design_neither_unpairs_them_nor_departs():
+    """rpg_input's levels read three embedding files: that is the factor, so the seeds stay
+    paired on it, while any other upstream input that differs still unpairs them; a section
+    that recorded the factor's earlier default does not list it as a departure."""
+    same = {"sha256/read/embeddings": "a", "sha256/read/prepared": "p"}
+    other = {"sha256/read/embeddings": "b", "sha256/read/prepared": "p"}
+    moved = {"sha256/read/embeddings": "b", "sha256/read/prepared": "q"}
+    varied = STUDIES["rpg_input"].varied_inputs
+    assert varied == ("embeddings",)
+    assert broken_seeds({"text": {0: same}, "both": {0: other}}, "text", "both") == {
+        0: ["embeddings"]
+    }
+    assert broken_seeds({"text": {0: same}, "both": {0: other}}, "text", "both", varied) == {}
+    pair = {"text": {0: same}, "both": {0: moved}}
+    assert broken_seeds(pair, "text", "both", varied) == {0: ["prepared"]}
+    section = optuna.create_study()
+    section.set_user_attr("defaults", {"rpg.sid.embeddings": "data/embeddings.npy"})
+    section.set_user_attr("profile_overrides", {})
+    assert "rpg.sid.embeddings" not in departures(STUDIES["rpg_input"], section)
 
 
 def test_a_stamped_study_from_before_the_record_is_continued_not_duplicated(tmp_path, monkeypatch):
@@ -577,9 +599,9 @@ def _slicing(
 
 def test_an_effect_with_fewer_than_two_paired_seeds_says_it_is_not_tested():
     study = STUDIES["rpg_input"]
-    one = Finding("test/ndcg@10", "valid/ndcg@10", "both", study.labels, 0.0271, seeds=0)
+    one = Finding("test/ndcg@10", "valid/ndcg@10", "collaborative", study.labels, 0.03, seeds=0)
     text = effect_text(study, one)
-    assert text == "`both` − default: not tested (a paired test needs 2 seeds)", text
+    assert text == "`collaborative` − default: not tested (a paired test needs 2 seeds)", text
     two = dataclasses.replace(one, seeds=2, diff=0.005, ci=0.002)
     assert "p undefined" in effect_text(study, two)
 

@@ -35,13 +35,18 @@ def effective_defaults(study: Study, params: dict[str, Any]) -> dict[str, Any]:
     pipeline = load_pipeline()
     read = {p.split(".")[0] for s in (*study.run, *study.reuse) for p in pipeline[s].params}
     flat = flatten(resolve_params(with_overrides(params, study.fixed)))
-    every = set.intersection(*(set(flatten(lv.overrides)) for lv in study.levels))
+    every = set_by_every_level(study)
     kept = {
         k: v
         for k, v in flat.items()
         if k.split(".")[0] in read and k != "base.seed" and k not in every
     }
     return json.loads(json.dumps(kept, sort_keys=True))  # as the storage reads it back
+
+
+def set_by_every_level(study: Study) -> set[str]:
+    """The keys every level of ``study`` overrides (the factor's own): no default reaches them."""
+    return set.intersection(*(set(flatten(lv.overrides)) for lv in study.levels))
 
 
 def digest(defaults: dict[str, Any]) -> str:
@@ -105,6 +110,7 @@ def departures(study: Study, ostudy: optuna.Study | None = None) -> dict[str, An
         held = recorded
         profile = {"base.profile", *(ostudy.user_attrs.get("profile_overrides") or {})}
         profile -= set(pinned)
+        profile |= set_by_every_level(study)  # recorded before such keys were left out
     off = {
         k: v
         for k, v in held.items()

@@ -205,11 +205,15 @@ class Comparison:
     broken: dict[int, list[str]] = dataclasses.field(default_factory=dict)
 
 
-def broken_seeds(records: Records, level: str, versus: str) -> dict[int, list[str]]:
-    """Seeds at which the two levels read different upstream inputs (not comparable)."""
+def broken_seeds(
+    records: Records, level: str, versus: str, varied: tuple[str, ...] = ()
+) -> dict[int, list[str]]:
+    """Seeds at which the two levels read different upstream inputs (not comparable), besides
+    the ``varied`` ones the study's levels differ in by design."""
     a, b = records.get(level, {}), records.get(versus, {})
     differ = {seed: pairing_break(a[seed], b[seed]) for seed in sorted(a.keys() & b.keys())}
-    return {seed: d for seed, d in differ.items() if d}
+    kept = {seed: [k for k in d if k not in varied] for seed, d in differ.items() if d}
+    return {seed: d for seed, d in kept.items() if d}
 
 
 def user_level_ci(
@@ -241,7 +245,7 @@ def compare_levels(
         measured = table[versus][study.objective].values or versus == study.default
         if not (table[lv][study.objective].values and measured):
             continue
-        broken = broken_seeds(records, lv, versus)
+        broken = broken_seeds(records, lv, versus, study.varied_inputs)
         for col in tested:
             keep = {s: v for s, v in table[lv][col].values.items() if s not in broken}
             control = {s: v for s, v in table[versus][col].values.items() if s not in broken}
