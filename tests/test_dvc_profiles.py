@@ -83,29 +83,26 @@ def test_smoke_profile_runs_through_dvc_exp_run(tmp_path):
         workspace["data"]
     )
     first = (repo / "metrics" / "eval_sidlm.json").read_bytes()
-    for extra in (["-S", "decoding.beam_width=3"], []):
-        again = subprocess.run(
-            [str(dvc), "exp", "run", *args, *extra, "eval_sidlm"],
+
+    def exp_run(*extra: str) -> str:
+        done = subprocess.run(
+            [str(dvc), "exp", "run", *args, *extra],
             cwd=repo,
             env=env,
             capture_output=True,
             text=True,
         )
-        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    for extra in (["-S", "decoding.beam_width=3"], []):
+        again = exp_run(*extra, "eval_sidlm")
     # back at the first run's params, eval_sidlm is restored from DVC's run-cache, not re-run
-    assert "Stage 'eval_sidlm' is cached - skipping run" in again.stdout
+    assert "Stage 'eval_sidlm' is cached - skipping run" in again
     assert (repo / "metrics" / "eval_sidlm.json").read_bytes() == first
     # RPG's decoding is eval_rpg's alone: the graph beam re-scores the trained model
-    graph = subprocess.run(
-        [str(dvc), "exp", "run", *args, "-S", "rpg.decoding.strategy=graph", "eval_rpg"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert graph.returncode == 0, graph.stdout[-2000:] + graph.stderr[-2000:]
-    assert "Running stage 'eval_rpg'" in graph.stdout
-    assert "Running stage 'train_rpg'" not in graph.stdout
+    graph = exp_run("-S", "rpg.decoding.strategy=graph", "eval_rpg")
+    assert "Running stage 'eval_rpg'" in graph and "Running stage 'train_rpg'" not in graph
     headline = json.loads((repo / "metrics" / "report.json").read_text())
     assert (headline["dataset"], headline["profile"]) == ("synthetic", "smoke")
     assert 0.0 <= headline["eval_sidlm/test/ndcg@10"] <= headline["eval_sidlm/test/hr@10"] <= 1.0

@@ -62,7 +62,7 @@ RESULTS_FILES: dict[str, str] = {
     "perf/grpo_perf.json": "`OMP_NUM_THREADS=1 python bench/perf/grpo_perf.py --steps 12`",
     "perf/sidlm_decoding.md": "`python bench/perf/sidlm_decoding.py --max-users 1000`, Beauty",
     "perf/rpg_decoding.json": "`OMP_NUM_THREADS=1 python bench/perf/rpg_decoding.py "
-    "--max-users 1000`, Beauty (the committed RPG default)",
+    "--max-users 1000 --sidlm-width 20`, Beauty (the committed RPG and SID LM defaults)",
     "perf/sasrec_valid_cost.json": "`python bench/perf/sasrec_valid_cost.py --checkpoint "
     "models/sasrec/model.pt`, Beauty (the committed SASRec default)",
     COST_TABLE: "`python bench/trial_costs.py` (median trial minutes per study, from the storage)",
