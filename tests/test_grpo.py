@@ -386,12 +386,16 @@ def test_rl_stage_tunes_saves_and_evaluates_like_eval_sidlm(syn_prepared, syn_ds
         },
     }
     run_train_sidlm(params)
+    before = json.loads(json.dumps(run_eval_sidlm(params)))
     res = run(params)
     saved = json.loads((tmp_path / "metrics" / "rl_sidlm.json").read_text())
     assert saved["test/ndcg@10"] == res["test/ndcg@10"] and saved["rl_steps"] == 2
     for name in ("rule", "ndcg_rule", "semantic", "cf"):
         assert f"rl/reward/{name}_last_epoch" in saved
     assert len(saved["epoch_valid/ndcg@10"]) == 1 and "start_valid/ndcg@10" in saved
+    # the start model scored on test as eval_sidlm scores it: the same figures, user by user
+    for key in ("test/ndcg@10", "test/hr@5", "test/ranks"):
+        assert saved[f"start/{key}"] == before[key], key
     assert saved["valid/ndcg@10"] == saved["best_valid/ndcg@10"] == saved["epoch_valid/ndcg@10"][0]
     moved = saved["epoch_valid/top10_changed"]
     assert len(moved) == 1 and saved["best_valid/top10_changed"] == moved[0]

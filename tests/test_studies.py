@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from smoke_studies import complete_points, opts, trials_of
 
 from bench.ablate import main as ablate_main
 from sidrec_core.config import ConfigError, load_params
+from sidrec_core.metrics import encode_ranks
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies.budget import TimeBudget
@@ -28,6 +30,7 @@ from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
+from sidrec_core.studies.reference import own_start_rows, user_ci
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     STALE_NOTE,
@@ -667,8 +670,8 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
     gets a paired comparison with it, over the seeds whose fingerprints agree."""
     dist = {"level": optuna.distributions.CategoricalDistribution(["a", "b"])}
 
-    def store(name: str, trials: dict[tuple[str, int], dict[str, float]]) -> str:
-        url = f"sqlite:///{tmp_path / name}.db"
+    def store(name: str, trials: dict[tuple[str, int], dict[str, float]], db: str = "") -> str:
+        url = f"sqlite:///{tmp_path / (db or name)}.db"
         ostudy = optuna.create_study(study_name=f"{name}-beauty", storage=url)
         ostudy.set_user_attr("dataset", "beauty")
         for (level, seed), attrs in trials.items():
@@ -707,12 +710,12 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
     )
     write_study_report(study, urls["rl"], tmp_path / "exp", urls.__getitem__)
     text = (tmp_path / "exp" / "rl" / "report.md").read_text()
-    assert "Against the start (study `base`, level `a`)" in text
+    assert "else study `base`, level `a`)" in text and "by the trials themselves: none" in text
     # seeds 0 and 1 pair: b - start = .0010, .0012 -> mean .0011; a - start = 0 at both
     # t = 0.0011 / (0.000141 / sqrt 2) = 11 on 1 dof: p 0.058, the only defined test
     assert (
-        "| b | test/ndcg@10 | 0.02905 | 0.03015 | +0.00110 ± 0.00127 | +3.8% ± 4.4% | 0.058 | no |"
-        in text
+        "| b | test/ndcg@10 | 0.02905 | 0.03015 | +0.00110 ± 0.00127 | not recorded | +3.8% ± 4.4% "
+        "| 0.058 | no |" in text
     )
     assert "| a | test/ndcg@10 | 0.02905 | 0.02905 | +0.00000 ± 0.00000 |" in text
     assert "Seeds [2]: the fingerprints differ" in text
@@ -721,10 +724,24 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
         **{**study.__dict__, "reference": Reference("gone", "a", "the start", ("x", "y"))}
     )
     write_study_report(alone, urls["rl"], tmp_path / "exp", lambda n: urls.get(n, urls["rl"]))
-    assert (
-        "no complete trial there in profile `beauty` yet"
-        in (tmp_path / "exp" / "rl" / "report.md").read_text()
-    )
+    assert "no trial scored it yet" in (tmp_path / "exp" / "rl" / "report.md").read_text()
+    # seed 2's start, scored by level a's own trial (b's trial shares it: the same start_valid),
+    # with per-user ranks on both sides: that seed pairs too, and the seed x user CI is drawn
+    ranks = np.array([0.0, 3.0, 20.0, 1.0])
+    rows[("a", 2)] |= {"start/test/ndcg@10": 0.0292, "start/test/ranks": encode_ranks(ranks, 20)}
+    for lv in ("a", "b"):
+        rows[(lv, 2)]["test/ranks"] = encode_ranks(ranks if lv == "a" else ranks * 0, 20)
+    urls["rl"] = store("rl", rows, db="rl2")
+    write_study_report(study, urls["rl"], tmp_path / "exp", urls.__getitem__)
+    text = (tmp_path / "exp" / "rl" / "report.md").read_text()
+    assert "Seeds [2]" not in text and "by the trials themselves: [2])" in text
+    # b - start: .0010, .0012, .0014 over seeds 0-2; seeds 0 and 1 stored no ranks
+    assert "| b | test/ndcg@10 | 0.02910 | 0.03030 | +0.00120 ± 0.00050 | not recorded |" in text
+    own = own_start_rows(study, {"a": {2: rows[("a", 2)]}, "b": {2: rows[("b", 2)]}})
+    assert own[2]["valid/ndcg@10"] == 0.999 and own[2]["test/ndcg@10"] == 0.0292
+    b = {2: rows[("b", 2)]}
+    lo, hi = user_ci(b, own, "test/ndcg@10", [2])
+    assert 0 < lo <= hi  # b ranks every target first: above its start for every resample
 
 
 def test_a_contrast_is_tested_with_the_default_comparisons_and_corrected_with_them():

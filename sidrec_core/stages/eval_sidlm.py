@@ -78,21 +78,33 @@ class Scores:
         }
 
 
-def score(model: SIDLM, loo: LeaveOneOut, data: DataConfig, ev: EvalConfig, device: Any) -> Scores:
-    """Evaluate ``model`` (its ``decoding`` already set) as ``eval_sidlm`` does."""
+def reportable(model: SIDLM, ev: EvalConfig) -> EvalConfig:
+    """``ev`` with the cut-offs ``model``'s candidate lists can fill."""
     ks = reportable_ks(ev.ks, model.num_candidates())
     if ks != tuple(ev.ks):
         log.info("%d candidates per user: reporting @%s only", model.num_candidates(), ks)
-    ev = dataclasses.replace(ev, ks=ks)
+    return dataclasses.replace(ev, ks=ks)
+
+
+def score_test(
+    model: SIDLM, loo: LeaveOneOut, data: DataConfig, ev: EvalConfig, device: Any
+) -> tuple[EvalResult, Split]:
+    """The test pass of :func:`score` alone: every test user, the same decoding."""
+    ev = reportable(model, ev)
+    test = loo.split("test", data.max_history)
+    res = evaluate(model, test, ev, device, num_items=loo.num_items, bootstrap=ev.bootstrap > 0)
+    return res, test
+
+
+def score(model: SIDLM, loo: LeaveOneOut, data: DataConfig, ev: EvalConfig, device: Any) -> Scores:
+    """Evaluate ``model`` (its ``decoding`` already set) as ``eval_sidlm`` does."""
+    ev = reportable(model, ev)
     valid = loo.split("valid", data.max_history)
     users = subsample_rows(len(valid), ev.max_valid_users)
     res_valid = evaluate(
         model, valid, ev, device, num_items=loo.num_items, bootstrap=False, users=users
     )
-    test = loo.split("test", data.max_history)
-    res_test = evaluate(
-        model, test, ev, device, num_items=loo.num_items, bootstrap=ev.bootstrap > 0
-    )
+    res_test, test = score_test(model, loo, data, ev, device)
     n_valid = len(users) if users is not None else len(valid)
     return Scores(res_valid, res_test, test, n_valid, model.num_candidates())
 

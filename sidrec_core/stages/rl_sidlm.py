@@ -9,7 +9,9 @@ validation subsample, test users and decoding as ``eval_sidlm``, so ``metrics/rl
 KL, group HR@1) go to MLflow and ``metrics/rl_sidlm_curves.json``. How far GRPO moved the model
 is measured on the validation users against the start model's top 10 after every epoch
 (``valid/top10_changed``, ``valid/top10_kept``): an RL run whose lists did not move cannot rank
-reward mixes, whatever its NDCG.
+reward mixes, whatever its NDCG. The start model is scored on every test user before GRPO
+(``start/test/*`` and its per-user ``start/test/ranks``), so a study pairs each GRPO run with the
+exact model it started from, test user by test user, without another study's trial.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from sidrec_core.data.dataset import DataConfig
 from sidrec_core.data.embeddings import EmbedConfig
 from sidrec_core.data.split import LeaveOneOut, subsample_rows
-from sidrec_core.evaluate import EvalConfig, evaluate
+from sidrec_core.evaluate import EvalConfig, EvalResult, evaluate
 from sidrec_core.io import reading, save_dir_atomic, write_json
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sasrec import SASRecConfig, load_sasrec
@@ -34,7 +36,7 @@ from sidrec_core.rl.grpo import RewardInputs, RLConfig, train_grpo
 from sidrec_core.rl.rewards import CFScorer
 from sidrec_core.rl.rollout import rl_rows
 from sidrec_core.stages.context import stage_context
-from sidrec_core.stages.eval_sidlm import score
+from sidrec_core.stages.eval_sidlm import score, score_test
 
 log = logging.getLogger(__name__)
 STAGE = "rl_sidlm"
@@ -72,6 +74,13 @@ def top_k_moved(start: np.ndarray, now: np.ndarray, k: int = 10) -> dict[str, fl
     size = (a > 0).sum(1)
     share = np.divide(kept, size, out=np.ones(len(a)), where=size > 0)
     return {"valid/top10_changed": float(changed.mean()), "valid/top10_kept": float(share.mean())}
+
+
+def start_figures(res: EvalResult) -> dict[str, Any]:
+    """The start model's test metrics as ``start/test/<metric>@k`` and its per-user ranks as
+    ``start/test/ranks`` (what the seed x user CI reads)."""
+    out: dict[str, Any] = {f"start/{k}": v for k, v in res.metrics.items() if "@" in k}
+    return out | {"start/test/ranks": res.ranks_record()}
 
 
 def _summary(history: list[dict[str, float]]) -> dict[str, float]:
@@ -138,6 +147,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             rng = np.random.default_rng([seed, epoch])
             return rl_rows(loo.train_sequences, data.max_history, rng, rl.max_users_per_epoch)
 
+        start = start_figures(score_test(model, loo, data, ev, device)[0])
         ctx.run.set_tags({"sampler": rl.sampler, "rewards": "+".join(rl.weights.active())})
         result = train_grpo(model, rows, rl, inputs, validate, seed=seed, run=ctx.run)
         save_dir_atomic(model, rl.output_dir)
@@ -152,6 +162,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             rl_train_seconds=result.seconds,
             rl_users_per_second=result.users / max(result.seconds, 1e-9),
             **{f"start_{monitor}": result.start_metric, f"best_{monitor}": result.best_metric},
+            **start,
             **{
                 f"epoch_{key}": [r[key] for r in result.history if "epoch" in r]
                 for key in (monitor, "valid/top10_changed", "valid/top10_kept")

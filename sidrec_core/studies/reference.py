@@ -1,7 +1,9 @@
 """A study whose stages start from a trained model (GRPO from the SID LM) compares each level,
-per seed, with the level of another study that evaluated exactly that model (its
-:class:`~sidrec_core.studies.study.Reference`), read from that study's storage. A seed pairs only
-when the fingerprint figures (``Reference.match``) agree exactly."""
+per seed, with that model's own figures: the ``start/test/*`` a trial recorded before training
+(the same run's model and test users, ranks included), else the level of another study that
+evaluated exactly that model (its :class:`~sidrec_core.studies.study.Reference`), read from that
+study's storage. A seed pairs only when the fingerprint figures (``Reference.match``) agree
+exactly; a trial of any level may supply its seed's start (the levels share it)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ from optuna.trial import TrialState
 from sidrec_core.metrics import TEST_KEYS
 from sidrec_core.studies import markdown as md
 from sidrec_core.studies.defaults import current_labels, profile_of
-from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
+from sidrec_core.studies.fingerprints import RANKS, per_user
+from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test, seed_user_ci
 from sidrec_core.studies.storage import sections
 from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
 
 if TYPE_CHECKING:
-    from sidrec_core.studies.report import Cell
+    from sidrec_core.studies.report import Cell, Records
+
+START = "start/"  # prefix of the start model's figures a trial recorded itself
 
 
 def reference_rows(
@@ -45,7 +50,22 @@ def reference_rows(
     rows: dict[int, dict[str, float]] = {}
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if trial_level(t) == ref.level and not (defined and is_stale(defined, t)):
-            rows[trial_seed(t)] = scalar_attrs(t.user_attrs)  # holds every stage figure
+            ranks = (t.user_attrs.get("metrics") or {}).get(RANKS)
+            rows[trial_seed(t)] = scalar_attrs(t.user_attrs) | {RANKS: ranks}
+    return rows
+
+
+def own_start_rows(study: Study, records: Records) -> dict[int, dict[str, float]]:
+    """{seed: the start model's figures} from this section's trials that scored their start
+    (``start/test/*``), keyed as the reference's: ``match[1]`` holds the trial's ``match[0]``."""
+    assert study.reference is not None
+    own, theirs = study.reference.match
+    rows: dict[int, dict[str, float]] = {}
+    for by_seed in records.values():
+        for seed, m in by_seed.items():
+            if START + TEST_KEYS[0] in m and own in m:
+                start = {k[len(START) :]: v for k, v in m.items() if k.startswith(START)}
+                rows.setdefault(seed, start | {theirs: m[own]})
     return rows
 
 
@@ -61,17 +81,39 @@ def paired_seeds(
     return same, [s for s in both if s not in same]
 
 
+def user_ci(
+    level: dict[int, dict], rows: dict[int, dict], metric: str, seeds: list[int]
+) -> tuple[float, float] | None:
+    """Seed x test-user bootstrap CI of level - start, where every seed stored both ranks."""
+    diffs = {}
+    for seed in seeds:
+        a, b = per_user(level.get(seed, {}), metric), per_user(rows[seed], metric)
+        if a is None or b is None or a.shape != b.shape:
+            return None
+        diffs[seed] = a - b
+    return seed_user_ci(diffs)[1:] if diffs else None
+
+
 def reference_lines(
-    study: Study, profile: str, table: dict[str, dict[str, Cell]], storage_for: Callable[[str], str]
+    study: Study,
+    profile: str,
+    table: dict[str, dict[str, Cell]],
+    storage_for: Callable[[str], str],
+    records: Records | None = None,
 ) -> list[str]:
     """The report's "against the starting model" table for one real-data profile section."""
     ref = study.reference
     if ref is None:
         return []
-    rows = reference_rows(study, profile, storage_for)
-    head = f"Against {ref.label} (study `{ref.study}`, level `{ref.level}`)"
+    records = records or {}
+    own = own_start_rows(study, records)
+    rows = reference_rows(study, profile, storage_for) | own
+    head = (
+        f"Against {ref.label} (scored by the trial itself before training, `{START}test/*`; "
+        f"else study `{ref.study}`, level `{ref.level}`)"
+    )
     if not rows:
-        return ["", f"{head}: no complete trial there in profile `{profile}` yet."]
+        return ["", f"{head}: no trial scored it yet in profile `{profile}`."]
     tests, unpaired = [], set()
     for lv in study.labels:
         seeds, differ = paired_seeds(study, table[lv], rows)
@@ -82,29 +124,34 @@ def reference_lines(
             a = {s: v for s, v in table[lv][metric].values.items() if s in seeds}
             b = {s: rows[s][metric] for s in seeds if metric in rows[s]}
             if a and b:
-                tests.append((lv, metric, a, b, *paired_test(a, b)))
-    adjusted = holm([t[5] for t in tests])
+                su = user_ci(records.get(lv, {}), rows, metric, sorted(a.keys() & b.keys()))
+                tests.append((lv, metric, a, b, su, *paired_test(a, b)))
+    adjusted = holm([t[6] for t in tests])
+    mine = sorted(s for s in own if any(s in t[3] for t in tests))
     lines = [
         "",
         f"{head}: the same trained model, users and decoding, paired over the seeds whose "
-        f"`{ref.match[0]}` equals the reference's `{ref.match[1]}`; p Holm-corrected over the "
+        f"`{ref.match[0]}` equals the reference's `{ref.match[1]}` (seeds scored by the trials "
+        f"themselves: {mine or 'none'}); p Holm-corrected over the "
         f"{sum(p is not None for p in adjusted)} tests of this table (significant at adjusted "
-        f"p < {md.ALPHA}); relative = mean diff / the reference's mean.",
+        f"p < {md.ALPHA}); relative = mean diff / the reference's mean; the seed × user CI "
+        "also resamples the test users (`not recorded` where a side stored no per-user ranks).",
         "",
         *md.table(
-            ["level", "metric", "reference", "level", "mean diff (95% CI)", "relative"]
-            + ["Holm p", "significant"]
+            ["level", "metric", "reference", "level", "mean diff (95% CI, seeds)"]
+            + ["seed × user 95% CI", "relative", "Holm p", "significant"]
         ),
     ]
     largest = None  # the level with the largest change on the first test metric
-    for (lv, metric, a, b, diff, _), adj in zip(tests, adjusted, strict=True):
+    for (lv, metric, a, b, su, diff, _), adj in zip(tests, adjusted, strict=True):
         base, mean = mean_ci(list(b.values()))[0], mean_ci(list(a.values()))[0]
         hw = diff_ci(a, b)
         ci = "" if math.isnan(hw) else f" ± {hw:.5f}"
         rel = f"{100 * diff / base:+.1f}% ± {100 * hw / base:.1f}%" if base and ci else "n/a"
         adj_text = "undefined" if adj is None else f"{adj:.3f}"
-        cells = [lv, metric, f"{base:.5f}", f"{mean:.5f}", f"{diff:+.5f}{ci}", rel, adj_text]
-        lines.append(md.row([*cells, md.significant(adj)]))
+        su_text = "not recorded" if su is None else f"[{su[0]:+.5f}, {su[1]:+.5f}]"
+        cells = [lv, metric, f"{base:.5f}", f"{mean:.5f}", f"{diff:+.5f}{ci}", su_text, rel]
+        lines.append(md.row([*cells, adj_text, md.significant(adj)]))
         if metric == TEST_KEYS[0] and (largest is None or diff > largest[0]):
             ci = "" if math.isnan(hw) else f" ± {100 * hw / base:.1f}%"
             verdict = "significant" if md.significant(adj) == "yes" else "not significant"

@@ -419,7 +419,7 @@ def profile_section(
         lines += significance_lines(study, cols, table, trial_records(study, trials))
         lines += claim_lines(study, table) + note_lines(study, cols, table)
         where = storage_for or (lambda name: study_journal(out.parent, name))
-        lines += reference_lines(study, profile, table, where)
+        lines += reference_lines(study, profile, table, where, trial_records(study, trials))
     lines += failure_lines(study, trials) + provenance_lines(ostudy.study_name, trials, out.parent)
     if any(table[lv][cols[0]].values for lv in study.labels):
         png = plot_levels(study, profile, cols, table, out / f"{profile}.png")
