@@ -706,7 +706,9 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
         run=("rl_sidlm",),
         reuse=("prepare", "embed", "build_sids", "train_sidlm", "train_sasrec"),
         secondary=("test/ndcg@10", "start_valid/ndcg@10"),
-        reference=Reference("base", "a", "the start", ("start_valid/ndcg@10", "valid/ndcg@10")),
+        reference=Reference(
+            "base", "a", "the start", ("start_valid/ndcg@10", "valid/ndcg@10"), 0.03, "a test"
+        ),
     )
     write_study_report(study, urls["rl"], tmp_path / "exp", urls.__getitem__)
     text = (tmp_path / "exp" / "rl" / "report.md").read_text()
@@ -737,6 +739,8 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
     assert "Seeds [2]" not in text and "by the trials themselves: [2])" in text
     # b - start: .0010, .0012, .0014 over seeds 0-2; seeds 0 and 1 stored no ranks
     assert "| b | test/ndcg@10 | 0.02910 | 0.03030 | +0.00120 ± 0.00050 | not recorded |" in text
+    # 3% of .02910 = .00087, inside [.00070, .00170]
+    assert "the goal, 3% of the start (a test, +0.00087), lies inside the CI: neither" in text
     own = own_start_rows(study, {"a": {2: rows[("a", 2)]}, "b": {2: rows[("b", 2)]}})
     assert own[2]["valid/ndcg@10"] == 0.999 and own[2]["test/ndcg@10"] == 0.0292
     b = {2: rows[("b", 2)]}

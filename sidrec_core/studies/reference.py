@@ -19,7 +19,7 @@ from sidrec_core.studies.defaults import current_labels, profile_of
 from sidrec_core.studies.fingerprints import RANKS, per_user
 from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test, seed_user_ci
 from sidrec_core.studies.storage import sections
-from sidrec_core.studies.study import Study, is_stale, trial_level, trial_seed
+from sidrec_core.studies.study import Reference, Study, is_stale, trial_level, trial_seed
 
 if TYPE_CHECKING:
     from sidrec_core.studies.report import Cell, Records
@@ -94,6 +94,20 @@ def user_ci(
     return seed_user_ci(diffs)[1:] if diffs else None
 
 
+def goal_text(ref: Reference, base: float, diff: float, half_width: float) -> str:
+    """Where the reference's goal (a relative gain) lies against the change's CI over seeds."""
+    if ref.goal is None or math.isnan(half_width) or not base:
+        return ""
+    want = ref.goal * base
+    if want > diff + half_width:
+        where = "above the CI: excluded at this scale"
+    elif want < diff - half_width:
+        where = "below the CI: reached"
+    else:
+        where = "inside the CI: neither reached nor excluded"
+    return f"; the goal, {ref.goal:.0%} of the start ({ref.goal_source}, +{want:.5f}), lies {where}"
+
+
 def reference_lines(
     study: Study,
     profile: str,
@@ -156,8 +170,8 @@ def reference_lines(
             ci = "" if math.isnan(hw) else f" ± {100 * hw / base:.1f}%"
             verdict = "significant" if md.significant(adj) == "yes" else "not significant"
             change = f"`{lv}`, {100 * diff / base:+.1f}%{ci} (95% CI over {len(a)} paired seeds"
-            text = f"Largest {metric} change from {ref.label}: {change}; {verdict} after Holm)."
-            largest = diff, text
+            text = f"Largest {metric} change from {ref.label}: {change}; {verdict} after Holm)"
+            largest = diff, text + goal_text(ref, base, diff, hw) + "."
     lines += ["", largest[1]] if largest else []
     if unpaired:
         lines += [

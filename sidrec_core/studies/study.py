@@ -56,6 +56,8 @@ class Reference:
     level: str
     label: str  # what the reference is, for the report
     match: tuple[str, str]
+    goal: float | None = None  # a relative gain over the reference the report places in the CI
+    goal_source: str = ""  # who set the goal
 
 
 @dataclasses.dataclass(frozen=True)
