@@ -741,8 +741,11 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
     assert "| b | test/ndcg@10 | 0.02910 | 0.03030 | +0.00120 ± 0.00050 | not recorded |" in text
     # 3% of .02910 = .00087, inside [.00070, .00170]
     assert "the goal, 3% of the start (a test, +0.00087), lies inside the CI: neither" in text
-    own = own_start_rows(study, {"a": {2: rows[("a", 2)]}, "b": {2: rows[("b", 2)]}})
+    records = {"a": {2: rows[("a", 2)]}, "b": {2: rows[("b", 2)]}}
+    own = own_start_rows(study, records, "b")  # b's own trial scored none: a's stands in
     assert own[2]["valid/ndcg@10"] == 0.999 and own[2]["test/ndcg@10"] == 0.0292
+    records["b"][2] = {**records["b"][2], "start/test/ndcg@10": 0.0300}
+    assert own_start_rows(study, records, "b")[2]["test/ndcg@10"] == 0.0300  # its own first
     b = {2: rows[("b", 2)]}
     lo, hi = user_ci(b, own, "test/ndcg@10", [2])
     assert 0 < lo <= hi  # b ranks every target first: above its start for every resample

@@ -55,14 +55,15 @@ def reference_rows(
     return rows
 
 
-def own_start_rows(study: Study, records: Records) -> dict[int, dict[str, float]]:
+def own_start_rows(study: Study, records: Records, level: str) -> dict[int, dict[str, float]]:
     """{seed: the start model's figures} from this section's trials that scored their start
-    (``start/test/*``), keyed as the reference's: ``match[1]`` holds the trial's ``match[0]``."""
+    (``start/test/*``), keyed as the reference's (``match[1]`` holds the trial's ``match[0]``):
+    ``level``'s own trial first, else another level's at that seed (the levels share a start)."""
     assert study.reference is not None
     own, theirs = study.reference.match
     rows: dict[int, dict[str, float]] = {}
-    for by_seed in records.values():
-        for seed, m in by_seed.items():
+    for lv in [level, *(other for other in records if other != level)]:
+        for seed, m in records.get(lv, {}).items():
             if START + TEST_KEYS[0] in m and own in m:
                 start = {k[len(START) :]: v for k, v in m.items() if k.startswith(START)}
                 rows.setdefault(seed, start | {theirs: m[own]})
@@ -120,16 +121,17 @@ def reference_lines(
     if ref is None:
         return []
     records = records or {}
-    own = own_start_rows(study, records)
-    rows = reference_rows(study, profile, storage_for) | own
+    theirs = reference_rows(study, profile, storage_for)
+    own = {lv: own_start_rows(study, records, lv) for lv in study.labels}
     head = (
         f"Against {ref.label} (scored by the trial itself before training, `{START}test/*`; "
         f"else study `{ref.study}`, level `{ref.level}`)"
     )
-    if not rows:
+    if not theirs and not any(own.values()):
         return ["", f"{head}: no trial scored it yet in profile `{profile}`."]
-    tests, unpaired = [], set()
+    tests, unpaired, mine = [], set(), set()
     for lv in study.labels:
+        rows = theirs | own[lv]
         seeds, differ = paired_seeds(study, table[lv], rows)
         unpaired |= set(differ)
         for metric in TEST_KEYS:
@@ -140,13 +142,13 @@ def reference_lines(
             if a and b:
                 su = user_ci(records.get(lv, {}), rows, metric, sorted(a.keys() & b.keys()))
                 tests.append((lv, metric, a, b, su, *paired_test(a, b)))
+                mine |= set(b) & set(own[lv])
     adjusted = holm([t[6] for t in tests])
-    mine = sorted(s for s in own if any(s in t[3] for t in tests))
     lines = [
         "",
         f"{head}: the same trained model, users and decoding, paired over the seeds whose "
         f"`{ref.match[0]}` equals the reference's `{ref.match[1]}` (seeds scored by the trials "
-        f"themselves: {mine or 'none'}); p Holm-corrected over the "
+        f"themselves: {sorted(mine) or 'none'}); p Holm-corrected over the "
         f"{sum(p is not None for p in adjusted)} tests of this table (significant at adjusted "
         f"p < {md.ALPHA}); relative = mean diff / the reference's mean; the seed × user CI "
         "also resamples the test users (`not recorded` where a side stored no per-user ranks).",
