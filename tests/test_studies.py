@@ -30,7 +30,7 @@ from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
-from sidrec_core.studies.reference import own_start_rows, user_ci
+from sidrec_core.studies.reference import goal_text, own_start_rows, user_ci
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     STALE_NOTE,
@@ -740,7 +740,18 @@ def test_levels_compared_with_the_model_they_start_from(tmp_path):
     # b - start: .0010, .0012, .0014 over seeds 0-2; seeds 0 and 1 stored no ranks
     assert "| b | test/ndcg@10 | 0.02910 | 0.03030 | +0.00120 ± 0.00050 | not recorded |" in text
     # 3% of .02910 = .00087, inside [.00070, .00170]
-    assert "the goal, 3% of the start (a test, +0.00087), lies inside the CI: neither" in text
+    assert (
+        "the goal, 3% of the start (a test, +0.00087), lies inside the CI over seeds: neither "
+        "reached nor excluded" in text
+    )
+    ref = study.reference
+    assert "above the CI over seeds, above the seed × user CI: excluded" in goal_text(
+        ref, 0.03, 0.0001, 0.0002, (-0.0001, 0.0002)
+    )
+    assert "inside the CI over seeds, above the seed × user CI: neither" in goal_text(
+        ref, 0.03, 0.0001, 0.0009, (-0.0001, 0.0002)
+    )
+    assert "below the CI over seeds: reached" in goal_text(ref, 0.03, 0.003, 0.001, None)
     records = {"a": {2: rows[("a", 2)]}, "b": {2: rows[("b", 2)]}}
     own = own_start_rows(study, records, "b")  # b's own trial scored none: a's stands in
     assert own[2]["valid/ndcg@10"] == 0.999 and own[2]["test/ndcg@10"] == 0.0292

@@ -95,18 +95,31 @@ def user_ci(
     return seed_user_ci(diffs)[1:] if diffs else None
 
 
-def goal_text(ref: Reference, base: float, diff: float, half_width: float) -> str:
-    """Where the reference's goal (a relative gain) lies against the change's CI over seeds."""
+def goal_text(
+    ref: Reference, base: float, diff: float, half_width: float, su: tuple[float, float] | None
+) -> str:
+    """Where the reference's goal (a relative gain) lies against the change's CI over seeds and,
+    where recorded, its seed x test-user CI."""
     if ref.goal is None or math.isnan(half_width) or not base:
         return ""
     want = ref.goal * base
-    if want > diff + half_width:
-        where = "above the CI: excluded at this scale"
-    elif want < diff - half_width:
-        where = "below the CI: reached"
-    else:
-        where = "inside the CI: neither reached nor excluded"
-    return f"; the goal, {ref.goal:.0%} of the start ({ref.goal_source}, +{want:.5f}), lies {where}"
+
+    def where(lo: float, hi: float) -> str:
+        return "above" if want > hi else "below" if want < lo else "inside"
+
+    seeds = where(diff - half_width, diff + half_width)
+    users = "" if su is None else f", {where(*su)} the seed × user CI"
+    verdict = (
+        "excluded at this scale"
+        if seeds == "above" and users in ("", ", above the seed × user CI")
+        else "reached"
+        if seeds == "below" and users in ("", ", below the seed × user CI")
+        else "neither reached nor excluded"
+    )
+    return (
+        f"; the goal, {ref.goal:.0%} of the start ({ref.goal_source}, +{want:.5f}), lies "
+        f"{seeds} the CI over seeds{users}: {verdict}"
+    )
 
 
 def reference_lines(
@@ -173,7 +186,7 @@ def reference_lines(
             verdict = "significant" if md.significant(adj) == "yes" else "not significant"
             change = f"`{lv}`, {100 * diff / base:+.1f}%{ci} (95% CI over {len(a)} paired seeds"
             text = f"Largest {metric} change from {ref.label}: {change}; {verdict} after Holm)"
-            largest = diff, text + goal_text(ref, base, diff, hw) + "."
+            largest = diff, text + goal_text(ref, base, diff, hw, su) + "."
     lines += ["", largest[1]] if largest else []
     if unpaired:
         lines += [
