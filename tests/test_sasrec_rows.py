@@ -168,7 +168,7 @@ def test_on_beauty_prefix_b751_takes_the_steps_and_targets_a_step_of_sequence_ro
     assert matched.lengths.sum() / seq.lengths.sum() == pytest.approx(8.59, abs=0.01)
 
 
-def test_committed_sasrec_rows_trials_still_count_and_new_levels_have_none():
+def test_committed_sasrec_rows_trials_still_count_after_the_levels_were_added():
     study = STUDIES["sasrec_rows"]
     journal = Path(__file__).resolve().parents[1] / "experiments" / "sasrec_rows" / "optuna.jsonl"
     ostudy = optuna.load_study(study_name="sasrec_rows-beauty", storage=read_storage(str(journal)))
@@ -176,7 +176,6 @@ def test_committed_sasrec_rows_trials_still_count_and_new_levels_have_none():
     assert not [t.number for t in trials if is_stale(study, t)]
     _, table = summarize_trials(study, trials)
     seeds = {lv: sorted(table[lv]["valid/ndcg@10"].values) for lv in study.labels}
-    assert seeds == {
-        **{lv: [0, 1, 2] for lv in ("sequence", "order", "prefix", "recbole")},
-        **{lv: [] for lv in ("sequence-b512", "prefix-b128", "prefix-b751")},
-    }
+    # the four levels measured before the batch-size levels were added keep every seed
+    assert all(seeds[lv] == [0, 1, 2] for lv in ("sequence", "order", "prefix", "recbole"))
+    assert all(set(v) <= {0, 1, 2} for v in seeds.values())
