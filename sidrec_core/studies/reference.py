@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from sidrec_core.metrics import TEST_KEYS
 from sidrec_core.studies import markdown as md
 from sidrec_core.studies.defaults import current_labels, profile_of
-from sidrec_core.studies.fingerprints import RANKS, per_user
-from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test, seed_user_ci
+from sidrec_core.studies.fingerprints import RANKS
+from sidrec_core.studies.stats import diff_ci, holm, mean_ci, paired_test
 from sidrec_core.studies.storage import sections
 from sidrec_core.studies.study import Reference, Study, is_stale, trial_level, trial_seed
 
@@ -86,13 +86,9 @@ def user_ci(
     level: dict[int, dict], rows: dict[int, dict], metric: str, seeds: list[int]
 ) -> tuple[float, float] | None:
     """Seed x test-user bootstrap CI of level - start, where every seed stored both ranks."""
-    diffs = {}
-    for seed in seeds:
-        a, b = per_user(level.get(seed, {}), metric), per_user(rows[seed], metric)
-        if a is None or b is None or a.shape != b.shape:
-            return None
-        diffs[seed] = a - b
-    return seed_user_ci(diffs)[1:] if diffs else None
+    from sidrec_core.studies.report import user_level_ci
+
+    return user_level_ci({"level": level, "start": rows}, "level", "start", metric, seeds)
 
 
 def goal_text(
@@ -108,13 +104,10 @@ def goal_text(
         return "above" if want > hi else "below" if want < lo else "inside"
 
     seeds = where(diff - half_width, diff + half_width)
+    places = {seeds} | ({where(*su)} if su else set())
     users = "" if su is None else f", {where(*su)} the seed × user CI"
-    verdict = (
-        "excluded at this scale"
-        if seeds == "above" and users in ("", ", above the seed × user CI")
-        else "reached"
-        if seeds == "below" and users in ("", ", below the seed × user CI")
-        else "neither reached nor excluded"
+    verdict = {"above": "excluded at this scale", "below": "reached"}.get(
+        places.pop() if len(places) == 1 else "", "neither reached nor excluded"
     )
     return (
         f"; the goal, {ref.goal:.0%} of the start ({ref.goal_source}, +{want:.5f}), lies "
