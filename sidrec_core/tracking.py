@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -70,6 +72,29 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+@functools.cache
+def open_store(uri: str) -> None:
+    """Create the MLflow store's tables once per process. On SQLite the first opening runs
+    MLflow's migrations, and two processes migrating one new file at once fail ("table ...
+    already exists"), so openings of a SQLite store queue on an exclusive lock on
+    ``<store>.lock`` beside it. A store that cannot be opened is a ``ConfigError`` naming it."""
+    import sqlalchemy.exc
+    from mlflow.tracking import MlflowClient
+
+    from sidrec_core.config import ConfigError
+
+    lock = contextlib.nullcontext()
+    if uri.startswith("sqlite:///"):
+        lock = open(uri.removeprefix("sqlite:///") + ".lock", "a")  # noqa: SIM115
+    with lock as fh:
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise ConfigError(f"MLflow store {uri}: {exc.orig}") from exc
+
+
 PARENT_ENV = "SIDREC_PARENT_RUN_ID"  # the run a process's first run nests under
 
 
@@ -79,6 +104,7 @@ def mark_stale_runs() -> list[str]:
     Returns their ids."""
     from mlflow.tracking import MlflowClient
 
+    open_store(tracking_uri())
     client = MlflowClient(tracking_uri())
     stale = []
     for exp in client.search_experiments():
@@ -397,6 +423,7 @@ def sync_runs(
     if len(set(keys)) != len(keys):
         raise ValueError(f"run keys repeat under {parent.key}: {sorted(keys)}")
     uri = uri or tracking_uri()
+    open_store(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     exp_id = (

@@ -152,3 +152,34 @@ def test_benchmark_provenance_names_the_command_commit_and_whether_cores_were_id
     assert json.loads(json.dumps(made)) == made  # goes into the JSON as it is
     monkeypatch.setattr(os, "getloadavg", lambda: (1.04, 0.9, 0.5))  # another job on a core
     assert perf.provenance(threads=1)["idle"] is False
+
+
+def test_a_new_sqlite_store_is_created_by_one_process_at_a_time(tmp_path):
+    """Two launches creating one new store at once raced on MLflow's migrations ("table ...
+    already exists"); the second opening waits for the lock the first holds."""
+    import fcntl
+    import threading
+
+    from sidrec_core.tracking import open_store
+
+    open_store(f"sqlite:///{tmp_path / 'warm.db'}")  # imports done: the wait below is the lock's
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    with open(f"{db}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process creating the store
+        opener = threading.Thread(target=open_store, args=(uri,))
+        opener.start()
+        opener.join(timeout=2.0)
+        assert opener.is_alive() and not db.exists()  # queued, not migrating beside it
+    opener.join(timeout=60)
+    assert not opener.is_alive() and db.stat().st_size > 0
+
+
+def test_a_store_that_cannot_be_opened_is_named_in_one_line(tmp_path):
+    from sidrec_core.config import ConfigError
+    from sidrec_core.tracking import open_store
+
+    (tmp_path / "store").mkdir()  # a folder where the SQLite file should be
+    uri = f"sqlite:///{tmp_path / 'store'}"
+    with pytest.raises(ConfigError, match=f"MLflow store {uri}: "):
+        open_store(uri)
