@@ -827,6 +827,17 @@ def test_eta_counts_only_trials_that_ran_here():
     assert progress(ostudy, study, [0, 1]) == "trial 3/8, ETA 60 min (median 600 s a trial)"
 
 
+def test_a_trial_restored_from_the_run_cache_counts_at_its_stages_cost():
+    """It completed in 2 s, but the next seed of its level trains for the 500 s it recorded: a
+    time budget must not start that trial in the last minute."""
+    ostudy = optuna.create_study()
+    restored = finished("ce", 0, 2, {})
+    restored.user_attrs["wall_seconds"] = 500.0
+    ostudy.add_trial(restored)
+    assert ran_seconds(ostudy, "ce") == [500.0]
+    assert not TimeBudget(deadline=time.time() + 60).allows(ran_seconds(ostudy, "ce"))
+
+
 def test_a_worker_counts_the_seeds_another_launch_queued():
     """A launch with --n-seeds 1 takes the seed-1 points a --n-seeds 2 launch queued: its
     progress must count them (not 'trial 4/2'), and what remains includes them."""

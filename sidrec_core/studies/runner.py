@@ -262,10 +262,21 @@ def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tupl
 
 def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
     """Durations of the complete trials that ran here (not taken from another study), of
-    ``level``'s when any ran (levels may differ in cost many times over)."""
+    ``level``'s when any ran (levels may differ in cost many times over). A trial DVC restored
+    from its run-cache took seconds but records what its stages cost (``wall_seconds``), which
+    the same point on another seed or machine pays: the larger of the two counts."""
     done = [t for t in ostudy.get_trials(False, states=(TrialState.COMPLETE,)) if not is_shared(t)]
     mine = [t for t in done if level is not None and trial_level(t) == level]
-    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine or done]
+    return [
+        max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
+        for t in mine or done
+    ]
+
+
+def stage_seconds(t: optuna.trial.FrozenTrial) -> float:
+    """The wall seconds the trial's stages recorded (0 where it recorded none)."""
+    wall = t.user_attrs.get("wall_seconds", t.user_attrs.get("metrics", {}).get("wall_seconds"))
+    return float(wall) if isinstance(wall, int | float) else 0.0
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
