@@ -791,12 +791,14 @@ def test_a_contrast_is_tested_with_the_default_comparisons_and_corrected_with_th
         dataclasses.replace(study, contrasts=(("b", "z"),))
 
 
-def test_the_default_level_is_queued_first():
-    """Every level is tested against the default: a study stopped part-way pairs what it ran."""
+def test_seeds_are_queued_one_after_another_the_default_level_first():
+    """Every level is tested against the default: a study stopped part-way pairs every seed it
+    finished, and a seed's upstream stages are built once for all its levels."""
     ostudy = optuna.create_study()
     assert enqueue_missing(ostudy, STUDIES["sasrec_loss"], [0, 1]) == 8
     points = [grid_point(t) for t in ostudy.get_trials(deepcopy=False)]
-    assert points[:3] == [("ce", 0), ("ce", 1), ("bce", 0)] and len(set(points)) == 8
+    assert points[:5] == [("ce", 0), ("bce", 0), ("infonce", 0), ("sampled_softmax", 0), ("ce", 1)]
+    assert len(set(points)) == 8
     assert enqueue_missing(ostudy, STUDIES["sasrec_loss"], [0, 1]) == 0  # all queued already
 
 

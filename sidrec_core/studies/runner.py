@@ -233,13 +233,16 @@ def open_study(
 def enqueue_missing(
     ostudy: optuna.Study, study: Study, seeds: list[int], retry_failed: bool = True
 ) -> int:
-    """Queue every grid point with no live trial (nor a FAILED one without ``retry_failed``), the
-    default level's first: a study stopped part-way still pairs what it finished with it. Level
-    and seed are a user attr, not params: a categorical's choices could not grow. -> how many."""
+    """Queue every grid point with no live trial (nor a FAILED one without ``retry_failed``),
+    seed by seed and the default level first at each: a study stopped part-way pairs every seed
+    it finished, and the upstream stages a seed reuses (a trained SID LM, a SASRec) are built
+    once and restored by DVC's run-cache for its other levels while the machine keeps that
+    cache. Level and seed are a user attr, not params: a categorical's choices could not grow.
+    -> how many."""
     taken = {*LIVE, *(() if retry_failed else (TrialState.FAIL,))}
     # a trial of a level redefined since it ran takes nothing (live_point is None)
     busy = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
-    todo = [(lv, s) for lv in dict.fromkeys([study.default, *study.labels]) for s in seeds]
+    todo = [(lv, s) for s in seeds for lv in dict.fromkeys([study.default, *study.labels])]
     todo = [p for p in todo if p not in busy]
     for point in todo:
         ostudy.enqueue_trial({}, user_attrs={"grid_point": list(point)})
