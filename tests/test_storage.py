@@ -295,3 +295,22 @@ def test_an_untagged_running_trial_is_failed_once_no_live_worker_could_still_tag
     assert storage.fail_dead_trials(study) == 1
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
+
+
+def test_a_trial_another_machine_left_running_in_a_journal_is_failed_and_queued_again(tmp_path):
+    """A committed journal reaches a fresh machine with the trial its last session's worker was
+    running when that session stopped; left RUNNING, the grid point would never run again. On a
+    database server another host's trial may be live: there its heartbeat decides."""
+    journal = storage.make_storage(str(tmp_path / "j.jsonl"), create=True)
+    study = optuna.create_study(storage=journal)
+    elsewhere = study.ask()
+    elsewhere.set_user_attr(storage.WORKER, "another-machine:4242:1.0")
+    me = os.getpid()
+    live = study.ask()
+    live.set_user_attr(storage.WORKER, f"{socket.gethostname()}:{me}:{process_start(me)}")
+    assert storage.fail_dead_trials(study) == 0  # not known to be a journal: left alone
+    assert storage.fail_dead_trials(study, journal=True) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {elsewhere.number: TrialState.FAIL, live.number: TrialState.RUNNING}
+    assert storage.is_journal(str(tmp_path / "j.jsonl"))
+    assert not storage.is_journal("postgresql://u@h/db")

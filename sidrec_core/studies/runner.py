@@ -45,6 +45,7 @@ from sidrec_core.studies.storage import (
     WORKER,
     check_storage,
     fail_dead_trials,
+    is_journal,
     load_or_create,
     make_storage,
     study_journal,
@@ -390,7 +391,7 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         params = with_overrides(params, setup(params, Path(opts.out_dir)))
     seeds = seeds_for(params, opts.n_seeds)
     ostudy = open_study(study, opts, seeds, defaults, params)
-    fail_dead_trials(ostudy)
+    fail_dead_trials(ostudy, journal=is_journal(opts.storage_url_for(study.name)))
     before = len(remaining(ostudy, study, seeds))
     queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
     state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))

@@ -50,12 +50,19 @@ def check_storage(location: str, create: bool = False, flag: str = "--storage") 
         raise ValueError(f"{flag} {location!r}: no such storage ({EXPECTED}); add --new-storage")
 
 
+def is_journal(location: str) -> bool:
+    """A journal file (a path), not a database URL. Only the processes of one machine write a
+    journal: machines share a study through a database server, and a committed journal reaches
+    the next machine through git, after the workers that wrote it have stopped."""
+    return "://" not in location
+
+
 def make_storage(location: str, create: bool = False, flag: str = "--storage") -> BaseStorage:
     """The storage at ``location``; errors are one-line ValueErrors naming ``flag``."""
     check_storage(location, create, flag)
     if not exists(location):
         log.info("new study storage: %s", location)
-    if "://" not in location:
+    if is_journal(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(location))
     url = sqlalchemy.engine.make_url(location)
@@ -127,11 +134,13 @@ def _unclaimed_age(t: optuna.trial.FrozenTrial, now: datetime.datetime) -> float
     return (now - (t.datetime_start or now)).total_seconds()
 
 
-def fail_dead_trials(ostudy: optuna.Study) -> int:
+def fail_dead_trials(ostudy: optuna.Study, journal: bool = False) -> int:
     """Fail the RUNNING trials whose worker process on this host is gone, those no worker tagged
     within :data:`UNCLAIMED_AFTER` seconds of their start (a worker killed between Optuna's ask
-    and the objective's first line; a younger one is waited for), and on an RDB storage those
-    whose heartbeat stopped. Returns how many were failed here (not by heartbeat)."""
+    and the objective's first line; a younger one is waited for), on a ``journal`` those another
+    host's worker left (it wrote the file elsewhere and stopped before the file came here, see
+    :func:`is_journal`; left RUNNING, its grid point would never be queued again), and on an RDB
+    storage those whose heartbeat stopped. Returns how many were failed here (not by heartbeat)."""
     optuna.storages.fail_stale_trials(ostudy)
     running = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     ages = [a for t in running if (a := _unclaimed_age(t, datetime.datetime.now())) is not None]
@@ -143,12 +152,10 @@ def fail_dead_trials(ostudy: optuna.Study) -> int:
         host, _, rest = str(t.user_attrs.get(WORKER, "")).partition(":")
         pid, _, start = rest.partition(":")
         age = _unclaimed_age(t, now)
-        dead_here = (
-            host == process_tags()[HOST_TAG]
-            and pid.isdigit()
-            and not pid_alive(int(pid), start or None)
-        )
-        if dead_here or (age is not None and age > UNCLAIMED_AFTER):
+        here = host == process_tags()[HOST_TAG]
+        dead_here = here and pid.isdigit() and not pid_alive(int(pid), start or None)
+        left_elsewhere = journal and bool(host) and not here
+        if dead_here or left_elsewhere or (age is not None and age > UNCLAIMED_AFTER):
             ostudy.tell(t.number, state=TrialState.FAIL)
             failed += 1
     return failed

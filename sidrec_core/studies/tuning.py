@@ -45,6 +45,7 @@ from sidrec_core.studies.storage import (
     WORKER,
     check_storage,
     fail_dead_trials,
+    is_journal,
     load_or_create,
     make_storage,
     read_storage,
@@ -235,7 +236,7 @@ def retrain(
     where a trial ran its stages); a seed that would overrun the time budget waits."""
     overrides = ostudy.best_trial.params if which == "best" else {}
     retrains = open_retrains(tun, opts)
-    fail_dead_trials(retrains)
+    fail_dead_trials(retrains, journal=is_journal(opts.tune_storage(tun.name)))
     for seed in seeds_for(params, opts.retrain_seeds):
         point = retrain_point(which, seed, overrides)
         enqueue_once(retrains, point, point)
@@ -282,7 +283,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tun, params = get_tunable(name), base_params(opts)
     ostudy = open_search(tun, opts)
-    fail_dead_trials(ostudy)
+    fail_dead_trials(ostudy, journal=is_journal(opts.tune_storage(tun.name)))
     before = _finished(ostudy)
     kw = {"run_name": f"tune/{name}-{opts.profile}", "tags": {"tune": name}}
     with parent_run(ostudy, f"tune/{name}", params, opts.profile, **kw) as parent:
