@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from sidrec_core.config import flatten, params_hash
+from sidrec_core.config import ConfigError, flatten, params_hash
 from sidrec_core.io import write_json
 from sidrec_core.lifecycle import Terminated, install_sigterm_handler, orphaned, process_tags
 from sidrec_core.metrics import HEADLINE, OBJECTIVE
@@ -80,8 +80,6 @@ def open_store(uri: str) -> None:
     ``<store>.lock`` beside it. A store that cannot be opened is a ``ConfigError`` naming it."""
     import sqlalchemy.exc
     from mlflow.tracking import MlflowClient
-
-    from sidrec_core.config import ConfigError
 
     lock = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
