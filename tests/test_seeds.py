@@ -37,9 +37,8 @@ def test_every_declared_seed_count_follows_the_committed_cost_table():
         minutes, seeds = table[name]
         assert minutes is not None and seeds == seeds_for_minutes(minutes), name
         assert study.seeds == seeds, name
-    # the measured medians behind two declarations on either side of the threshold
+    # a measured median behind a declaration (decoding is complete: its median is settled)
     assert table["decoding"][0] == pytest.approx(1.4) and STUDIES["decoding"].seeds == 5
-    assert table["sasrec_rows"][0] == pytest.approx(11.3) and STUDIES["sasrec_rows"].seeds == 3
 
 
 def _store(out: Path, study: str, profile: str, dataset: str, trials: list[tuple]) -> optuna.Study:
@@ -126,11 +125,12 @@ def test_report_and_index_say_how_many_declared_seeds_a_study_holds(tmp_path):
     url = str(out / "negatives" / "optuna.jsonl")
     report = write_study_report(STUDIES["negatives"], url, out)[0].read_text()
     beauty, smoke = report.split("## Profile `smoke`")
-    assert "Seeds: 2 of 5 declared seeds; the rest run in round 2" in beauty
+    n = STUDIES["negatives"].seeds  # 3 or 5, as its measured cost has it
+    assert f"Seeds: 2 of {n} declared seeds; the rest run in round 2" in beauty
     assert "declared seeds" not in smoke  # a pipeline check has no statistics to power
     row = next(ln for ln in write_index(out).read_text().splitlines() if "[`negatives`]" in ln)
-    assert "2 of 5 declared seeds; the rest run in round 2" in row
+    assert f"2 of {n} declared seeds; the rest run in round 2" in row
     studies_row = next(
         ln for ln in (out / "README.md").read_text().splitlines() if ln.startswith("| `negatives`")
     )
-    assert "| 5 |" in studies_row
+    assert f"| {n} |" in studies_row
