@@ -175,11 +175,20 @@ def test_a_new_sqlite_store_is_created_by_one_process_at_a_time(tmp_path):
     assert not opener.is_alive() and db.stat().st_size > 0
 
 
-def test_a_store_that_cannot_be_opened_is_named_in_one_line(tmp_path):
+def test_a_store_that_cannot_be_opened_is_named_in_one_line(tmp_path, monkeypatch):
+    """MLflow retries a store it cannot open for ~100 s before raising; the failure it raises
+    then is what is stubbed here."""
+    import mlflow.tracking
+    import sqlalchemy.exc
+
     from sidrec_core.config import ConfigError
     from sidrec_core.tracking import open_store
 
-    (tmp_path / "store").mkdir()  # a folder where the SQLite file should be
-    uri = f"sqlite:///{tmp_path / 'store'}"
-    with pytest.raises(ConfigError, match=f"MLflow store {uri}: "):
+    class Unopenable:
+        def __init__(self, uri):
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception("unable to open file"))
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Unopenable)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    with pytest.raises(ConfigError, match=f"MLflow store {uri}: unable to open file"):
         open_store(uri)
