@@ -95,15 +95,17 @@ def test_every_added_dep_is_a_tokenizer_or_sid_table_input():
     }
 
 
-def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> list:
+def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> tuple[list, list[int]]:
     """Launch the worker and SIGKILL it once the storage shows one trial complete and another
     running (however long that takes: the wait ends on that event or on the worker's exit);
-    return the trials as the kill left them. A trial can finish between the poll that saw it
-    running and the kill: such a kill left nothing running, so a new worker (resuming the study)
-    is launched and killed again."""
+    return the trials as the kill left them and the killed workers' pids. A trial can finish
+    between the poll that saw it running and the kill: such a kill left nothing running, so a new
+    worker (resuming the study) is launched and killed again."""
     journal = Path(o.storage_url_for("sasrec_loss"))
+    killed = []
     for _ in range(3):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        killed.append(proc.pid)
         reached = False
         while not reached and proc.poll() is None:
             time.sleep(0.2)
@@ -117,7 +119,7 @@ def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> list
         assert reached, f"the worker ended (exit {proc.returncode}) before a mid-study state"
         trials = trials_of(o, "sasrec_loss")
         if any(t.state == TrialState.RUNNING for t in trials):
-            return trials
+            return trials, killed
     raise AssertionError("three kills in a row landed between two trials")
 
 
@@ -140,7 +142,8 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
     ]
     env = {**os.environ, "SIDREC_TRACKING": "0", "OMP_NUM_THREADS": "1"}
     o = opts(tmp_path, n_seeds=1)
-    before = {t.number: t.datetime_complete for t in kill_mid_trial(cmd, env, o)}
+    killed_trials, killed = kill_mid_trial(cmd, env, o)
+    before = {t.number: t.datetime_complete for t in killed_trials}
     done_before = sum(d is not None for d in before.values())
     assert 1 <= done_before < 4, "the worker must die mid-study"
     summary = run_study("sasrec_loss", o)
@@ -155,7 +158,8 @@ def test_resume_after_kill_runs_only_remaining(tmp_path):
     assert sum(t.state == TrialState.FAIL for t in trials) == 1  # the killed one, retried
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # nothing ran twice
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True).stdout
-    assert b"sidrec-trial-" not in worktrees  # the killed worker's was swept
+    for pid in killed:  # the killed workers' were swept (other live workers keep theirs)
+        assert f"sidrec-trial-{pid}-".encode() not in worktrees
 
 
 @pytest.mark.slow
