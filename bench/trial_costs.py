@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -130,23 +129,6 @@ def cost_table(costs: list[Cost], command: str) -> str:
             f"{c.seeds or '—'} | {c.basis} |"
         )
     return "\n".join(lines) + "\n"
-
-
-ROW = re.compile(
-    r"^\| `(?P<study>[^`]+)` \| (?P<trials>\d+) \| (?P<minutes>[\d.]+|—) \| .*?\| "
-    r"(?P<seeds>\d+|—) \|"
-)
-
-
-def read_cost_table(path: Path) -> dict[str, tuple[float | None, int | None]]:
-    """``{study: (median trial minutes, seeds)}`` from a table :func:`cost_table` wrote."""
-    out = {}
-    for line in path.read_text().splitlines():
-        m = ROW.match(line)
-        if m:
-            minutes = None if m["minutes"] == "—" else float(m["minutes"])
-            out[m["study"]] = (minutes, None if m["seeds"] == "—" else int(m["seeds"]))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,19 @@ import pytest
 
 from bench.ablate import declared_seeds
 from bench.ablate import main as ablate_main
-from bench.trial_costs import cost_table, measure_costs, read_cost_table
+from bench.trial_costs import cost_table, measure_costs
 from sidrec_core.studies.defaults import DEFAULTS
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.runner import StudyOptions, section_defaults
-from sidrec_core.studies.seeds import COST_TABLE, seeds_for_minutes, seeds_held, shortfall_text
+from sidrec_core.studies.seeds import (
+    COST_TABLE,
+    read_cost_table,
+    seeds_for_minutes,
+    seeds_held,
+    shortfall_text,
+)
 from sidrec_core.studies.storage import make_storage
 from sidrec_core.studies.study import live_point
 

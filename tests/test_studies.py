@@ -25,6 +25,7 @@ from sidrec_core.config import ConfigError, load_params
 from sidrec_core.metrics import encode_ranks
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
+from sidrec_core.studies import runner
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
@@ -53,6 +54,7 @@ from sidrec_core.studies.runner import (
     remaining,
     run_study,
 )
+from sidrec_core.studies.seeds import COST_TABLE
 from sidrec_core.studies.stats import holm, mean_ci, paired_test
 from sidrec_core.studies.storage import make_storage, sections
 from sidrec_core.studies.study import (
@@ -314,6 +316,22 @@ def test_a_time_budget_starts_no_trial_it_cannot_finish(tmp_path):
     assert summary["remaining_after"] == 0 and summary["failed"] == 0
     argv = ["--study", "exclude_seen", "--profile", "smoke", "--time-budget", "0"]
     assert ablate_main(argv) == 2
+
+
+def test_a_section_with_no_finished_trial_expects_the_cost_tables_median(tmp_path, monkeypatch):
+    """Before any trial of a section finished, its cost is the committed table's median for the
+    study: a launch with less time left than that starts nothing (it used to start anyway)."""
+    table = tmp_path / "costs"
+    table.mkdir()
+    row = "| `exclude_seen` | 0 | 30.0 | [30.0, 30.0] | 3 | not measured |"
+    (table / COST_TABLE).write_text(
+        f"| study | trials | minutes | range | seeds | basis |\n{row}\n"
+    )
+    monkeypatch.setattr(runner, "EXPERIMENTS_DIR", table)
+    summary = run_study("exclude_seen", opts(tmp_path, budget=TimeBudget.minutes(5)))
+    assert summary["remaining_before"] == summary["remaining_after"] == 4
+    summary = run_study("exclude_seen", opts(tmp_path, budget=TimeBudget.minutes(60)))
+    assert summary["remaining_after"] == 0
 
 
 def test_grid_coverage_with_seeds_report_and_cache(tmp_path, capsys):

@@ -41,6 +41,7 @@ from sidrec_core.studies.defaults import (
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
+from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
     WORKER,
     check_storage,
@@ -368,12 +369,15 @@ def _work(
 ) -> None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
     ``max_trials`` ran or the next one would overrun the time budget (expected to last as long
-    as its level's trials did)."""
+    as its level's trials did, or, before any trial here finished, as the committed cost table's
+    median for the study)."""
     ostudy = open_study(get_study(study_name), opts, seeds, defaults)
+    minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study_name)
+    estimate = [] if minutes is None else [60.0 * minutes]
 
     def go_on(s: optuna.Study) -> bool:
         level = next_level(s)
-        return level is not None and opts.budget.allows(ran_seconds(s, level))
+        return level is not None and opts.budget.allows(ran_seconds(s, level) or estimate)
 
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     optimize_while(ostudy, objective, go_on, opts.max_trials)

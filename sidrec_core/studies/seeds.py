@@ -5,7 +5,9 @@ check with :data:`PIPELINE_CHECK_SEEDS`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -15,6 +17,29 @@ CHEAP_SEEDS, DEFAULT_SEEDS = 5, 3
 PIPELINE_CHECK_SEEDS = 3
 COST_TABLE = "trial_costs.md"  # written by bench/trial_costs.py
 ROUND_2 = "the rest run in round 2"
+
+ROW = re.compile(
+    r"^\| `(?P<study>[^`]+)` \| (?P<trials>\d+) \| (?P<minutes>[\d.]+|—) \| .*?\| "
+    r"(?P<seeds>\d+|—) \|"
+)
+
+
+def read_cost_table(path: Path) -> dict[str, tuple[float | None, int | None]]:
+    """``{study: (median trial minutes, seeds)}`` from the table ``bench/trial_costs.py`` wrote."""
+    out = {}
+    for line in path.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            minutes = None if m["minutes"] == "—" else float(m["minutes"])
+            out[m["study"]] = (minutes, None if m["seeds"] == "—" else int(m["seeds"]))
+    return out
+
+
+def estimated_minutes(path: Path, study: str) -> float | None:
+    """The table's median trial minutes for ``study`` (None: no table, row or figure)."""
+    if not path.exists():
+        return None
+    return read_cost_table(path).get(study, (None, None))[0]
 
 
 def seeds_for_minutes(minutes: float) -> int:
