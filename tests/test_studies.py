@@ -320,7 +320,7 @@ def test_a_time_budget_starts_no_trial_it_cannot_finish(tmp_path):
 
 def test_a_section_with_no_finished_trial_expects_the_cost_tables_median(tmp_path, monkeypatch):
     """Before any trial of a section finished, its cost is the committed table's median for the
-    study: a launch with less time left than that starts nothing (it used to start anyway)."""
+    study: a launch with less time left than that starts nothing."""
     table = tmp_path / "costs"
     table.mkdir()
     row = "| `exclude_seen` | 0 | 30.0 | [30.0, 30.0] | 3 | not measured |"
