@@ -3,6 +3,7 @@ better setting, a stopped search resumes without redoing trials, pruned trials a
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from sidrec_core.lifecycle import process_start
@@ -282,3 +284,49 @@ def test_a_failed_queued_start_is_queued_again_and_a_finished_one_is_not():
     study.tell(again, 0.5)
     tuning.enqueue_once(study, {"x": 1.0}, attrs)  # measured: not queued again
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def ran(point: dict, secs: float, epochs: int) -> optuna.trial.FrozenTrial:
+    """A complete trial of ``point`` that reported ``epochs`` validations in ``secs`` seconds."""
+    start = dt.datetime(2026, 1, 1)
+    return optuna.trial.FrozenTrial(
+        number=0,
+        state=TrialState.COMPLETE,
+        value=0.1,
+        datetime_start=start,
+        datetime_complete=start + dt.timedelta(seconds=secs),
+        params=point,
+        distributions={k: CategoricalDistribution([v]) for k, v in point.items()},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values=dict.fromkeys(range(1, epochs + 1), 0.1),
+        trial_id=0,
+    )
+
+
+def test_the_budget_expects_a_sampled_trial_at_the_costliest_point_of_the_space(tmp_path):
+    """A narrow 10-epoch trial took 600 s, a wide one 4,000 s for the 20 epochs it trained before
+    stopping early. TPE may draw the wide 30-epoch point next: 200 s x 30 = 6,000 s. The median
+    trial (2,300 s) would start it 50 minutes before the deadline; a retrain of a trial that ran
+    costs that trial's pace at its own epochs."""
+    wide = Tunable(
+        "wide",
+        run=("train_sasrec",),
+        reuse=("prepare",),
+        epochs_key="sasrec.train.epochs",
+        space=(Param("sasrec.hidden_dim", (64, 128)), Param("sasrec.train.epochs", (10, 30))),
+    )
+    params, ostudy = base_params(opts(tmp_path)), optuna.create_study(direction="maximize")
+    assert tuning.expected_seconds(wide, ostudy, params) == []  # unknown until a trial ran
+    narrow = {"sasrec.hidden_dim": 64, "sasrec.train.epochs": 10}
+    ostudy.add_trial(ran(narrow, 600, 10))
+    ostudy.add_trial(ran({"sasrec.hidden_dim": 128, "sasrec.train.epochs": 30}, 4000, 20))
+    assert tuning.expected_seconds(wide, ostudy, params) == [6000.0]
+    assert not TimeBudget(deadline=time.time() + 3000).allows([6000.0])
+    assert tuning.expected_seconds(wide, ostudy, params, narrow) == [600.0]
+    best = {"sasrec.hidden_dim": 128, "sasrec.train.epochs": 30}
+    assert tuning.expected_seconds(wide, ostudy, params, best) == [6000.0]  # all 30 epochs
+    unseen = {"sasrec.hidden_dim": 64, "sasrec.train.epochs": 30}
+    assert tuning.expected_seconds(wide, ostudy, params, unseen) == [6000.0]
+    # a model without epochs: the slowest whole trial, whatever its reported steps
+    assert tuning.expected_seconds(PLANTED, ostudy, params) == [4000.0]

@@ -272,10 +272,12 @@ def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
     the same point on another seed or machine pays: the larger of the two counts."""
     done = [t for t in ostudy.get_trials(False, states=(TrialState.COMPLETE,)) if not is_shared(t)]
     mine = [t for t in done if level is not None and trial_level(t) == level]
-    return [
-        max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
-        for t in mine or done
-    ]
+    return [trial_seconds(t) for t in mine or done]
+
+
+def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
+    """What a finished trial cost: its wall time, or its stages' when DVC restored them."""
+    return max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
 
 
 def stage_seconds(t: optuna.trial.FrozenTrial) -> float:

@@ -35,9 +35,9 @@ from sidrec_core.studies.runner import (
     base_params,
     optimize_while,
     parent_run,
-    ran_seconds,
     run_stages,
     seeds_for,
+    trial_seconds,
 )
 from sidrec_core.studies.spaces import Tunable, get_tunable
 from sidrec_core.studies.storage import (
@@ -108,6 +108,38 @@ def pruner_text(name: str, epochs: int) -> str:
 
 def trial_epochs(tun: Tunable, params: dict[str, Any]) -> int:
     return int(flatten(resolve_params(params))[tun.epochs_key]) if tun.epochs_key else 0
+
+
+def longest_training(tun: Tunable, params: dict[str, Any]) -> int:
+    """The most epochs a sampled trial may train: the top of the space's epochs domain, else the
+    launch's (1 for a model without ``epochs_key``: a trial is then one unit of cost)."""
+    top = [max(p.choices) if p.choices else p.high for p in tun.space if p.key == tun.epochs_key]
+    return int(top[0]) if top else max(trial_epochs(tun, params), 1)
+
+
+def epoch_seconds(tun: Tunable, t: optuna.trial.FrozenTrial, params: dict[str, Any]) -> float:
+    """A complete trial's seconds per epoch it trained, its last reported epoch (early stopping
+    ends some before their count); the whole trial for a model without ``epochs_key``."""
+    if not tun.epochs_key:
+        return trial_seconds(t)
+    count = trial_epochs(tun, with_overrides(params, t.params))
+    return trial_seconds(t) / max(max(t.intermediate_values, default=0) or count, 1)
+
+
+def expected_seconds(
+    tun: Tunable, ostudy: optuna.Study, params: dict[str, Any], point: dict | None = None
+) -> list[float]:
+    """What the time budget weighs before the next trial. A sampled trial's cost (width x epochs)
+    is drawn only as it starts, so it is expected to run the space's longest training at the
+    slowest epoch any trial ran; a given ``point`` (a retrain) costs what its trials cost at
+    their own epochs, the sampled estimate where none ran."""
+    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    same = [t for t in done if point is not None and t.params == point]
+    if same:
+        epochs = max(trial_epochs(tun, with_overrides(params, point or {})), 1)
+        return [epoch_seconds(tun, t, params) * epochs for t in same]
+    paces = [epoch_seconds(tun, t, params) for t in done]
+    return [max(paces) * longest_training(tun, params)] if paces else []
 
 
 def _finished(ostudy: optuna.Study) -> int:
@@ -253,9 +285,12 @@ def retrain(
         trial.set_user_attr("metrics", kept)
         return float(metrics[OBJECTIVE])
 
+    point = overrides if which == "best" else tun.default_point(params)
+    cost = expected_seconds(tun, ostudy, params, point or {})
+
     def more(study: optuna.Study) -> bool:  # a queued seed, and time to run it
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        return bool(waiting) and opts.budget.allows(ran_seconds(ostudy), "retrain")
+        return bool(waiting) and opts.budget.allows(cost, "retrain")
 
     optimize_while(retrains, run, more)
     return retrained(retrains, which, overrides)
@@ -293,7 +328,10 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
                 lambda study, trial: log.info(progress_line(study, opts.n_trials, trial)),
             )
             objective = TuneObjective(tun, params, opts, parent.run_id)
-            time_left = lambda study: opts.budget.allows(ran_seconds(study))  # noqa: E731
+            what = "trial (the slowest epoch seen x the space's longest training)"
+            time_left = lambda study: opts.budget.allows(  # noqa: E731
+                expected_seconds(tun, study, params), what
+            )
             optimize_while(ostudy, objective, time_left, opts.max_trials, callbacks)
         summary: dict[str, Any] = {
             "study": ostudy.study_name,
