@@ -330,3 +330,15 @@ def test_the_budget_expects_a_sampled_trial_at_the_costliest_point_of_the_space(
     assert tuning.expected_seconds(wide, ostudy, params, unseen) == [6000.0]
     # a model without epochs: the slowest whole trial, whatever its reported steps
     assert tuning.expected_seconds(PLANTED, ostudy, params) == [4000.0]
+
+
+def test_a_failed_trial_shows_no_minutes_in_the_history():
+    """A trial whose worker died is failed by a later launch, hours on: that wall time is not
+    what it ran. A complete trial shows its minutes and last reported epoch."""
+    point = {"sasrec.train.lr": 1e-2}
+    done = ran(point, 600, 4)
+    dead = ran(point, 3 * 3600, 1)
+    dead.state, dead.value = TrialState.FAIL, None
+    assert tune_report.history_row(PLANTED, done).split(" | ")[-3:-1] == ["4", "10.0"]
+    assert tune_report.history_row(PLANTED, dead).split(" | ")[1:3] == ["fail", "—"]
+    assert tune_report.history_row(PLANTED, dead).split(" | ")[-3:-1] == ["1", "—"]

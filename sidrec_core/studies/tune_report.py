@@ -64,6 +64,24 @@ def importances(ostudy: optuna.Study) -> dict[str, float] | str:
         return f"not computable ({exc})"
 
 
+def history_row(tun: Tunable, t: optuna.trial.FrozenTrial) -> str:
+    """A trial's row of the history table: state, objective, test and secondary figures, last
+    reported epoch, minutes (none for a failed trial: a dead worker's ends when one notices)."""
+    value = _fmt(float(t.value)) if t.value is not None else "—"
+    tests = [
+        _fmt(float(t.user_attrs[k])) if k in t.user_attrs else "—"
+        for k in ("test/ndcg@10", "test/hr@10", *tun.secondary)
+    ]
+    last = max(t.intermediate_values) if t.intermediate_values else "—"
+    ran = t.duration and t.state != TrialState.FAIL
+    minutes = f"{t.duration.total_seconds() / 60:.1f}" if ran else "—"
+    shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
+    state = t.state.name.lower()
+    if tn.DUPLICATE_OF in t.user_attrs:
+        state += f" (duplicate of running #{t.user_attrs[tn.DUPLICATE_OF]})"
+    return md.row([t.number, state, value, *tests, last, minutes, shown])
+
+
 def versus_default(
     ostudy: optuna.Study,
     params: dict[str, Any],
@@ -186,26 +204,15 @@ def write_tune_report(
         "",
         "## History",
         "",
-        "Test figures are shown for reading only; the search selects on the objective.",
+        "Test figures are shown for reading only; the search selects on the objective. A failed "
+        "trial shows no minutes: one whose worker died ends when a later launch notices it.",
         "",
         *md.table(
             ["trial", "state", "value", "test/ndcg@10", "test/hr@10", *tun.secondary]
             + ["last epoch", "minutes", "params"]
         ),
     ]
-    for t in trials:
-        value = _fmt(float(t.value)) if t.value is not None else "—"
-        tests = [
-            _fmt(float(t.user_attrs[k])) if k in t.user_attrs else "—"
-            for k in ("test/ndcg@10", "test/hr@10", *tun.secondary)
-        ]
-        last = max(t.intermediate_values) if t.intermediate_values else "—"
-        minutes = f"{t.duration.total_seconds() / 60:.1f}" if t.duration else "—"
-        shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
-        state = t.state.name.lower()
-        if tn.DUPLICATE_OF in t.user_attrs:
-            state += f" (duplicate of running #{t.user_attrs[tn.DUPLICATE_OF]})"
-        lines.append(md.row([t.number, state, value, *tests, last, minutes, shown]))
+    lines += [history_row(tun, t) for t in trials]
     png = plot_history(ostudy, folder / f"{opts.profile}_history.png")
     best_file = folder / f"{opts.profile}_best_params.yaml"
     write_text(
