@@ -3,9 +3,11 @@ pytest puts this folder on sys.path)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from sidrec_core.studies.runner import StudyOptions
@@ -29,3 +31,24 @@ def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def complete_points(trials) -> list[tuple[str, int]]:
     return sorted((trial_level(t), trial_seed(t)) for t in trials if t.state == TrialState.COMPLETE)
+
+
+def complete_trial(
+    secs: float, params: dict | None = None, user_attrs: dict | None = None, epochs: int = 0
+) -> optuna.trial.FrozenTrial:
+    """A complete trial of ``params`` that took ``secs`` seconds and reported ``epochs``
+    validations (a study's ``add_trial`` numbers it)."""
+    start, params = dt.datetime(2026, 1, 1), params or {}
+    return optuna.trial.FrozenTrial(
+        number=0,
+        state=TrialState.COMPLETE,
+        value=0.1,
+        datetime_start=start,
+        datetime_complete=start + dt.timedelta(seconds=secs),
+        params=params,
+        distributions={k: CategoricalDistribution([v]) for k, v in params.items()},
+        user_attrs=user_attrs or {},
+        system_attrs={},
+        intermediate_values=dict.fromkeys(range(1, epochs + 1), 0.1),
+        trial_id=0,
+    )

@@ -5,7 +5,6 @@ in this process (``stages_in_process``; tests/test_dvc_trials.py runs them throu
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from smoke_studies import complete_points, opts, trials_of
+from smoke_studies import complete_points, complete_trial, opts, trials_of
 
 from bench.ablate import main as ablate_main
 from sidrec_core.config import ConfigError, load_params
@@ -822,20 +821,7 @@ def test_seeds_are_queued_one_after_another_the_default_level_first():
 
 def finished(label: str, seed: int, secs: float, metrics: dict) -> optuna.trial.FrozenTrial:
     """A complete trial of grid point (label, seed) that took ``secs`` seconds."""
-    start = dt.datetime(2026, 1, 1)
-    return optuna.trial.FrozenTrial(
-        number=0,
-        state=TrialState.COMPLETE,
-        value=0.1,
-        datetime_start=start,
-        datetime_complete=start + dt.timedelta(seconds=secs),
-        params={},
-        distributions={},
-        user_attrs={"grid_point": [label, seed], "metrics": metrics},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=0,
-    )
+    return complete_trial(secs, user_attrs={"grid_point": [label, seed], "metrics": metrics})
 
 
 def test_eta_counts_only_trials_that_ran_here():

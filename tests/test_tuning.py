@@ -3,7 +3,6 @@ better setting, a stopped search resumes without redoing trials, pruned trials a
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import subprocess
 import time
@@ -12,8 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
+from smoke_studies import complete_trial
 
 from sidrec_core.lifecycle import process_start
 from sidrec_core.studies import dvc_run, spaces, tune_report, tuning
@@ -288,20 +287,7 @@ def test_a_failed_queued_start_is_queued_again_and_a_finished_one_is_not():
 
 def ran(point: dict, secs: float, epochs: int) -> optuna.trial.FrozenTrial:
     """A complete trial of ``point`` that reported ``epochs`` validations in ``secs`` seconds."""
-    start = dt.datetime(2026, 1, 1)
-    return optuna.trial.FrozenTrial(
-        number=0,
-        state=TrialState.COMPLETE,
-        value=0.1,
-        datetime_start=start,
-        datetime_complete=start + dt.timedelta(seconds=secs),
-        params=point,
-        distributions={k: CategoricalDistribution([v]) for k, v in point.items()},
-        user_attrs={},
-        system_attrs={},
-        intermediate_values=dict.fromkeys(range(1, epochs + 1), 0.1),
-        trial_id=0,
-    )
+    return complete_trial(secs, point, epochs=epochs)
 
 
 def test_the_budget_expects_a_sampled_trial_at_the_costliest_point_of_the_space(tmp_path):
