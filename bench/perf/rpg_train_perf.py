@@ -67,9 +67,12 @@ def measure(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
     timed = batches[warmup : warmup + steps] if steps else batches
-    for i, batch in enumerate([*batches[:warmup], *timed]):
-        if i == warmup:
-            start = time.perf_counter()
+    for batch in batches[:warmup]:
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    start = time.perf_counter()
+    for batch in timed:
         opt.zero_grad()
         model.loss(batch).backward()
         opt.step()

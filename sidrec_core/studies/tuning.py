@@ -136,7 +136,7 @@ def expected_seconds(
     done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     same = [t for t in done if point is not None and t.params == point]
     if same:
-        epochs = max(trial_epochs(tun, with_overrides(params, point or {})), 1)
+        epochs = max(trial_epochs(tun, with_overrides(params, same[0].params)), 1)
         return [epoch_seconds(tun, t, params) * epochs for t in same]
     paces = [epoch_seconds(tun, t, params) for t in done]
     return [max(paces) * longest_training(tun, params)] if paces else []
