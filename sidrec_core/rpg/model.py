@@ -9,7 +9,8 @@ Recommendation", KDD 2025; facebookresearch/RPG_KDD2025: genrec/models/RPG/model
 - Heads: one residual block per digit, h_m = h + SiLU(W_m h + b_m), W_m zero at init (the
   identity). The logit of code c at digit m is cos(h_m, e_m[c]) / temperature, with the input
   code embeddings e_m tied to the output.
-- Loss: the mean over digits of the cross-entropy of the target item's code.
+- Loss: the mean over digits of the cross-entropy of the target item's code; with ``rpg.mhl``
+  on, plus the masked-history reconstruction loss (:mod:`sidrec_core.rpg.mhl`).
 - Ranking: :mod:`sidrec_core.rpg.decoding` (exact full-catalogue scoring, or the graph beam).
 """
 
@@ -27,6 +28,7 @@ from sidrec_core.data.batching import ROW_LAYOUTS
 from sidrec_core.io import ArtifactError, reading
 from sidrec_core.models.base import Recommender, topk_items
 from sidrec_core.rpg.decoding import GraphDecodingConfig, exact_scores, graph_beam, item_graph
+from sidrec_core.rpg.mhl import Curriculum, MHLConfig, masked_history_loss
 from sidrec_core.rpg.tokenizer import OPQConfig
 from sidrec_core.train import TrainConfig
 
@@ -57,6 +59,7 @@ class RPGConfig:
     # every target weighs the same, as in the authors' shuffled batches
     loss_normalization: Literal["batch", "tokens"] = "batch"
     checkpoint: str = "models/rpg/model.pt"
+    mhl: MHLConfig = dataclasses.field(default_factory=MHLConfig)
     sid: OPQConfig = dataclasses.field(default_factory=OPQConfig)
     # read by eval_rpg alone (train_rpg's params in dvc.yaml list every other key)
     decoding: GraphDecodingConfig = dataclasses.field(default_factory=GraphDecodingConfig)
@@ -80,6 +83,13 @@ class RPGConfig:
             raise ValueError(f"rpg.train_rows: unknown {self.train_rows!r}; valid: {ROW_LAYOUTS}")
         if self.bucket_window < 0:
             raise ValueError(f"rpg.bucket_window must be >= 0, got {self.bucket_window}")
+        patience, evals = self.train.patience, self.mhl.plateau_evals
+        if self.mhl.on and self.mhl.schedule == "plateau" and 0 < patience <= 10 * evals:
+            raise ValueError(
+                f"rpg.train.patience={patience} stops training before rpg.mhl.schedule=plateau "
+                f"can lower the ratio to 0 (10 steps of {evals} validations): set it to 0 or "
+                f"above {10 * evals}"
+            )
 
 
 class Block(nn.Module):
@@ -138,6 +148,12 @@ class RPG(Recommender):
             # GPT-2's scaled init of the projections into the residual stream
             for lin in (block.proj, block.mlp[2]):
                 nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * cfg.num_layers))
+        if cfg.mhl.on:  # after every other init, so those draw the same numbers as without
+            self.mask_emb = nn.Parameter(torch.randn(m, dim) * 0.02)  # [MASK] of each digit
+            self.recon_weight = nn.Parameter(torch.zeros(m, dim, dim))
+            self.recon_bias = nn.Parameter(torch.zeros(m, dim))
+        # rpg.mhl: the masking ratio by epoch, set (and advanced as a callback) by train_rpg
+        self.curriculum: Curriculum | None = None
         # loss_normalization "tokens": the fixed divisor, set by train_rpg from the rows
         self.loss_tokens: float | None = None
         # ((code_emb version, num_edges), adjacency)
@@ -172,14 +188,19 @@ class RPG(Recommender):
         self._decoding = cfg
         self._generator = torch.Generator().manual_seed(cfg.seed)
 
-    def item_inputs(self, items: Tensor) -> Tensor:
-        """items [...] -> mean of their M code embeddings [..., D]."""
+    def item_inputs(self, items: Tensor, masked: Tensor | None = None) -> Tensor:
+        """items [...] -> mean of their M code embeddings [..., D]; a digit ``masked`` [..., M]
+        marks takes its [MASK] vector instead (``rpg.mhl``)."""
         codes = self.codes[items]  # [..., M]
         levels = torch.arange(self.num_levels, device=items.device)
-        return self.code_emb[levels, codes].mean(-2)
+        emb = self.code_emb[levels, codes]
+        if masked is not None:
+            emb = torch.where(masked[..., None], self.mask_emb, emb)
+        return emb.mean(-2)
 
-    def encode(self, history: Tensor) -> Tensor:
-        """history [B, L] -> states [B, L, D]; state t summarises items up to t."""
+    def encode(self, history: Tensor, masked: Tensor | None = None) -> Tensor:
+        """history [B, L] (digits ``masked`` [B, L, M] replaced by [MASK]) -> states [B, L, D];
+        state t summarises items up to t."""
         b, length = history.shape
         if length > self.cfg.max_history:
             raise ValueError(
@@ -187,7 +208,7 @@ class RPG(Recommender):
             )
         valid = history > 0
         positions = (valid.cumsum(1) - 1).clamp(min=0)  # from the row's first item, as GPT-2
-        x = self.item_inputs(history) + self.pos_emb[positions]
+        x = self.item_inputs(history, masked) + self.pos_emb[positions]
         x = self.emb_drop(x) * valid[..., None]
         causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
         eye = torch.eye(length, dtype=torch.bool, device=history.device)
@@ -208,15 +229,20 @@ class RPG(Recommender):
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean over digits of the code cross-entropy, over the batch's target positions
-        (``loss_normalization`` "batch") or summed over them / ``self.loss_tokens`` ("tokens")."""
+        (``loss_normalization`` "batch") or summed over them / ``self.loss_tokens`` ("tokens");
+        while ``curriculum`` masks history, the masked-history loss (:mod:`sidrec_core.rpg.mhl`)."""
+        if self.curriculum is not None and self.curriculum.policy != "none":
+            return masked_history_loss(self, batch, self.curriculum)
+        return self.next_item_loss(self.encode(batch["history"]), batch["targets"])
+
+    def next_item_loss(self, states: Tensor, targets: Tensor) -> Tensor:
+        """``loss`` from the encoded rows: states [B, L, D], targets [B, L] (0 = none)."""
         tokens = self.cfg.loss_normalization == "tokens"
         if tokens and not self.loss_tokens:
             raise RuntimeError(
                 "rpg.loss_normalization=tokens: set RPG.loss_tokens (the fixed target count a "
                 "batch's loss is divided by) before training; train_rpg sets it"
             )
-        states = self.encode(batch["history"])
-        targets = batch["targets"]
         valid = targets > 0
         logits = self.digit_logits(states[valid])  # [P, M, K]
         labels = self.codes[targets[valid]]  # [P, M]

@@ -18,4 +18,13 @@ PUBLISHED: dict[str, tuple[str, dict[str, float]]] = {
         "facebookresearch/RPG_KDD2025 issue #3 (2025-06-30 Beauty test results)",
         {"hr@5": 0.0505, "ndcg@5": 0.0353, "hr@10": 0.0761, "ndcg@10": 0.0436},
     ),
+    "RPG (the MHL paper's reproduction)": (
+        "Wei et al., arXiv 2509.23649 v1, Table 1 (RPG*: the authors' code and parameters)",
+        {"hr@5": 0.0500, "ndcg@5": 0.0358, "hr@10": 0.0745, "ndcg@10": 0.0436},
+    ),
+    "MHL (RPG + masked history learning, rpg.mhl)": (
+        "Wei et al., arXiv 2509.23649 v1, Table 1 (token-level masking, random -> entropy -> "
+        "none; the same Beauty row in v2, as issue 35 quotes it)",
+        {"hr@5": 0.0574, "ndcg@5": 0.0424, "hr@10": 0.0795, "ndcg@10": 0.0495},
+    ),
 }

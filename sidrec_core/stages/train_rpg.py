@@ -17,6 +17,7 @@ from sidrec_core.data.dataset import DataConfig, load_prepared
 from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig
 from sidrec_core.io import write_json
+from sidrec_core.rpg.mhl import Curriculum
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.stages.context import StageContext, stage_context
@@ -95,9 +96,21 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             table.num_levels,
             cfg.hidden_dim,
         )
+        # rpg.mhl: the model's loss masks history while its curriculum (advanced by the loop's
+        # hooks, saved with a resume) says so
+        mhl = [Curriculum(cfg.mhl, cfg.train.monitor, ctx.base.seed)] if cfg.mhl.on else []
+        model.curriculum = mhl[0] if mhl else None
         start = time.perf_counter()
         result = fit_ranker(
-            ctx, model, batches, cfg.train, validate, cfg.checkpoint, table.fingerprint()
+            ctx,
+            model,
+            batches,
+            cfg.train,
+            validate,
+            cfg.checkpoint,
+            table.fingerprint(),
+            stateful=mhl,
+            callbacks=mhl,
         )
         fit_seconds = time.perf_counter() - start
         ctx.record_sha256(
