@@ -268,10 +268,11 @@ def test_opq_with_fewer_items_than_dimensions_fails_with_the_key_not_in_faiss():
     OPQTokenizer(OPQConfig(num_codebooks=4, codebook_size=8, rotation="none")).fit(x)
 
 
-def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
-    params = syn_prepared
+def stage_params(params, ds, tmp_path, **rpg) -> dict:
+    """``params`` with a small ``rpg`` section (and ``rpg`` overrides) whose stages write under
+    ``tmp_path``, on synthetic embeddings of ``ds``."""
     emb = tmp_path / "emb.npy"
-    save_npy(emb, synthetic_embeddings(syn_ds))
+    save_npy(emb, synthetic_embeddings(ds))
     params["eval"] = {"bootstrap": 0, "ks": [5, 10]}
     params["rpg"] = {
         "hidden_dim": 32,
@@ -288,7 +289,13 @@ def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
             "output_dir": str(tmp_path / "sids_rpg"),
         },
         "train": {"epochs": 2, "batch_size": 64},
+        **rpg,
     }
+    return params
+
+
+def test_stages_build_train_and_score(syn_prepared, syn_ds, tmp_path):
+    params = stage_params(syn_prepared, syn_ds, tmp_path)
     sids = run_build_rpg_sids(params)
     assert sids["collision_rate_after"] == 0.0 and len(sids["utilization"]) == 4
     assert sids["sha256/wrote/rpg_sids"] and sids["fit_items"] <= syn_ds.num_items

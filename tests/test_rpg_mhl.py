@@ -14,17 +14,17 @@ from sidrec_core.config import ConfigError, build
 from sidrec_core.data.batching import TrainBatches
 from sidrec_core.data.synthetic import synthetic_embeddings
 from sidrec_core.evaluate import EvalConfig, evaluate
-from sidrec_core.io import save_npy
 from sidrec_core.rpg import mhl
 from sidrec_core.rpg.mhl import Curriculum, MHLConfig, codeword_entropy, select_units
 from sidrec_core.rpg.model import RPG, RPGConfig
-from sidrec_core.rpg.tokenizer import OPQConfig, build_opq_table
+from sidrec_core.rpg.tokenizer import build_opq_table
 from sidrec_core.stages.build_rpg_sids import run as run_build_rpg_sids
 from sidrec_core.stages.eval_rpg import run as run_eval_rpg
 from sidrec_core.stages.train_rpg import run as run_train_rpg
 from sidrec_core.train import Resume, TrainConfig, fit
 from sidrec_core.utils import seed_everything
 from tests.test_resume import Killed, _KillAfter, _same
+from tests.test_rpg import _small, stage_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,18 +32,7 @@ CODES = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.randint(0, 8, (10,
 
 
 def _cfg(**mhl) -> RPGConfig:
-    return RPGConfig(
-        hidden_dim=32,
-        num_layers=1,
-        num_heads=2,
-        ffn_dim=64,
-        temperature=0.1,
-        embedding_dropout=0.0,
-        attention_dropout=0.0,
-        max_history=20,
-        sid=OPQConfig(num_codebooks=4, codebook_size=8),
-        mhl=MHLConfig(**mhl),
-    )
+    return _small(embedding_dropout=0.0, attention_dropout=0.0, mhl=MHLConfig(**mhl))
 
 
 def test_the_top_n_eligible_units_are_masked_with_n_drawn_up_to_the_ratio():
@@ -231,27 +220,10 @@ def test_the_plateau_schedule_asks_for_patience_beyond_its_ten_steps():
 
 
 def test_stages_train_with_mhl_and_score_its_checkpoint(syn_prepared, syn_ds, tmp_path):
-    params = syn_prepared
-    emb = tmp_path / "emb.npy"
-    save_npy(emb, synthetic_embeddings(syn_ds))
-    params["eval"] = {"bootstrap": 0, "ks": [5, 10]}
-    params["rpg"] = {
-        "hidden_dim": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "ffn_dim": 64,
-        "temperature": 0.1,
-        "checkpoint": str(tmp_path / "rpg" / "model.pt"),
-        "sid": {
-            "num_codebooks": 4,
-            "codebook_size": 8,
-            "opq_iters": 5,
-            "embeddings": str(emb),
-            "output_dir": str(tmp_path / "sids_rpg"),
-        },
-        "mhl": {"granularity": "token", "random_epochs": 1, "entropy_epochs": 1},
-        "train": {"epochs": 3, "batch_size": 64},
-    }
+    mhl_on = {"granularity": "token", "random_epochs": 1, "entropy_epochs": 1}
+    params = stage_params(
+        syn_prepared, syn_ds, tmp_path, mhl=mhl_on, train={"epochs": 3, "batch_size": 64}
+    )
     run_build_rpg_sids(params)
     trained = run_train_rpg(params)
     assert trained["epochs"] == 3
