@@ -7,11 +7,15 @@ scores ``eval.max_valid_users`` users exactly, as ``train_rpg`` validates); each
 ``train_rpg`` builds them; ``--steps`` AdamW steps after ``--warmup`` are timed and extrapolated
 over the epoch (batches are length-bucketed: an estimate), then one validation is timed. The
 projected training minutes of each ``--epochs`` count are epochs x (epoch + validation), without
-early stopping. Writes JSON to ``--out``.
+early stopping. ``--mhl-phases`` times each listed phase of Masked History Learning
+(``rpg.mhl``, its granularity set with ``--set rpg.mhl.granularity=token``): ``random`` masks at
+the start ratio, ``entropy`` adds the no-grad entropy pass, ``none`` is the next-item loss alone.
+Writes JSON to ``--out``.
 
 Usage: python bench/perf/rpg_train_perf.py [--prepared data/prepared] [--sids data/sids_rpg]
        [--dims 128 192 256] [--epochs 40 60] [--set eval.max_valid_users=1000 ...]
-       [--steps 40] [--threads 1] [--out experiments/perf/rpg_train_perf.json]
+       [--steps 40] [--threads 1] [--mhl-phases none random entropy]
+       [--out experiments/perf/rpg_train_perf.json]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig
 from sidrec_core.io import write_json
 from sidrec_core.perf import provenance
+from sidrec_core.rpg.mhl import Curriculum
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.sid.table import SIDTable
 from sidrec_core.utils import peak_rss_mb, seed_everything, set_threads
@@ -41,10 +46,28 @@ def configs(params: dict[str, Any], dim: int, sids: str) -> tuple[RPGConfig, Eva
     return build(RPGConfig, section, "rpg"), build(EvalConfig, params.get("eval"), "eval")
 
 
+def curriculum(cfg: RPGConfig, phase: str) -> Curriculum | None:
+    """A curriculum held in MHL ``phase`` (its first epoch), or None for ``none``."""
+    if phase == "none":
+        return None
+    if not cfg.mhl.on:
+        raise ValueError(f"--mhl-phases {phase}: set rpg.mhl.granularity (token or item) too")
+    cur = Curriculum(cfg.mhl, "valid/ndcg@10", seed=0)
+    cur.epoch = 1 if phase == "random" else cfg.mhl.random_epochs + 1
+    return cur
+
+
 def measure(
-    dim: int, params: dict, prepared: str, sids: str, steps: int, warmup: int, threads: int
+    dim: int,
+    params: dict,
+    prepared: str,
+    sids: str,
+    steps: int,
+    warmup: int,
+    threads: int,
+    phase: str = "none",
 ) -> dict:
-    """One width's training and validation timing."""
+    """One width's training (in MHL ``phase``) and validation timing."""
     import torch
 
     from sidrec_core.stages.fit_ranker import validation
@@ -55,6 +78,7 @@ def measure(
     loo = leave_one_out(load_prepared(prepared))
     table = SIDTable.load(cfg.sid.output_dir, num_items=loo.num_items)
     model = RPG(cfg, torch.as_tensor(table.codes), cfg.sid.codebook_size)
+    model.curriculum = curriculum(cfg, phase)
     rows = TrainBatches(
         loo.train_sequences,
         cfg.max_history,
@@ -85,6 +109,7 @@ def measure(
     per_validation = time.perf_counter() - start
     return {
         "hidden_dim": dim,
+        "mhl_phase": phase,
         "seconds_per_epoch": per_epoch,
         "seconds_per_validation": per_validation,
         "validation_users": len(valid) if users is None else len(users),
@@ -105,20 +130,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps (0 = whole epoch)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--mhl-phases", nargs="+", default=["none"], choices=["none", "random", "entropy"]
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--out", default="experiments/perf/rpg_train_perf.json")
     args = parser.parse_args()
-    params = apply_overrides(load_params(args.params), args.sets)
-    for dim in args.dims:  # a bad key or value fails here, in one line, before any timing
-        configs(params, dim, args.sids)
+    try:  # a bad file, key or value fails here, in one line, before any timing
+        params = apply_overrides(load_params(args.params), args.sets)
+        for dim in args.dims:
+            for phase in args.mhl_phases:
+                curriculum(configs(params, dim, args.sids)[0], phase)
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError included
+        parser.error(str(exc))
     made = provenance(args.threads)
     ctx = mp.get_context("spawn")
     results = []
-    for dim in args.dims:
+    for dim, phase in [(d, p) for d in args.dims for p in args.mhl_phases]:
         with ctx.Pool(1) as pool:
             job = (dim, params, args.prepared, args.sids, args.steps, args.warmup, args.threads)
-            result = pool.apply(measure, job)
+            result = pool.apply(measure, (*job, phase))
         epoch = result["seconds_per_epoch"] + result["seconds_per_validation"]
         result["training_minutes"] = {str(n): n * epoch / 60 for n in args.epochs}
         results.append(result)
