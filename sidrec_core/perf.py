@@ -10,6 +10,8 @@ before the start still counts: the flag errs on the side of "not idle".
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -17,6 +19,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +93,14 @@ def provenance(threads: int, device: str = "cpu") -> dict[str, Any]:
         "load_1m_before": round(load_1m, 2),
         "idle": load_1m < IDLE_LOAD,
     }
+
+
+@contextlib.contextmanager
+def usage_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Bad input read inside the block (a missing params file, an unknown key, a value out of
+    range: ``FileNotFoundError`` or ``ValueError``, ``ConfigError`` included) ends a bench with
+    argparse's usage and a one-line error, exit status 2, before any timing."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))

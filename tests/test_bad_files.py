@@ -151,3 +151,38 @@ def test_unwritable_out_folder_of_studies_is_one_line(tmp_path, capsys, script):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"error: {tmp_path / 'blocker'}") and "Not a directory" in err
+
+
+@pytest.mark.parametrize(
+    "script, bad",
+    [
+        ("rpg_train_perf", ["--set", "rpg.mhl.ratio=2"]),
+        ("rpg_train_perf", ["--mhl-phases", "entropy"]),
+        ("rpg_decoding", ["--set", "rpg.bogus=1"]),
+        ("sidlm_decoding", ["--set", "sidlm.bogus=1"]),
+        ("sasrec_perf", ["--set", "sasrec.bogus=1"]),
+        ("sasrec_valid_cost", ["--params", "missing.yaml"]),
+    ],
+)
+def test_perf_bench_bad_params_are_one_usage_line(tmp_path, capsys, monkeypatch, script, bad):
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "bench" / "perf" / f"{script}.py"
+    params = [] if "--params" in bad else ["--params", str(root / "params.yaml")]
+    monkeypatch.chdir(tmp_path)  # nothing is written: the error comes before any output
+    argv = [str(path), *params, *bad, "--out", str(tmp_path / "out.json")]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(path), run_name="__main__")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "Traceback" not in "".join(err)
+    expected = {
+        "rpg_train_perf": "rpg.mhl" if "--set" in bad else "set rpg.mhl.granularity",
+        "rpg_decoding": "unknown key(s) rpg.bogus",
+        "sidlm_decoding": "unknown key(s) sidlm.bogus",
+        "sasrec_perf": "unknown key(s) sasrec.bogus",
+        "sasrec_valid_cost": "missing.yaml",
+    }[script]
+    assert err[-1].startswith(f"{path.name}: error: ") and expected in err[-1]
+    assert list(tmp_path.iterdir()) == []

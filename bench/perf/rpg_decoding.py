@@ -40,7 +40,7 @@ from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, load_inputs
-from sidrec_core.perf import provenance
+from sidrec_core.perf import provenance, usage_errors
 from sidrec_core.rpg.decoding import GraphDecodingConfig
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.stages.context import build_configs
@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="experiments/perf/rpg_decoding.json")
     args = parser.parse_args(argv)
-    params = apply_overrides(load_params(args.params), args.sets)
-    cfgs = build_configs(params, {"base": BaseConfig, "data": DataConfig, "rpg": RPGConfig})
+    with usage_errors(parser):
+        params = apply_overrides(load_params(args.params), args.sets)
+        cfgs = build_configs(params, {"base": BaseConfig, "data": DataConfig, "rpg": RPGConfig})
     base, data, cfg = cfgs["base"], cfgs["data"], cfgs["rpg"]
     set_threads(base.num_threads)
     made = provenance(torch.get_num_threads())

@@ -32,7 +32,7 @@ from sidrec_core.data.dataset import load_prepared
 from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig
 from sidrec_core.io import write_json
-from sidrec_core.perf import provenance
+from sidrec_core.perf import provenance, usage_errors
 from sidrec_core.rpg.mhl import Curriculum
 from sidrec_core.rpg.model import RPG, RPGConfig
 from sidrec_core.sid.table import SIDTable
@@ -137,13 +137,11 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--out", default="experiments/perf/rpg_train_perf.json")
     args = parser.parse_args()
-    try:  # a bad file, key or value fails here, in one line, before any timing
+    with usage_errors(parser):
         params = apply_overrides(load_params(args.params), args.sets)
         for dim in args.dims:
             for phase in args.mhl_phases:
                 curriculum(configs(params, dim, args.sids)[0], phase)
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError included
-        parser.error(str(exc))
     made = provenance(args.threads)
     ctx = mp.get_context("spawn")
     results = []

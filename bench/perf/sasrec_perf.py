@@ -27,7 +27,7 @@ from sidrec_core.io import write_json
 from sidrec_core.models.losses import LOSSES
 from sidrec_core.models.sasrec import SASRecConfig, build_sasrec
 from sidrec_core.models.sasrec import training_batches as make_batches
-from sidrec_core.perf import provenance
+from sidrec_core.perf import provenance, usage_errors
 from sidrec_core.utils import peak_rss_mb, seed_everything, set_threads
 
 
@@ -86,9 +86,10 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--out", default="experiments/perf/sasrec_perf.json")
     args = parser.parse_args()
-    sasrec = apply_overrides(load_params(args.params), args.sets).get("sasrec") or {}
-    for loss in args.losses:  # a bad key or value fails here, in one line, before any timing
-        build(SASRecConfig, {**sasrec, "loss": loss}, "sasrec")
+    with usage_errors(parser):
+        sasrec = apply_overrides(load_params(args.params), args.sets).get("sasrec") or {}
+        for loss in args.losses:
+            build(SASRecConfig, {**sasrec, "loss": loss}, "sasrec")
     made = provenance(args.threads)
     ctx = mp.get_context("spawn")
     results = []

@@ -30,7 +30,7 @@ from sidrec_core.data.split import leave_one_out, subsample_rows
 from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json
 from sidrec_core.models.sasrec import SASRecConfig, load_sasrec
-from sidrec_core.perf import provenance
+from sidrec_core.perf import provenance, usage_errors
 from sidrec_core.utils import set_threads
 
 METRIC = "valid/ndcg@10"
@@ -69,9 +69,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="experiments/perf/sasrec_valid_cost.json")
     args = parser.parse_args()
-    params = load_params(args.params)
-    cfg = build(SASRecConfig, params.get("sasrec") or {}, "sasrec")
-    ev = build(EvalConfig, {**(params.get("eval") or {}), "bootstrap": 0}, "eval")
+    with usage_errors(parser):
+        params = load_params(args.params)
+        cfg = build(SASRecConfig, params.get("sasrec") or {}, "sasrec")
+        ev = build(EvalConfig, {**(params.get("eval") or {}), "bootstrap": 0}, "eval")
     set_threads(args.threads)
     made = provenance(args.threads)
     loo = leave_one_out(load_prepared(args.prepared))

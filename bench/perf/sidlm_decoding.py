@@ -28,7 +28,7 @@ from sidrec_core.evaluate import EvalConfig, evaluate
 from sidrec_core.io import write_json, write_text
 from sidrec_core.models.beam import DecodingConfig
 from sidrec_core.models.sidlm import SIDLM, SIDLMConfig, load_inputs
-from sidrec_core.perf import provenance
+from sidrec_core.perf import provenance, usage_errors
 from sidrec_core.stages.context import build_configs
 from sidrec_core.utils import resolve_device, set_threads
 
@@ -42,10 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-users", type=int, default=3000, help="0 = all test users")
     parser.add_argument("--out", default="experiments/perf/sidlm_decoding.json")
     args = parser.parse_args(argv)
-    params = apply_overrides(load_params(args.params), args.sets)
-    cfgs = build_configs(
-        params, {"base": BaseConfig, "data": DataConfig, "eval": EvalConfig, "sidlm": SIDLMConfig}
-    )
+    sections = {"base": BaseConfig, "data": DataConfig, "eval": EvalConfig, "sidlm": SIDLMConfig}
+    with usage_errors(parser):
+        cfgs = build_configs(apply_overrides(load_params(args.params), args.sets), sections)
     base, data, eval_cfg, cfg = cfgs["base"], cfgs["data"], cfgs["eval"], cfgs["sidlm"]
     set_threads(base.num_threads)
     device = resolve_device(base.device)
