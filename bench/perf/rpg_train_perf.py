@@ -65,7 +65,7 @@ def measure(
     steps: int,
     warmup: int,
     threads: int,
-    phase: str = "none",
+    phase: str,
 ) -> dict:
     """One width's training (in MHL ``phase``) and validation timing."""
     import torch
@@ -140,15 +140,16 @@ def main() -> None:
     with usage_errors(parser):
         params = apply_overrides(load_params(args.params), args.sets)
         for dim in args.dims:
+            cfg = configs(params, dim, args.sids)[0]
             for phase in args.mhl_phases:
-                curriculum(configs(params, dim, args.sids)[0], phase)
+                curriculum(cfg, phase)
     made = provenance(args.threads)
     ctx = mp.get_context("spawn")
     results = []
     for dim, phase in [(d, p) for d in args.dims for p in args.mhl_phases]:
         with ctx.Pool(1) as pool:
-            job = (dim, params, args.prepared, args.sids, args.steps, args.warmup, args.threads)
-            result = pool.apply(measure, (*job, phase))
+            inputs = (params, args.prepared, args.sids, args.steps, args.warmup, args.threads)
+            result = pool.apply(measure, (dim, *inputs, phase))
         epoch = result["seconds_per_epoch"] + result["seconds_per_validation"]
         result["training_minutes"] = {str(n): n * epoch / 60 for n in args.epochs}
         results.append(result)
