@@ -631,13 +631,38 @@ def test_index_findings_from_real_data_storage(tmp_path):
     cost."""
     ndcg = {("on", 0): 0.010, ("on", 1): 0.011, ("on", 2): 0.012}
     ndcg |= {("off", 0): 0.015, ("off", 1): 0.017, ("off", 2): 0.016}
-    f, trials, _ = _slicing(tmp_path / "exp", ndcg)
+    f, trials, row = _slicing(tmp_path / "exp", ndcg)
     assert (f.best, f.seeds, f.tied) == ("off", 3, ())
     # paired diffs 0.005, 0.006, 0.004: mean 0.005, t(2) CI half-width 4.303 * 0.001 / sqrt(3)
     assert f.diff == pytest.approx(0.005) and f.ci == pytest.approx(4.303e-3 / 3**0.5, rel=1e-3)
     # two tests (objective, test NDCG@10), each raw p 0.0132: Holm doubles them to 0.026
     assert f.holm_p == pytest.approx(0.0263, abs=5e-4) and f.significant
     assert sum(map(spent_seconds, trials)) == 6 * 60.0  # 0.1 CPU-h in 6 trials
+    assert "0.1 CPU-h in 6 trials" in row
+
+
+def test_a_trials_cost_counts_the_upstream_stages_it_ran_and_not_what_dvc_restored():
+    """Its run stage took 100 s but the trial 900 s (DVC trained its upstream first): 900 s. A
+    trial DVC restored took 2 s of its 500 recorded: 2. One taken from another study has no
+    duration of its own: its stages' 300 s."""
+    upstream = finished("ce", 0, 900, {"spent_seconds": 100.0})
+    upstream.user_attrs["wall_seconds"] = 100.0
+    restored = finished("ce", 1, 2, {"spent_seconds": 0.0})
+    restored.user_attrs["wall_seconds"] = 500.0
+    shared = finished("bce", 0, 0, {"shared_from": "x#1"})
+    shared.user_attrs["wall_seconds"] = 300.0
+    assert [spent_seconds(t) for t in (upstream, restored, shared)] == [900.0, 2.0, 300.0]
+
+
+def test_the_index_cost_names_the_failed_trials_it_cannot_time(tmp_path):
+    """A failed trial's end is when some later launch marked it failed: counted, not timed."""
+    ndcg = {(level, seed): 0.01 for level in ("on", "off") for seed in (0, 1, 2)}
+    _, trials, _ = _slicing(tmp_path / "exp", ndcg)
+    url = make_storage(str(tmp_path / "exp" / "lm_head_slicing" / "optuna.jsonl"))
+    ostudy = optuna.load_study(study_name="lm_head_slicing-beauty", storage=url)
+    ostudy.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    row = next(ln for ln in write_index(tmp_path / "exp").read_text().splitlines() if "[`lm_" in ln)
+    assert "0.1 CPU-h in 6 trials, 1 failed (their time not counted)" in row, row
 
 
 @pytest.mark.parametrize(

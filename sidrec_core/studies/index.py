@@ -95,10 +95,15 @@ def last_commit(path: Path) -> str:
 
 
 def spent_seconds(trial: optuna.trial.FrozenTrial) -> float:
-    """CPU seconds the study spent on a trial: its wall time minus what came from the cache or
-    another study's trial (all of it for trials stored before that was recorded)."""
+    """CPU seconds the study spent on a trial (one thread): the time from its start to its end,
+    which counts the upstream stages DVC ran for it, or the recorded seconds of the stages DVC
+    ran where larger (a trial taken from another study keeps those, not a duration of its own;
+    all of its stages for trials stored before that was recorded)."""
     metrics = trial.user_attrs.get("metrics") or {}
-    return float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
+    stages = float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return stages
+    return max(stages, (trial.datetime_complete - trial.datetime_start).total_seconds())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,9 +277,12 @@ def finding_row(
     complete = optuna.trial.TrialState.COMPLETE
     done = [t for t in trials if t.state == complete and "wall_seconds" in t.user_attrs]
     walls = [spent_seconds(t) for t in done]
+    # a failed trial's end is when it was marked failed, possibly long after its worker died
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
     shared = sum(map(is_shared, done))
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
     cost += f" ({shared} taken from other studies)" if shared else ""
+    cost += f", {failed} failed (their time not counted)" if failed else ""
     effect = effect_text(study, f)
     grid = len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
     if len(walls) < grid:
