@@ -47,6 +47,7 @@ from sidrec_core.studies.report import (
 )
 from sidrec_core.studies.runner import (
     enqueue_missing,
+    expected_seconds,
     next_level,
     progress,
     ran_seconds,
@@ -898,7 +899,20 @@ def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
     assert next_level(ostudy) == "bce"  # Optuna runs the lowest-numbered WAITING trial first
     ten_minutes = TimeBudget(deadline=time.time() + 600)
     assert ten_minutes.allows(ran_seconds(ostudy))  # the overall median (60 s) would start it
-    assert not ten_minutes.allows(ran_seconds(ostudy, next_level(ostudy)))
+    assert not ten_minutes.allows(expected_seconds(ostudy, next_level(ostudy)))
+    assert expected_seconds(ostudy, "ce") == [60.0, 60.0]
+
+
+def test_the_budget_expects_a_level_with_no_trial_yet_to_cost_the_slowest_trial():
+    """M=64 codebooks had no finished trial, ran on the study's 22-minute median and took 69:
+    before a level's first trial ends, the budget expects the slowest one here."""
+    ostudy = optuna.create_study()
+    for label, seed, secs in [("ce", 0, 60), ("ce", 1, 60), ("bce", 0, 3000)]:
+        ostudy.add_trial(finished(label, seed, secs, {}))
+    ostudy.add_trial(finished("bpr", 0, 0, {"shared_from": "x#1"}))  # took no time here
+    assert expected_seconds(ostudy, "bpr") == [3000.0]
+    assert not TimeBudget(deadline=time.time() + 600).allows(expected_seconds(ostudy, "bpr"))
+    assert expected_seconds(optuna.create_study(), "bpr") == []  # the cost table's estimate
 
 
 ASKER = """

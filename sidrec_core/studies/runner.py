@@ -265,14 +265,29 @@ def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tupl
     return [p for p in points if p not in done]
 
 
+def ran_here(ostudy: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials that ran here (not taken from another study)."""
+    done = ostudy.get_trials(False, states=(TrialState.COMPLETE,))
+    return [t for t in done if not is_shared(t)]
+
+
 def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
-    """Durations of the complete trials that ran here (not taken from another study), of
-    ``level``'s when any ran (levels may differ in cost many times over). A trial DVC restored
-    from its run-cache took seconds but records what its stages cost (``wall_seconds``), which
-    the same point on another seed or machine pays: the larger of the two counts."""
-    done = [t for t in ostudy.get_trials(False, states=(TrialState.COMPLETE,)) if not is_shared(t)]
+    """Durations of the complete trials that ran here, of ``level``'s when any ran (levels may
+    differ in cost many times over). A trial DVC restored from its run-cache took seconds but
+    records what its stages cost (``wall_seconds``), which the same point on another seed or
+    machine pays: the larger of the two counts."""
+    done = ran_here(ostudy)
     mine = [t for t in done if level is not None and trial_level(t) == level]
     return [trial_seconds(t) for t in mine or done]
+
+
+def expected_seconds(ostudy: optuna.Study, level: str) -> list[float]:
+    """What a time budget expects ``level``'s next trial to take: its trials' durations, or,
+    before one finished, the slowest trial here (an RPG level with twice the codebooks took
+    three times the study's median)."""
+    secs = ran_seconds(ostudy, level)
+    mine = any(trial_level(t) == level for t in ran_here(ostudy))
+    return secs if mine or not secs else [max(secs)]
 
 
 def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
@@ -370,16 +385,16 @@ def _work(
     parent_run_id: str | None,
 ) -> None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
-    ``max_trials`` ran or the next one would overrun the time budget (expected to last as long
-    as its level's trials did, or, before any trial here finished, as the committed cost table's
-    median for the study)."""
+    ``max_trials`` ran or the next one would overrun the time budget (see
+    :func:`expected_seconds`; before any trial here finished, the committed cost table's median
+    for the study)."""
     ostudy = open_study(get_study(study_name), opts, seeds, defaults)
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study_name)
     estimate = [] if minutes is None else [60.0 * minutes]
 
     def go_on(s: optuna.Study) -> bool:
         level = next_level(s)
-        return level is not None and opts.budget.allows(ran_seconds(s, level) or estimate)
+        return level is not None and opts.budget.allows(expected_seconds(s, level) or estimate)
 
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     optimize_while(ostudy, objective, go_on, opts.max_trials)
