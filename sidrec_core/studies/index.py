@@ -391,7 +391,10 @@ def findings(out_dir: Path) -> list[str]:
         "study measured it. A profile whose defaults changed since a study first ran has a row "
         "per defaults (`<profile>@<sha>` the later); the later row's last column says, per "
         "level significant on either, whether its effect kept its direction (yes / no where "
-        "significant on both, else unresolved: earlier → now).",
+        "significant on both, else unresolved: earlier → now). The cost is the CPU-hours (one "
+        "thread) the section's complete trials took, upstream stages DVC ran for them included "
+        "and what it restored from its run-cache not, then the median seconds of the best "
+        "level's own stages; failed trials are named, not timed.",
         "",
         *md.table(
             ["study", "dataset", "profile", "factor", "metric", "best level", "effect vs default"]
