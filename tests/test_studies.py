@@ -658,7 +658,7 @@ def test_a_trials_cost_counts_the_upstream_stages_it_ran_and_not_what_dvc_restor
 def test_the_index_cost_names_the_failed_trials_it_cannot_time(tmp_path):
     """A failed trial's end is when some later launch marked it failed: counted, not timed."""
     ndcg = {(level, seed): 0.01 for level in ("on", "off") for seed in (0, 1, 2)}
-    _, trials, _ = _slicing(tmp_path / "exp", ndcg)
+    _slicing(tmp_path / "exp", ndcg)
     url = make_storage(str(tmp_path / "exp" / "lm_head_slicing" / "optuna.jsonl"))
     ostudy = optuna.load_study(study_name="lm_head_slicing-beauty", storage=url)
     ostudy.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))

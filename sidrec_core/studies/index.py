@@ -101,8 +101,6 @@ def spent_seconds(trial: optuna.trial.FrozenTrial) -> float:
     all of its stages for trials stored before that was recorded)."""
     metrics = trial.user_attrs.get("metrics") or {}
     stages = float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
-    if trial.datetime_start is None or trial.datetime_complete is None:
-        return stages
     return max(stages, (trial.datetime_complete - trial.datetime_start).total_seconds())
 
 

@@ -285,9 +285,9 @@ def expected_seconds(ostudy: optuna.Study, level: str) -> list[float]:
     """What a time budget expects ``level``'s next trial to take: its trials' durations, or,
     before one finished, the slowest trial here (an RPG level with twice the codebooks took
     three times the study's median)."""
-    secs = ran_seconds(ostudy, level)
-    mine = any(trial_level(t) == level for t in ran_here(ostudy))
-    return secs if mine or not secs else [max(secs)]
+    done = ran_here(ostudy)
+    mine = [trial_seconds(t) for t in done if trial_level(t) == level]
+    return mine or ([max(map(trial_seconds, done))] if done else [])
 
 
 def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
