@@ -27,6 +27,10 @@ ABLATE = {
     "--n-seeds": {"type": int, "help": "seeds per level (default: declared; 3 on synthetic data)"},
     "--workers": {"type": int, "default": 1, "help": "worker processes on this study"},
     "--no-retry-failed": {**STORE, "help": "do not re-queue grid points whose trial failed"},
+    "--rerun-unpaired": {
+        **STORE,
+        "help": "re-run (once) each trial that read other upstream inputs than its seed's newest",
+    },
     "--dvc-args": {**STORE, "help": "print the profile as -S flags: dvc exp run $(...)"},
 }
 
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             params_file=args.params,
             sets=args.sets,
             retry_failed=not args.no_retry_failed,
+            rerun_unpaired=args.rerun_unpaired,
         )
         if args.report_only:
             return report_only(names, opts)

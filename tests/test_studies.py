@@ -27,6 +27,7 @@ from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies import runner
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.defaults import departures, same_defaults
+from sidrec_core.studies.fingerprints import broken_seeds
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
@@ -35,7 +36,6 @@ from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import (
     STALE_NOTE,
     Cell,
-    broken_seeds,
     cell_text,
     compare_levels,
     is_pipeline_check,

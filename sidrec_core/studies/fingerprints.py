@@ -12,6 +12,7 @@ from sidrec_core.metrics import METRIC_FNS, decode_ranks
 
 READ, WROTE = "sha256/read/", "sha256/wrote/"
 RANKS = "test/ranks"
+Records = dict[str, dict[int, dict[str, Any]]]  # level -> seed -> the trial's stored metrics
 RANKED = re.compile(r"^(?:(?P<prefix>.+)/)?test/(?P<metric>hr|ndcg|mrr)@(?P<k>\d+)$")
 
 
@@ -44,3 +45,14 @@ def per_user(metrics: dict[str, Any], metric: str) -> np.ndarray | None:
     if k > int(text.split(":", 2)[1]):
         return None
     return METRIC_FNS[match["metric"]](decode_ranks(text), k)
+
+
+def broken_seeds(
+    records: Records, level: str, versus: str, varied: tuple[str, ...] = ()
+) -> dict[int, list[str]]:
+    """Seeds at which the two levels read different upstream inputs (not comparable), besides
+    the ``varied`` ones the study's levels differ in by design."""
+    a, b = records.get(level, {}), records.get(versus, {})
+    differ = {seed: pairing_break(a[seed], b[seed]) for seed in sorted(a.keys() & b.keys())}
+    kept = {seed: [k for k in d if k not in varied] for seed, d in differ.items() if d}
+    return {seed: d for seed, d in kept.items() if d}

@@ -26,12 +26,13 @@ from sidrec_core.studies.defaults import (
     departures,
     profile_of,
 )
-from sidrec_core.studies.fingerprints import pairing_break, per_user, upstream
+from sidrec_core.studies.fingerprints import Records, broken_seeds, per_user, upstream
 from sidrec_core.studies.literature import claim_lines
 from sidrec_core.studies.markdown import is_cost
 from sidrec_core.studies.notes import note_lines
 from sidrec_core.studies.provenance import section_lines as provenance_lines
 from sidrec_core.studies.reference import reference_lines
+from sidrec_core.studies.rerun import RERUN_OF, counting, replaced_lines, rerun_text
 from sidrec_core.studies.seeds import COST_TABLE, seeds_held, shortfall_text
 from sidrec_core.studies.storage import sections, study_journal
 from sidrec_core.studies.study import Study, is_stale, live_point, trial_level, trial_seed
@@ -52,7 +53,6 @@ COUNT_KEYS = ("epochs", "num_parameters", "rec_steps")  # whole numbers: per see
 COUNTS_NOTE = (
     "counts (epochs run, parameters, steps): each seed's in seed order, one when all agree; "
 )
-Records = dict[str, dict[int, dict[str, Any]]]  # level -> seed -> the trial's stored metrics
 Table = dict[str, dict[str, "Cell"]]  # level -> metric -> Cell
 
 
@@ -205,17 +205,6 @@ class Comparison:
     broken: dict[int, list[str]] = dataclasses.field(default_factory=dict)
 
 
-def broken_seeds(
-    records: Records, level: str, versus: str, varied: tuple[str, ...] = ()
-) -> dict[int, list[str]]:
-    """Seeds at which the two levels read different upstream inputs (not comparable), besides
-    the ``varied`` ones the study's levels differ in by design."""
-    a, b = records.get(level, {}), records.get(versus, {})
-    differ = {seed: pairing_break(a[seed], b[seed]) for seed in sorted(a.keys() & b.keys())}
-    kept = {seed: [k for k in d if k not in varied] for seed, d in differ.items() if d}
-    return {seed: d for seed, d in kept.items() if d}
-
-
 def user_level_ci(
     records: Records, level: str, versus: str, metric: str, seeds: list[int]
 ) -> tuple[float, float] | None:
@@ -319,11 +308,16 @@ def significance_lines(
 
 
 def failure_lines(study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[str]:
-    """Retried failures, failed grid points still open, and stale trials left out."""
+    """Retried failures, failed grid points still open, stale and replaced trials left out."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    done = {live_point(study, t) for t in complete}
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    open_ = [t for t in failed if (trial_level(t), trial_seed(t)) not in done]
+    last = {point: t.number for point, t in counting(study, trials).items()}
+
+    def is_open(t: optuna.trial.FrozenTrial) -> bool:
+        """No complete trial of its point, or, a re-run, the trial it was to replace counts."""
+        return last.get((trial_level(t), trial_seed(t))) == t.user_attrs.get(RERUN_OF)
+
+    open_ = [t for t in failed if is_open(t)]
     lines = []
     if len(failed) > len(open_):
         lines += [
@@ -334,7 +328,7 @@ def failure_lines(study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[
     if open_:
         lines += ["", "Failed trials (grid points without a complete trial):", ""]
         lines += [
-            f"- #{t.number} {trial_level(t)} seed {trial_seed(t)}: "
+            f"- #{t.number} {trial_level(t)} seed {trial_seed(t)}{rerun_text(t)}: "
             f"{t.user_attrs.get('error', STOPPED)}"
             for t in open_[:10]
         ]
@@ -344,7 +338,7 @@ def failure_lines(study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[
         spec = t.user_attrs["level_spec"]
         ran = md.assignments(kv for part in ("fixed", "level") for kv in spec[part].items())
         lines.append(f"- #{t.number} {trial_level(t)} seed {trial_seed(t)} ran {ran}")
-    return lines
+    return lines + replaced_lines(study, trials)
 
 
 def profile_section(

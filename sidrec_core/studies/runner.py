@@ -41,6 +41,7 @@ from sidrec_core.studies.defaults import (
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
+from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
     WORKER,
@@ -83,6 +84,7 @@ class StudyOptions:
     params_file: str = "params.yaml"
     sets: list[str] = dataclasses.field(default_factory=list)
     retry_failed: bool = True
+    rerun_unpaired: bool = False  # re-run trials whose upstream inputs unpair them (rerun.py)
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -302,11 +304,15 @@ def stage_seconds(t: optuna.trial.FrozenTrial) -> float:
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
-    """``trial k/N`` and an ETA: each remaining point at its level's median duration."""
+    """``trial k/N`` and an ETA: each remaining point and queued re-run at its level's median
+    duration (a re-run's point is complete already: it counts once more in N)."""
     points, done = grid(ostudy, study, seeds)
-    text = f"trial {len(done) + 1}/{len(points)}"
+    reruns = [t for t in ostudy.get_trials(False, states=LIVE) if RERUN_OF in t.user_attrs]
+    pending = [p for p in points if p not in done]
+    pending += [grid_point(t) for t in reruns if t.state != TrialState.COMPLETE]
+    text = f"trial {len(points) + len(reruns) - len(pending) + 1}/{len(points) + len(reruns)}"
     if secs := ran_seconds(ostudy):
-        left = sum(np.median(ran_seconds(ostudy, p[0])) for p in points if p not in done)
+        left = sum(np.median(ran_seconds(ostudy, p[0])) for p in pending)
         text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
     return text
 
@@ -333,11 +339,13 @@ class Objective:
         if label not in study.labels:
             raise optuna.TrialPruned(f"level {label!r} is no longer in study {study.name}")
         # two launches queueing one point at once (enqueue_trial's documented race) leave a twin:
-        # a complete trial of the point, or a running one numbered lower, takes it
+        # a complete trial of the point (past the one a re-run replaces), or a running one
+        # numbered lower, takes it
+        replaces = trial.user_attrs.get(RERUN_OF, -1)
         for t in trial.study.get_trials(False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
             complete = t.state == TrialState.COMPLETE
             if (live_point(study, t) if complete else grid_point(t)) == point and (
-                complete or t.number < trial.number
+                t.number > replaces if complete else t.number < trial.number
             ):
                 raise optuna.TrialPruned(
                     f"grid point ({label}, seed {seed}) taken by another trial"
@@ -415,6 +423,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     fail_dead_trials(ostudy, journal=is_journal(opts.storage_url_for(study.name)))
     before = len(remaining(ostudy, study, seeds))
     queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
+    if opts.rerun_unpaired:
+        queued += enqueue_unpaired(ostudy, study)
     state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
     summary: dict[str, Any] = {
         "study": ostudy.study_name,
