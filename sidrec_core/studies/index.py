@@ -301,7 +301,8 @@ def finding_row(
     notes = study_notes(study, table, f.metric)
     effect += "; see the notes below" if notes else ""
     if "wall_seconds" in cols:
-        cost += f"; {np.median(list(table[f.best]['wall_seconds'].values.values())):.0f} s a trial"
+        own = np.median(list(table[f.best]["wall_seconds"].values.values()))
+        cost += f"; `{f.best}`'s own stages {own:.0f} s a trial"
     chosen = f"`{f.metric}` (best level chosen on `{f.objective}`)"
     link = f"[`{study.name}`]({study.name}/report.md)"
     dataset = str(ostudy.user_attrs.get("dataset", "?"))
