@@ -91,11 +91,10 @@ def metric_columns(study: Study, rows: list[dict[str, float]]) -> list[str]:
 
 
 def live_trials(study: Study, trials: list[optuna.trial.FrozenTrial]) -> Iterator[tuple]:
-    """(level, seed, trial) of every complete trial that counts (on the grid, not stale)."""
-    for t in trials:
-        point = live_point(study, t)
-        if t.state == TrialState.COMPLETE and point is not None:
-            yield *point, t
+    """(level, seed, trial) of every complete trial that counts (on the grid, not stale, not
+    replaced by a re-run)."""
+    for point, t in counting(study, trials).items():
+        yield *point, t
 
 
 def summarize_trials(
@@ -311,7 +310,8 @@ def failure_lines(study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[
     """Retried failures, failed grid points still open, stale and replaced trials left out."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    last = {point: t.number for point, t in counting(study, trials).items()}
+    counted = counting(study, trials)
+    last = {point: t.number for point, t in counted.items()}
 
     def is_open(t: optuna.trial.FrozenTrial) -> bool:
         """No complete trial of its point, or, a re-run, the trial it was to replace counts."""
@@ -338,7 +338,7 @@ def failure_lines(study: Study, trials: list[optuna.trial.FrozenTrial]) -> list[
         spec = t.user_attrs["level_spec"]
         ran = md.assignments(kv for part in ("fixed", "level") for kv in spec[part].items())
         lines.append(f"- #{t.number} {trial_level(t)} seed {trial_seed(t)} ran {ran}")
-    return lines + replaced_lines(study, trials)
+    return lines + replaced_lines(counted)
 
 
 def profile_section(

@@ -57,10 +57,9 @@ def rerun_text(t: FrozenTrial) -> str:
     return f" (re-run of #{t.user_attrs[RERUN_OF]})" if RERUN_OF in t.user_attrs else ""
 
 
-def replaced_lines(study: Study, trials: list[FrozenTrial]) -> list[str]:
-    """The report's list of complete trials a re-run replaced."""
-    last = counting(study, trials)
-    done = [t for t in last.values() if RERUN_OF in t.user_attrs]
+def replaced_lines(counted: dict[tuple[str, int], FrozenTrial]) -> list[str]:
+    """The report's list of the trials re-runs replaced (``counted``: :func:`counting`'s)."""
+    done = [t for t in counted.values() if RERUN_OF in t.user_attrs]
     if not done:
         return []
     lines = [
