@@ -45,6 +45,7 @@ from sidrec_core.studies.report import (
     trial_records,
     write_study_report,
 )
+from sidrec_core.studies.rerun import RERUN_OF
 from sidrec_core.studies.runner import (
     enqueue_missing,
     expected_seconds,
@@ -656,14 +657,35 @@ def test_a_trials_cost_counts_the_upstream_stages_it_ran_and_not_what_dvc_restor
 
 
 def test_the_index_cost_names_the_failed_trials_it_cannot_time(tmp_path):
-    """A failed trial's end is when some later launch marked it failed: counted, not timed."""
+    """A failed trial's end is when some later launch marked it failed: counted, not timed; one
+    that raised is told apart from one whose worker was stopped (no error recorded)."""
     ndcg = {(level, seed): 0.01 for level in ("on", "off") for seed in (0, 1, 2)}
     _slicing(tmp_path / "exp", ndcg)
     url = make_storage(str(tmp_path / "exp" / "lm_head_slicing" / "optuna.jsonl"))
     ostudy = optuna.load_study(study_name="lm_head_slicing-beauty", storage=url)
-    ostudy.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    fail = optuna.trial.TrialState.FAIL
+    ostudy.add_trial(optuna.trial.create_trial(state=fail))
     row = next(ln for ln in write_index(tmp_path / "exp").read_text().splitlines() if "[`lm_" in ln)
-    assert "0.1 CPU-h in 6 trials, 1 failed (their time not counted)" in row, row
+    assert "0.1 CPU-h in 6 trials, 1 stopped mid-trial (their time not counted)" in row, row
+    ostudy.add_trial(optuna.trial.create_trial(state=fail, user_attrs={"error": "OSError: x"}))
+    row = next(ln for ln in write_index(tmp_path / "exp").read_text().splitlines() if "[`lm_" in ln)
+    assert "6 trials, 1 failed and 1 stopped mid-trial (their time not counted)" in row, row
+
+
+def test_the_index_costs_a_replaced_trial_but_counts_its_point_once(tmp_path):
+    """A re-run was paid for beside the trial it replaced: both are costed, one point filled,
+    so a study with a point still missing reads partial."""
+    ndcg = {(level, seed): 0.01 for level in ("on", "off") for seed in (0, 1, 2)}
+    del ndcg[("off", 2)]
+    _slicing(tmp_path / "exp", ndcg)
+    url = make_storage(str(tmp_path / "exp" / "lm_head_slicing" / "optuna.jsonl"))
+    ostudy = optuna.load_study(study_name="lm_head_slicing-beauty", storage=url)
+    old = next(t for t in ostudy.get_trials() if t.user_attrs["grid_point"] == ["off", 0])
+    attrs = {**old.user_attrs, RERUN_OF: old.number}
+    ostudy.add_trial(optuna.trial.create_trial(value=0.01, user_attrs=attrs))
+    row = next(ln for ln in write_index(tmp_path / "exp").read_text().splitlines() if "[`lm_" in ln)
+    assert "0.1 CPU-h in 6 trials (1 replaced by re-runs)" in row, row
+    assert "(partial: 5 of 6 trials)" in row, row
 
 
 @pytest.mark.parametrize(

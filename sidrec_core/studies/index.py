@@ -34,6 +34,7 @@ from sidrec_core.studies.report import (
     summarize_trials,
     trial_records,
 )
+from sidrec_core.studies.rerun import RERUN_OF, counting
 from sidrec_core.studies.seeds import (
     CHEAP_MINUTES,
     CHEAP_SEEDS,
@@ -276,15 +277,24 @@ def finding_row(
     done = [t for t in trials if t.state == complete and "wall_seconds" in t.user_attrs]
     walls = [spent_seconds(t) for t in done]
     # a failed trial's end is when it was marked failed, possibly long after its worker died
-    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    ended = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    failed = sum("error" in t.user_attrs for t in ended)  # the objective raised
+    stopped = len(ended) - failed  # its worker was stopped mid-trial (see report.STOPPED)
     shared = sum(map(is_shared, done))
+    # a trial a re-run replaced was paid for, so it is costed, but it fills no grid point
+    counted = len(counting(study, done))
+    replaced = sum(RERUN_OF in t.user_attrs for t in done)
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
-    cost += f" ({shared} taken from other studies)" if shared else ""
-    cost += f", {failed} failed (their time not counted)" if failed else ""
+    extras = [f"{shared} taken from other studies"] if shared else []
+    extras += [f"{replaced} replaced by re-runs"] if replaced else []
+    cost += f" ({', '.join(extras)})" if extras else ""
+    unfinished = [f"{failed} failed"] if failed else []
+    unfinished += [f"{stopped} stopped mid-trial"] if stopped else []
+    cost += f", {' and '.join(unfinished)} (their time not counted)" if unfinished else ""
     effect = effect_text(study, f)
     grid = len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
-    if len(walls) < grid:
-        effect += f" (partial: {len(walls)} of {grid} trials)"
+    if counted < grid:
+        effect += f" (partial: {counted} of {grid} trials)"
     short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
     effect += f"; {short}" if short else ""
     moved = departures(study, ostudy)
@@ -392,8 +402,9 @@ def findings(out_dir: Path) -> list[str]:
         "level significant on either, whether its effect kept its direction (yes / no where "
         "significant on both, else unresolved: earlier → now). The cost is the CPU-hours (one "
         "thread) the section's complete trials took, upstream stages DVC ran for them included "
-        "and what it restored from its run-cache not, then the median seconds of the best "
-        "level's own stages; failed trials are named, not timed.",
+        "and what it restored from its run-cache not (a trial a re-run replaced included: it "
+        "was paid for), then the median seconds of the best level's own stages; trials that "
+        "raised (failed) or whose worker was stopped mid-trial are counted, not timed.",
         "",
         *md.table(
             ["study", "dataset", "profile", "factor", "metric", "best level", "effect vs default"]
