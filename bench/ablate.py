@@ -12,9 +12,10 @@ from pathlib import Path
 
 from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.cli import EXPECTED_ERRORS, LIST, STORE, error_exit, parser
+from sidrec_core.studies.plan import left_to_run, remaining_table
 from sidrec_core.studies.profiles import dvc_set_args, get_dotted
 from sidrec_core.studies.registry import STUDIES, get_study
-from sidrec_core.studies.runner import StudyOptions, base_params, run_study
+from sidrec_core.studies.runner import StudyOptions, base_params, run_study, seeds_for
 from sidrec_core.studies.seeds import PIPELINE_CHECK_SEEDS
 from sidrec_core.studies.storage import exists
 from sidrec_core.studies.study import Study
@@ -32,6 +33,10 @@ ABLATE = {
         "help": "re-run (once) each trial that read other upstream inputs than its seed's newest",
     },
     "--dvc-args": {**STORE, "help": "print the profile as -S flags: dvc exp run $(...)"},
+    "--remaining": {
+        **STORE,
+        "help": "print what each --study (default: all) has left on --profile and its CPU-hours",
+    },
 }
 
 
@@ -46,9 +51,11 @@ def describe(study: Study) -> str:
     )
 
 
-def declared_seeds(study: Study, opts: StudyOptions) -> int:
-    """Seeds a launch without ``--n-seeds`` runs: the study's declared count on real data, the
+def seed_count(study: Study, opts: StudyOptions, n_seeds: int | None) -> int:
+    """Seeds a launch runs: ``--n-seeds``, else the study's declared count on real data and the
     pipeline check's on synthetic data (no statistics there)."""
+    if n_seeds is not None:
+        return n_seeds
     synthetic = get_dotted(base_params(opts), "data.name", "") == "synthetic"
     return PIPELINE_CHECK_SEEDS if synthetic else study.seeds
 
@@ -56,13 +63,15 @@ def declared_seeds(study: Study, opts: StudyOptions) -> int:
 def flag_conflict(a: argparse.Namespace) -> str | None:
     """Flags that would silently override one another, or no ``--study``: one line (else None)."""
     given = (("--list", a.list), ("--dvc-args", a.dvc_args), ("--report-only", a.report_only))
+    given += (("--remaining", a.remaining),)
     modes = [flag for flag, on in given if on]
     if len(modes) > 1:
         return f"{' and '.join(modes)} are separate modes; give one of them"
     if modes[:1] in (["--list"], ["--dvc-args"]) and a.study:
         what = "lists every study" if a.list else "prints the profile's -S flags"
         return f"{modes[0]} {what} and runs nothing; drop --study {' '.join(a.study)}"
-    return None if a.study or a.list or a.dvc_args else "give --study NAME (or --list)"
+    listing = a.list or a.dvc_args or a.remaining
+    return None if a.study or listing else "give --study NAME (or --list, --remaining)"
 
 
 def report_only(names: list[str], opts: StudyOptions) -> int:
@@ -101,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 else "\n".join(map(describe, STUDIES.values()))
             )
             return 0
-        names = [get_study(n).name for n in (STUDIES if "all" in args.study else args.study)]
+        every = "all" in args.study or not args.study  # no --study: --remaining reads every one
+        names = [get_study(n).name for n in (STUDIES if every else args.study)]
         if args.to_mlflow:
             from sidrec_core.studies import to_mlflow
 
@@ -124,10 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.report_only:
             return report_only(names, opts)
+        counts = {n: seed_count(get_study(n), opts, args.n_seeds) for n in names}
+        if args.remaining:
+            seeds = {n: seeds_for(base_params(opts), k) for n, k in counts.items()}
+            rows = [left_to_run(get_study(n), opts, seeds[n]) for n in names]
+            print("\n".join(remaining_table(rows, args.profile)))
+            return 0
         status = 0
         for name in names:
-            seeds = declared_seeds(get_study(name), opts) if args.n_seeds is None else args.n_seeds
-            summary = run_study(name, dataclasses.replace(opts, n_seeds=seeds))
+            summary = run_study(name, dataclasses.replace(opts, n_seeds=counts[name]))
             if summary.get("up_to_date"):
                 done = (
                     f"{name}: study complete: {summary['complete']} trials in {summary['storage']}"

@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.ablate import declared_seeds
 from bench.ablate import main as ablate_main
+from bench.ablate import seed_count
 from bench.trial_costs import cost_table, measure_costs
 from sidrec_core.studies.defaults import DEFAULTS
 from sidrec_core.studies.index import write_index
@@ -118,9 +118,10 @@ def test_a_launch_runs_the_declared_seeds_on_real_data_and_three_on_synthetic(ca
     assert ablate_main(["--list"]) == 0
     listing = capsys.readouterr().out.split("\n" + "decoding".ljust(16))[1]
     assert "objective valid/ndcg@10; 5 seeds declared" in listing.split("\n")[2]
-    assert declared_seeds(STUDIES["decoding"], StudyOptions(profile="beauty")) == 5
-    assert declared_seeds(STUDIES["tokenizer"], StudyOptions(profile="beauty")) == 3
-    assert declared_seeds(STUDIES["negatives"], StudyOptions(profile="smoke")) == 3
+    assert seed_count(STUDIES["decoding"], StudyOptions(profile="beauty"), None) == 5
+    assert seed_count(STUDIES["tokenizer"], StudyOptions(profile="beauty"), None) == 3
+    assert seed_count(STUDIES["negatives"], StudyOptions(profile="smoke"), None) == 3
+    assert seed_count(STUDIES["decoding"], StudyOptions(profile="beauty"), 2) == 2  # --n-seeds
 
 
 def test_report_and_index_say_how_many_declared_seeds_a_study_holds(tmp_path):

@@ -1,0 +1,90 @@
+"""``python bench/ablate.py --remaining``: what each study has left to run on a profile and what
+that costs, before anything is launched. A study's section is the one a launch today writes to:
+its current defaults' (a section on earlier defaults is history, not progress), so a study whose
+defaults changed since it ran reads as a new section with nothing done."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from sidrec_core.studies.defaults import effective_defaults, optuna_name
+from sidrec_core.studies.runner import StudyOptions, base_params, grid, ran_seconds
+from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
+from sidrec_core.studies.storage import exists, make_storage
+from sidrec_core.studies.study import Study
+
+OWN = "this section's trials"
+TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any dataset)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Left:
+    """``study``'s section ``section`` (``new``: why a launch would create it, else ""):
+    ``points`` grid points, ``todo`` of them without a complete trial, costing ``seconds``
+    (None: no estimate) on the basis named."""
+
+    study: str
+    section: str
+    new: str
+    points: int
+    todo: int
+    seconds: float | None
+    basis: str
+
+
+def left_to_run(study: Study, opts: StudyOptions, seeds: list[int]) -> Left:
+    """The work ``study`` has left on ``opts.profile`` with ``seeds``: each open point at its
+    level's median duration here (what a launch's ETA takes), else at the cost table's."""
+    defaults = effective_defaults(study, base_params(opts))
+    url = opts.storage_url_for(study.name)
+    storage = make_storage(url) if exists(url) else None
+    first = name = f"{study.name}-{opts.profile}"
+    names = optuna.get_all_study_names(storage) if storage is not None else []
+    if names:
+        name = optuna_name(storage, study.name, opts.profile, defaults)
+    new = "" if name in names else "its defaults changed" if first in names else "never ran"
+    ostudy = None if new else optuna.load_study(study_name=name, storage=storage)
+    if ostudy is None:
+        points, complete = [(lv, s) for lv in study.labels for s in seeds], set()
+    else:
+        points, complete = grid(ostudy, study, seeds)
+    todo = [p for p in points if p not in complete]
+    table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
+    seconds, bases = 0.0, set()
+    for level, _ in todo:
+        own = ran_seconds(ostudy, level) if ostudy is not None else []
+        if not own and table is None:
+            return Left(
+                study.name, name, new, len(points), len(todo), None, "no trial, no cost row"
+            )
+        seconds += float(np.median(own)) if own else 60.0 * table
+        bases.add(OWN if own else TABLE)
+    return Left(study.name, name, new, len(points), len(todo), seconds, " and ".join(sorted(bases)))
+
+
+def remaining_table(rows: list[Left], profile: str) -> list[str]:
+    """Markdown lines: a row per study with work left, then the total."""
+    open_ = [r for r in rows if r.todo]
+    lines = [
+        f"Work left on profile `{profile}` (CPU-hours on one thread; a trial DVC restores from "
+        "its run-cache takes less, one whose upstream stages this machine lacks more):",
+        "",
+        "| study | section | points done | CPU-h left | estimated from |",
+        "|---|---|---|---|---|",
+    ]
+    for r in open_:
+        section = f"`{r.section}`" + (f" (new: {r.new})" if r.new else "")
+        hours = "unknown" if r.seconds is None else f"{r.seconds / 3600:.1f}"
+        lines.append(
+            f"| `{r.study}` | {section} | {r.points - r.todo} of {r.points} | {hours} | {r.basis} |"
+        )
+    known = sum(r.seconds or 0.0 for r in open_)
+    unknown = sum(r.seconds is None for r in open_)
+    total = f"{known / 3600:.1f} CPU-h in {sum(r.todo for r in open_)} trials"
+    total += f" ({unknown} studies without an estimate)" if unknown else ""
+    finished = len(rows) - len(open_)
+    return [*lines, "", f"Total: {total}; {finished} of {len(rows)} studies complete."]

@@ -1,0 +1,57 @@
+"""``bench/ablate.py --remaining``: the open grid points of the section a launch writes to today,
+costed at each level's median duration there, else at the committed cost table's median."""
+
+from __future__ import annotations
+
+from smoke_studies import complete_trial, opts
+
+from bench.ablate import main as ablate_main
+from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
+from sidrec_core.studies.plan import OWN, TABLE, left_to_run, remaining_table
+from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.runner import base_params, open_study
+from sidrec_core.studies.seeds import COST_TABLE
+
+STUDY = STUDIES["exclude_seen"]  # levels off (default), on
+SEEDS = [0, 1]
+
+
+def test_a_study_never_run_has_every_point_open_and_no_estimate_without_a_cost_row(tmp_path):
+    left = left_to_run(STUDY, opts(tmp_path), SEEDS)
+    assert (left.section, left.new, left.points, left.todo) == (
+        "exclude_seen-smoke",
+        "never ran",
+        4,
+        4,
+    )
+    assert left.seconds is None
+    assert "| unknown |" in remaining_table([left], "smoke")[4]
+
+
+def test_open_points_cost_their_levels_median_here_and_new_defaults_open_a_new_section(
+    tmp_path, capsys
+):
+    o = opts(tmp_path)
+    defaults = effective_defaults(STUDY, base_params(o))
+    ostudy = open_study(STUDY, o, SEEDS, defaults)
+    ostudy.add_trial(complete_trial(600, user_attrs={"grid_point": ["on", 0]}))
+    ostudy.add_trial(complete_trial(300, user_attrs={"grid_point": ["off", 0]}))
+    left = left_to_run(STUDY, o, SEEDS)
+    assert (left.new, left.points, left.todo, left.basis) == ("", 4, 2, OWN)
+    assert left.seconds == 900.0  # (off, 1) at off's 300 s, (on, 1) at on's 600 s
+
+    # the section's defaults are not today's: a launch opens a new one, costed by the table
+    key = next(iter(defaults))
+    ostudy.set_user_attr(DEFAULTS, {**defaults, key: "another value"})
+    row = "| `exclude_seen` | 3 | 2.0 | [1.0, 3.0] | 5 | measured |\n"
+    (tmp_path / "exp" / COST_TABLE).write_text(row)
+    left = left_to_run(STUDY, o, SEEDS)
+    assert left.section.startswith("exclude_seen-smoke@") and left.new == "its defaults changed"
+    assert (left.todo, left.seconds, left.basis) == (4, 480.0, TABLE)
+
+    out = str(tmp_path / "exp")
+    argv = ["--remaining", "--profile", "smoke", "--n-seeds", "2", "--out", out]
+    assert ablate_main([*argv, "--study", "exclude_seen"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0 of 4 | 0.1 |" in printed and "(new: its defaults changed)" in printed
+    assert "Total: 0.1 CPU-h in 4 trials; 0 of 1 studies complete." in printed
