@@ -379,6 +379,8 @@ def test_grid_coverage_with_seeds_report_and_cache(tmp_path, capsys):
         (["--list", "--study", "beam_width"], "--list lists every study and runs nothing; drop"),
         (["--report-only", "--dvc-args"], "--dvc-args and --report-only are separate modes"),
         (["--dvc-args", "--study", "x"], "--dvc-args prints the profile's -S flags"),
+        (["--remaining", "--report-only"], "--report-only and --remaining are separate modes"),
+        ([], "give --study NAME (or --list, --remaining)"),
     ],
 )
 def test_flags_that_would_override_each_other_are_refused(argv, expected, capsys):
