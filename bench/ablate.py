@@ -15,7 +15,7 @@ from sidrec_core.studies.cli import EXPECTED_ERRORS, LIST, STORE, error_exit, pa
 from sidrec_core.studies.plan import left_to_run, remaining_table
 from sidrec_core.studies.profiles import dvc_set_args, get_dotted
 from sidrec_core.studies.registry import STUDIES, get_study
-from sidrec_core.studies.runner import StudyOptions, base_params, run_study, seeds_for
+from sidrec_core.studies.runner import StudyOptions, base_params, run_study
 from sidrec_core.studies.seeds import PIPELINE_CHECK_SEEDS
 from sidrec_core.studies.storage import exists
 from sidrec_core.studies.study import Study
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             return report_only(names, opts)
         counts = {n: seed_count(get_study(n), opts, args.n_seeds) for n in names}
         if args.remaining:
-            seeds = {n: seeds_for(base_params(opts), k) for n, k in counts.items()}
-            rows = [left_to_run(get_study(n), opts, seeds[n]) for n in names]
+            rows = [left_to_run(get_study(n), opts, counts[n]) for n in names]
             print("\n".join(remaining_table(rows, args.profile)))
             return 0
         status = 0

@@ -17,7 +17,7 @@ SEEDS = [0, 1]
 
 
 def test_a_study_never_run_has_every_point_open_and_no_estimate_without_a_cost_row(tmp_path):
-    left = left_to_run(STUDY, opts(tmp_path), SEEDS)
+    left = left_to_run(STUDY, opts(tmp_path), len(SEEDS))
     assert (left.section, left.new, left.points, left.todo) == (
         "exclude_seen-smoke",
         "never ran",
@@ -36,7 +36,7 @@ def test_open_points_cost_their_levels_median_here_and_new_defaults_open_a_new_s
     ostudy = open_study(STUDY, o, SEEDS, defaults)
     ostudy.add_trial(complete_trial(600, user_attrs={"grid_point": ["on", 0]}))
     ostudy.add_trial(complete_trial(300, user_attrs={"grid_point": ["off", 0]}))
-    left = left_to_run(STUDY, o, SEEDS)
+    left = left_to_run(STUDY, o, len(SEEDS))
     assert (left.new, left.points, left.todo, left.basis) == ("", 4, 2, OWN)
     assert left.seconds == 900.0  # (off, 1) at off's 300 s, (on, 1) at on's 600 s
 
@@ -45,7 +45,7 @@ def test_open_points_cost_their_levels_median_here_and_new_defaults_open_a_new_s
     ostudy.set_user_attr(DEFAULTS, {**defaults, key: "another value"})
     row = "| `exclude_seen` | 3 | 2.0 | [1.0, 3.0] | 5 | measured |\n"
     (tmp_path / "exp" / COST_TABLE).write_text(row)
-    left = left_to_run(STUDY, o, SEEDS)
+    left = left_to_run(STUDY, o, len(SEEDS))
     assert left.section.startswith("exclude_seen-smoke@") and left.new == "its defaults changed"
     assert (left.todo, left.seconds, left.basis) == (4, 480.0, TABLE)
 

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.runner import StudyOptions, base_params, grid, ran_seconds
+from sidrec_core.studies.runner import StudyOptions, base_params, grid, ran_seconds, seeds_for
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import exists, make_storage
 from sidrec_core.studies.study import Study
@@ -36,10 +36,11 @@ class Left:
     basis: str
 
 
-def left_to_run(study: Study, opts: StudyOptions, seeds: list[int]) -> Left:
-    """The work ``study`` has left on ``opts.profile`` with ``seeds``: each open point at its
-    level's median duration here (what a launch's ETA takes), else at the cost table's."""
-    defaults = effective_defaults(study, base_params(opts))
+def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
+    """The work ``study`` has left on ``opts.profile`` with ``n_seeds`` seeds: each open point at
+    its level's median duration here (what a launch's ETA takes), else at the cost table's."""
+    params = base_params(opts)
+    defaults, seeds = effective_defaults(study, params), seeds_for(params, n_seeds)
     url = opts.storage_url_for(study.name)
     storage = make_storage(url) if exists(url) else None
     first = name = f"{study.name}-{opts.profile}"
