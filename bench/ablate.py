@@ -149,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{done}, nothing to run (--report-only rewrites its report; {FRESH})")
             else:
                 print(json.dumps(summary, indent=2))
+                if why := summary.get("stopped_on_failures"):  # likely the environment: stop
+                    left = names[names.index(name) + 1 :]
+                    skipped = f"; not started: {', '.join(left)}" if left else ""
+                    print(
+                        f"error: study {name}: {why}; launch stopped{skipped} (the same command "
+                        "re-queues them once the cause is fixed)",
+                        file=sys.stderr,
+                    )
+                    return 1
                 stopped = args.max_trials is not None or args.time_budget is not None
                 if summary["remaining_after"] and not stopped:  # failed: see the report
                     status = 1

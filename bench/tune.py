@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         return error_exit(exc, args.storage, args.out)
     print(json.dumps(summary, indent=2, default=str))
+    if why := summary.get("stopped_on_failures"):
+        print(f"error: search {args.model}: {why}; search stopped", file=sys.stderr)
+        return 1
     return 0
 
 

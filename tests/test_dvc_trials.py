@@ -21,9 +21,16 @@ from optuna.trial import TrialState
 from smoke_studies import complete_points, opts, trials_of
 
 from sidrec_core.stages.context import TRIAL_ENV
-from sidrec_core.studies.dvc_run import StageFailed, extra_deps, run_trial, sweep_worktrees
+from sidrec_core.studies.dvc_run import (
+    UPSTREAM_OUTS,
+    StageFailed,
+    cached,
+    extra_deps,
+    run_trial,
+    sweep_worktrees,
+)
 from sidrec_core.studies.index import spent_seconds
-from sidrec_core.studies.pipeline import load_pipeline
+from sidrec_core.studies.pipeline import ancestors, load_pipeline
 from sidrec_core.studies.profiles import load_profile, with_overrides
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.runner import StudyOptions, run_study
@@ -38,6 +45,14 @@ def level_deps(study: str, level: str) -> dict[str, list[str]]:
     s = STUDIES[study]
     params = with_overrides(load_profile("beauty", {}), {**s.fixed, **s.level(level).overrides})
     return extra_deps(s.run, s.reuse, params, load_pipeline())
+
+
+def test_a_trials_upstream_is_every_stage_its_stages_read_from_directly_or_not():
+    pipeline = load_pipeline()
+    grpo = ["prepare", "embed", "build_sids", "train_sidlm", "train_sasrec"]
+    assert ancestors(["rl_sidlm"], pipeline) == grpo
+    assert ancestors(["train_sidlm", "eval_sidlm"], pipeline) == grpo[:3]  # not its own stages
+    assert ancestors(["prepare"], pipeline) == []
 
 
 def test_a_rerouted_tokenizer_input_becomes_a_dep_of_build_sids():
@@ -172,7 +187,15 @@ def test_dvc_restores_a_trial_it_ran_and_reruns_what_changed(tmp_path):
     again = run_trial(("baselines",), ("prepare",), up, tmp_path / "b")
     assert first["cached_stages"] == 0 and again["cached_stages"] == 1
     assert first["spent_seconds"] == first["wall_seconds"] > 0 and again["spent_seconds"] == 0
-    assert again == {**first, "cached_stages": 1.0, "spent_seconds": 0.0}
+    assert again == {
+        **first,
+        "cached_stages": 1.0,
+        "spent_seconds": 0.0,
+        "upstream_spent_seconds": 0.0,
+    }
+    # the upstream stage's outs, which the next trial's budget finds in this machine's cache
+    assert first["upstream_seconds"] > 0 and len(first[UPSTREAM_OUTS]) == 1
+    assert cached(first[UPSTREAM_OUTS]) and not cached(["0" * 32 + ".dir"])
     assert (tmp_path / "b" / "metrics" / "baselines.json").exists()
     other = with_overrides(up, {"eval.exclude_seen": True})
     third = run_trial(("baselines",), ("prepare",), other, tmp_path / "c")

@@ -24,8 +24,8 @@ from sidrec_core.config import ConfigError, load_params
 from sidrec_core.metrics import encode_ranks
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
-from sidrec_core.studies import runner
-from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies import dvc_run, runner
+from sidrec_core.studies.budget import FailureStreak, TimeBudget, expected_seconds
 from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.fingerprints import broken_seeds
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
@@ -48,8 +48,7 @@ from sidrec_core.studies.report import (
 from sidrec_core.studies.rerun import RERUN_OF
 from sidrec_core.studies.runner import (
     enqueue_missing,
-    expected_seconds,
-    next_level,
+    next_point,
     progress,
     ran_seconds,
     remaining,
@@ -414,6 +413,43 @@ def test_failed_trials_record_the_error_and_missing_stage_fails_clearly(
         Study("bad", "x", one_key("eval.exclude_seen", [False, True]), "off", run=("x",))
     assert ablate_main(["--study", "nope", "--out", str(tmp_path / "exp")]) == 2
     assert "unknown study" in capsys.readouterr().err
+
+
+def test_a_failure_streak_counts_failures_in_a_row_and_a_complete_trial_ends_it():
+    streak = FailureStreak(limit=3)
+    fail = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": "OSError: x\ny"})
+    pruned = optuna.trial.create_trial(state=TrialState.PRUNED)
+    for trial in (fail, fail, complete_trial(1.0), fail, pruned, fail):
+        streak(None, trial)
+    assert streak.count == 2 and not streak.tripped and streak.reason() is None
+    streak(None, fail)
+    assert streak.reason() == "3 trials in a row failed, the last with: OSError: x"
+
+
+def test_a_worker_whose_trials_fail_in_a_row_stops_the_launch(tmp_path, monkeypatch, capsys):
+    """A broken environment fails every queued trial at once: the worker stops after
+    ``FAILS_IN_A_ROW`` of them and the launch starts no further study."""
+    broken = Study(
+        "broken",
+        "objective key that no stage writes",
+        one_key("eval.exclude_seen", [False, True]),
+        "off",
+        run=("baselines",),
+        reuse=("prepare",),
+        objective="nope/ndcg@10",
+    )
+    monkeypatch.setitem(STUDIES, "broken", broken)
+    summary = run_study("broken", opts(tmp_path, n_seeds=3))
+    assert summary["failed"] == 3 and summary["remaining_after"] == 6
+    assert "3 trials in a row failed, the last with: KeyError" in summary["stopped_on_failures"]
+    out = str(tmp_path / "again")
+    argv = ["--study", "broken", "--study", "exclude_seen", "--profile", "smoke", "--out", out]
+    assert ablate_main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: study broken: 3 trials in a row failed") and (
+        "not started: exclude_seen" in err
+    )
+    assert not (tmp_path / "again" / "exclude_seen").exists()
 
 
 def test_nested_mlflow_runs_with_metric_keys(tmp_path, monkeypatch):
@@ -917,13 +953,13 @@ def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
     assert ran_seconds(ostudy, "ce") == [60.0, 60.0]
     assert ran_seconds(ostudy, "bce") == [3000.0]
     assert sorted(ran_seconds(ostudy, "bpr")) == [60.0, 60.0, 3000.0]  # none of its own yet
-    assert next_level(ostudy) is None
+    assert next_point(ostudy) is None
     ostudy.enqueue_trial({}, user_attrs={"grid_point": ["bce", 1]})
     ostudy.enqueue_trial({}, user_attrs={"grid_point": ["ce", 2]})
-    assert next_level(ostudy) == "bce"  # Optuna runs the lowest-numbered WAITING trial first
+    assert next_point(ostudy) == ("bce", 1)  # Optuna runs the lowest-numbered WAITING trial first
     ten_minutes = TimeBudget(deadline=time.time() + 600)
     assert ten_minutes.allows(ran_seconds(ostudy))  # the overall median (60 s) would start it
-    assert not ten_minutes.allows(expected_seconds(ostudy, next_level(ostudy)))
+    assert not ten_minutes.allows(expected_seconds(ostudy, *next_point(ostudy)))
     assert expected_seconds(ostudy, "ce") == [60.0, 60.0]
 
 
@@ -937,6 +973,32 @@ def test_the_budget_expects_a_level_with_no_trial_yet_to_cost_the_slowest_trial(
     assert expected_seconds(ostudy, "bpr") == [3000.0]
     assert not TimeBudget(deadline=time.time() + 600).allows(expected_seconds(ostudy, "bpr"))
     assert expected_seconds(optuna.create_study(), "bpr") == []  # the cost table's estimate
+
+
+def test_the_budget_adds_the_upstream_a_seed_would_train_again_on_this_machine(
+    tmp_path, monkeypatch
+):
+    """A seed's first trial trained its SID LM (20 of its 25 minutes); the seed's other levels
+    restore it from DVC's run-cache, unless this machine's cache lacks its outs (a fresh machine):
+    then the next trial of the seed trains it again and the budget must expect that."""
+    monkeypatch.setenv("SIDREC_DVC_CACHE", str(tmp_path))
+    sidlm = "ab" + "1" * 30 + ".dir"
+    first = {"upstream_seconds": 1200.0, "upstream_spent_seconds": 1200.0}
+    ostudy = optuna.create_study()
+    for label, secs, spent in (("ce", 1500, 1200.0), ("bce", 300, 0.0)):
+        attrs = {"grid_point": [label, 0], dvc_run.UPSTREAM_OUTS: [sidlm]}
+        attrs["metrics"] = {**first, "upstream_spent_seconds": spent}
+        ostudy.add_trial(complete_trial(secs, user_attrs=attrs))
+    assert expected_seconds(ostudy, "ce", 0) == [1500.0]  # own 300 s + the SID LM again
+    assert expected_seconds(ostudy, "bce", 0) == [1500.0]
+    (tmp_path / "files" / "md5" / "ab").mkdir(parents=True)
+    (tmp_path / "files" / "md5" / "ab" / sidlm[2:]).write_text("{}")
+    assert expected_seconds(ostudy, "ce", 0) == [300.0]  # cached here: each level's own cost
+    assert expected_seconds(ostudy, "bce", 0) == [300.0]
+    assert expected_seconds(ostudy, "ce", 1) == [1500.0]  # a new seed trains its own
+    older = optuna.create_study()  # trials from before the record: their durations hold it
+    older.add_trial(finished("ce", 0, 1500, {}))
+    assert expected_seconds(older, "ce", 1) == [1500.0]
 
 
 ASKER = """

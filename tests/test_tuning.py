@@ -3,6 +3,7 @@ better setting, a stopped search resumes without redoing trials, pruned trials a
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import time
@@ -171,6 +172,15 @@ def test_workers_sharing_a_search_split_the_retrain_seeds(tmp_path, monkeypatch)
     assert ran == [0, 1] and sorted(got) == ["0", "1", "2"]
     states = [t.state for t in retrains.get_trials() if t.user_attrs.get("seed") == 1]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_search_whose_trials_fail_in_a_row_stops(tmp_path, monkeypatch, capsys):
+    broken = dataclasses.replace(PLANTED, space=(Param("sasrec.train.no_such", (1e-6, 1e-2)),))
+    monkeypatch.setitem(spaces.TUNABLES, "planted", broken)
+    summary = run_tuning("planted", opts(tmp_path, n_trials=6))
+    assert summary["failed"] == 3 and summary["finished"] == 0
+    assert summary["stopped_on_failures"].startswith("3 trials in a row failed, the last with: ")
+    assert "no_such" in summary["stopped_on_failures"]
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, monkeypatch):

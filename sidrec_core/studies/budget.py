@@ -1,5 +1,8 @@
-"""``--time-budget MINUTES``: a worker starts a trial only when it is expected (median of the
-given durations) to end inside the budget, so a launch stops between trials and resumes later."""
+"""When a worker stops early. ``--time-budget MINUTES``: it starts a trial only when it is
+expected (median of the given durations, :func:`expected_seconds`) to end inside the budget, so
+a launch stops between trials and resumes later. :class:`FailureStreak`: it stops after
+``FAILS_IN_A_ROW`` of its trials failed in a row, since a broken environment (a virtualenv gone,
+a full disk) fails every queued trial within seconds and each would be recorded as failed."""
 
 from __future__ import annotations
 
@@ -8,7 +11,15 @@ import logging
 import statistics
 import time
 
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sidrec_core.studies import dvc_run
+from sidrec_core.studies.study import is_shared, trial_level, trial_seed
+
 log = logging.getLogger(__name__)
+FAILS_IN_A_ROW = 3
+UPSTREAM, UPSTREAM_SPENT = "upstream_seconds", "upstream_spent_seconds"  # dvc_run.upstream_cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,3 +49,78 @@ class TimeBudget:
                 *(max(left, 0.0) / 60, what, expected / 60, len(durations)),
             )
         return expected <= left
+
+
+@dataclasses.dataclass
+class FailureStreak:
+    """The failures in a row among the trials one worker finished (a pruned one neither breaks
+    nor extends the streak); an Optuna callback."""
+
+    limit: int = FAILS_IN_A_ROW
+    count: int = 0
+    last_error: str = ""
+
+    def __call__(self, _study: object, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            self.count += 1
+            self.last_error = str(trial.user_attrs.get("error", "no error recorded"))
+        elif trial.state == TrialState.COMPLETE:
+            self.count = 0
+
+    @property
+    def tripped(self) -> bool:
+        return self.count >= self.limit
+
+    def reason(self) -> str | None:
+        """Why the worker stopped (one line), or None while the streak is short of the limit."""
+        if not self.tripped:
+            return None
+        first = self.last_error.splitlines()[0] if self.last_error else ""
+        return f"{self.count} trials in a row failed, the last with: {first[:300]}"
+
+
+def ran_here(ostudy: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials that ran here (not taken from another study)."""
+    done = ostudy.get_trials(False, states=(TrialState.COMPLETE,))
+    return [t for t in done if not is_shared(t)]
+
+
+def expected_seconds(ostudy: optuna.Study, level: str, seed: int | None = None) -> list[float]:
+    """What a time budget expects the next trial of ``level`` (at ``seed``) to take: its level's
+    trials, or, before one finished, the slowest trial here (an RPG level with twice the
+    codebooks took three times the study's median), each at its own cost (:func:`own_seconds`)
+    plus the upstream cost the seed pays on this machine (:func:`upstream_seconds`)."""
+    done = ran_here(ostudy)
+    mine = [own_seconds(t) for t in done if trial_level(t) == level]
+    own = mine or ([max(map(own_seconds, done))] if done else [])
+    extra = upstream_seconds(done, seed)
+    return [x + extra for x in own]
+
+
+def own_seconds(t: FrozenTrial) -> float:
+    """A trial's cost less the upstream stages it ran (a seed's first trial trains the SID LM or
+    SASRec that the seed's other levels reuse)."""
+    return trial_seconds(t) - float(t.user_attrs.get("metrics", {}).get(UPSTREAM_SPENT) or 0.0)
+
+
+def upstream_seconds(done: list[FrozenTrial], seed: int | None) -> float:
+    """The upstream cost ``seed``'s next trial pays here: none when a trial of the seed recorded
+    its upstream outs and this machine's DVC cache holds them all (else a fresh machine trains
+    them again), nor when no trial recorded any (older trials: their durations hold it); else
+    the median of the upstream costs recorded."""
+    recorded = [t for t in done if t.user_attrs.get(dvc_run.UPSTREAM_OUTS) is not None]
+    same = [t for t in recorded if trial_seed(t) == seed]
+    if not recorded or any(dvc_run.cached(t.user_attrs[dvc_run.UPSTREAM_OUTS]) for t in same):
+        return 0.0
+    return float(statistics.median([t.user_attrs["metrics"].get(UPSTREAM, 0.0) for t in recorded]))
+
+
+def trial_seconds(t: FrozenTrial) -> float:
+    """What a finished trial cost: its wall time, or its stages' when DVC restored them."""
+    return max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
+
+
+def stage_seconds(t: FrozenTrial) -> float:
+    """The wall seconds the trial's stages recorded (0 where it recorded none)."""
+    wall = t.user_attrs.get("wall_seconds", t.user_attrs.get("metrics", {}).get("wall_seconds"))
+    return float(wall) if isinstance(wall, int | float) else 0.0

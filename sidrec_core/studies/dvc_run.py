@@ -32,11 +32,19 @@ from sidrec_core.config import flatten, params_hash
 from sidrec_core.io import write_json, write_text
 from sidrec_core.lifecycle import pid_alive
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies.pipeline import PROJECT_ROOT, Stage, inside, load_pipeline, ordered
+from sidrec_core.studies.pipeline import (
+    PROJECT_ROOT,
+    Stage,
+    ancestors,
+    inside,
+    load_pipeline,
+    ordered,
+)
 from sidrec_core.tracking import tracking_uri
 
 RAN = re.compile(r"^Running stage '([^']+)'")
 RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")  # about the run, not measured by it
+UPSTREAM_OUTS = "upstream_outs"  # trial metric: the cache hashes of its upstream stages' outs
 
 
 class StageFailed(RuntimeError):
@@ -237,11 +245,42 @@ def sweep_worktrees() -> None:
     git("worktree", "prune")
 
 
-def trial_metrics(
-    folder: Path, targets: list[str], ran: set[str], key: str, trial_dir: Path
+def upstream_cost(
+    folder: Path, lock: dict[str, Any], stages: tuple[str, ...], ran: set[str]
 ) -> dict[str, Any]:
-    """The merged figures of ``folder/metrics/<target>.json`` (see :func:`run_trial`); ``ran``:
-    the stages that ran rather than came from the cache."""
+    """What the trial's upstream ``stages`` cost: ``upstream_seconds``, the wall time
+    they recorded when they ran (here or wherever DVC restored them from), the part that ran in
+    this trial (``upstream_spent_seconds``) and the cache hashes of their outs
+    (``upstream_outs``): a worker's time budget reads whether this machine's DVC cache holds them
+    (:func:`cached`) before it starts the same seed's next trial."""
+    pipeline, walls, spent, outs = load_pipeline(), 0.0, 0.0, []
+    for name in stages:
+        path = folder / "metrics" / f"{name}.json"  # a stage that records none costs nothing
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        wall = float(stored.get("wall_seconds") or 0.0)
+        walls, spent = walls + wall, spent + (wall if name in ran else 0.0)
+        mine = pipeline[name].outs
+        outs += [o["md5"] for o in lock[name].get("outs", []) if o["path"] in mine and "md5" in o]
+    return {"upstream_seconds": walls, "upstream_spent_seconds": spent, UPSTREAM_OUTS: outs}
+
+
+def cached(hashes: list[str]) -> bool:
+    """Whether this working copy's DVC cache holds every out hash in ``hashes`` (``<md5>`` or
+    ``<md5>.dir``, as ``dvc.lock`` writes them)."""
+    root = Path(os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()) / "files" / "md5"
+    return all((root / h[:2] / h[2:]).exists() for h in hashes)
+
+
+def trial_metrics(
+    folder: Path,
+    targets: list[str],
+    ran: set[str],
+    key: str,
+    trial_dir: Path,
+    upstream: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The merged figures of ``folder/metrics/<target>.json`` (see :func:`run_trial`) and the
+    ``upstream`` cost; ``ran``: the stages that ran rather than came from the cache."""
     merged: dict[str, Any] = {}
     walls, peaks, spent = [], [], 0.0
     for name in targets:
@@ -255,6 +294,7 @@ def trial_metrics(
     merged |= {"wall_seconds": float(sum(walls)), "peak_rss_mb": float(max(peaks))}
     merged |= {"cached_stages": float(len(set(targets) - ran)), "spent_seconds": spent}
     merged["trial_key"] = key
+    merged |= upstream or {}
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged
 
@@ -268,9 +308,10 @@ def run_trial(
 ) -> dict[str, Any]:
     """Run the ``run`` stages (and, as DVC decides, their upstream) at ``params`` -> their merged
     metrics (a later stage's key wins) with ``<stage>/wall_seconds``, ``<stage>/peak_rss_mb``,
-    the totals, ``cached_stages`` (restored by DVC), ``spent_seconds`` (of the stages DVC ran)
-    and ``trial_key`` (DVC's run-cache key: the stages' lock entries without outs); copied
-    under ``trial_dir``. ``env`` is added to the stages' environment."""
+    the totals, ``cached_stages`` (restored by DVC), ``spent_seconds`` (of the stages DVC ran),
+    the upstream stages' cost (:func:`upstream_cost`) and ``trial_key`` (DVC's run-cache key:
+    the stages' lock entries without outs); copied under ``trial_dir``. ``env`` is added to the
+    stages' environment."""
     pipeline = load_pipeline()
     resolve_params(params)  # a bad key fails here, naming it, not inside DVC
     sweep_worktrees()
@@ -306,6 +347,8 @@ def run_trial(
         ran = {m[1] for line in lines if (m := RAN.match(line))}
         lock = yaml.safe_load((tree / "dvc.lock").read_text())["stages"]
         key = params_hash({n: {k: v for k, v in lock[n].items() if k != "outs"} for n in targets})
-        return trial_metrics(tree, targets, ran, key, trial_dir)
+        before = tuple(n for n in ancestors(targets, pipeline) if n in lock)
+        cost = upstream_cost(tree, lock, before, ran)
+        return trial_metrics(tree, targets, ran, key, trial_dir, cost)
     finally:
         remove_worktree(tree)

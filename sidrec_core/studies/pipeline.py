@@ -57,6 +57,18 @@ def upstream(name: str, pipeline: dict[str, Stage]) -> list[str]:
     return [s for s in pipeline if s in ups and s != name]
 
 
+def ancestors(names: list[str], pipeline: dict[str, Stage]) -> list[str]:
+    """Every stage ``names`` read from, directly or not (not ``names`` themselves), in pipeline
+    order."""
+    found, todo = set(), list(names)
+    while todo:
+        for up in upstream(todo.pop(), pipeline):
+            if up not in found:
+                found.add(up)
+                todo.append(up)
+    return [s for s in pipeline if s in found and s not in names]
+
+
 def ordered(names: list[str] | tuple[str, ...], pipeline: dict[str, Stage]) -> list[str]:
     for n in names:
         if n not in pipeline:

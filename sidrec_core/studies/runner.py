@@ -4,9 +4,10 @@ parent run per study and a nested run per trial; the tuner (:mod:`~.tuning`) sha
 
 A launch queues each grid point with no COMPLETE, RUNNING or WAITING trial, so a relaunch runs
 only what is missing. A worker is ``study.optimize`` over the queued trials, stopped when none is
-left, ``--max-trials`` ran or the next would overrun ``--time-budget``; ``--workers N`` is N such
-processes on one storage, whose lock hands each queued trial to one worker. A killed worker's
-trial is failed by the next launch and its point queued again.
+left, ``--max-trials`` ran, the next would overrun ``--time-budget`` or its trials failed in a
+row (:mod:`~.budget`); ``--workers N`` is N such processes on one storage, whose lock hands each
+queued trial to one worker. A killed worker's trial is failed by the next launch and its point
+queued again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from sidrec_core.config import apply_overrides, flatten, load_params
 from sidrec_core.perf import code_state
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies import dvc_run
-from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.budget import (
+    FAILS_IN_A_ROW,
+    FailureStreak,
+    TimeBudget,
+    expected_seconds,
+    ran_here,
+    trial_seconds,
+)
 from sidrec_core.studies.defaults import (
     DEFAULTS,
     effective_defaults,
@@ -56,7 +64,6 @@ from sidrec_core.studies.storage import (
 from sidrec_core.studies.study import (
     Study,
     grid_point,
-    is_shared,
     level_spec,
     live_point,
     trial_level,
@@ -67,6 +74,8 @@ log = logging.getLogger(__name__)
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 GRID_SEED = 0
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+STREAK_EXIT = 3  # a spawned worker's exit code when its trials failed in a row
+FAILS_NOTE = f"{FAILS_IN_A_ROW} trials in a row failed (their errors are in the report)"
 
 
 @dataclasses.dataclass
@@ -198,11 +207,25 @@ def run_stages(
 
 def optimize_while(
     ostudy: optuna.Study, objective: Callable, go_on: Callable, n_trials=None, callbacks=()
-) -> None:
-    """``optimize`` while ``go_on(study)`` holds (checked before each trial)."""
+) -> str | None:
+    """``optimize`` while ``go_on(study)`` holds (checked before each trial) and the worker's
+    trials have not failed ``FAILS_IN_A_ROW`` times in a row -> why it stopped on failures (one
+    line), else None."""
+    streak = FailureStreak()
+
+    def stop(s: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        streak(s, trial)
+        if streak.tripped:
+            log.error("%s: %s; stopping this worker", s.study_name, streak.reason())
+            s.stop()
+        elif not go_on(s):
+            s.stop()
+
     if go_on(ostudy):
-        stop = [*callbacks, lambda s, _: go_on(s) or s.stop()]
-        ostudy.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=stop)
+        ostudy.optimize(
+            objective, n_trials=n_trials, catch=(Exception,), callbacks=[*callbacks, stop]
+        )
+    return streak.reason()
 
 
 def open_study(
@@ -267,12 +290,6 @@ def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tupl
     return [p for p in points if p not in done]
 
 
-def ran_here(ostudy: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The complete trials that ran here (not taken from another study)."""
-    done = ostudy.get_trials(False, states=(TrialState.COMPLETE,))
-    return [t for t in done if not is_shared(t)]
-
-
 def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
     """Durations of the complete trials that ran here, of ``level``'s when any ran (levels may
     differ in cost many times over). A trial DVC restored from its run-cache took seconds but
@@ -281,26 +298,6 @@ def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
     done = ran_here(ostudy)
     mine = [t for t in done if level is not None and trial_level(t) == level]
     return [trial_seconds(t) for t in mine or done]
-
-
-def expected_seconds(ostudy: optuna.Study, level: str) -> list[float]:
-    """What a time budget expects ``level``'s next trial to take: its trials' durations, or,
-    before one finished, the slowest trial here (an RPG level with twice the codebooks took
-    three times the study's median)."""
-    done = ran_here(ostudy)
-    mine = [trial_seconds(t) for t in done if trial_level(t) == level]
-    return mine or ([max(map(trial_seconds, done))] if done else [])
-
-
-def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
-    """What a finished trial cost: its wall time, or its stages' when DVC restored them."""
-    return max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
-
-
-def stage_seconds(t: optuna.trial.FrozenTrial) -> float:
-    """The wall seconds the trial's stages recorded (0 where it recorded none)."""
-    wall = t.user_attrs.get("wall_seconds", t.user_attrs.get("metrics", {}).get("wall_seconds"))
-    return float(wall) if isinstance(wall, int | float) else 0.0
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
@@ -317,10 +314,11 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     return text
 
 
-def next_level(ostudy: optuna.Study) -> str | None:
-    """The level of the queued trial Optuna hands out next (the lowest-numbered WAITING one)."""
+def next_point(ostudy: optuna.Study) -> tuple[str, int] | None:
+    """The (level, seed) of the queued trial Optuna hands out next (the lowest-numbered WAITING
+    one)."""
     waiting = ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return trial_level(min(waiting, key=lambda t: t.number)) if waiting else None
+    return grid_point(min(waiting, key=lambda t: t.number)) if waiting else None
 
 
 class Objective:
@@ -380,6 +378,8 @@ class Objective:
         for key in (*study.secondary, *(f"{st}/wall_seconds" for st in study.run)):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
+        if (outs := metrics.pop(dvc_run.UPSTREAM_OUTS, None)) is not None:
+            trial.set_user_attr(dvc_run.UPSTREAM_OUTS, outs)  # hashes, not figures
         trial.set_user_attr("metrics", metrics)
         return float(metrics[study.objective])
 
@@ -391,21 +391,28 @@ def _work(
     opts: StudyOptions,
     defaults: dict[str, Any],
     parent_run_id: str | None,
-) -> None:
+) -> str | None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
-    ``max_trials`` ran or the next one would overrun the time budget (see
+    ``max_trials`` ran, the next one would overrun the time budget (see
     :func:`expected_seconds`; before any trial here finished, the committed cost table's median
-    for the study)."""
+    for the study) or its trials failed in a row (-> why, else None)."""
     ostudy = open_study(get_study(study_name), opts, seeds, defaults)
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study_name)
     estimate = [] if minutes is None else [60.0 * minutes]
 
     def go_on(s: optuna.Study) -> bool:
-        level = next_level(s)
-        return level is not None and opts.budget.allows(expected_seconds(s, level) or estimate)
+        point = next_point(s)
+        return point is not None and opts.budget.allows(expected_seconds(s, *point) or estimate)
 
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
-    optimize_while(ostudy, objective, go_on, opts.max_trials)
+    return optimize_while(ostudy, objective, go_on, opts.max_trials)
+
+
+def _spawned_work(*args: Any) -> None:
+    """A spawned worker: :func:`_work`, exiting with ``STREAK_EXIT`` when it stopped on
+    failures."""
+    if _work(*args):
+        raise SystemExit(STREAK_EXIT)
 
 
 def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
@@ -448,12 +455,15 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         # --workers N: this process and N - 1 spawned ones, each an optimize on the one storage
         args = (name, params, seeds, opts, defaults, parent.run_id)
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_work, args=args) for _ in range(opts.workers - 1)]
+        procs = [ctx.Process(target=_spawned_work, args=args) for _ in range(opts.workers - 1)]
         for proc in procs:
             proc.start()
-        _work(*args)
+        why = _work(*args)
         for proc in procs:
             proc.join()
+        spawned = sum(proc.exitcode == STREAK_EXIT for proc in procs)
+        if why or spawned:
+            summary["stopped_on_failures"] = why or f"{spawned} spawned worker(s): {FAILS_NOTE}"
         trials = ostudy.get_trials(deepcopy=False)
         state = Counter(t.state for t in trials)
         # a point another machine's worker is running is not left undone: that worker ends it

@@ -29,6 +29,7 @@ from sidrec_core.metrics import TEST_KEYS as STUDY_TEST_KEYS
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.context import TRIAL_ENV
 from sidrec_core.studies import dvc_run
+from sidrec_core.studies.budget import trial_seconds
 from sidrec_core.studies.profiles import get_dotted, with_overrides
 from sidrec_core.studies.runner import (
     StudyOptions,
@@ -37,7 +38,6 @@ from sidrec_core.studies.runner import (
     parent_run,
     run_stages,
     seeds_for,
-    trial_seconds,
 )
 from sidrec_core.studies.spaces import Tunable, get_tunable
 from sidrec_core.studies.storage import (
@@ -322,6 +322,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
     before = _finished(ostudy)
     kw = {"run_name": f"tune/{name}-{opts.profile}", "tags": {"tune": name}}
     with parent_run(ostudy, f"tune/{name}", params, opts.profile, **kw) as parent:
+        why = None
         if _finished(ostudy) < opts.n_trials:
             callbacks = (
                 optuna.study.MaxTrialsCallback(opts.n_trials, FINISHED),
@@ -332,7 +333,7 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
             time_left = lambda study: opts.budget.allows(  # noqa: E731
                 expected_seconds(tun, study, params), what
             )
-            optimize_while(ostudy, objective, time_left, opts.max_trials, callbacks)
+            why = optimize_while(ostudy, objective, time_left, opts.max_trials, callbacks)
         summary: dict[str, Any] = {
             "study": ostudy.study_name,
             "storage": opts.tune_storage(name),
@@ -341,6 +342,8 @@ def run_tuning(name: str, opts: TuneOptions) -> dict[str, Any]:
             "pruned": len(ostudy.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
             "failed": len(ostudy.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
         }
+        if why:
+            summary["stopped_on_failures"] = why
         complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete and _finished(ostudy) >= opts.n_trials:
             summary["retrain"] = retrain(tun, ostudy, params, opts, "best")
