@@ -389,19 +389,21 @@ def test_flags_that_would_override_each_other_are_refused(argv, expected, capsys
     assert expected in captured.err and captured.err.count("\n") == 1
 
 
+BROKEN = Study(  # every trial fails after its stages ran
+    "broken",
+    "objective key that no stage writes",
+    one_key("eval.exclude_seen", [False, True]),
+    "off",
+    run=("baselines",),
+    reuse=("prepare",),
+    objective="nope/ndcg@10",
+)
+
+
 def test_failed_trials_record_the_error_and_missing_stage_fails_clearly(
     tmp_path, monkeypatch, capsys
 ):
-    broken = Study(
-        "broken",
-        "objective key that no stage writes",
-        one_key("eval.exclude_seen", [False, True]),
-        "off",
-        run=("baselines",),
-        reuse=("prepare",),
-        objective="nope/ndcg@10",
-    )
-    monkeypatch.setitem(STUDIES, "broken", broken)  # adding a study = one registry entry
+    monkeypatch.setitem(STUDIES, "broken", BROKEN)  # adding a study = one registry entry
     o = opts(tmp_path, n_seeds=1)
     summary = run_study("broken", o)
     assert summary["failed"] == 2 and summary["remaining_after"] == 2
@@ -429,16 +431,7 @@ def test_a_failure_streak_counts_failures_in_a_row_and_a_complete_trial_ends_it(
 def test_a_worker_whose_trials_fail_in_a_row_stops_the_launch(tmp_path, monkeypatch, capsys):
     """A broken environment fails every queued trial at once: the worker stops after
     ``FAILS_IN_A_ROW`` of them and the launch starts no further study."""
-    broken = Study(
-        "broken",
-        "objective key that no stage writes",
-        one_key("eval.exclude_seen", [False, True]),
-        "off",
-        run=("baselines",),
-        reuse=("prepare",),
-        objective="nope/ndcg@10",
-    )
-    monkeypatch.setitem(STUDIES, "broken", broken)
+    monkeypatch.setitem(STUDIES, "broken", BROKEN)
     summary = run_study("broken", opts(tmp_path, n_seeds=3))
     assert summary["failed"] == 3 and summary["remaining_after"] == 6
     assert "3 trials in a row failed, the last with: KeyError" in summary["stopped_on_failures"]
