@@ -19,7 +19,6 @@ from sidrec_core.studies.study import is_shared, trial_level, trial_seed
 
 log = logging.getLogger(__name__)
 FAILS_IN_A_ROW = 3
-UPSTREAM, UPSTREAM_SPENT = "upstream_seconds", "upstream_spent_seconds"  # dvc_run.upstream_cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +99,9 @@ def expected_seconds(ostudy: optuna.Study, level: str, seed: int | None = None) 
 def own_seconds(t: FrozenTrial) -> float:
     """A trial's cost less the upstream stages it ran (a seed's first trial trains the SID LM or
     SASRec that the seed's other levels reuse)."""
-    return trial_seconds(t) - float(t.user_attrs.get("metrics", {}).get(UPSTREAM_SPENT) or 0.0)
+    return trial_seconds(t) - float(
+        t.user_attrs.get("metrics", {}).get(dvc_run.UPSTREAM_SPENT) or 0.0
+    )
 
 
 def upstream_seconds(done: list[FrozenTrial], seed: int | None) -> float:
@@ -112,7 +113,9 @@ def upstream_seconds(done: list[FrozenTrial], seed: int | None) -> float:
     same = [t for t in recorded if trial_seed(t) == seed]
     if not recorded or any(dvc_run.cached(t.user_attrs[dvc_run.UPSTREAM_OUTS]) for t in same):
         return 0.0
-    return float(statistics.median([t.user_attrs["metrics"].get(UPSTREAM, 0.0) for t in recorded]))
+    return float(
+        statistics.median([t.user_attrs["metrics"].get(dvc_run.UPSTREAM, 0.0) for t in recorded])
+    )
 
 
 def trial_seconds(t: FrozenTrial) -> float:

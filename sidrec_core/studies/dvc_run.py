@@ -45,6 +45,7 @@ from sidrec_core.tracking import tracking_uri
 RAN = re.compile(r"^Running stage '([^']+)'")
 RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")  # about the run, not measured by it
 UPSTREAM_OUTS = "upstream_outs"  # trial metric: the cache hashes of its upstream stages' outs
+UPSTREAM, UPSTREAM_SPENT = "upstream_seconds", "upstream_spent_seconds"  # their cost, part ran
 
 
 class StageFailed(RuntimeError):
@@ -261,7 +262,7 @@ def upstream_cost(
         walls, spent = walls + wall, spent + (wall if name in ran else 0.0)
         mine = pipeline[name].outs
         outs += [o["md5"] for o in lock[name].get("outs", []) if o["path"] in mine and "md5" in o]
-    return {"upstream_seconds": walls, "upstream_spent_seconds": spent, UPSTREAM_OUTS: outs}
+    return {UPSTREAM: walls, UPSTREAM_SPENT: spent, UPSTREAM_OUTS: outs}
 
 
 def cached(hashes: list[str]) -> bool:
