@@ -18,10 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def opts(tmp_path: Path, **kw) -> StudyOptions:
-    kw.setdefault("n_seeds", 2)
-    return StudyOptions(
-        profile="smoke", out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw
-    )
+    kw = {"n_seeds": 2, "profile": "smoke", **kw}
+    return StudyOptions(out_dir=str(tmp_path / "exp"), params_file=str(ROOT / "params.yaml"), **kw)
 
 
 def trials_of(o: StudyOptions, name: str) -> list[optuna.trial.FrozenTrial]:

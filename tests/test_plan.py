@@ -55,3 +55,21 @@ def test_open_points_cost_their_levels_median_here_and_new_defaults_open_a_new_s
     printed = capsys.readouterr().out
     assert "| 0 of 4 | 0.1 |" in printed and "(new: its defaults changed)" in printed
     assert "Total: 0.1 CPU-h in 4 trials; 0 of 1 studies complete." in printed
+
+
+def test_a_study_whose_set_up_finds_its_input_missing_is_blocked_and_left_out_of_the_total(
+    tmp_path,
+):
+    """``load_mode`` on real data needs a local pretrained checkpoint nothing downloads: a plan
+    that counted its 12 trials would promise hours no launch can spend."""
+    o = opts(tmp_path, profile="beauty")
+    left = left_to_run(STUDIES["load_mode"], o, 3)
+    assert left.blocked.startswith("study load_mode needs a local pretrained causal-LM checkpoint")
+    assert (left.todo, left.seconds) == (12, None)
+    runnable = left_to_run(STUDY, o, 3)
+    lines = remaining_table([left, runnable], "beauty")
+    assert f"| 0 of 12 | blocked | {left.blocked} |" in lines[4]
+    assert lines[-1].startswith("Total: 0.0 CPU-h in 6 trials (1 studies without an estimate)")
+    assert lines[-1].endswith("; blocked, not counted: `load_mode`; 0 of 2 studies complete.")
+    assert not left_to_run(STUDIES["load_mode"], opts(tmp_path), 2).blocked  # smoke: a tiny LM
+    assert not (tmp_path / "exp" / "cache").exists()  # a plan writes nothing

@@ -25,7 +25,13 @@ from sidrec_core.metrics import encode_ranks
 from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies import dvc_run, runner
-from sidrec_core.studies.budget import FailureStreak, TimeBudget, expected_seconds
+from sidrec_core.studies.budget import (
+    FailureStreak,
+    TimeBudget,
+    expected_seconds,
+    points_seconds,
+    ran_here,
+)
 from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.fingerprints import broken_seeds
 from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
@@ -50,7 +56,6 @@ from sidrec_core.studies.runner import (
     enqueue_missing,
     next_point,
     progress,
-    ran_seconds,
     remaining,
     run_study,
 )
@@ -919,8 +924,9 @@ def test_a_trial_restored_from_the_run_cache_counts_at_its_stages_cost():
     restored = finished("ce", 0, 2, {})
     restored.user_attrs["wall_seconds"] = 500.0
     ostudy.add_trial(restored)
-    assert ran_seconds(ostudy, "ce") == [500.0]
-    assert not TimeBudget(deadline=time.time() + 60).allows(ran_seconds(ostudy, "ce"))
+    assert expected_seconds(ostudy, "ce") == [500.0]
+    assert points_seconds(ran_here(ostudy), [("ce", 1)]) == 500.0
+    assert not TimeBudget(deadline=time.time() + 60).allows(expected_seconds(ostudy, "ce"))
 
 
 def test_a_worker_counts_the_seeds_another_launch_queued():
@@ -943,15 +949,14 @@ def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
     ostudy = optuna.create_study()
     for label, seed, secs in [("ce", 0, 60), ("ce", 1, 60), ("bce", 0, 3000)]:
         ostudy.add_trial(finished(label, seed, secs, {}))
-    assert ran_seconds(ostudy, "ce") == [60.0, 60.0]
-    assert ran_seconds(ostudy, "bce") == [3000.0]
-    assert sorted(ran_seconds(ostudy, "bpr")) == [60.0, 60.0, 3000.0]  # none of its own yet
+    done = ran_here(ostudy)
+    assert points_seconds(done, [("ce", 2), ("bce", 1)]) == 3060.0
+    assert points_seconds(done, [("bpr", 0)]) == 60.0  # an ETA: none of its own, the median
     assert next_point(ostudy) is None
     ostudy.enqueue_trial({}, user_attrs={"grid_point": ["bce", 1]})
     ostudy.enqueue_trial({}, user_attrs={"grid_point": ["ce", 2]})
     assert next_point(ostudy) == ("bce", 1)  # Optuna runs the lowest-numbered WAITING trial first
     ten_minutes = TimeBudget(deadline=time.time() + 600)
-    assert ten_minutes.allows(ran_seconds(ostudy))  # the overall median (60 s) would start it
     assert not ten_minutes.allows(expected_seconds(ostudy, *next_point(ostudy)))
     assert expected_seconds(ostudy, "ce") == [60.0, 60.0]
 
@@ -989,6 +994,8 @@ def test_the_budget_adds_the_upstream_a_seed_would_train_again_on_this_machine(
     assert expected_seconds(ostudy, "ce", 0) == [300.0]  # cached here: each level's own cost
     assert expected_seconds(ostudy, "bce", 0) == [300.0]
     assert expected_seconds(ostudy, "ce", 1) == [1500.0]  # a new seed trains its own
+    # a plan pays a seed's upstream once, however many of its levels are open
+    assert points_seconds(ran_here(ostudy), [("ce", 1), ("bce", 1), ("bce", 2)]) == 3300.0
     older = optuna.create_study()  # trials from before the record: their durations hold it
     older.add_trial(finished("ce", 0, 1500, {}))
     assert expected_seconds(older, "ce", 1) == [1500.0]

@@ -96,6 +96,19 @@ def expected_seconds(ostudy: optuna.Study, level: str, seed: int | None = None) 
     return [x + extra for x in own]
 
 
+def points_seconds(done: list[FrozenTrial], points: list[tuple[str, int]]) -> float:
+    """A best guess at what grid ``points`` cost here (an ETA, a plan; a budget takes
+    :func:`expected_seconds`' cautious one): each at its level's median own cost, a level with no
+    trial yet at the median over all of ``done`` (not empty), plus once per seed the upstream
+    its first trial on this machine trains (:func:`upstream_seconds`)."""
+    every = [own_seconds(t) for t in done]
+    own = sum(
+        statistics.median([own_seconds(t) for t in done if trial_level(t) == level] or every)
+        for level, _ in points
+    )
+    return own + sum(upstream_seconds(done, seed) for seed in {s for _, s in points})
+
+
 def own_seconds(t: FrozenTrial) -> float:
     """A trial's cost less the upstream stages it ran (a seed's first trial trains the SID LM or
     SASRec that the seed's other levels reuse)."""

@@ -1,18 +1,20 @@
 """``python bench/ablate.py --remaining``: what each study has left to run on a profile and what
 that costs, before anything is launched. A study's section is the one a launch today writes to:
 its current defaults' (a section on earlier defaults is history, not progress), so a study whose
-defaults changed since it ran reads as a new section with nothing done."""
+defaults changed since it ran reads as a new section with nothing done. A study whose set-up hook
+finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total."""
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import optuna
 
+from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.runner import StudyOptions, base_params, grid, ran_seconds, seeds_for
+from sidrec_core.studies.runner import StudyOptions, base_params, grid, seeds_for, set_up
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import exists, make_storage
 from sidrec_core.studies.study import Study
@@ -25,7 +27,7 @@ TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any d
 class Left:
     """``study``'s section ``section`` (``new``: why a launch would create it, else ""):
     ``points`` grid points, ``todo`` of them without a complete trial, costing ``seconds``
-    (None: no estimate) on the basis named."""
+    (None: no estimate) on the basis named; ``blocked``: why a launch would fail at once."""
 
     study: str
     section: str
@@ -34,11 +36,13 @@ class Left:
     todo: int
     seconds: float | None
     basis: str
+    blocked: str = ""
 
 
 def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
-    """The work ``study`` has left on ``opts.profile`` with ``n_seeds`` seeds: each open point at
-    its level's median duration here (what a launch's ETA takes), else at the cost table's."""
+    """The work ``study`` has left on ``opts.profile`` with ``n_seeds`` seeds: the open points at
+    their levels' own cost here and each seed's upstream where this machine would train it again
+    (:func:`points_seconds`, what a launch's ETA takes), else at the cost table's median."""
     params = base_params(opts)
     defaults, seeds = effective_defaults(study, params), seeds_for(params, n_seeds)
     url = opts.storage_url_for(study.name)
@@ -54,38 +58,45 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     else:
         points, complete = grid(ostudy, study, seeds)
     todo = [p for p in points if p not in complete]
+    row = Left(study.name, name, new, len(points), len(todo), None, "no trial, no cost row")
+    try:
+        with tempfile.TemporaryDirectory() as scratch:  # what the hook writes is not kept
+            set_up(study, params, Path(scratch))
+    except ValueError as e:
+        return dataclasses.replace(row, basis="", blocked=str(e))
+    if done := ran_here(ostudy) if ostudy is not None else []:
+        return dataclasses.replace(row, seconds=points_seconds(done, todo), basis=OWN)
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
-    seconds, bases = 0.0, set()
-    for level, _ in todo:
-        own = ran_seconds(ostudy, level) if ostudy is not None else []
-        if not own and table is None:
-            return Left(
-                study.name, name, new, len(points), len(todo), None, "no trial, no cost row"
-            )
-        seconds += float(np.median(own)) if own else 60.0 * table
-        bases.add(OWN if own else TABLE)
-    return Left(study.name, name, new, len(points), len(todo), seconds, " and ".join(sorted(bases)))
+    if table is None:
+        return row
+    return dataclasses.replace(row, seconds=60.0 * table * len(todo), basis=TABLE)
 
 
 def remaining_table(rows: list[Left], profile: str) -> list[str]:
     """Markdown lines: a row per study with work left, then the total."""
     open_ = [r for r in rows if r.todo]
     lines = [
-        f"Work left on profile `{profile}` (CPU-hours on one thread; a trial DVC restores from "
-        "its run-cache takes less, one whose upstream stages this machine lacks more):",
+        f"Work left on profile `{profile}` (CPU-hours on one thread: each open point at its "
+        "level's own cost, plus a seed's upstream stages where this machine's DVC cache lacks "
+        "them; a trial DVC restores from its run-cache takes less):",
         "",
         "| study | section | points done | CPU-h left | estimated from |",
         "|---|---|---|---|---|",
     ]
     for r in open_:
         section = f"`{r.section}`" + (f" (new: {r.new})" if r.new else "")
-        hours = "unknown" if r.seconds is None else f"{r.seconds / 3600:.1f}"
+        hours = "blocked" if r.blocked else "unknown" if r.seconds is None else ""
+        hours = hours or f"{r.seconds / 3600:.1f}"
         lines.append(
-            f"| `{r.study}` | {section} | {r.points - r.todo} of {r.points} | {hours} | {r.basis} |"
+            f"| `{r.study}` | {section} | {r.points - r.todo} of {r.points} | {hours} "
+            f"| {r.blocked or r.basis} |"
         )
-    known = sum(r.seconds or 0.0 for r in open_)
-    unknown = sum(r.seconds is None for r in open_)
-    total = f"{known / 3600:.1f} CPU-h in {sum(r.todo for r in open_)} trials"
+    runnable = [r for r in open_ if not r.blocked]
+    known = sum(r.seconds or 0.0 for r in runnable)
+    unknown = sum(r.seconds is None for r in runnable)
+    total = f"{known / 3600:.1f} CPU-h in {sum(r.todo for r in runnable)} trials"
     total += f" ({unknown} studies without an estimate)" if unknown else ""
+    blocked = [f"`{r.study}`" for r in open_ if r.blocked]
+    total += f"; blocked, not counted: {', '.join(blocked)}" if blocked else ""
     finished = len(rows) - len(open_)
     return [*lines, "", f"Total: {total}; {finished} of {len(rows)} studies complete."]

@@ -36,6 +36,7 @@ from sidrec_core.studies.budget import (
     FailureStreak,
     TimeBudget,
     expected_seconds,
+    points_seconds,
     ran_here,
     trial_seconds,
 )
@@ -66,7 +67,6 @@ from sidrec_core.studies.study import (
     grid_point,
     level_spec,
     live_point,
-    trial_level,
 )
 from sidrec_core.tracking import PARENT_ENV, start_run
 
@@ -290,16 +290,6 @@ def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tupl
     return [p for p in points if p not in done]
 
 
-def ran_seconds(ostudy: optuna.Study, level: str | None = None) -> list[float]:
-    """Durations of the complete trials that ran here, of ``level``'s when any ran (levels may
-    differ in cost many times over). A trial DVC restored from its run-cache took seconds but
-    records what its stages cost (``wall_seconds``), which the same point on another seed or
-    machine pays: the larger of the two counts."""
-    done = ran_here(ostudy)
-    mine = [t for t in done if level is not None and trial_level(t) == level]
-    return [trial_seconds(t) for t in mine or done]
-
-
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     """``trial k/N`` and an ETA: each remaining point and queued re-run at its level's median
     duration (a re-run's point is complete already: it counts once more in N)."""
@@ -308,9 +298,10 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     pending = [p for p in points if p not in done]
     pending += [grid_point(t) for t in reruns if t.state != TrialState.COMPLETE]
     text = f"trial {len(points) + len(reruns) - len(pending) + 1}/{len(points) + len(reruns)}"
-    if secs := ran_seconds(ostudy):
-        left = sum(np.median(ran_seconds(ostudy, p[0])) for p in pending)
-        text += f", ETA {left / 60:.0f} min (median {np.median(secs):.0f} s a trial)"
+    if done_here := ran_here(ostudy):
+        left = points_seconds(done_here, pending)
+        median = np.median([trial_seconds(t) for t in done_here])
+        text += f", ETA {left / 60:.0f} min (median {median:.0f} s a trial)"
     return text
 
 
@@ -415,16 +406,22 @@ def _spawned_work(*args: Any) -> None:
         raise SystemExit(STREAK_EXIT)
 
 
+def set_up(study: Study, params: dict, out_dir: Path) -> dict[str, Any]:
+    """The overrides ``study``'s set-up hook gives (a local checkpoint); it raises ValueError,
+    one line, when an input it needs is missing."""
+    if not study.setup:
+        return {}
+    module, fn = study.setup.split(":")
+    return getattr(importlib.import_module(module), fn)(params, out_dir)
+
+
 def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     """Run (or resume) study ``name``; write its report. Returns a summary dict."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = get_study(name)
     params = base_params(opts)
     defaults = effective_defaults(study, params)  # a set-up hook's local paths are no default
-    if study.setup:
-        module, fn = study.setup.split(":")
-        setup = getattr(importlib.import_module(module), fn)
-        params = with_overrides(params, setup(params, Path(opts.out_dir)))
+    params = with_overrides(params, set_up(study, params, Path(opts.out_dir)))
     seeds = seeds_for(params, opts.n_seeds)
     ostudy = open_study(study, opts, seeds, defaults, params)
     fail_dead_trials(ostudy, journal=is_journal(opts.storage_url_for(study.name)))
