@@ -59,6 +59,8 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         points, complete = grid(ostudy, study, seeds)
     todo = [p for p in points if p not in complete]
     row = Left(study.name, name, new, len(points), len(todo), None, "no trial, no cost row")
+    if not todo:  # complete: no cost, nothing to check
+        return row
     try:
         with tempfile.TemporaryDirectory() as scratch:  # what the hook writes is not kept
             set_up(study, params, Path(scratch))

@@ -291,8 +291,9 @@ def remaining(ostudy: optuna.Study, study: Study, seeds: list[int]) -> list[tupl
 
 
 def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
-    """``trial k/N`` and an ETA: each remaining point and queued re-run at its level's median
-    duration (a re-run's point is complete already: it counts once more in N)."""
+    """``trial k/N`` and an ETA: each remaining point and queued re-run as
+    :func:`~sidrec_core.studies.budget.points_seconds` costs it (a re-run's point is complete
+    already: it counts once more in N)."""
     points, done = grid(ostudy, study, seeds)
     reruns = [t for t in ostudy.get_trials(False, states=LIVE) if RERUN_OF in t.user_attrs]
     pending = [p for p in points if p not in done]
