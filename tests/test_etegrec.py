@@ -25,6 +25,8 @@ from sidrec_core.sid.registry import make_tokenizer
 from sidrec_core.stages.eval_etegrec import run as run_eval_etegrec
 from sidrec_core.stages.train_etegrec import run as run_train_etegrec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LM = {
     "hidden_size": 32,
     "num_layers": 1,

@@ -23,6 +23,8 @@ from sidrec_core.stages.eval_sidlm import run as run_eval_sidlm
 from sidrec_core.stages.train_sidlm import run as run_train_sidlm
 from tests.test_sidlm import TINY, _runner_params, _table
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ENC_DEC = {**TINY, "arch": "encoder_decoder"}  # num_kv_heads does not apply to T5
 
 
