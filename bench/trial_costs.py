@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from optuna.trial import TrialState
 
 from sidrec_core.io import write_text
 from sidrec_core.studies.pipeline import PROJECT_ROOT
+from sidrec_core.studies.plan import real_trials
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.report import is_pipeline_check
-from sidrec_core.studies.runner import EXPERIMENTS_DIR, on_todays_defaults
+from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.seeds import (
     CHEAP_MINUTES,
     CHEAP_SEEDS,
@@ -28,7 +27,7 @@ from sidrec_core.studies.seeds import (
     DEFAULT_SEEDS,
     seeds_for_minutes,
 )
-from sidrec_core.studies.storage import sections, study_journal
+from sidrec_core.studies.storage import study_journal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,23 +48,12 @@ class Cost:
         return None if self.minutes is None else seeds_for_minutes(self.minutes)
 
 
-def real_walls(storage: str, study: str) -> list[float]:
-    """``wall_seconds`` of every complete trial in the real-data sections of ``storage`` that ran
-    on today's defaults (a trial on earlier ones may have cost another amount: a pinned SASRec
-    trained other rows)."""
-    return [
-        float(t.user_attrs["wall_seconds"])
-        for _, ostudy in sections(storage, study)
-        if not is_pipeline_check(ostudy) and on_todays_defaults(STUDIES[study], ostudy)
-        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "wall_seconds" in t.user_attrs
-    ]
-
-
 def measure_costs(out_dir: Path, metrics_dir: Path = PROJECT_ROOT / "metrics") -> list[Cost]:
     """Every registered study's :class:`Cost`, from the storages under ``out_dir`` (and the
     pipeline's ``metrics_dir`` for a study no trial of which, nor of a peer's, ran)."""
-    walls = {n: real_walls(study_journal(out_dir, n), n) for n in STUDIES}
+    walls = {
+        n: [w for _, w in real_trials(study_journal(out_dir, n), s)] for n, s in STUDIES.items()
+    }
     costs = []
     for name, study in STUDIES.items():
         own = walls[name]

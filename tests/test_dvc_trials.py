@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sidrec_core.studies.dvc_run import (
     StageFailed,
     cached,
     extra_deps,
+    git,
     run_trial,
     sweep_worktrees,
 )
@@ -108,6 +110,28 @@ def test_every_added_dep_is_a_tokenizer_or_sid_table_input():
         "data/item_embeddings/both.npy",
         "data/sids",
     }
+
+
+def test_git_waits_for_another_processs_index_lock_and_names_it_when_it_stays(tmp_path):
+    """Two workers starting together both refresh the index: the one that finds the other's
+    lock retries instead of failing its trial; a lock that never goes is the error."""
+    git("init", "-q", cwd=tmp_path)
+    (tmp_path / "f").write_text("a")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", "f", cwd=tmp_path)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c", cwd=tmp_path)
+    (tmp_path / "f").write_text("b")
+    lock = tmp_path / ".git" / "index.lock"
+    lock.touch()
+    release = threading.Timer(0.5, lock.unlink)
+    release.start()
+    stash = git("-c", "user.name=t", "-c", "user.email=t@t", "stash", "create", cwd=tmp_path)
+    release.join()
+    assert git("cat-file", "-t", stash, cwd=tmp_path) == "commit"
+    lock.touch()
+    with pytest.raises(
+        RuntimeError, match=r"^git stash create in .*index\.lock is held by another git process\)$"
+    ):
+        git("stash", "create", cwd=tmp_path, tries=2)
 
 
 def kill_mid_trial(cmd: list[str], env: dict[str, str], o: StudyOptions) -> tuple[list, list[int]]:

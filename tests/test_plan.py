@@ -1,13 +1,15 @@
 """``bench/ablate.py --remaining``: the open grid points of the section a launch writes to today,
-costed at each level's median duration there, else at the committed cost table's median."""
+costed at each level's median duration there, else from the study's trials on another dataset
+scaled by interactions, else at the committed cost table's median."""
 
 from __future__ import annotations
 
+import pytest
 from smoke_studies import complete_trial, opts
 
 from bench.ablate import main as ablate_main
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
-from sidrec_core.studies.plan import OWN, TABLE, left_to_run, remaining_table
+from sidrec_core.studies.plan import OWN, SCALED, TABLE, left_to_run, remaining_table
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.runner import base_params, open_study
 from sidrec_core.studies.seeds import COST_TABLE
@@ -73,3 +75,22 @@ def test_a_study_whose_set_up_finds_its_input_missing_is_blocked_and_left_out_of
     assert lines[-1].endswith("; blocked, not counted: `load_mode`; 0 of 2 studies complete.")
     assert not left_to_run(STUDIES["load_mode"], opts(tmp_path), 2).blocked  # smoke: a tiny LM
     assert not (tmp_path / "exp" / "cache").exists()  # a plan writes nothing
+
+
+def test_a_section_with_no_trial_is_costed_from_another_datasets_trials_scaled_by_interactions(
+    tmp_path,
+):
+    """A Sports section never run takes the study's Beauty trials at Sports' 296,337 / 198,502
+    interactions (its trials train on that many more rows), not Beauty's cost as it stands."""
+    beauty = opts(tmp_path, profile="beauty")
+    params = base_params(beauty)
+    ostudy = open_study(STUDY, beauty, SEEDS, effective_defaults(STUDY, params), params)
+    for secs, point in ((100.0, ["off", 0]), (300.0, ["on", 0]), (200.0, ["on", 1])):
+        ostudy.add_trial(
+            complete_trial(secs, user_attrs={"grid_point": point, "wall_seconds": secs})
+        )
+    left = left_to_run(STUDY, opts(tmp_path, profile="sports"), len(SEEDS))
+    assert (left.section, left.new, left.todo) == ("exclude_seen-sports", "never ran", 4)
+    assert left.basis == SCALED.format("beauty")
+    assert left.seconds == pytest.approx(4 * 200.0 * 296_337 / 198_502)
+    assert left_to_run(STUDY, beauty, len(SEEDS)).basis == OWN  # its own trials come first

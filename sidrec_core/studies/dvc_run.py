@@ -62,11 +62,23 @@ def dvc_command() -> str:
     return str(local) if local.exists() else "dvc"
 
 
-def git(*args: str, cwd: Path = PROJECT_ROOT) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"git {' '.join(args)} in {cwd}: {out.stderr.strip()}")
-    return out.stdout.strip()
+def git(*args: str, cwd: Path = PROJECT_ROOT, tries: int = 8) -> str:
+    """``git ARGS`` in ``cwd``. Two workers starting together both refresh the repository's index
+    (``stash create``, ``worktree add``); the one that finds the other's ``index.lock`` (named in
+    git's error, or left on disk: ``stash create`` then fails without a word) waits and tries
+    again rather than failing its trial."""
+    lock = Path(cwd) / ".git" / "index.lock"
+    for attempt in range(tries):
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        if not out.returncode:
+            return out.stdout.strip()
+        locked = "index.lock" in out.stderr or lock.exists()
+        if not locked or attempt == tries - 1:
+            break
+        time.sleep(0.25 * 2**attempt)
+    why = out.stderr.strip() or f"exit {out.returncode}"
+    why += f" ({lock} is held by another git process)" if locked and lock.name not in why else ""
+    raise RuntimeError(f"git {' '.join(args)} in {cwd}: {why}")
 
 
 @functools.cache

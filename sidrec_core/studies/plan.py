@@ -2,25 +2,43 @@
 that costs, before anything is launched. A study's section is the one a launch today writes to:
 its current defaults' (a section on earlier defaults is history, not progress), so a study whose
 defaults changed since it ran reads as a new section with nothing done. A study whose set-up hook
-finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total."""
+finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total.
+A section with no trial yet is costed from the study's trials in its other real-data sections,
+each scaled to this profile's dataset by interaction count (a Sports trial trains on 1.5x Beauty's
+rows), else at the cost table's median."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import optuna
+from optuna.trial import TrialState
 
+from sidrec_core.config import build
+from sidrec_core.data.dataset import DataConfig, load_dataset
+from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.runner import StudyOptions, base_params, grid, seeds_for, set_up
+from sidrec_core.studies.report import is_pipeline_check
+from sidrec_core.studies.runner import (
+    StudyOptions,
+    base_params,
+    grid,
+    on_todays_defaults,
+    seeds_for,
+    set_up,
+)
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
-from sidrec_core.studies.storage import exists, make_storage
+from sidrec_core.studies.storage import exists, make_storage, sections
 from sidrec_core.studies.study import Study
 
 OWN = "this section's trials"
 TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any dataset)"
+SCALED = "the median of the study's trials on {}, scaled by interactions here / there"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +86,37 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         return dataclasses.replace(row, basis="", blocked=str(e))
     if done := ran_here(ostudy) if ostudy is not None else []:
         return dataclasses.replace(row, seconds=points_seconds(done, todo), basis=OWN)
+    data = resolve_params(params)["data"]
+    walls = real_trials(url, study) if exists(url) else []
+    if walls:
+        here = interactions(build(DataConfig, data, "data"))
+        there = {d: interactions(build(DataConfig, {**data, "name": d}, "data")) for d, _ in walls}
+        scaled = [w * here / there[d] for d, w in walls]
+        basis = SCALED.format(", ".join(sorted(there)))
+        return dataclasses.replace(row, seconds=float(np.median(scaled)) * len(todo), basis=basis)
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
     if table is None:
         return row
     return dataclasses.replace(row, seconds=60.0 * table * len(todo), basis=TABLE)
+
+
+def real_trials(location: str, study: Study) -> list[tuple[str, float]]:
+    """``(dataset, wall_seconds)`` of every complete trial in ``study``'s real-data sections at
+    ``location`` that ran on today's defaults (a trial on earlier ones may have trained another
+    model, at another cost)."""
+    return [
+        (str(ostudy.user_attrs["dataset"]), float(t.user_attrs["wall_seconds"]))
+        for _, ostudy in sections(location, study.name)
+        if not is_pipeline_check(ostudy) and on_todays_defaults(study, ostudy)
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "wall_seconds" in t.user_attrs
+    ]
+
+
+@functools.cache
+def interactions(cfg: DataConfig) -> int:
+    """The dataset's interactions after ``cfg``'s filtering: a trial's cost grows with them."""
+    return load_dataset(cfg).num_interactions
 
 
 def remaining_table(rows: list[Left], profile: str) -> list[str]:
