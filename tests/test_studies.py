@@ -34,7 +34,15 @@ from sidrec_core.studies.budget import (
 )
 from sidrec_core.studies.defaults import departures, same_defaults
 from sidrec_core.studies.fingerprints import broken_seeds
-from sidrec_core.studies.index import Finding, effect_text, read_finding, spent_seconds, write_index
+from sidrec_core.studies.index import (
+    REPLICATE,
+    Finding,
+    effect_text,
+    read_finding,
+    replication,
+    spent_seconds,
+    write_index,
+)
 from sidrec_core.studies.pipeline import load_pipeline
 from sidrec_core.studies.profiles import dvc_set_args, load_profile, with_overrides
 from sidrec_core.studies.reference import goal_text, own_start_rows, user_ci
@@ -1030,3 +1038,31 @@ def test_two_workers_asking_at_once_never_take_the_same_queued_trial(tmp_path):
     taken = [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(taken) == list(range(20))
+
+
+def test_the_index_lists_each_study_owed_a_second_dataset_and_whether_its_effect_held(tmp_path):
+    """``lm_head_slicing``'s ``off`` is significantly better on Beauty: it is owed Sports, where
+    it is significant the same way (held: yes); the studies the round-2 issue names are listed
+    though they never ran; a study with no significant level and no name is not."""
+    out = tmp_path / "exp"
+    url = make_storage(str(out / "lm_head_slicing" / "optuna.jsonl"), create=True)
+    for dataset, seeds, gap in (("beauty", (0, 1, 2), 0.005), ("sports", (0, 1, 2), 0.003)):
+        ostudy = optuna.create_study(study_name=f"lm_head_slicing-{dataset}", storage=url)
+        ostudy.set_user_attr("dataset", dataset)
+        ostudy.set_user_attr("seeds", [0, 1, 2])
+        for seed in seeds:
+            for level, value in (
+                ("on", 0.010 + 0.001 * seed),
+                ("off", 0.010 + 0.001 * seed + gap + 1e-4 * seed),
+            ):
+                attrs = {"grid_point": [level, seed], "test/ndcg@10": value, "wall_seconds": 6.0}
+                ostudy.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    lines = replication(out)
+    rows = {ln.split(" | ")[0].split("`")[1]: ln.split(" | ")[1:] for ln in lines if "[`" in ln}
+    assert set(rows) == {"lm_head_slicing", *REPLICATE}
+    why, dataset, ran, held = rows["lm_head_slicing"]
+    assert why == "significant: `off` +0.0051" and ran == "6 of 6 trials"
+    assert dataset == "sports (`lm_head_slicing-sports`)"
+    assert held == "`off` yes (0.0051 → 0.0031) |"
+    assert rows["tokenizer"] == [REPLICATE["tokenizer"], "—", "no section yet", "— |"]
+    assert "## Replication on a second dataset" in write_index(out).read_text()

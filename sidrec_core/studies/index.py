@@ -79,6 +79,14 @@ RESULTS_FILES: dict[str, str] = {
     "(the GRPO and SID LM searches' retrains, from their storage)",
 }
 
+REFERENCE = "beauty"  # the dataset every study runs on first
+# studies the round-2 issue runs on a second dataset whatever the reference shows (issue 38, item 3)
+REPLICATE = {
+    "tokenizer": "named: the tokenizer comparison",
+    "sasrec_loss": "named: the SASRec loss comparison",
+    "rpg_codebooks": "named: RPG's codebook count",
+}
+
 
 def last_commit(path: Path) -> str:
     """``<hash> <date>`` of the commit that last changed ``path`` (``uncommitted`` if none)."""
@@ -237,7 +245,7 @@ def level_effects(study: Study, ostudy: optuna.Study) -> dict[str, tuple[float, 
     key = headline_metric(cols)
     return {
         c.level: (float(c.cell.diff), c.holm_p is not None and c.holm_p < md.ALPHA)
-        for c in compare_levels(study, cols, table, trial_records(study, trials))
+        for c in compare_levels(study, cols, table, trial_records(study, trials), user_ci=False)
         if c.versus == study.default and c.metric == key and c.cell.diff is not None
     }
 
@@ -257,6 +265,14 @@ def direction_cell(study: Study, earlier: optuna.Study | None, now: optuna.Study
         shown = f"{md.fmt(d0)}{'' if s0 else ' n.s.'} → {md.fmt(d1)}{'' if s1 else ' n.s.'}"
         parts.append(f"`{lv}` {verdict} ({shown})")
     return "; ".join(parts) or "unresolved (no level significant on either)"
+
+
+def filled(study: Study, ostudy: optuna.Study) -> tuple[int, int]:
+    """(grid points with a complete trial, grid points) of a section: a trial a re-run replaced
+    was paid for, but it fills no point."""
+    complete = ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = [t for t in complete if "wall_seconds" in t.user_attrs]
+    return len(counting(study, done)), len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
 
 
 def finding_row(
@@ -281,8 +297,7 @@ def finding_row(
     failed = sum("error" in t.user_attrs for t in ended)  # the objective raised
     stopped = len(ended) - failed  # its worker was stopped mid-trial (see report.STOPPED)
     shared = sum(map(is_shared, done))
-    # a trial a re-run replaced was paid for, so it is costed, but it fills no grid point
-    counted = len(counting(study, done))
+    counted, grid = filled(study, ostudy)
     replaced = sum(RERUN_OF in t.user_attrs for t in done)
     cost = f"{sum(walls) / 3600:.1f} CPU-h in {len(walls)} trials" if walls else "—"
     extras = [f"{shared} taken from other studies"] if shared else []
@@ -292,7 +307,6 @@ def finding_row(
     unfinished += [f"{stopped} stopped mid-trial"] if stopped else []
     cost += f", {' and '.join(unfinished)} (their time not counted)" if unfinished else ""
     effect = effect_text(study, f)
-    grid = len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
     if counted < grid:
         effect += f" (partial: {counted} of {grid} trials)"
     short = shortfall_text(seeds_held(trials, lambda t: live_point(study, t)), study.seeds)
@@ -416,6 +430,44 @@ def findings(out_dir: Path) -> list[str]:
     return lines + (["### What the findings cannot answer", "", *notes, ""] if notes else [])
 
 
+def replication(out_dir: Path) -> list[str]:
+    """Each study a second dataset is owed (a level significant on the reference dataset's
+    latest section, or named by :data:`REPLICATE`) against its latest section on every other
+    dataset: how far that ran, and per level significant on either, whether the effect held."""
+    rows = []
+    for s in STUDIES.values():
+        latest = list({profile_of(lb): o for lb, o in real_sections(out_dir, s)}.values())
+        ref = next((o for o in latest if o.user_attrs.get("dataset") == REFERENCE), None)
+        effects = level_effects(s, ref) if ref is not None else {}
+        significant = [f"`{lv}` {d:+.4f}" for lv, (d, sig) in effects.items() if sig]
+        if not significant and s.name not in REPLICATE:
+            continue
+        why = f"significant: {', '.join(significant)}" if significant else REPLICATE[s.name]
+        link = f"[`{s.name}`]({s.name}/report.md)"
+        others = [o for o in latest if o.user_attrs.get("dataset") != REFERENCE]
+        if not others:
+            rows.append(md.row([link, why, "—", "no section yet", "—"]))
+        for o in others:
+            counted, grid = filled(s, o)
+            held = direction_cell(s, ref, o) if ref is not None else "—"
+            section = f"{o.user_attrs.get('dataset')} (`{o.study_name}`)"
+            rows.append(md.row([link, why, section, f"{counted} of {grid} trials", held]))
+    return [
+        "## Replication on a second dataset",
+        "",
+        f"A study is owed a second dataset when a level's effect is significant on {REFERENCE} "
+        "(its latest section, Holm-corrected within the study; the level − default difference "
+        "on the headline test metric shown, better or worse) or the round-2 issue names it "
+        "(issue 38, item 3). Per level significant on either dataset: yes / no where it is "
+        f"significant on both in the same / the opposite direction, else unresolved ({REFERENCE} "
+        "→ the other dataset); an unfinished section is read as it stands.",
+        "",
+        *md.table(["study", f"why ({REFERENCE})", "other dataset", "ran", "effect held"]),
+        *(rows or ["| (no study owes one) | | | | |"]),
+        "",
+    ]
+
+
 def published() -> list[str]:
     """The published Beauty rows the pipeline report compares with, with source and protocol."""
     from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
@@ -448,6 +500,7 @@ def write_index(out_dir: Path) -> Path:
         "(`experiments/<study>/optuna.jsonl`); do not edit by hand.",
         "",
         *findings(out_dir),
+        *replication(out_dir),
         *literature(out_dir),
         *published(),
         *provenance(out_dir),

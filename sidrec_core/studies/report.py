@@ -220,11 +220,16 @@ def user_level_ci(
 
 
 def compare_levels(
-    study: Study, cols: list[str], table: Table, records: Records | None = None
+    study: Study,
+    cols: list[str],
+    table: Table,
+    records: Records | None = None,
+    user_ci: bool = True,
 ) -> list[Comparison]:
     """Paired tests of the objective and headline test metrics, every level vs the default and
     then the study's contrasts, Holm-corrected together; seeds whose upstream inputs differ
-    (per ``records``) are left out of a pair."""
+    (per ``records``) are left out of a pair. ``user_ci``: also the seed x user bootstrap CI
+    (seconds a pair on Beauty's 22,363 users; a caller reading only the tests skips it)."""
     records = records or {}
     tested = list(dict.fromkeys((study.objective, *(c for c in cols if c.endswith(HEADLINE)))))
     pairs = [(lv, study.default) for lv in study.labels if lv != study.default]
@@ -249,7 +254,7 @@ def compare_levels(
         _, ci = stats.mean_ci(d)
         sd = float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
         mde = stats.min_detectable_effect(sd, len(d))
-        su = user_level_ci(records, lv, versus, col, shared)
+        su = user_level_ci(records, lv, versus, col, shared) if user_ci else None
         out.append(Comparison(lv, col, c, ci, adj, versus, mde, su, broken))
     return out
 
