@@ -90,7 +90,8 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     walls = real_trials(url, study) if exists(url) else []
     if walls:
         here = interactions(build(DataConfig, data, "data"))
-        there = {d: interactions(build(DataConfig, {**data, "name": d}, "data")) for d, _ in walls}
+        names = {d for d, _ in walls}
+        there = {d: interactions(build(DataConfig, {**data, "name": d}, "data")) for d in names}
         scaled = [w * here / there[d] for d, w in walls]
         basis = SCALED.format(", ".join(sorted(there)))
         return dataclasses.replace(row, seconds=float(np.median(scaled)) * len(todo), basis=basis)
