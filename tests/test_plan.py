@@ -1,18 +1,26 @@
 """``bench/ablate.py --remaining``: the open grid points of the section a launch writes to today,
 costed at each level's median duration there, else from the study's trials on another dataset
-scaled by interactions, else at the committed cost table's median."""
+scaled by interactions, else at the committed cost table's median; on a second dataset, the part a
+launch runs first."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import optuna
 import pytest
 from smoke_studies import complete_trial, opts
 
 from bench.ablate import main as ablate_main
+from sidrec_core.studies import runner
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
 from sidrec_core.studies.plan import OWN, SCALED, TABLE, left_to_run, remaining_table
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.runner import base_params, open_study
+from sidrec_core.studies.replicate import replicated_levels
+from sidrec_core.studies.runner import base_params, open_study, run_study
 from sidrec_core.studies.seeds import COST_TABLE
+from sidrec_core.studies.storage import make_storage
+from sidrec_core.studies.study import grid_point
 
 STUDY = STUDIES["exclude_seen"]  # levels off (default), on
 SEEDS = [0, 1]
@@ -94,3 +102,40 @@ def test_a_section_with_no_trial_is_costed_from_another_datasets_trials_scaled_b
     assert left.basis == SCALED.format("beauty")
     assert left.seconds == pytest.approx(4 * 200.0 * 296_337 / 198_502)
     assert left_to_run(STUDY, beauty, len(SEEDS)).basis == OWN  # its own trials come first
+
+
+def test_a_replication_runs_the_default_and_the_levels_significant_on_the_reference_first(
+    tmp_path, monkeypatch
+):
+    """``similarity``'s ``cosine`` is significantly worse than ``dot`` on Beauty, its other levels
+    tie with it: a Sports launch queues dot and cosine on every seed before any other level, and
+    the plan prices that part on its own; Beauty itself, or a study with no significant level,
+    keeps the seed-by-seed order."""
+    study, seeds = STUDIES["similarity"], [0, 1, 2]
+    beauty = opts(tmp_path, profile="beauty", n_seeds=3)
+    params = base_params(beauty)
+    ostudy = open_study(study, beauty, seeds, effective_defaults(study, params), params)
+    for seed in seeds:
+        for level in study.labels:
+            value = 0.04 + 0.001 * seed - (0.01 + 1e-4 * seed) * (level == "cosine")
+            attrs = {"grid_point": [level, seed], "test/ndcg@10": value, "wall_seconds": 100.0}
+            ostudy.add_trial(complete_trial(100.0, user_attrs=attrs))
+    url = beauty.storage_url_for(study.name)
+    assert replicated_levels(url, study, "sports") == ["cosine"]
+    assert replicated_levels(url, study, "beauty") == []
+
+    sports = opts(tmp_path, profile="sports", n_seeds=3)
+    left = left_to_run(study, sports, 3)
+    assert (left.todo, left.lead, left.lead_todo) == (15, ("cosine",), 6)
+    assert left.lead_seconds == pytest.approx(6 * 100.0 * 296_337 / 198_502)
+    row = remaining_table([left], "sports")[4]
+    assert row.endswith("| default + `cosine`: 6 trials, 0.2 CPU-h |")
+
+    monkeypatch.setattr(runner, "_work", lambda *args: None)  # queue, run nothing
+    run_study("similarity", dataclasses.replace(sports, report=False))
+    section = optuna.load_study(
+        study_name="similarity-sports", storage=make_storage(sports.storage_url_for(study.name))
+    )
+    points = [grid_point(t) for t in section.get_trials(deepcopy=False)]
+    assert points[:6] == [(lv, s) for s in seeds for lv in ("dot", "cosine")]
+    assert points[6:9] == [("scaled", 0), ("bilinear", 0), ("adaptive", 0)]

@@ -24,11 +24,19 @@ from sidrec_core.studies.notes import headline_metric, seeds_are_copies, study_n
 from sidrec_core.studies.provenance import SIDECAR, count_lines, read_backfill
 from sidrec_core.studies.provenance import counts as provenance_counts
 from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.replicate import (
+    REFERENCE,
+    REPLICATE,
+    direction_cell,
+    latest_sections,
+    level_effects,
+    real_sections,
+    reference_section,
+)
 from sidrec_core.studies.report import (
     Records,
     Table,
     compare_levels,
-    is_pipeline_check,
     profile_key,
     report_sections,
     summarize_trials,
@@ -77,14 +85,6 @@ RESULTS_FILES: dict[str, str] = {
     "(commands in it), Beauty",
     "tune/grpo/against_start_beauty.md": "`python bench/grpo_against_start.py --profile beauty` "
     "(the GRPO and SID LM searches' retrains, from their storage)",
-}
-
-REFERENCE = "beauty"  # the dataset every study runs on first
-# studies the round-2 issue runs on a second dataset whatever the reference shows (issue 38, item 3)
-REPLICATE = {
-    "tokenizer": "named: the tokenizer comparison",
-    "sasrec_loss": "named: the SASRec loss comparison",
-    "rpg_codebooks": "named: RPG's codebook count",
 }
 
 
@@ -191,7 +191,7 @@ def pipeline_default_value(out_dir: Path, study: Study, profile: str, metric: st
     if study.pipeline_default is None:
         return None
     name, level = study.pipeline_default
-    ostudy = dict(real_sections(out_dir, STUDIES[name])).get(profile)
+    ostudy = dict(real_sections(study_journal(out_dir, name), STUDIES[name])).get(profile)
     if ostudy is None:
         return None
     cell = summarize_trials(STUDIES[name], ostudy.get_trials(deepcopy=False))[1][level].get(metric)
@@ -235,36 +235,6 @@ def effect_text(study: Study, f: Finding) -> str:
     if f.broken:
         text += f" (seeds {list(f.broken)} left out: different upstream inputs)"
     return text
-
-
-def level_effects(study: Study, ostudy: optuna.Study) -> dict[str, tuple[float, bool]]:
-    """{level: (difference from the default on the headline test metric, significant after the
-    section's Holm correction)} of one section."""
-    trials = ostudy.get_trials(deepcopy=False)
-    cols, table = summarize_trials(study, trials)
-    key = headline_metric(cols)
-    return {
-        c.level: (float(c.cell.diff), c.holm_p is not None and c.holm_p < md.ALPHA)
-        for c in compare_levels(study, cols, table, trial_records(study, trials), user_ci=False)
-        if c.versus == study.default and c.metric == key and c.cell.diff is not None
-    }
-
-
-def direction_cell(study: Study, earlier: optuna.Study | None, now: optuna.Study) -> str:
-    """Whether each level's effect kept its direction from the earlier defaults' section to the
-    current one: yes / no where it is significant on both, else unresolved."""
-    if earlier is None:
-        return "—"
-    then, current = level_effects(study, earlier), level_effects(study, now)
-    parts = []
-    for lv in [lv for lv in study.labels if lv in then and lv in current]:
-        (d0, s0), (d1, s1) = then[lv], current[lv]
-        if not (s0 or s1):
-            continue
-        verdict = ("yes" if d0 * d1 > 0 else "no") if s0 and s1 else "unresolved"
-        shown = f"{md.fmt(d0)}{'' if s0 else ' n.s.'} → {md.fmt(d1)}{'' if s1 else ' n.s.'}"
-        parts.append(f"`{lv}` {verdict} ({shown})")
-    return "; ".join(parts) or "unresolved (no level significant on either)"
 
 
 def filled(study: Study, ostudy: optuna.Study) -> tuple[int, int]:
@@ -334,12 +304,6 @@ def finding_row(
     return md.row([*cells, direction_cell(study, earlier, ostudy)]), notes
 
 
-def real_sections(out_dir: Path, study: Study) -> list[tuple[str, optuna.Study]]:
-    """(profile, Optuna study) of every real-data section in the study's storage."""
-    found = sections(study_journal(out_dir, study.name), study.name)
-    return [(profile, ostudy) for profile, ostudy in found if not is_pipeline_check(ostudy)]
-
-
 def literature(out_dir: Path) -> list[str]:
     """Every published finding a study tests, with this project's reading of it."""
     lines = [
@@ -352,7 +316,7 @@ def literature(out_dir: Path) -> list[str]:
         *md.table(["finding", "source", "study", "profile", "metric", "measured", "verdict"]),
     ]
     for s in STUDIES.values():
-        found = real_sections(out_dir, s) if s.claims else []
+        found = real_sections(study_journal(out_dir, s.name), s) if s.claims else []
         link = f"[`{s.name}`]({s.name}/report.md)"
         for claim in s.claims:
             if not found:
@@ -388,7 +352,7 @@ def provenance(out_dir: Path) -> list[str]:
 def findings(out_dir: Path) -> list[str]:
     rows, notes = [], []
     for s in STUDIES.values():
-        found_sections = real_sections(out_dir, s)
+        found_sections = real_sections(study_journal(out_dir, s.name), s)
         current = current_labels(label for label, _ in found_sections)
         earliest = dict(reversed([(profile_of(lb), o) for lb, o in found_sections]))
         for profile, ostudy in found_sections:
@@ -436,8 +400,8 @@ def replication(out_dir: Path) -> list[str]:
     dataset: how far that ran, and per level significant on either, whether the effect held."""
     rows = []
     for s in STUDIES.values():
-        latest = list({profile_of(lb): o for lb, o in real_sections(out_dir, s)}.values())
-        ref = next((o for o in latest if o.user_attrs.get("dataset") == REFERENCE), None)
+        latest = latest_sections(study_journal(out_dir, s.name), s)
+        ref = reference_section(latest)
         effects = level_effects(s, ref) if ref is not None else {}
         significant = [f"`{lv}` {d:+.4f}" for lv, (d, sig) in effects.items() if sig]
         if not significant and s.name not in REPLICATE:

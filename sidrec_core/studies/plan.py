@@ -23,6 +23,7 @@ from sidrec_core.data.dataset import DataConfig, load_dataset
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
+from sidrec_core.studies.replicate import replicated_levels
 from sidrec_core.studies.report import is_pipeline_check
 from sidrec_core.studies.runner import (
     StudyOptions,
@@ -45,7 +46,8 @@ SCALED = "the median of the study's trials on {}, scaled by interactions here / 
 class Left:
     """``study``'s section ``section`` (``new``: why a launch would create it, else ""):
     ``points`` grid points, ``todo`` of them without a complete trial, costing ``seconds``
-    (None: no estimate) on the basis named; ``blocked``: why a launch would fail at once."""
+    (None: no estimate) on the basis named; ``blocked``: why a launch would fail at once; on a
+    replication, the ``lead_todo`` open points (``lead_seconds``) a launch runs first."""
 
     study: str
     section: str
@@ -55,6 +57,9 @@ class Left:
     seconds: float | None
     basis: str
     blocked: str = ""
+    lead: tuple[str, ...] = ()  # a replication's levels queued first, with the default
+    lead_todo: int = 0  # open points at the default and ``lead``
+    lead_seconds: float | None = None
 
 
 def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
@@ -84,21 +89,33 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
             set_up(study, params, Path(scratch))
     except ValueError as e:
         return dataclasses.replace(row, basis="", blocked=str(e))
-    if done := ran_here(ostudy) if ostudy is not None else []:
-        return dataclasses.replace(row, seconds=points_seconds(done, todo), basis=OWN)
     data = resolve_params(params)["data"]
+    lead = replicated_levels(url, study, data["name"]) if exists(url) else []
+    if lead:  # a replication queues the default and these levels first (runner.enqueue_missing)
+        ahead = [p for p in todo if p[0] in {study.default, *lead}]
+        row = dataclasses.replace(row, lead=tuple(lead), lead_todo=len(ahead))
+    if done := ran_here(ostudy) if ostudy is not None else []:
+        lead_s = points_seconds(done, ahead) if lead else None
+        return dataclasses.replace(
+            row, seconds=points_seconds(done, todo), basis=OWN, lead_seconds=lead_s
+        )
     walls = real_trials(url, study) if exists(url) else []
     if walls:
         here = interactions(build(DataConfig, data, "data"))
         names = {d for d, _ in walls}
         there = {d: interactions(build(DataConfig, {**data, "name": d}, "data")) for d in names}
-        scaled = [w * here / there[d] for d, w in walls]
+        each = float(np.median([w * here / there[d] for d, w in walls]))
         basis = SCALED.format(", ".join(sorted(there)))
-        return dataclasses.replace(row, seconds=float(np.median(scaled)) * len(todo), basis=basis)
+        return dataclasses.replace(
+            row, seconds=each * len(todo), basis=basis, lead_seconds=each * row.lead_todo
+        )
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
     if table is None:
         return row
-    return dataclasses.replace(row, seconds=60.0 * table * len(todo), basis=TABLE)
+    each = 60.0 * table
+    return dataclasses.replace(
+        row, seconds=each * len(todo), basis=TABLE, lead_seconds=each * row.lead_todo
+    )
 
 
 def real_trials(location: str, study: Study) -> list[tuple[str, float]]:
@@ -120,16 +137,26 @@ def interactions(cfg: DataConfig) -> int:
     return load_dataset(cfg).num_interactions
 
 
+def lead_cell(r: Left) -> str:
+    """What a replication runs first: its levels, open points and their cost."""
+    if not r.lead:
+        return ""
+    cost = "" if r.lead_seconds is None else f", {r.lead_seconds / 3600:.1f} CPU-h"
+    return f"default + {', '.join(f'`{lv}`' for lv in r.lead)}: {r.lead_todo} trials{cost}"
+
+
 def remaining_table(rows: list[Left], profile: str) -> list[str]:
     """Markdown lines: a row per study with work left, then the total."""
     open_ = [r for r in rows if r.todo]
     lines = [
         f"Work left on profile `{profile}` (CPU-hours on one thread: each open point at its "
         "level's own cost, plus a seed's upstream stages where this machine's DVC cache lacks "
-        "them; a trial DVC restores from its run-cache takes less):",
+        "them; a trial DVC restores from its run-cache takes less). On a dataset other than the "
+        "reference, a launch queues the default and the levels significant there first, on "
+        "every seed (`first`):",
         "",
-        "| study | section | points done | CPU-h left | estimated from |",
-        "|---|---|---|---|---|",
+        "| study | section | points done | CPU-h left | estimated from | first (replication) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in open_:
         section = f"`{r.section}`" + (f" (new: {r.new})" if r.new else "")
@@ -137,13 +164,19 @@ def remaining_table(rows: list[Left], profile: str) -> list[str]:
         hours = hours or f"{r.seconds / 3600:.1f}"
         lines.append(
             f"| `{r.study}` | {section} | {r.points - r.todo} of {r.points} | {hours} "
-            f"| {r.blocked or r.basis} |"
+            f"| {r.blocked or r.basis} | {lead_cell(r)} |"
         )
     runnable = [r for r in open_ if not r.blocked]
     known = sum(r.seconds or 0.0 for r in runnable)
     unknown = sum(r.seconds is None for r in runnable)
     total = f"{known / 3600:.1f} CPU-h in {sum(r.todo for r in runnable)} trials"
     total += f" ({unknown} studies without an estimate)" if unknown else ""
+    if lead := [r for r in runnable if r.lead]:
+        hours = sum(r.lead_seconds or 0.0 for r in lead) / 3600
+        total += (
+            f", of which {hours:.1f} CPU-h in {sum(r.lead_todo for r in lead)} trials run the "
+            "default and the levels significant on the reference dataset first"
+        )
     blocked = [f"`{r.study}`" for r in open_ if r.blocked]
     total += f"; blocked, not counted: {', '.join(blocked)}" if blocked else ""
     finished = len(rows) - len(open_)

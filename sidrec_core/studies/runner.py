@@ -50,6 +50,7 @@ from sidrec_core.studies.defaults import (
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
+from sidrec_core.studies.replicate import REFERENCE, replicated_levels
 from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
@@ -258,18 +259,26 @@ def open_study(
 
 
 def enqueue_missing(
-    ostudy: optuna.Study, study: Study, seeds: list[int], retry_failed: bool = True
+    ostudy: optuna.Study,
+    study: Study,
+    seeds: list[int],
+    retry_failed: bool = True,
+    first: list[str] = (),
 ) -> int:
     """Queue every grid point with no live trial (nor a FAILED one without ``retry_failed``),
     seed by seed and the default level first at each: a study stopped part-way pairs every seed
     it finished, and the upstream stages a seed reuses (a trained SID LM, a SASRec) are built
     once and restored by DVC's run-cache for its other levels while the machine keeps that
-    cache. Level and seed are a user attr, not params: a categorical's choices could not grow.
-    -> how many."""
+    cache. Levels in ``first`` (a replication's, :mod:`~.replicate`) come with the default on
+    every seed before the other levels on any. Level and seed are a user attr, not params: a
+    categorical's choices could not grow. -> how many."""
     taken = {*LIVE, *(() if retry_failed else (TrialState.FAIL,))}
     # a trial of a level redefined since it ran takes nothing (live_point is None)
     busy = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
-    todo = [(lv, s) for s in seeds for lv in dict.fromkeys([study.default, *study.labels])]
+    order = list(dict.fromkeys([study.default, *study.labels]))
+    lead = [lv for lv in order if lv == study.default or lv in first] if first else order
+    rest = [lv for lv in order if lv not in lead]
+    todo = [(lv, s) for levels in (lead, rest) for s in seeds for lv in levels]
     todo = [p for p in todo if p not in busy]
     for point in todo:
         ostudy.enqueue_trial({}, user_attrs={"grid_point": list(point)})
@@ -427,7 +436,11 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
     ostudy = open_study(study, opts, seeds, defaults, params)
     fail_dead_trials(ostudy, journal=is_journal(opts.storage_url_for(study.name)))
     before = len(remaining(ostudy, study, seeds))
-    queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed)
+    dataset = str(ostudy.user_attrs.get("dataset", REFERENCE))
+    first = replicated_levels(opts.storage_url_for(study.name), study, dataset)
+    if first:
+        log.info("%s: %s first on every seed (significant on %s)", name, first, REFERENCE)
+    queued = enqueue_missing(ostudy, study, seeds, opts.retry_failed, first)
     if opts.rerun_unpaired:
         queued += enqueue_unpaired(ostudy, study)
     state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
