@@ -123,6 +123,7 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     url = beauty.storage_url_for(study.name)
     assert replicated_levels(url, study, "sports") == ["cosine"]
     assert replicated_levels(url, study, "beauty") == []
+    assert replicated_levels(url, study, "synthetic") == []  # a pipeline check replicates nothing
 
     sports = opts(tmp_path, profile="sports", n_seeds=3)
     left = left_to_run(study, sports, 3)

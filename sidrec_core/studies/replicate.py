@@ -82,9 +82,9 @@ def direction_cell(study: Study, earlier: optuna.Study | None, now: optuna.Study
 
 def replicated_levels(location: str, study: Study, dataset: str) -> list[str]:
     """The levels a section on ``dataset`` runs first: those significant on the reference's
-    latest section in the storage at ``location`` (none on the reference itself, or with no
-    reference section yet)."""
-    if dataset == REFERENCE:
+    latest section in the storage at ``location`` (none on the reference itself, on synthetic
+    data, which replicates nothing, or with no reference section yet)."""
+    if dataset in (REFERENCE, "synthetic"):
         return []
     ref = reference_section(latest_sections(location, study))
     effects = level_effects(study, ref) if ref is not None else {}
