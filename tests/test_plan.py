@@ -14,7 +14,14 @@ from smoke_studies import complete_trial, opts
 from bench.ablate import main as ablate_main
 from sidrec_core.studies import runner
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
-from sidrec_core.studies.plan import OWN, SCALED, TABLE, left_to_run, remaining_table
+from sidrec_core.studies.plan import (
+    OWN,
+    SCALED,
+    TABLE,
+    left_to_run,
+    remaining_table,
+    reused_seconds,
+)
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.replicate import replicated_levels
 from sidrec_core.studies.runner import base_params, open_study, run_study
@@ -100,8 +107,23 @@ def test_a_section_with_no_trial_is_costed_from_another_datasets_trials_scaled_b
     left = left_to_run(STUDY, opts(tmp_path, profile="sports"), len(SEEDS))
     assert (left.section, left.new, left.todo) == ("exclude_seen-sports", "never ran", 4)
     assert left.basis == SCALED.format("beauty")
-    assert left.seconds == pytest.approx(4 * 200.0 * 296_337 / 198_502)
+    # each of the two seeds also trains the stages the study reuses, once
+    reused = reused_seconds(STUDY, 296_337)
+    assert left.seconds == pytest.approx(4 * 200.0 * 296_337 / 198_502 + 2 * reused)
     assert left_to_run(STUDY, beauty, len(SEEDS)).basis == OWN  # its own trials come first
+
+
+def test_a_seeds_first_trial_on_a_new_dataset_pays_the_stages_its_study_reuses(tmp_path):
+    """``decoding`` only decodes: its trials on Beauty took a minute or two, but on a new dataset
+    each seed first trains the SID LM it decodes (the committed pipeline's stage costs, scaled
+    from the dataset they ran on); a stage with no metrics file costs nothing."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "prepare.json").write_text('{"num_interactions": 100, "wall_seconds": 1.0}')
+    (metrics / "train_sidlm.json").write_text('{"wall_seconds": 50.0}')
+    assert reused_seconds(STUDIES["decoding"], 200, metrics) == (1.0 + 50.0) * 2
+    assert reused_seconds(STUDIES["sasrec_loss"], 200, metrics) == 1.0 * 2  # prepare only
+    assert reused_seconds(STUDIES["decoding"], 200, tmp_path / "none") == 0.0
 
 
 def test_a_replication_runs_the_default_and_the_levels_significant_on_the_reference_first(
@@ -128,7 +150,8 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     sports = opts(tmp_path, profile="sports", n_seeds=3)
     left = left_to_run(study, sports, 3)
     assert (left.todo, left.lead, left.lead_todo) == (15, ("cosine",), 6)
-    assert left.lead_seconds == pytest.approx(6 * 100.0 * 296_337 / 198_502)
+    reused = 3 * reused_seconds(study, 296_337)
+    assert left.lead_seconds == pytest.approx(6 * 100.0 * 296_337 / 198_502 + reused)
     row = remaining_table([left], "sports")[4]
     assert row.endswith("| default + `cosine`: 6 trials, 0.2 CPU-h |")
 

@@ -5,12 +5,14 @@ defaults changed since it ran reads as a new section with nothing done. A study 
 finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total.
 A section with no trial yet is costed from the study's trials in its other real-data sections,
 each scaled to this profile's dataset by interaction count (a Sports trial trains on 1.5x Beauty's
-rows), else at the cost table's median."""
+rows), plus, once per seed, the stages the study reuses (a trained SID LM) at the committed
+pipeline's cost, scaled the same way; else at the cost table's median."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from sidrec_core.data.dataset import DataConfig, load_dataset
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
+from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.replicate import replicated_levels
 from sidrec_core.studies.report import is_pipeline_check
 from sidrec_core.studies.runner import (
@@ -39,7 +42,10 @@ from sidrec_core.studies.study import Study
 
 OWN = "this section's trials"
 TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any dataset)"
-SCALED = "the median of the study's trials on {}, scaled by interactions here / there"
+SCALED = (
+    "the study's median trial on {} and its reused stages once a seed (the committed "
+    "pipeline's), scaled by interactions here / there"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +111,14 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         names = {d for d, _ in walls}
         there = {d: interactions(build(DataConfig, {**data, "name": d}, "data")) for d in names}
         each = float(np.median([w * here / there[d] for d, w in walls]))
+        per_seed = reused_seconds(study, here)
+
+        def cost(points: list[tuple[str, int]]) -> float:
+            return each * len(points) + per_seed * len({s for _, s in points})
+
         basis = SCALED.format(", ".join(sorted(there)))
-        return dataclasses.replace(
-            row, seconds=each * len(todo), basis=basis, lead_seconds=each * row.lead_todo
-        )
+        lead_s = cost(ahead) if lead else None
+        return dataclasses.replace(row, seconds=cost(todo), basis=basis, lead_seconds=lead_s)
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
     if table is None:
         return row
@@ -129,6 +139,26 @@ def real_trials(location: str, study: Study) -> list[tuple[str, float]]:
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "wall_seconds" in t.user_attrs
     ]
+
+
+def reused_seconds(study: Study, here: int, metrics: Path = PROJECT_ROOT / "metrics") -> float:
+    """What a seed's first trial of ``study`` on a dataset of ``here`` interactions trains before
+    its own stages: the wall seconds of the stages it reuses in the committed pipeline run
+    (``metrics/<stage>.json``: the default params, on the dataset ``prepare.json`` names), scaled
+    by interactions; a stage that recorded none costs nothing. Older trials did not record their
+    upstream, so their own durations leave it out."""
+    prepared = read_json(metrics / "prepare.json")
+    if not prepared.get("num_interactions"):
+        return 0.0
+    walls = sum(
+        float(read_json(metrics / f"{s}.json").get("wall_seconds") or 0.0) for s in study.reuse
+    )
+    return walls * here / float(prepared["num_interactions"])
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object at ``path``, or {} where there is none."""
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @functools.cache
