@@ -171,8 +171,11 @@ def lead_cell(r: Left) -> str:
     """What a replication runs first: its levels, open points and their cost."""
     if not r.lead:
         return ""
+    levels = f"default + {', '.join(f'`{lv}`' for lv in r.lead)}"
+    if not r.lead_todo:
+        return f"{levels}: done"
     cost = "" if r.lead_seconds is None else f", {r.lead_seconds / 3600:.1f} CPU-h"
-    return f"default + {', '.join(f'`{lv}`' for lv in r.lead)}: {r.lead_todo} trials{cost}"
+    return f"{levels}: {r.lead_todo} trials{cost}"
 
 
 def remaining_table(rows: list[Left], profile: str) -> list[str]:

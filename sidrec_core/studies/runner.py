@@ -19,7 +19,7 @@ import logging
 import multiprocessing
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ def enqueue_missing(
     study: Study,
     seeds: list[int],
     retry_failed: bool = True,
-    first: list[str] = (),
+    first: Collection[str] = (),
 ) -> int:
     """Queue every grid point with no live trial (nor a FAILED one without ``retry_failed``),
     seed by seed and the default level first at each: a study stopped part-way pairs every seed
