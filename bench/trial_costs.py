@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from sidrec_core.io import write_text
+from sidrec_core.studies.elsewhere import real_trials
 from sidrec_core.studies.pipeline import PROJECT_ROOT
-from sidrec_core.studies.plan import real_trials
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.seeds import (
@@ -52,7 +52,7 @@ def measure_costs(out_dir: Path, metrics_dir: Path = PROJECT_ROOT / "metrics") -
     """Every registered study's :class:`Cost`, from the storages under ``out_dir`` (and the
     pipeline's ``metrics_dir`` for a study no trial of which, nor of a peer's, ran)."""
     walls = {
-        n: [w for _, w in real_trials(study_journal(out_dir, n), s)] for n, s in STUDIES.items()
+        n: [w for _, _, w in real_trials(study_journal(out_dir, n), s)] for n, s in STUDIES.items()
     }
     costs = []
     for name, study in STUDIES.items():

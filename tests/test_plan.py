@@ -14,13 +14,13 @@ from smoke_studies import complete_trial, opts
 from bench.ablate import main as ablate_main
 from sidrec_core.studies import runner
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
+from sidrec_core.studies.elsewhere import reused_seconds
 from sidrec_core.studies.plan import (
     OWN,
     SCALED,
     TABLE,
     left_to_run,
     remaining_table,
-    reused_seconds,
 )
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.replicate import replicated_levels
@@ -107,9 +107,9 @@ def test_a_section_with_no_trial_is_costed_from_another_datasets_trials_scaled_b
     left = left_to_run(STUDY, opts(tmp_path, profile="sports"), len(SEEDS))
     assert (left.section, left.new, left.todo) == ("exclude_seen-sports", "never ran", 4)
     assert left.basis == SCALED.format("beauty")
-    # each of the two seeds also trains the stages the study reuses, once
+    # off at 100 s, on at 250 s a trial; each of the two seeds trains the reused stages once
     reused = reused_seconds(STUDY, 296_337)
-    assert left.seconds == pytest.approx(4 * 200.0 * 296_337 / 198_502 + 2 * reused)
+    assert left.seconds == pytest.approx((2 * 100.0 + 2 * 250.0) * 296_337 / 198_502 + 2 * reused)
     assert left_to_run(STUDY, beauty, len(SEEDS)).basis == OWN  # its own trials come first
 
 

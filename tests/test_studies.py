@@ -33,6 +33,7 @@ from sidrec_core.studies.budget import (
     ran_here,
 )
 from sidrec_core.studies.defaults import departures, same_defaults
+from sidrec_core.studies.elsewhere import Elsewhere
 from sidrec_core.studies.fingerprints import broken_seeds
 from sidrec_core.studies.index import (
     REPLICATE,
@@ -979,6 +980,26 @@ def test_the_budget_expects_a_level_with_no_trial_yet_to_cost_the_slowest_trial(
     assert expected_seconds(ostudy, "bpr") == [3000.0]
     assert not TimeBudget(deadline=time.time() + 600).allows(expected_seconds(ostudy, "bpr"))
     assert expected_seconds(optuna.create_study(), "bpr") == []  # the cost table's estimate
+
+
+def test_a_level_with_no_trial_here_is_expected_at_its_cost_on_another_dataset():
+    """``arch``'s ``encoder_decoder`` took 6x ``decoder`` on Beauty: on Sports, after a decoder
+    trial, its first trial is expected at its own Beauty cost scaled, not at the decoder's; a
+    section with no trial here expects a level at that cost plus the seed's reused stages."""
+    other = Elsewhere({"decoder": 1500.0, "encoder_decoder": 9600.0}, 1500.0, 1300.0, ("beauty",))
+    empty = optuna.create_study()
+    assert expected_seconds(empty, "encoder_decoder", 0, other) == [9600.0 + 1300.0]
+    assert expected_seconds(empty, "new_level", 0, other) == [1500.0 + 1300.0]
+    ostudy = optuna.create_study()
+    ostudy.add_trial(finished("decoder", 0, 1600, {}))
+    assert expected_seconds(ostudy, "encoder_decoder", 0, other) == [9600.0]
+    assert expected_seconds(ostudy, "decoder", 1, other) == [1600.0]  # its own trial here first
+    assert expected_seconds(ostudy, "encoder_decoder", 0) == [1600.0]  # without: the slowest here
+    done = ran_here(ostudy)
+    assert points_seconds(done, [("encoder_decoder", 1)], other) == 9600.0
+    assert other.points([("decoder", 0), ("encoder_decoder", 0), ("decoder", 1)]) == (
+        1500.0 + 9600.0 + 1500.0 + 2 * 1300.0
+    )
 
 
 def test_the_budget_adds_the_upstream_a_seed_would_train_again_on_this_machine(

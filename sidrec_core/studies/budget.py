@@ -10,12 +10,16 @@ import dataclasses
 import logging
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sidrec_core.studies import dvc_run
 from sidrec_core.studies.study import is_shared, trial_level, trial_seed
+
+if TYPE_CHECKING:
+    from sidrec_core.studies.elsewhere import Elsewhere
 
 log = logging.getLogger(__name__)
 FAILS_IN_A_ROW = 3
@@ -84,28 +88,43 @@ def ran_here(ostudy: optuna.Study) -> list[FrozenTrial]:
     return [t for t in done if not is_shared(t)]
 
 
-def expected_seconds(ostudy: optuna.Study, level: str, seed: int | None = None) -> list[float]:
+def expected_seconds(
+    ostudy: optuna.Study, level: str, seed: int | None = None, other: Elsewhere | None = None
+) -> list[float]:
     """What a time budget expects the next trial of ``level`` (at ``seed``) to take: its level's
-    trials, or, before one finished, the slowest trial here (an RPG level with twice the
-    codebooks took three times the study's median), each at its own cost (:func:`own_seconds`)
-    plus the upstream cost the seed pays on this machine (:func:`upstream_seconds`)."""
+    trials here, each at its own cost (:func:`own_seconds`) plus the upstream cost the seed pays
+    on this machine (:func:`upstream_seconds`). Before one finished here: the level's trials on
+    ``other`` datasets, scaled to this one (``encoder_decoder`` costs 6x ``decoder``), else the
+    slowest trial here (an RPG level with twice the codebooks took three times the study's
+    median); before any trial finished here, ``other``'s reused stages are added once."""
     done = ran_here(ostudy)
     mine = [own_seconds(t) for t in done if trial_level(t) == level]
+    if not done and other is not None:
+        return [other.level(level) + other.per_seed]
+    if not mine and other is not None and level in other.levels:
+        mine = [other.levels[level]]
     own = mine or ([max(map(own_seconds, done))] if done else [])
     extra = upstream_seconds(done, seed)
     return [x + extra for x in own]
 
 
-def points_seconds(done: list[FrozenTrial], points: list[tuple[str, int]]) -> float:
+def points_seconds(
+    done: list[FrozenTrial], points: list[tuple[str, int]], other: Elsewhere | None = None
+) -> float:
     """A best guess at what grid ``points`` cost here (an ETA, a plan; a budget takes
     :func:`expected_seconds`' cautious one): each at its level's median own cost, a level with no
-    trial yet at the median over all of ``done`` (not empty), plus once per seed the upstream
-    its first trial on this machine trains (:func:`upstream_seconds`)."""
+    trial yet at its cost on ``other`` datasets, else the median over all of ``done`` (not empty),
+    plus once per seed the upstream its first trial on this machine trains
+    (:func:`upstream_seconds`)."""
     every = [own_seconds(t) for t in done]
-    own = sum(
-        statistics.median([own_seconds(t) for t in done if trial_level(t) == level] or every)
-        for level, _ in points
-    )
+
+    def level_seconds(level: str) -> float:
+        mine = [own_seconds(t) for t in done if trial_level(t) == level]
+        if not mine and other is not None and level in other.levels:
+            return other.levels[level]
+        return statistics.median(mine or every)
+
+    own = sum(level_seconds(level) for level, _ in points)
     return own + sum(upstream_seconds(done, seed) for seed in {s for _, s in points})
 
 

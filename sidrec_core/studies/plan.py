@@ -3,47 +3,38 @@ that costs, before anything is launched. A study's section is the one a launch t
 its current defaults' (a section on earlier defaults is history, not progress), so a study whose
 defaults changed since it ran reads as a new section with nothing done. A study whose set-up hook
 finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total.
-A section with no trial yet is costed from the study's trials in its other real-data sections,
-each scaled to this profile's dataset by interaction count (a Sports trial trains on 1.5x Beauty's
-rows), plus, once per seed, the stages the study reuses (a trained SID LM) at the committed
-pipeline's cost, scaled the same way; else at the cost table's median."""
+Open points cost their levels' trials here; a section with no trial here, and a level with none,
+the study's trials on other datasets and machines scaled to this one (:mod:`~.elsewhere`); a
+study with no trial anywhere, the cost table's median."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import optuna
-from optuna.trial import TrialState
 
-from sidrec_core.config import build
-from sidrec_core.data.dataset import DataConfig, load_dataset
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.pipeline import PROJECT_ROOT
+from sidrec_core.studies.elsewhere import elsewhere
 from sidrec_core.studies.replicate import replicated_levels
-from sidrec_core.studies.report import is_pipeline_check
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
     grid,
-    on_todays_defaults,
     seeds_for,
     set_up,
 )
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
-from sidrec_core.studies.storage import exists, make_storage, sections
+from sidrec_core.studies.storage import exists, make_storage
 from sidrec_core.studies.study import Study
 
 OWN = "this section's trials"
 TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any dataset)"
 SCALED = (
-    "the study's median trial on {} and its reused stages once a seed (the committed "
+    "each level's median trial on {} and the reused stages once a seed (the committed "
     "pipeline's), scaled by interactions here / there"
 )
 
@@ -100,25 +91,18 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     if lead:  # a replication queues the default and these levels first (runner.enqueue_missing)
         ahead = [p for p in todo if p[0] in {study.default, *lead}]
         row = dataclasses.replace(row, lead=tuple(lead), lead_todo=len(ahead))
+    other = elsewhere(url, study, data)
     if done := ran_here(ostudy) if ostudy is not None else []:
-        lead_s = points_seconds(done, ahead) if lead else None
+        lead_s = points_seconds(done, ahead, other) if lead else None
         return dataclasses.replace(
-            row, seconds=points_seconds(done, todo), basis=OWN, lead_seconds=lead_s
+            row, seconds=points_seconds(done, todo, other), basis=OWN, lead_seconds=lead_s
         )
-    walls = real_trials(url, study) if exists(url) else []
-    if walls:
-        here = interactions(build(DataConfig, data, "data"))
-        names = {d for d, _ in walls}
-        there = {d: interactions(build(DataConfig, {**data, "name": d}, "data")) for d in names}
-        each = float(np.median([w * here / there[d] for d, w in walls]))
-        per_seed = reused_seconds(study, here)
-
-        def cost(points: list[tuple[str, int]]) -> float:
-            return each * len(points) + per_seed * len({s for _, s in points})
-
-        basis = SCALED.format(", ".join(sorted(there)))
-        lead_s = cost(ahead) if lead else None
-        return dataclasses.replace(row, seconds=cost(todo), basis=basis, lead_seconds=lead_s)
+    if other is not None:
+        basis = SCALED.format(", ".join(other.datasets))
+        lead_s = other.points(ahead) if lead else None
+        return dataclasses.replace(
+            row, seconds=other.points(todo), basis=basis, lead_seconds=lead_s
+        )
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
     if table is None:
         return row
@@ -126,45 +110,6 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     return dataclasses.replace(
         row, seconds=each * len(todo), basis=TABLE, lead_seconds=each * row.lead_todo
     )
-
-
-def real_trials(location: str, study: Study) -> list[tuple[str, float]]:
-    """``(dataset, wall_seconds)`` of every complete trial in ``study``'s real-data sections at
-    ``location`` that ran on today's defaults (a trial on earlier ones may have trained another
-    model, at another cost)."""
-    return [
-        (str(ostudy.user_attrs["dataset"]), float(t.user_attrs["wall_seconds"]))
-        for _, ostudy in sections(location, study.name)
-        if not is_pipeline_check(ostudy) and on_todays_defaults(study, ostudy)
-        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "wall_seconds" in t.user_attrs
-    ]
-
-
-def reused_seconds(study: Study, here: int, metrics: Path = PROJECT_ROOT / "metrics") -> float:
-    """What a seed's first trial of ``study`` on a dataset of ``here`` interactions trains before
-    its own stages: the wall seconds of the stages it reuses in the committed pipeline run
-    (``metrics/<stage>.json``: the default params, on the dataset ``prepare.json`` names), scaled
-    by interactions; a stage that recorded none costs nothing. Older trials did not record their
-    upstream, so their own durations leave it out."""
-    prepared = read_json(metrics / "prepare.json")
-    if not prepared.get("num_interactions"):
-        return 0.0
-    walls = sum(
-        float(read_json(metrics / f"{s}.json").get("wall_seconds") or 0.0) for s in study.reuse
-    )
-    return walls * here / float(prepared["num_interactions"])
-
-
-def read_json(path: Path) -> dict:
-    """The JSON object at ``path``, or {} where there is none."""
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-@functools.cache
-def interactions(cfg: DataConfig) -> int:
-    """The dataset's interactions after ``cfg``'s filtering: a trial's cost grows with them."""
-    return load_dataset(cfg).num_interactions
 
 
 def lead_cell(r: Left) -> str:

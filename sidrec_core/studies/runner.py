@@ -395,15 +395,24 @@ def _work(
 ) -> str | None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued,
     ``max_trials`` ran, the next one would overrun the time budget (see
-    :func:`expected_seconds`; before any trial here finished, the committed cost table's median
-    for the study) or its trials failed in a row (-> why, else None)."""
-    ostudy = open_study(get_study(study_name), opts, seeds, defaults)
+    :func:`expected_seconds`, with the study's trials on other datasets and machines,
+    :mod:`~.elsewhere`; where none ran anywhere, the committed cost table's median for the study)
+    or its trials failed in a row (-> why, else None)."""
+    from sidrec_core.studies.elsewhere import elsewhere  # it reads on_todays_defaults here
+
+    study = get_study(study_name)
+    ostudy = open_study(study, opts, seeds, defaults)
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study_name)
     estimate = [] if minutes is None else [60.0 * minutes]
+    data = resolve_params(params)["data"]
+    other = (
+        elsewhere(opts.storage_url_for(study_name), study, data) if opts.budget.deadline else None
+    )
 
     def go_on(s: optuna.Study) -> bool:
         point = next_point(s)
-        return point is not None and opts.budget.allows(expected_seconds(s, *point) or estimate)
+        expected = expected_seconds(s, *point, other) if point is not None else []
+        return point is not None and opts.budget.allows(expected or estimate)
 
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     return optimize_while(ostudy, objective, go_on, opts.max_trials)
