@@ -32,6 +32,11 @@ ABLATE = {
         **STORE,
         "help": "re-run (once) each trial that read other upstream inputs than its seed's newest",
     },
+    "--replication-only": {
+        **STORE,
+        "help": "on a dataset other than beauty, run only the default and the levels significant "
+        "there; the other levels stay queued",
+    },
     "--dvc-args": {**STORE, "help": "print the profile as -S flags: dvc exp run $(...)"},
     "--remaining": {
         **STORE,
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             sets=args.sets,
             retry_failed=not args.no_retry_failed,
             rerun_unpaired=args.rerun_unpaired,
+            replication_only=args.replication_only,
         )
         if args.report_only:
             return report_only(names, opts)
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     return 1
                 stopped = args.max_trials is not None or args.time_budget is not None
+                stopped = stopped or args.replication_only
                 if summary["remaining_after"] and not stopped:  # failed: see the report
                     status = 1
         return status

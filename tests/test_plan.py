@@ -132,7 +132,8 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     """``similarity``'s ``cosine`` is significantly worse than ``dot`` on Beauty, its other levels
     tie with it: a Sports launch queues dot and cosine on every seed before any other level, and
     the plan prices that part on its own; Beauty itself, or a study with no significant level,
-    keeps the seed-by-seed order."""
+    keeps the seed-by-seed order. ``--replication-only`` runs that part and leaves the rest
+    queued."""
     study, seeds = STUDIES["similarity"], [0, 1, 2]
     beauty = opts(tmp_path, profile="beauty", n_seeds=3)
     params = base_params(beauty)
@@ -155,6 +156,7 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     row = remaining_table([left], "sports")[4]
     assert row.endswith("| default + `cosine`: 6 trials, 0.2 CPU-h |")
 
+    work = runner._work
     monkeypatch.setattr(runner, "_work", lambda *args: None)  # queue, run nothing
     run_study("similarity", dataclasses.replace(sports, report=False))
     section = optuna.load_study(
@@ -163,3 +165,11 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     points = [grid_point(t) for t in section.get_trials(deepcopy=False)]
     assert points[:6] == [(lv, s) for s in seeds for lv in ("dot", "cosine")]
     assert points[6:9] == [("scaled", 0), ("bilinear", 0), ("adaptive", 0)]
+
+    monkeypatch.setattr(runner, "_work", work)
+    monkeypatch.setattr(runner, "Objective", lambda *args: lambda trial: 0.1)  # instant trials
+    only = dataclasses.replace(sports, report=False, replication_only=True)
+    summary = run_study("similarity", only)
+    assert (summary["complete"], summary["remaining_after"]) == (6, 9)
+    states = {grid_point(t): t.state.name for t in section.get_trials(deepcopy=False)}
+    assert {p for p, state in states.items() if state == "COMPLETE"} == set(points[:6])

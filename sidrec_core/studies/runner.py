@@ -95,6 +95,7 @@ class StudyOptions:
     sets: list[str] = dataclasses.field(default_factory=list)
     retry_failed: bool = True
     rerun_unpaired: bool = False  # re-run trials whose upstream inputs unpair them (rerun.py)
+    replication_only: bool = False  # stop at a replication's first part (replicate.py)
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -392,12 +393,14 @@ def _work(
     opts: StudyOptions,
     defaults: dict[str, Any],
     parent_run_id: str | None,
+    only: frozenset[str] = frozenset(),
 ) -> str | None:
-    """A worker: ``optimize`` over the queued trials, stopped when none is queued,
-    ``max_trials`` ran, the next one would overrun the time budget (see
-    :func:`expected_seconds`, with the study's trials on other datasets and machines,
-    :mod:`~.elsewhere`; where none ran anywhere, the committed cost table's median for the study)
-    or its trials failed in a row (-> why, else None)."""
+    """A worker: ``optimize`` over the queued trials, stopped when none is queued, the next is
+    of a level outside ``only`` (when given: a replication's first part), ``max_trials`` ran,
+    the next one would overrun the time budget (see :func:`expected_seconds`, with the study's
+    trials on other datasets and machines, :mod:`~.elsewhere`; where none ran anywhere, the
+    committed cost table's median for the study) or its trials failed in a row (-> why, else
+    None)."""
     from sidrec_core.studies.elsewhere import elsewhere  # it reads on_todays_defaults here
 
     study = get_study(study_name)
@@ -411,8 +414,12 @@ def _work(
 
     def go_on(s: optuna.Study) -> bool:
         point = next_point(s)
-        expected = expected_seconds(s, *point, other) if point is not None else []
-        return point is not None and opts.budget.allows(expected or estimate)
+        if point is None:
+            return False
+        if only and point[0] not in only:
+            log.info("%s: the replication's levels are done; %s waits", study_name, point)
+            return False
+        return opts.budget.allows(expected_seconds(s, *point, other) or estimate)
 
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     return optimize_while(ostudy, objective, go_on, opts.max_trials)
@@ -473,7 +480,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
         # --workers N: this process and N - 1 spawned ones, each an optimize on the one storage
-        args = (name, params, seeds, opts, defaults, parent.run_id)
+        only = frozenset([study.default, *first]) if opts.replication_only and first else None
+        args = (name, params, seeds, opts, defaults, parent.run_id, only or frozenset())
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_spawned_work, args=args) for _ in range(opts.workers - 1)]
         for proc in procs:
