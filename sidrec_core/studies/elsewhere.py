@@ -62,10 +62,10 @@ def elsewhere(location: str, study: Study, data: dict[str, Any]) -> Elsewhere | 
     return Elsewhere(levels, every, reused_seconds(study, here), tuple(names))
 
 
-def real_trials(location: str, study: Study) -> list[tuple[str, str, float]]:
-    """``(dataset, level, wall_seconds)`` of every complete trial of a current level in
-    ``study``'s real-data sections at ``location`` that ran on today's defaults (a trial on
-    earlier ones may have trained another model, at another cost)."""
+def real_trials(location: str, study: Study) -> list[tuple[str, str | None, float]]:
+    """``(dataset, level, wall_seconds)`` of every complete trial in ``study``'s real-data
+    sections at ``location`` that ran on today's defaults (a trial on earlier ones may have
+    trained another model, at another cost)."""
     from sidrec_core.studies.runner import on_todays_defaults  # the runner prices by this module
 
     return [
@@ -73,7 +73,7 @@ def real_trials(location: str, study: Study) -> list[tuple[str, str, float]]:
         for _, ostudy in sections(location, study.name)
         if not is_pipeline_check(ostudy) and on_todays_defaults(study, ostudy)
         for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "wall_seconds" in t.user_attrs and trial_level(t) in study.labels
+        if "wall_seconds" in t.user_attrs
     ]
 
 
