@@ -14,13 +14,15 @@ from smoke_studies import complete_trial, opts
 from bench.ablate import main as ablate_main
 from sidrec_core.studies import runner
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
-from sidrec_core.studies.elsewhere import reused_seconds
+from sidrec_core.studies.elsewhere import reused_key, reused_seconds
 from sidrec_core.studies.plan import (
     OWN,
     SCALED,
     TABLE,
+    Left,
     left_to_run,
     remaining_table,
+    shared_seconds,
 )
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.replicate import replicated_levels
@@ -173,3 +175,21 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     assert (summary["complete"], summary["remaining_after"]) == (6, 9)
     states = {grid_point(t): t.state.name for t in section.get_trials(deepcopy=False)}
     assert {p for p, state in states.items() if state == "COMPLETE"} == set(points[:6])
+
+
+def test_reused_stages_two_studies_train_at_one_seed_are_counted_once_in_the_total(tmp_path):
+    """``decoding`` and ``beam_width`` decode the same SID LM (same stages, same params): a plan
+    of both on a new dataset trains each seed's once; ``rpg_input`` reuses another upstream."""
+    params = base_params(opts(tmp_path, profile="sports"))
+    key = reused_key(STUDIES["decoding"], params)
+    assert key == reused_key(STUDIES["beam_width"], params)
+    assert key != reused_key(STUDIES["rpg_input"], params)
+    row = Left("decoding", "decoding-sports", "never ran", 10, 10, 3000.0, "b", per_seed=1000.0)
+    rows = [
+        dataclasses.replace(row, shares=((key, 0), (key, 1))),
+        dataclasses.replace(row, study="beam_width", shares=((key, 0), (key, 1), (key, 2))),
+        dataclasses.replace(row, study="rpg_input", per_seed=500.0, shares=(("other", 0),)),
+    ]
+    assert shared_seconds(rows) == 2 * 1000.0
+    total = remaining_table(rows, "sports")[-1]
+    assert total.startswith("Total: 1.9 CPU-h in 30 trials (the rows less 0.6 CPU-h of reused")

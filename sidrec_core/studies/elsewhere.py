@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 from optuna.trial import TrialState
 
-from sidrec_core.config import build
+from sidrec_core.config import build, flatten
 from sidrec_core.data.dataset import DataConfig, load_dataset
-from sidrec_core.studies.pipeline import PROJECT_ROOT
+from sidrec_core.stages import resolve_params
+from sidrec_core.studies.defaults import digest
+from sidrec_core.studies.pipeline import PROJECT_ROOT, load_pipeline
+from sidrec_core.studies.profiles import with_overrides
 from sidrec_core.studies.report import is_pipeline_check
 from sidrec_core.studies.storage import exists, sections
 from sidrec_core.studies.study import Study, trial_level
@@ -90,6 +93,16 @@ def reused_seconds(study: Study, here: int, metrics: Path = PROJECT_ROOT / "metr
         float(read_json(metrics / f"{s}.json").get("wall_seconds") or 0.0) for s in study.reuse
     )
     return walls * here / float(prepared["num_interactions"])
+
+
+def reused_key(study: Study, params: dict[str, Any]) -> str:
+    """What a seed's reused stages depend on besides the seed: the stages and the params they
+    read with ``study``'s fixed overrides. Two studies with one key train the same upstream at a
+    seed, once (DVC's run-cache restores it for the second)."""
+    read = {p.split(".")[0] for s in study.reuse for p in load_pipeline()[s].params}
+    flat = flatten(resolve_params(with_overrides(params, study.fixed)))
+    kept = {k: v for k, v in flat.items() if k.split(".")[0] in read and k != "base.seed"}
+    return digest({"stages": list(study.reuse), "params": kept})
 
 
 def read_json(path: Path) -> dict:

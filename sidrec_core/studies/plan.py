@@ -4,8 +4,9 @@ its current defaults' (a section on earlier defaults is history, not progress), 
 defaults changed since it ran reads as a new section with nothing done. A study whose set-up hook
 finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total.
 Open points cost their levels' trials here; a section with no trial here, and a level with none,
-the study's trials on other datasets and machines scaled to this one (:mod:`~.elsewhere`); a
-study with no trial anywhere, the cost table's median."""
+the study's trials on other datasets and machines scaled to this one (:mod:`~.elsewhere`), its
+reused stages counted once in the total where studies share them at a seed; a study with no
+trial anywhere, the cost table's median."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import optuna
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.elsewhere import elsewhere
+from sidrec_core.studies.elsewhere import elsewhere, reused_key
 from sidrec_core.studies.replicate import replicated_levels
 from sidrec_core.studies.runner import (
     StudyOptions,
@@ -57,6 +58,9 @@ class Left:
     lead: tuple[str, ...] = ()  # a replication's levels queued first, with the default
     lead_todo: int = 0  # open points at the default and ``lead``
     lead_seconds: float | None = None
+    per_seed: float = 0.0  # a seed's reused stages, in ``seconds`` once per seed of ``shares``
+    shares: tuple[tuple[str, int], ...] = ()  # (reused_key, seed): what another study may share
+    lead_shares: tuple[tuple[str, int], ...] = ()  # those of the lead points
 
 
 def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
@@ -100,8 +104,19 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     if other is not None:
         basis = SCALED.format(", ".join(other.datasets))
         lead_s = other.points(ahead) if lead else None
+        key = reused_key(study, params)
+
+        def shares(points: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+            return tuple((key, s) for s in sorted({s for _, s in points}))
+
         return dataclasses.replace(
-            row, seconds=other.points(todo), basis=basis, lead_seconds=lead_s
+            row,
+            seconds=other.points(todo),
+            basis=basis,
+            lead_seconds=lead_s,
+            per_seed=other.per_seed,
+            shares=shares(todo),
+            lead_shares=shares(ahead) if lead else (),
         )
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
     if table is None:
@@ -121,6 +136,18 @@ def lead_cell(r: Left) -> str:
         return f"{levels}: done"
     cost = "" if r.lead_seconds is None else f", {r.lead_seconds / 3600:.1f} CPU-h"
     return f"{levels}: {r.lead_todo} trials{cost}"
+
+
+def shared_seconds(rows: list[Left], lead: bool = False) -> float:
+    """What ``rows`` (their lead points) count twice: a seed's reused stages at one
+    :func:`reused_key` that an earlier row already counts."""
+    seen: set[tuple[str, int]] = set()
+    twice = 0.0
+    for r in rows:
+        mine = r.lead_shares if lead else r.shares
+        twice += r.per_seed * sum(share in seen for share in mine)
+        seen.update(mine)
+    return twice
 
 
 def remaining_table(rows: list[Left], profile: str) -> list[str]:
@@ -145,12 +172,18 @@ def remaining_table(rows: list[Left], profile: str) -> list[str]:
             f"| {r.blocked or r.basis} | {lead_cell(r)} |"
         )
     runnable = [r for r in open_ if not r.blocked]
-    known = sum(r.seconds or 0.0 for r in runnable)
+    shared = shared_seconds(runnable)
+    known = sum(r.seconds or 0.0 for r in runnable) - shared
     unknown = sum(r.seconds is None for r in runnable)
     total = f"{known / 3600:.1f} CPU-h in {sum(r.todo for r in runnable)} trials"
+    if shared:
+        total += (
+            f" (the rows less {shared / 3600:.1f} CPU-h of reused stages two studies train at "
+            "the same seed with the same params: counted once)"
+        )
     total += f" ({unknown} studies without an estimate)" if unknown else ""
     if lead := [r for r in runnable if r.lead]:
-        hours = sum(r.lead_seconds or 0.0 for r in lead) / 3600
+        hours = (sum(r.lead_seconds or 0.0 for r in lead) - shared_seconds(lead, True)) / 3600
         total += (
             f", of which {hours:.1f} CPU-h in {sum(r.lead_todo for r in lead)} trials run the "
             "default and the levels significant on the reference dataset first"
