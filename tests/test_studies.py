@@ -1087,3 +1087,23 @@ def test_the_index_lists_each_study_owed_a_second_dataset_and_whether_its_effect
     assert held == "`off` yes (0.0051 → 0.0031) |"
     assert rows["tokenizer"] == [REPLICATE["tokenizer"], "—", "no section yet", "— |"]
     assert "## Replication on a second dataset" in write_index(out).read_text()
+
+
+def test_the_replication_table_counts_the_default_and_the_significant_levels_apart(tmp_path):
+    """A Sports section that ran ``similarity``'s dot and cosine on every seed (what a launch
+    runs first) and one other point reads as 7 of 15 trials, its first part 6 of 6."""
+    out = tmp_path / "exp"
+    url = make_storage(str(out / "similarity" / "optuna.jsonl"), create=True)
+    study = STUDIES["similarity"]
+    for dataset, levels in (("beauty", study.labels), ("sports", ("dot", "cosine"))):
+        ostudy = optuna.create_study(study_name=f"similarity-{dataset}", storage=url)
+        ostudy.set_user_attr("dataset", dataset)
+        ostudy.set_user_attr("seeds", [0, 1, 2])
+        points = [(lv, s) for lv in levels for s in (0, 1, 2)]
+        for level, seed in points + ([("scaled", 0)] if dataset == "sports" else []):
+            value = 0.04 + 0.001 * seed - (0.01 + 1e-4 * seed) * (level == "cosine")
+            attrs = {"grid_point": [level, seed], "test/ndcg@10": value, "wall_seconds": 6.0}
+            ostudy.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    row = next(ln for ln in replication(out) if ln.startswith("| [`similarity`]"))
+    assert "| 7 of 15 trials (the default and those levels: 6 of 6) |" in row
+    assert row.endswith("`cosine` yes (-0.0101 → -0.0101) |")

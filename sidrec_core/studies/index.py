@@ -237,12 +237,14 @@ def effect_text(study: Study, f: Finding) -> str:
     return text
 
 
-def filled(study: Study, ostudy: optuna.Study) -> tuple[int, int]:
-    """(grid points with a complete trial, grid points) of a section: a trial a re-run replaced
-    was paid for, but it fills no point."""
+def filled(study: Study, ostudy: optuna.Study, levels: list[str] | None = None) -> tuple[int, int]:
+    """(grid points with a complete trial, grid points) of a section, or of its ``levels``: a
+    trial a re-run replaced was paid for, but it fills no point."""
     complete = ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     done = [t for t in complete if "wall_seconds" in t.user_attrs]
-    return len(counting(study, done)), len(study.labels) * len(ostudy.user_attrs.get("seeds") or [])
+    levels = study.labels if levels is None else levels
+    counted = [lv for lv, _ in counting(study, done) if lv in levels]
+    return len(counted), len(levels) * len(ostudy.user_attrs.get("seeds") or [])
 
 
 def finding_row(
@@ -411,11 +413,15 @@ def replication(out_dir: Path) -> list[str]:
         others = [o for o in latest if o.user_attrs.get("dataset") != REFERENCE]
         if not others:
             rows.append(md.row([link, why, "—", "no section yet", "—"]))
+        lead = [s.default, *(lv for lv, (_, sig) in effects.items() if sig)]
         for o in others:
             counted, grid = filled(s, o)
+            ran = f"{counted} of {grid} trials"
+            if len(lead) > 1 and len(lead) < len(s.labels):
+                ran += " (the default and those levels: {} of {})".format(*filled(s, o, lead))
             held = direction_cell(s, ref, o) if ref is not None else "—"
             section = f"{o.user_attrs.get('dataset')} (`{o.study_name}`)"
-            rows.append(md.row([link, why, section, f"{counted} of {grid} trials", held]))
+            rows.append(md.row([link, why, section, ran, held]))
     return [
         "## Replication on a second dataset",
         "",
