@@ -28,6 +28,7 @@ from sidrec_core.studies.replicate import (
     REFERENCE,
     REPLICATE,
     direction_cell,
+    first_part,
     latest_sections,
     level_effects,
     real_sections,
@@ -413,7 +414,7 @@ def replication(out_dir: Path) -> list[str]:
         others = [o for o in latest if o.user_attrs.get("dataset") != REFERENCE]
         if not others:
             rows.append(md.row([link, why, "—", "no section yet", "—"]))
-        lead = [s.default, *(lv for lv, (_, sig) in effects.items() if sig)]
+        lead = first_part(s, [lv for lv, (_, sig) in effects.items() if sig])
         for o in others:
             counted, grid = filled(s, o)
             ran = f"{counted} of {grid} trials"

@@ -20,7 +20,7 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
 from sidrec_core.studies.elsewhere import elsewhere, reused_key
-from sidrec_core.studies.replicate import replicated_levels
+from sidrec_core.studies.replicate import first_part, replicated_levels
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
@@ -93,7 +93,7 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     data = resolve_params(params)["data"]
     lead = replicated_levels(url, study, data["name"]) if exists(url) else []
     if lead:  # a replication queues the default and these levels first (runner.enqueue_missing)
-        ahead = [p for p in todo if p[0] in {study.default, *lead}]
+        ahead = [p for p in todo if p[0] in first_part(study, lead)]
         row = dataclasses.replace(row, lead=tuple(lead), lead_todo=len(ahead))
     other = elsewhere(url, study, data)
     if done := ran_here(ostudy) if ostudy is not None else []:

@@ -16,6 +16,7 @@ from sidrec_core.studies import markdown as md
 from sidrec_core.studies.defaults import profile_of
 from sidrec_core.studies.notes import headline_metric
 from sidrec_core.studies.report import (
+    SYNTHETIC,
     compare_levels,
     is_pipeline_check,
     summarize_trials,
@@ -80,11 +81,17 @@ def direction_cell(study: Study, earlier: optuna.Study | None, now: optuna.Study
     return "; ".join(parts) or "unresolved (no level significant on either)"
 
 
+def first_part(study: Study, levels: list[str]) -> list[str]:
+    """The levels a replication runs first: the default and ``levels`` in the study's order
+    (none where ``levels`` is empty: the whole grid is the replication)."""
+    return [lv for lv in study.labels if lv == study.default or lv in levels] if levels else []
+
+
 def replicated_levels(location: str, study: Study, dataset: str) -> list[str]:
     """The levels a section on ``dataset`` runs first: those significant on the reference's
     latest section in the storage at ``location`` (none on the reference itself, on synthetic
     data, which replicates nothing, or with no reference section yet)."""
-    if dataset in (REFERENCE, "synthetic"):
+    if dataset in (REFERENCE, SYNTHETIC):
         return []
     ref = reference_section(latest_sections(location, study))
     effects = level_effects(study, ref) if ref is not None else {}

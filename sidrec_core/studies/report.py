@@ -182,9 +182,12 @@ def plot_levels(study: Study, profile: str, cols: list[str], table: Table, path:
     return save_png(fig, path)
 
 
+SYNTHETIC = "synthetic"  # the smoke profile's dataset
+
+
 def is_pipeline_check(ostudy: optuna.Study) -> bool:
     """Synthetic data (the smoke profile): exercises the machinery, answers nothing."""
-    return ostudy.user_attrs.get("dataset") == "synthetic"
+    return ostudy.user_attrs.get("dataset") == SYNTHETIC
 
 
 @dataclasses.dataclass

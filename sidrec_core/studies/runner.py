@@ -50,7 +50,7 @@ from sidrec_core.studies.defaults import (
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
-from sidrec_core.studies.replicate import REFERENCE, replicated_levels
+from sidrec_core.studies.replicate import REFERENCE, first_part, replicated_levels
 from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
@@ -277,7 +277,7 @@ def enqueue_missing(
     # a trial of a level redefined since it ran takes nothing (live_point is None)
     busy = {live_point(study, t) for t in ostudy.get_trials(deepcopy=False) if t.state in taken}
     order = list(dict.fromkeys([study.default, *study.labels]))
-    lead = [lv for lv in order if lv == study.default or lv in first] if first else order
+    lead = [lv for lv in order if lv in first_part(study, list(first))] or order
     rest = [lv for lv in order if lv not in lead]
     todo = [(lv, s) for levels in (lead, rest) for s in seeds for lv in levels]
     todo = [p for p in todo if p not in busy]
@@ -480,8 +480,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
         # --workers N: this process and N - 1 spawned ones, each an optimize on the one storage
-        only = frozenset([study.default, *first]) if opts.replication_only and first else None
-        args = (name, params, seeds, opts, defaults, parent.run_id, only or frozenset())
+        only = frozenset(first_part(study, first) if opts.replication_only else ())
+        args = (name, params, seeds, opts, defaults, parent.run_id, only)
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_spawned_work, args=args) for _ in range(opts.workers - 1)]
         for proc in procs:
