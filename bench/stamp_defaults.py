@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sidrec_core.studies.defaults import DEFAULTS
+from sidrec_core.studies.defaults import DEFAULTS, section_defaults
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.runner import EXPERIMENTS_DIR, section_defaults
+from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.storage import sections, study_journal
 
 

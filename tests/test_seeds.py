@@ -13,11 +13,11 @@ import pytest
 from bench.ablate import main as ablate_main
 from bench.ablate import seed_count
 from bench.trial_costs import cost_table, measure_costs
-from sidrec_core.studies.defaults import DEFAULTS
+from sidrec_core.studies.defaults import DEFAULTS, section_defaults
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import write_study_report
-from sidrec_core.studies.runner import StudyOptions, section_defaults
+from sidrec_core.studies.runner import StudyOptions
 from sidrec_core.studies.seeds import (
     COST_TABLE,
     read_cost_table,

@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage
 from sidrec_core.config import ConfigError, flatten, load_params
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.pipeline import PROJECT_ROOT, load_pipeline
-from sidrec_core.studies.profiles import with_overrides
+from sidrec_core.studies.profiles import launch_params, profile_path, with_overrides
 from sidrec_core.studies.study import Study
 
 DEFAULTS = "defaults"  # the Optuna study's user attr
@@ -68,6 +68,24 @@ def same_defaults(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
     """Equal on every key both hold: a knob added since takes, by this project's rule, the value
     that keeps the model as it was; a knob removed since cannot be set any more."""
     return all(recorded[k] == now[k] for k in recorded.keys() & now.keys())
+
+
+def section_defaults(study: Study, ostudy: optuna.Study) -> dict[str, Any]:
+    """The defaults a launch of ``study`` today would record for the section ``ostudy``: the
+    repository's params with the section's profile and the ``--set`` overrides it recorded."""
+    name = ostudy.study_name.removeprefix(f"{study.name}-")
+    profile = str(ostudy.user_attrs.get("profile") or profile_of(name))
+    own = flatten(load_params(profile_path(profile)))
+    recorded = ostudy.user_attrs.get("profile_overrides") or {}
+    sets = [f"{k}={v}" for k, v in recorded.items() if own.get(k) != v]
+    return effective_defaults(study, launch_params(profile, PROJECT_ROOT / "params.yaml", sets))
+
+
+def on_todays_defaults(study: Study, ostudy: optuna.Study) -> bool:
+    """Whether the section's trials ran on the defaults a launch today would use (a section
+    recording none predates the record and is taken as current, as its reports take it)."""
+    recorded = ostudy.user_attrs.get(DEFAULTS)
+    return recorded is None or same_defaults(recorded, section_defaults(study, ostudy))
 
 
 def optuna_name(storage: BaseStorage, study: str, profile: str, defaults: dict[str, Any]) -> str:

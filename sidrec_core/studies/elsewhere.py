@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from sidrec_core.config import build, flatten
 from sidrec_core.data.dataset import DataConfig, load_dataset
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies.defaults import digest
+from sidrec_core.studies.defaults import digest, on_todays_defaults
 from sidrec_core.studies.pipeline import PROJECT_ROOT, load_pipeline
 from sidrec_core.studies.profiles import with_overrides
 from sidrec_core.studies.report import is_pipeline_check
@@ -69,8 +69,6 @@ def real_trials(location: str, study: Study) -> list[tuple[str, str | None, floa
     """``(dataset, level, wall_seconds)`` of every complete trial in ``study``'s real-data
     sections at ``location`` that ran on today's defaults (a trial on earlier ones may have
     trained another model, at another cost)."""
-    from sidrec_core.studies.runner import on_todays_defaults  # the runner prices by this module
-
     return [
         (str(ostudy.user_attrs["dataset"]), trial_level(t), float(t.user_attrs["wall_seconds"]))
         for _, ostudy in sections(location, study.name)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sidrec_core.config import ConfigError, flatten, load_params
+from sidrec_core.config import ConfigError, apply_overrides, flatten, load_params
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "experiments" / "profiles"
 
@@ -60,6 +60,13 @@ def load_profile(
     """``params`` with the profile's overrides merged in and ``base.profile`` set to ``name``."""
     merged = deep_merge(params, load_params(profile_path(name, profiles_dir)))
     return with_overrides(merged, {"base.profile": name})
+
+
+def launch_params(profile: str, params_file: str | Path, sets: list[str]) -> dict[str, Any]:
+    """The params a launch runs on: ``params_file`` (missing: all defaults), the profile's
+    overrides, the ``--set`` ones."""
+    params = load_params(Path(params_file)) if Path(params_file).exists() else {}
+    return apply_overrides(load_profile(profile, params), sets)
 
 
 def dvc_set_args(name: str, profiles_dir: str | Path | None = None) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from sidrec_core.config import apply_overrides, flatten, load_params
+from sidrec_core.config import flatten, load_params
 from sidrec_core.perf import code_state
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies import dvc_run
@@ -40,15 +40,10 @@ from sidrec_core.studies.budget import (
     ran_here,
     trial_seconds,
 )
-from sidrec_core.studies.defaults import (
-    DEFAULTS,
-    effective_defaults,
-    optuna_name,
-    profile_of,
-    same_defaults,
-)
+from sidrec_core.studies.defaults import DEFAULTS, effective_defaults, optuna_name
+from sidrec_core.studies.elsewhere import elsewhere
 from sidrec_core.studies.pipeline import PROJECT_ROOT
-from sidrec_core.studies.profiles import get_dotted, load_profile, profile_path, with_overrides
+from sidrec_core.studies.profiles import get_dotted, launch_params, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
 from sidrec_core.studies.replicate import REFERENCE, first_part, replicated_levels
 from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
@@ -122,29 +117,7 @@ class StudyOptions:
 
 def base_params(opts: StudyOptions) -> dict[str, Any]:
     """params file (missing: all defaults) + profile overrides + ``--set`` overrides."""
-    params = load_params(Path(opts.params_file)) if Path(opts.params_file).exists() else {}
-    return apply_overrides(load_profile(opts.profile, params), opts.sets)
-
-
-def section_defaults(study: Study, ostudy: optuna.Study) -> dict[str, Any]:
-    """The defaults a launch of ``study`` today would record for the section ``ostudy``: the
-    repository's params with the section's profile and the ``--set`` overrides it recorded."""
-    name = ostudy.study_name.removeprefix(f"{study.name}-")
-    profile = str(ostudy.user_attrs.get("profile") or profile_of(name))
-    own = flatten(load_params(profile_path(profile)))
-    recorded = ostudy.user_attrs.get("profile_overrides") or {}
-    sets = [f"{k}={v}" for k, v in recorded.items() if own.get(k) != v]
-    params_file = str(PROJECT_ROOT / "params.yaml")
-    return effective_defaults(
-        study, base_params(StudyOptions(profile=profile, params_file=params_file, sets=sets))
-    )
-
-
-def on_todays_defaults(study: Study, ostudy: optuna.Study) -> bool:
-    """Whether the section's trials ran on the defaults a launch today would use (a section
-    recording none predates the record and is taken as current, as its reports take it)."""
-    recorded = ostudy.user_attrs.get(DEFAULTS)
-    return recorded is None or same_defaults(recorded, section_defaults(study, ostudy))
+    return launch_params(opts.profile, opts.params_file, opts.sets)
 
 
 def seeds_for(params: dict[str, Any], n_seeds: int) -> list[int]:
@@ -401,8 +374,6 @@ def _work(
     trials on other datasets and machines, :mod:`~.elsewhere`; where none ran anywhere, the
     committed cost table's median for the study) or its trials failed in a row (-> why, else
     None)."""
-    from sidrec_core.studies.elsewhere import elsewhere  # it reads on_todays_defaults here
-
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds, defaults)
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study_name)
