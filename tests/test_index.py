@@ -139,6 +139,11 @@ def test_note_figures_are_filled_from_the_table():
     assert fill_note("{suffix:test/ndcg@10}", study, table) == "n/a"
     noted = dataclasses.replace(study, notes=(note,))
     assert study_notes(noted, table, TEST) == [fill_note(note, study, table)]
+    gone = "Suffix {suffix:test/ndcg@10}."  # its every figure unmeasured
+    mixed = "Random {random:valid/ndcg@10}, suffix {suffix:test/ndcg@10}."
+    noted = dataclasses.replace(study, notes=(f"{note}. {gone} {mixed} No figure here.", gone))
+    kept = f"{fill_note(note, study, table)}. Random 0.0150, suffix n/a. No figure here."
+    assert study_notes(noted, table, TEST) == [kept]  # the second note goes whole
     with pytest.raises(ValueError, match="note figure"):
         dataclasses.replace(study, notes=("{nope:valid/ndcg@10}",))
     with pytest.raises(ValueError, match="note figure"):

@@ -1,6 +1,7 @@
 """What a study cannot answer: its declared notes with figures filled from the section
 (``{level:metric}`` the level's mean, median for a cost figure; ``{*:metric}`` the levels' range;
-``:%`` a percentage; ``n/a`` when unmeasured), and seeds that are copies of one run."""
+``:%`` a percentage; ``n/a`` when unmeasured, and a sentence whose every figure is unmeasured
+left out), and seeds that are copies of one run."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def fill_note(note: str, study: Study, table: dict[str, dict[str, Cell]]) -> str
     return NOTE_FIGURE.sub(figure, note)
 
 
+SENTENCE_END = re.compile(r"(?<=[.;])\s+(?=[A-Z])")
+
+
+def measured_sentences(note: str, study: Study, table: dict[str, dict[str, Cell]]) -> str:
+    """``note`` without the sentences whose figures are all unmeasured (an ``etegrec`` section
+    with no alternating trial yet says nothing about re-assignment, rather than "n/a of items")."""
+    kept = [
+        part
+        for part in SENTENCE_END.split(note)
+        if not NOTE_FIGURE.search(part)
+        or any(fill_note(m.group(0), study, table) != "n/a" for m in NOTE_FIGURE.finditer(part))
+    ]
+    return " ".join(kept)
+
+
 def seeds_are_copies(cells: list[Cell]) -> bool:
     """Every level measured gives one value at all its >= 2 seeds: the seeds repeat one run."""
     measured = [c for c in cells if c.values]
@@ -69,7 +85,8 @@ def study_notes(study: Study, table: dict[str, dict[str, Cell]], metric: str) ->
             f"Every seed gives the same `{metric}` at each level: the seeds are copies of one "
             "run, so each figure is one measurement and no test is possible."
         )
-    return out + [fill_note(n, study, table) for n in study.notes]
+    notes = (fill_note(measured_sentences(n, study, table), study, table) for n in study.notes)
+    return out + [n for n in notes if n]
 
 
 def headline_metric(cols: list[str]) -> str:
