@@ -179,17 +179,18 @@ def test_the_finding_leaves_out_seeds_whose_upstream_inputs_differ_and_carries_t
     assert f.seed_user is None  # no per-user ranks stored
 
 
-def test_the_index_lists_every_published_row_with_its_protocol_and_source():
+def test_the_index_lists_every_published_row_with_its_dataset_protocol_and_source():
     from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
-    from sidrec_core.studies.index import published
+    from sidrec_core.studies.index import PUBLISHED_SPORTS, published
 
     rows = [
         line.split(" | ") for line in published() if line.startswith("| ") and "---" not in line
     ]
     body = rows[1:]  # the header first
-    assert len(body) == len(PUBLISHED) + len(PUBLISHED_UNSEEN)
-    by_name = {r[0].removeprefix("| "): r for r in body}
-    esasrec = by_name["eSASRec (LiGR blocks + sampled softmax; arXiv 2508.06450)"]
-    assert esasrec[1:4] == ["history removed", "0.0928", "0.0523"]
-    assert by_name["TIGER"][1:4] == ["all items ranked", "0.0648", "0.0384"]
-    assert all(r[4].strip(" |") for r in body)  # every row names its source
+    assert len(body) == len(PUBLISHED) + len(PUBLISHED_UNSEEN) + len(PUBLISHED_SPORTS)
+    by_name = {(r[0].removeprefix("| "), r[1]): r for r in body}
+    esasrec = by_name["beauty", "eSASRec (LiGR blocks + sampled softmax; arXiv 2508.06450)"]
+    assert esasrec[2:5] == ["history removed", "0.0928", "0.0523"]
+    assert by_name["beauty", "TIGER"][2:5] == ["all items ranked", "0.0648", "0.0384"]
+    assert by_name["sports", "TIGER"][2:5] == ["all items ranked", "0.0400", "0.0225"]
+    assert all(r[5].strip(" |") for r in body)  # every row names its source
