@@ -14,7 +14,7 @@ from smoke_studies import complete_trial, opts
 from bench.ablate import main as ablate_main
 from sidrec_core.studies import runner
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
-from sidrec_core.studies.elsewhere import reused_key, reused_seconds
+from sidrec_core.studies.elsewhere import point_key, reused_key, reused_seconds
 from sidrec_core.studies.plan import (
     OWN,
     SCALED,
@@ -192,4 +192,28 @@ def test_reused_stages_two_studies_train_at_one_seed_are_counted_once_in_the_tot
     ]
     assert shared_seconds(rows) == 2 * 1000.0
     total = remaining_table(rows, "sports")[-1]
-    assert total.startswith("Total: 1.9 CPU-h in 30 trials (the rows less 0.6 CPU-h of reused")
+    assert total.startswith("Total: 1.9 CPU-h in 30 trials (the rows less 0.6 CPU-h that two")
+
+
+def test_a_trial_two_studies_run_alike_at_one_seed_is_counted_once_in_the_total(tmp_path):
+    """``similarity``'s ``dot`` is ``sasrec_loss``'s ``ce`` (same stages, same params): DVC's
+    run-cache restores the second study's trial at a seed where the first ran; ``cosine`` and
+    another seed are trials of their own."""
+    params = base_params(opts(tmp_path, profile="sports"))
+    ce = point_key(STUDIES["sasrec_loss"], "ce", params)
+    assert ce == point_key(STUDIES["similarity"], "dot", params)
+    assert ce != point_key(STUDIES["similarity"], "cosine", params)
+    assert ce != point_key(STUDIES["sasrec_loss"], "bce", params)
+    cosine = point_key(STUDIES["similarity"], "cosine", params)
+    row = Left("sasrec_loss", "sasrec_loss-sports", "never ran", 12, 2, 2000.0, "b")
+    rows = [
+        dataclasses.replace(row, trials=((ce, 0, 1000.0, True), (ce, 1, 1000.0, False))),
+        dataclasses.replace(
+            row, study="similarity", trials=((ce, 0, 900.0, True), (cosine, 0, 800.0, True))
+        ),
+    ]
+    assert shared_seconds(rows) == 900.0
+    assert shared_seconds(rows, lead=True) == 900.0
+    assert shared_seconds([rows[1], rows[0]]) == 1000.0  # the first row pays
+    only_rest = dataclasses.replace(rows[1], trials=((ce, 1, 900.0, False),))
+    assert shared_seconds([rows[0], only_rest], lead=True) == 0.0  # seed 1 is no lead point

@@ -116,16 +116,17 @@ def points_seconds(
     trial yet at its cost on ``other`` datasets, else the median over all of ``done`` (not empty),
     plus once per seed the upstream its first trial on this machine trains
     (:func:`upstream_seconds`)."""
-    every = [own_seconds(t) for t in done]
-
-    def level_seconds(level: str) -> float:
-        mine = [own_seconds(t) for t in done if trial_level(t) == level]
-        if not mine and other is not None and level in other.levels:
-            return other.levels[level]
-        return statistics.median(mine or every)
-
-    own = sum(level_seconds(level) for level, _ in points)
+    own = sum(level_seconds(done, level, other) for level, _ in points)
     return own + sum(upstream_seconds(done, seed) for seed in {s for _, s in points})
+
+
+def level_seconds(done: list[FrozenTrial], level: str, other: Elsewhere | None = None) -> float:
+    """A trial of ``level``'s own cost here: the median of its trials in ``done``; with none, its
+    cost on ``other`` datasets, else the median over all of ``done`` (not empty)."""
+    mine = [own_seconds(t) for t in done if trial_level(t) == level]
+    if not mine and other is not None and level in other.levels:
+        return other.levels[level]
+    return statistics.median(mine or [own_seconds(t) for t in done])
 
 
 def own_seconds(t: FrozenTrial) -> float:

@@ -97,10 +97,25 @@ def reused_key(study: Study, params: dict[str, Any]) -> str:
     """What a seed's reused stages depend on besides the seed: the stages and the params they
     read with ``study``'s fixed overrides. Two studies with one key train the same upstream at a
     seed, once (DVC's run-cache restores it for the second)."""
-    read = {p.split(".")[0] for s in study.reuse for p in load_pipeline()[s].params}
-    flat = flatten(resolve_params(with_overrides(params, study.fixed)))
+    return stages_key(study.reuse, with_overrides(params, study.fixed))
+
+
+def point_key(study: Study, label: str, params: dict[str, Any]) -> str:
+    """What a trial of ``study``'s level ``label`` computes besides its seed: every stage it runs
+    or reuses and the params they read with the study's fixed and the level's overrides. Two
+    studies' levels with one key run the same trial at a seed (``similarity``'s ``dot`` is
+    ``sasrec_loss``'s ``ce``): DVC's run-cache restores the second."""
+    level = next(lv for lv in study.levels if lv.label == label)
+    over = with_overrides(with_overrides(params, study.fixed), flatten(level.overrides))
+    return stages_key((*study.reuse, *study.run), over)
+
+
+def stages_key(stages: tuple[str, ...] | list[str], params: dict[str, Any]) -> str:
+    """The ``stages`` (as a set) and the ``params`` values they read, the seed left out."""
+    read = {p.split(".")[0] for s in stages for p in load_pipeline()[s].params}
+    flat = flatten(resolve_params(params))
     kept = {k: v for k, v in flat.items() if k.split(".")[0] in read and k != "base.seed"}
-    return digest({"stages": list(study.reuse), "params": kept})
+    return digest({"stages": sorted(set(stages)), "params": kept})
 
 
 def read_json(path: Path) -> dict:

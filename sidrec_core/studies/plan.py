@@ -4,22 +4,25 @@ its current defaults' (a section on earlier defaults is history, not progress), 
 defaults changed since it ran reads as a new section with nothing done. A study whose set-up hook
 finds an input missing (``load_mode``'s local checkpoint) is listed as blocked, out of the total.
 Open points cost their levels' trials here; a section with no trial here, and a level with none,
-the study's trials on other datasets and machines scaled to this one (:mod:`~.elsewhere`), its
-reused stages counted once in the total where studies share them at a seed; a study with no
-trial anywhere, the cost table's median."""
+the study's trials on other datasets and machines scaled to this one (:mod:`~.elsewhere`); a
+study with no trial anywhere, the cost table's median. The total counts once what two studies
+compute alike at a seed: reused stages, and whole trials (``similarity``'s ``dot`` is
+``sasrec_loss``'s ``ce``), which DVC's run-cache restores for the second on one machine."""
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies.budget import points_seconds, ran_here
+from sidrec_core.studies.budget import level_seconds, points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.elsewhere import elsewhere, reused_key
+from sidrec_core.studies.elsewhere import elsewhere, point_key, reused_key
+from sidrec_core.studies.profiles import with_overrides
 from sidrec_core.studies.replicate import first_part, replicated_levels
 from sidrec_core.studies.runner import (
     StudyOptions,
@@ -61,6 +64,8 @@ class Left:
     per_seed: float = 0.0  # a seed's reused stages, in ``seconds`` once per seed of ``shares``
     shares: tuple[tuple[str, int], ...] = ()  # (reused_key, seed): what another study may share
     lead_shares: tuple[tuple[str, int], ...] = ()  # those of the lead points
+    # each open point as (point_key, seed, its own seconds in ``seconds``, in the first part)
+    trials: tuple[tuple[str, int, float, bool], ...] = ()
 
 
 def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
@@ -87,19 +92,28 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         return row
     try:
         with tempfile.TemporaryDirectory() as scratch:  # what the hook writes is not kept
-            set_up(study, params, Path(scratch))
+            hooked = with_overrides(params, set_up(study, params, Path(scratch)))
     except ValueError as e:
         return dataclasses.replace(row, basis="", blocked=str(e))
     data = resolve_params(params)["data"]
     lead = replicated_levels(url, study, data["name"]) if exists(url) else []
+    ahead = [p for p in todo if p[0] in first_part(study, lead)] if lead else []
     if lead:  # a replication queues the default and these levels first (runner.enqueue_missing)
-        ahead = [p for p in todo if p[0] in first_part(study, lead)]
         row = dataclasses.replace(row, lead=tuple(lead), lead_todo=len(ahead))
     other = elsewhere(url, study, data)
+    keys = {lv: point_key(study, lv, hooked) for lv in {lv for lv, _ in todo}}
+
+    def trials(cost: Callable[[str], float]) -> tuple[tuple[str, int, float, bool], ...]:
+        return tuple((keys[lv], s, cost(lv), (lv, s) in ahead) for lv, s in todo)
+
     if done := ran_here(ostudy) if ostudy is not None else []:
         lead_s = points_seconds(done, ahead, other) if lead else None
         return dataclasses.replace(
-            row, seconds=points_seconds(done, todo, other), basis=OWN, lead_seconds=lead_s
+            row,
+            seconds=points_seconds(done, todo, other),
+            basis=OWN,
+            lead_seconds=lead_s,
+            trials=trials(lambda lv: level_seconds(done, lv, other)),
         )
     if other is not None:
         basis = SCALED.format(", ".join(other.datasets))
@@ -117,13 +131,18 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
             per_seed=other.per_seed,
             shares=shares(todo),
             lead_shares=shares(ahead) if lead else (),
+            trials=trials(other.level),
         )
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
     if table is None:
         return row
     each = 60.0 * table
     return dataclasses.replace(
-        row, seconds=each * len(todo), basis=TABLE, lead_seconds=each * row.lead_todo
+        row,
+        seconds=each * len(todo),
+        basis=TABLE,
+        lead_seconds=each * row.lead_todo,
+        trials=trials(lambda _: each),
     )
 
 
@@ -140,13 +159,19 @@ def lead_cell(r: Left) -> str:
 
 def shared_seconds(rows: list[Left], lead: bool = False) -> float:
     """What ``rows`` (their lead points) count twice: a seed's reused stages at one
-    :func:`reused_key` that an earlier row already counts."""
+    :func:`reused_key`, and a trial at one :func:`point_key` and seed, that an earlier row
+    already counts."""
     seen: set[tuple[str, int]] = set()
+    ran: set[tuple[str, int]] = set()
     twice = 0.0
     for r in rows:
         mine = r.lead_shares if lead else r.shares
         twice += r.per_seed * sum(share in seen for share in mine)
         seen.update(mine)
+        for key, seed, cost, first in r.trials:
+            if first or not lead:
+                twice += cost if (key, seed) in ran else 0.0
+                ran.add((key, seed))
     return twice
 
 
@@ -178,8 +203,9 @@ def remaining_table(rows: list[Left], profile: str) -> list[str]:
     total = f"{known / 3600:.1f} CPU-h in {sum(r.todo for r in runnable)} trials"
     if shared:
         total += (
-            f" (the rows less {shared / 3600:.1f} CPU-h of reused stages two studies train at "
-            "the same seed with the same params: counted once)"
+            f" (the rows less {shared / 3600:.1f} CPU-h that two studies compute alike at a "
+            "seed, reused stages or whole trials with the same params: counted once, as DVC's "
+            "run-cache restores the second on one machine)"
         )
     total += f" ({unknown} studies without an estimate)" if unknown else ""
     if lead := [r for r in runnable if r.lead]:
