@@ -457,7 +457,7 @@ PUBLISHED_SPORTS: dict[str, tuple[str, dict[str, float]]] = {
 
 def published() -> list[str]:
     """The published rows per dataset, with protocol and source: Beauty's are those the pipeline
-    report compares with; Sports's those a Sports section reads against."""
+    report compares with; the Sports rows, those a Sports section reads against."""
     from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
 
     rows = [
