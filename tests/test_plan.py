@@ -217,3 +217,5 @@ def test_a_trial_two_studies_run_alike_at_one_seed_is_counted_once_in_the_total(
     assert shared_seconds([rows[1], rows[0]]) == 1000.0  # the first row pays
     only_rest = dataclasses.replace(rows[1], trials=((ce, 1, 900.0, False),))
     assert shared_seconds([rows[0], only_rest], lead=True) == 0.0  # seed 1 is no lead point
+    done = dataclasses.replace(row, trials=(), ran=((ce, 0),))  # sasrec_loss's ce ran at 0
+    assert shared_seconds([done, rows[1]]) == 900.0  # similarity's dot at 0 is restored

@@ -66,6 +66,7 @@ class Left:
     lead_shares: tuple[tuple[str, int], ...] = ()  # those of the lead points
     # each open point as (point_key, seed, its own seconds in ``seconds``, in the first part)
     trials: tuple[tuple[str, int, float, bool], ...] = ()
+    ran: tuple[tuple[str, int], ...] = ()  # (point_key, seed) of the complete points
 
 
 def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
@@ -88,6 +89,10 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         points, complete = grid(ostudy, study, seeds)
     todo = [p for p in points if p not in complete]
     row = Left(study.name, name, new, len(points), len(todo), None, "no trial, no cost row")
+    if not study.setup:  # a hook's inputs (a local checkpoint) are part of its key
+        row = dataclasses.replace(
+            row, ran=tuple((point_key(study, lv, params), s) for lv, s in sorted(complete))
+        )
     if not todo:  # complete: no cost, nothing to check
         return row
     try:
@@ -160,9 +165,9 @@ def lead_cell(r: Left) -> str:
 def shared_seconds(rows: list[Left], lead: bool = False) -> float:
     """What ``rows`` (their lead points) count twice: a seed's reused stages at one
     :func:`reused_key`, and a trial at one :func:`point_key` and seed, that an earlier row
-    already counts."""
+    already counts or a row's section completed."""
     seen: set[tuple[str, int]] = set()
-    ran: set[tuple[str, int]] = set()
+    ran = {done for r in rows for done in r.ran}  # complete here: restored, not trained
     twice = 0.0
     for r in rows:
         mine = r.lead_shares if lead else r.shares
