@@ -57,15 +57,15 @@ def fill_note(note: str, study: Study, table: dict[str, dict[str, Cell]]) -> str
 SENTENCE_END = re.compile(r"(?<=[.;])\s+(?=[A-Z])")
 
 
-def measured_sentences(note: str, study: Study, table: dict[str, dict[str, Cell]]) -> str:
-    """``note`` without the sentences whose figures are all unmeasured (an ``etegrec`` section
-    with no alternating trial yet says nothing about re-assignment, rather than "n/a of items")."""
-    kept = [
-        part
-        for part in SENTENCE_END.split(note)
-        if not NOTE_FIGURE.search(part)
-        or any(fill_note(m.group(0), study, table) != "n/a" for m in NOTE_FIGURE.finditer(part))
-    ]
+def measured_note(note: str, study: Study, table: dict[str, dict[str, Cell]]) -> str:
+    """``note`` filled in, without the sentences whose figures are all unmeasured (an
+    ``etegrec`` section with no alternating trial yet says nothing about re-assignment, rather
+    than "n/a of items")."""
+    kept = []
+    for part in SENTENCE_END.split(note):
+        figures = [fill_note(m.group(0), study, table) for m in NOTE_FIGURE.finditer(part)]
+        if not figures or any(f != "n/a" for f in figures):
+            kept.append(fill_note(part, study, table))
     return " ".join(kept)
 
 
@@ -85,7 +85,7 @@ def study_notes(study: Study, table: dict[str, dict[str, Cell]], metric: str) ->
             f"Every seed gives the same `{metric}` at each level: the seeds are copies of one "
             "run, so each figure is one measurement and no test is possible."
         )
-    notes = (fill_note(measured_sentences(n, study, table), study, table) for n in study.notes)
+    notes = (measured_note(n, study, table) for n in study.notes)
     return out + [n for n in notes if n]
 
 
