@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}: study complete: {summary['complete']} trials in {summary['storage']}"
                 )
                 print(f"{done}, nothing to run (--report-only rewrites its report; {FRESH})")
+            elif summary.get("no_trial_started"):
+                left = f"no trial started ({summary['remaining_after']} grid points left)"
+                print(f"{name}: {left}; report unchanged (--report-only rewrites it)")
             else:
                 print(json.dumps(summary, indent=2))
                 if why := summary.get("stopped_on_failures"):  # likely the environment: stop

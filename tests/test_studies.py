@@ -323,9 +323,13 @@ def test_time_budget_compares_the_median_trial_with_the_time_left():
 
 def test_a_time_budget_starts_no_trial_it_cannot_finish(tmp_path):
     run_study("exclude_seen", opts(tmp_path, max_trials=1))  # one duration on record
+    report, index = tmp_path / "exp" / "exclude_seen" / "report.md", tmp_path / "exp" / "README.md"
+    report.unlink(), index.unlink()
     spent = TimeBudget(deadline=time.time())  # no time left: the next trial would overrun
     summary = run_study("exclude_seen", opts(tmp_path, budget=spent))
     assert summary["remaining_before"] == summary["remaining_after"] == 3
+    assert summary["no_trial_started"] and "report" not in summary
+    assert not report.exists() and not index.exists()  # a launch that ran nothing writes nothing
     summary = run_study("exclude_seen", opts(tmp_path, budget=TimeBudget.minutes(60)))
     assert summary["remaining_after"] == 0 and summary["failed"] == 0
     argv = ["--study", "exclude_seen", "--profile", "smoke", "--time-budget", "0"]

@@ -289,6 +289,18 @@ def progress(ostudy: optuna.Study, study: Study, seeds: list[int]) -> str:
     return text
 
 
+def left_after(ostudy: optuna.Study, study: Study, seeds: list[int]) -> dict[str, int]:
+    """The grid points left undone (``remaining_after``) and those another machine's worker is
+    running (``running_elsewhere``: not left undone, that worker ends them)."""
+    trials = ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    busy = {live_point(study, t) for t in trials}
+    left = remaining(ostudy, study, seeds)
+    return {
+        "remaining_after": sum(p not in busy for p in left),
+        "running_elsewhere": sum(p in busy for p in left),
+    }
+
+
 def next_point(ostudy: optuna.Study) -> tuple[str, int] | None:
     """The (level, seed) of the queued trial Optuna hands out next (the lowest-numbered WAITING
     one)."""
@@ -376,24 +388,34 @@ def _work(
     None)."""
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds, defaults)
-    minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study_name)
+    objective = Objective(study_name, params, seeds, opts, parent_run_id)
+    go_on = next_trial_check(study, params, opts, only)
+    return optimize_while(ostudy, objective, go_on, opts.max_trials)
+
+
+def next_trial_check(
+    study: Study, params: dict, opts: StudyOptions, only: frozenset[str] = frozenset()
+) -> Callable[[optuna.Study], bool]:
+    """Whether a worker starts the next queued trial: one is queued, its level is in ``only``
+    (when given) and it ends before the time budget's deadline (its expected seconds from the
+    study's trials here and on other datasets and machines, :mod:`~.elsewhere`; where none ran
+    anywhere, the committed cost table's median for the study)."""
+    minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study.name)
     estimate = [] if minutes is None else [60.0 * minutes]
     data = resolve_params(params)["data"]
-    other = (
-        elsewhere(opts.storage_url_for(study_name), study, data) if opts.budget.deadline else None
-    )
+    url = opts.storage_url_for(study.name)
+    other = elsewhere(url, study, data) if opts.budget.deadline else None
 
     def go_on(s: optuna.Study) -> bool:
         point = next_point(s)
         if point is None:
             return False
         if only and point[0] not in only:
-            log.info("%s: the replication's levels are done; %s waits", study_name, point)
+            log.info("%s: the replication's levels are done; %s waits", study.name, point)
             return False
         return opts.budget.allows(expected_seconds(s, *point, other) or estimate)
 
-    objective = Objective(study_name, params, seeds, opts, parent_run_id)
-    return optimize_while(ostudy, objective, go_on, opts.max_trials)
+    return go_on
 
 
 def _spawned_work(*args: Any) -> None:
@@ -442,6 +464,12 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         # nothing to run: storage, reports and MLflow stay as they are (no empty parent run)
         done = {"remaining_after": 0, "complete": state[TrialState.COMPLETE], "up_to_date": True}
         return summary | done
+    only = frozenset(first_part(study, first) if opts.replication_only else ())
+    if not next_trial_check(study, params, opts, only)(ostudy):
+        # no trial starts (the budget or the replication's first part stops it): the report,
+        # the index and MLflow stay as they are; the queued points wait for the next launch
+        stop = {"complete": state[TrialState.COMPLETE], "no_trial_started": True}
+        return summary | left_after(ostudy, study, seeds) | stop
     with parent_run(
         ostudy,
         f"study/{study.name}",
@@ -451,7 +479,6 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         tags={"study": study.name, "factor": study.factor},
     ) as parent:
         # --workers N: this process and N - 1 spawned ones, each an optimize on the one storage
-        only = frozenset(first_part(study, first) if opts.replication_only else ())
         args = (name, params, seeds, opts, defaults, parent.run_id, only)
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_spawned_work, args=args) for _ in range(opts.workers - 1)]
@@ -463,13 +490,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         spawned = sum(proc.exitcode == STREAK_EXIT for proc in procs)
         if why or spawned:
             summary["stopped_on_failures"] = why or f"{spawned} spawned worker(s): {FAILS_NOTE}"
-        trials = ostudy.get_trials(deepcopy=False)
-        state = Counter(t.state for t in trials)
-        # a point another machine's worker is running is not left undone: that worker ends it
-        busy = {live_point(study, t) for t in trials if t.state == TrialState.RUNNING}
-        left = remaining(ostudy, study, seeds)
-        summary["remaining_after"] = sum(p not in busy for p in left)
-        summary["running_elsewhere"] = sum(p in busy for p in left)
+        state = Counter(t.state for t in ostudy.get_trials(deepcopy=False))
+        summary |= left_after(ostudy, study, seeds)
         summary["complete"] = state[TrialState.COMPLETE]
         summary["failed"] = state[TrialState.FAIL]
         summary["pruned_duplicates"] = state[TrialState.PRUNED]
