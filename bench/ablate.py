@@ -34,8 +34,9 @@ ABLATE = {
     },
     "--replication-only": {
         **STORE,
-        "help": "on a dataset other than beauty, run only the default and the levels significant "
-        "there; the other levels stay queued",
+        "help": "on a dataset other than beauty, run only the levels a replication owes: the "
+        "default and those significant on beauty, every level of a study issue 38 names where "
+        "none is, none of a study that owes none; the other levels stay queued",
     },
     "--dvc-args": {**STORE, "help": "print the profile as -S flags: dvc exp run $(...)"},
     "--remaining": {

@@ -25,7 +25,7 @@ from sidrec_core.studies.plan import (
     shared_seconds,
 )
 from sidrec_core.studies.registry import STUDIES
-from sidrec_core.studies.replicate import replicated_levels
+from sidrec_core.studies.replicate import REPLICATE, owed_levels, replicated_levels
 from sidrec_core.studies.runner import base_params, open_study, run_study
 from sidrec_core.studies.seeds import COST_TABLE
 from sidrec_core.studies.storage import make_storage
@@ -219,3 +219,30 @@ def test_a_trial_two_studies_run_alike_at_one_seed_is_counted_once_in_the_total(
     assert shared_seconds([rows[0], only_rest], lead=True) == 0.0  # seed 1 is no lead point
     done = dataclasses.replace(row, trials=(), ran=((ce, 0),))  # sasrec_loss's ce ran at 0
     assert shared_seconds([done, rows[1]]) == 900.0  # similarity's dot at 0 is restored
+
+
+def test_a_study_the_issue_names_owes_every_level_and_one_it_does_not_owes_none(
+    tmp_path, monkeypatch
+):
+    """With no level significant on Beauty, ``rpg_codebooks`` (named by issue 38) still owes
+    Sports its whole grid, which the plan prices as its first part and ``--replication-only``
+    runs; ``similarity`` then owes nothing, and ``--replication-only`` starts none of its
+    trials."""
+    sports = opts(tmp_path, profile="sports", n_seeds=3)
+    named, other = STUDIES["rpg_codebooks"], STUDIES["similarity"]
+    assert owed_levels(named, "sports", []) == list(named.labels)
+    assert owed_levels(named, "beauty", []) is None and owed_levels(other, "sports", []) is None
+    left = left_to_run(named, sports, 3)
+    assert (left.lead, left.whole, left.lead_todo) == ((), REPLICATE["rpg_codebooks"], left.todo)
+    assert (
+        f"| every level ({REPLICATE['rpg_codebooks']}): {left.todo} trials"
+        in (remaining_table([left], "sports")[4])
+    )
+    assert left_to_run(other, sports, 3).whole == ""
+
+    monkeypatch.setattr(runner, "Objective", lambda *args: lambda trial: 0.1)  # instant trials
+    only = dataclasses.replace(sports, report=False, replication_only=True)
+    assert run_study("rpg_codebooks", only)["complete"] == len(named.labels) * 3
+    summary = run_study("similarity", only)
+    assert summary["no_trial_started"] and summary["complete"] == 0
+    assert summary["remaining_after"] == len(other.labels) * 3

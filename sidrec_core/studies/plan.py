@@ -23,7 +23,7 @@ from sidrec_core.studies.budget import level_seconds, points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
 from sidrec_core.studies.elsewhere import elsewhere, point_key, reused_key
 from sidrec_core.studies.profiles import with_overrides
-from sidrec_core.studies.replicate import first_part, replicated_levels
+from sidrec_core.studies.replicate import REPLICATE, owed_levels, replicated_levels
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
@@ -59,6 +59,7 @@ class Left:
     basis: str
     blocked: str = ""
     lead: tuple[str, ...] = ()  # a replication's levels queued first, with the default
+    whole: str = ""  # why a replication owes every level (issue 38 names the study), else ""
     lead_todo: int = 0  # open points at the default and ``lead``
     lead_seconds: float | None = None
     per_seed: float = 0.0  # a seed's reused stages, in ``seconds`` once per seed of ``shares``
@@ -102,9 +103,12 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         return dataclasses.replace(row, basis="", blocked=str(e))
     data = resolve_params(params)["data"]
     lead = replicated_levels(url, study, data["name"]) if exists(url) else []
-    ahead = [p for p in todo if p[0] in first_part(study, lead)] if lead else []
-    if lead:  # a replication queues the default and these levels first (runner.enqueue_missing)
-        row = dataclasses.replace(row, lead=tuple(lead), lead_todo=len(ahead))
+    owed = owed_levels(study, data["name"], lead)
+    owes = owed is not None  # the default and ``lead`` queued first (runner.enqueue_missing)
+    ahead = [p for p in todo if p[0] in owed] if owes else []
+    if owes:
+        whole = "" if lead else REPLICATE[study.name]  # named: the whole grid is owed
+        row = dataclasses.replace(row, lead=tuple(lead), whole=whole, lead_todo=len(ahead))
     other = elsewhere(url, study, data)
     keys = {lv: point_key(study, lv, hooked) for lv in {lv for lv, _ in todo}}
 
@@ -112,7 +116,7 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         return tuple((keys[lv], s, cost(lv), (lv, s) in ahead) for lv, s in todo)
 
     if done := ran_here(ostudy) if ostudy is not None else []:
-        lead_s = points_seconds(done, ahead, other) if lead else None
+        lead_s = points_seconds(done, ahead, other) if owes else None
         return dataclasses.replace(
             row,
             seconds=points_seconds(done, todo, other),
@@ -122,7 +126,7 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         )
     if other is not None:
         basis = SCALED.format(", ".join(other.datasets))
-        lead_s = other.points(ahead) if lead else None
+        lead_s = other.points(ahead) if owes else None
         key = reused_key(study, params)
 
         def shares(points: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
@@ -135,7 +139,7 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
             lead_seconds=lead_s,
             per_seed=other.per_seed,
             shares=shares(todo),
-            lead_shares=shares(ahead) if lead else (),
+            lead_shares=shares(ahead) if owes else (),
             trials=trials(other.level),
         )
     table = estimated_minutes(Path(opts.out_dir) / COST_TABLE, study.name)
@@ -152,10 +156,11 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
 
 
 def lead_cell(r: Left) -> str:
-    """What a replication runs first: its levels, open points and their cost."""
-    if not r.lead:
+    """What a replication owes: its levels, open points and their cost."""
+    if not (r.lead or r.whole):
         return ""
-    levels = f"default + {', '.join(f'`{lv}`' for lv in r.lead)}"
+    levels = f"default + {', '.join(f'`{lv}`' for lv in r.lead)}" if r.lead else ""
+    levels = levels or f"every level ({r.whole})"
     if not r.lead_todo:
         return f"{levels}: done"
     cost = "" if r.lead_seconds is None else f", {r.lead_seconds / 3600:.1f} CPU-h"
@@ -187,8 +192,8 @@ def remaining_table(rows: list[Left], profile: str) -> list[str]:
         f"Work left on profile `{profile}` (CPU-hours on one thread: each open point at its "
         "level's own cost, plus a seed's upstream stages where this machine's DVC cache lacks "
         "them; a trial DVC restores from its run-cache takes less). On a dataset other than the "
-        "reference, a launch queues the default and the levels significant there first, on "
-        "every seed (`first`):",
+        "reference, a replication owes the default and the levels significant there (queued "
+        "first, on every seed), or every level of a study the round-2 issue names (`first`):",
         "",
         "| study | section | points done | CPU-h left | estimated from | first (replication) |",
         "|---|---|---|---|---|---|",
@@ -213,11 +218,11 @@ def remaining_table(rows: list[Left], profile: str) -> list[str]:
             "run-cache restores the second on one machine)"
         )
     total += f" ({unknown} studies without an estimate)" if unknown else ""
-    if lead := [r for r in runnable if r.lead]:
+    if lead := [r for r in runnable if r.lead or r.whole]:
         hours = (sum(r.lead_seconds or 0.0 for r in lead) - shared_seconds(lead, True)) / 3600
         total += (
-            f", of which {hours:.1f} CPU-h in {sum(r.lead_todo for r in lead)} trials run the "
-            "default and the levels significant on the reference dataset first"
+            f", of which {hours:.1f} CPU-h in {sum(r.lead_todo for r in lead)} trials are what "
+            "the replications owe (`first`; `--replication-only` runs only those)"
         )
     blocked = [f"`{r.study}`" for r in open_ if r.blocked]
     total += f"; blocked, not counted: {', '.join(blocked)}" if blocked else ""

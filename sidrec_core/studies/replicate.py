@@ -87,6 +87,18 @@ def first_part(study: Study, levels: list[str]) -> list[str]:
     return [lv for lv in study.labels if lv == study.default or lv in levels] if levels else []
 
 
+def owed_levels(study: Study, dataset: str, significant: list[str]) -> list[str] | None:
+    """The levels ``study``'s section on ``dataset`` owes its replication, given the levels
+    ``significant`` on the reference: the default and those, or every level where
+    :data:`REPLICATE` names the study and none is significant; None where it owes none (on the
+    reference, on synthetic data, or with no finding to replicate and no name)."""
+    if dataset in (REFERENCE, SYNTHETIC):
+        return None
+    if significant:
+        return first_part(study, significant)
+    return list(study.labels) if study.name in REPLICATE else None
+
+
 def replicated_levels(location: str, study: Study, dataset: str) -> list[str]:
     """The levels a section on ``dataset`` runs first: those significant on the reference's
     latest section in the storage at ``location`` (none on the reference itself, on synthetic

@@ -45,7 +45,7 @@ from sidrec_core.studies.elsewhere import elsewhere
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, launch_params, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
-from sidrec_core.studies.replicate import REFERENCE, first_part, replicated_levels
+from sidrec_core.studies.replicate import REFERENCE, first_part, owed_levels, replicated_levels
 from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
@@ -90,7 +90,7 @@ class StudyOptions:
     sets: list[str] = dataclasses.field(default_factory=list)
     retry_failed: bool = True
     rerun_unpaired: bool = False  # re-run trials whose upstream inputs unpair them (rerun.py)
-    replication_only: bool = False  # stop at a replication's first part (replicate.py)
+    replication_only: bool = False  # run only the levels a replication owes (replicate.py)
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -378,14 +378,11 @@ def _work(
     opts: StudyOptions,
     defaults: dict[str, Any],
     parent_run_id: str | None,
-    only: frozenset[str] = frozenset(),
+    only: frozenset[str] | None = None,
 ) -> str | None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued, the next is
-    of a level outside ``only`` (when given: a replication's first part), ``max_trials`` ran,
-    the next one would overrun the time budget (see :func:`expected_seconds`, with the study's
-    trials on other datasets and machines, :mod:`~.elsewhere`; where none ran anywhere, the
-    committed cost table's median for the study) or its trials failed in a row (-> why, else
-    None)."""
+    of a level outside ``only``, ``max_trials`` ran, the next one would overrun the time budget
+    (:func:`next_trial_check`) or its trials failed in a row (-> why, else None)."""
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds, defaults)
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
@@ -394,12 +391,13 @@ def _work(
 
 
 def next_trial_check(
-    study: Study, params: dict, opts: StudyOptions, only: frozenset[str] = frozenset()
+    study: Study, params: dict, opts: StudyOptions, only: frozenset[str] | None = None
 ) -> Callable[[optuna.Study], bool]:
     """Whether a worker starts the next queued trial: one is queued, its level is in ``only``
-    (when given) and it ends before the time budget's deadline (its expected seconds from the
-    study's trials here and on other datasets and machines, :mod:`~.elsewhere`; where none ran
-    anywhere, the committed cost table's median for the study)."""
+    (when given: the levels a replication owes, :func:`~.replicate.owed_levels`) and it ends
+    before the time budget's deadline (its expected seconds from the study's trials here and on
+    other datasets and machines, :mod:`~.elsewhere`; where none ran anywhere, the committed cost
+    table's median for the study)."""
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study.name)
     estimate = [] if minutes is None else [60.0 * minutes]
     data = resolve_params(params)["data"]
@@ -410,8 +408,8 @@ def next_trial_check(
         point = next_point(s)
         if point is None:
             return False
-        if only and point[0] not in only:
-            log.info("%s: the replication's levels are done; %s waits", study.name, point)
+        if only is not None and point[0] not in only:
+            log.info("%s: %s is no level the replication owes; it waits", study.name, point)
             return False
         return opts.budget.allows(expected_seconds(s, *point, other) or estimate)
 
@@ -464,7 +462,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         # nothing to run: storage, reports and MLflow stay as they are (no empty parent run)
         done = {"remaining_after": 0, "complete": state[TrialState.COMPLETE], "up_to_date": True}
         return summary | done
-    only = frozenset(first_part(study, first) if opts.replication_only else ())
+    # --replication-only: the levels the replication owes (none where it owes none)
+    only = frozenset(owed_levels(study, dataset, first) or ()) if opts.replication_only else None
     if not next_trial_check(study, params, opts, only)(ostudy):
         # no trial starts (the budget or the replication's first part stops it): the report,
         # the index and MLflow stay as they are; the queued points wait for the next launch
