@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.budget import STOP, TimeBudget, stop_on_signal
 from sidrec_core.studies.cli import EXPECTED_ERRORS, LIST, STORE, error_exit, parser
 from sidrec_core.studies.plan import left_to_run, remaining_table
 from sidrec_core.studies.profiles import dvc_set_args, get_dotted
@@ -100,6 +100,39 @@ def report_only(names: list[str], opts: StudyOptions) -> int:
     return 0
 
 
+def launch(
+    names: list[str], opts: StudyOptions, counts: dict[str, int], args: argparse.Namespace
+) -> int:
+    """Run each study in turn, printing its summary -> the exit status: 1 where a study's trials
+    failed (those left undone with no budget, trial cap, replication or stop signal to explain
+    them; a failure streak stops the launch), else 0."""
+    status = 0
+    for name in names:
+        summary = run_study(name, dataclasses.replace(opts, n_seeds=counts[name]))
+        if summary.get("up_to_date"):
+            done = f"{name}: study complete: {summary['complete']} trials in {summary['storage']}"
+            print(f"{done}, nothing to run (--report-only rewrites its report; {FRESH})")
+        elif summary.get("no_trial_started"):
+            left = f"no trial started ({summary['remaining_after']} grid points left)"
+            print(f"{name}: {left}; report unchanged (--report-only rewrites it)")
+        else:
+            print(json.dumps(summary, indent=2))
+            if why := summary.get("stopped_on_failures"):  # likely the environment: stop
+                left = names[names.index(name) + 1 :]
+                skipped = f"; not started: {', '.join(left)}" if left else ""
+                print(
+                    f"error: study {name}: {why}; launch stopped{skipped} (the same command "
+                    "re-queues them once the cause is fixed)",
+                    file=sys.stderr,
+                )
+                return 1
+            stopped = args.max_trials is not None or args.time_budget is not None
+            stopped = stopped or args.replication_only or STOP.is_set()
+            if summary["remaining_after"] and not stopped:  # failed: see the report
+                status = 1
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__, ABLATE, "dev").parse_args(argv)
     logging.basicConfig(
@@ -146,33 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = [left_to_run(get_study(n), opts, counts[n]) for n in names]
             print("\n".join(remaining_table(rows, args.profile)))
             return 0
-        status = 0
-        for name in names:
-            summary = run_study(name, dataclasses.replace(opts, n_seeds=counts[name]))
-            if summary.get("up_to_date"):
-                done = (
-                    f"{name}: study complete: {summary['complete']} trials in {summary['storage']}"
-                )
-                print(f"{done}, nothing to run (--report-only rewrites its report; {FRESH})")
-            elif summary.get("no_trial_started"):
-                left = f"no trial started ({summary['remaining_after']} grid points left)"
-                print(f"{name}: {left}; report unchanged (--report-only rewrites it)")
-            else:
-                print(json.dumps(summary, indent=2))
-                if why := summary.get("stopped_on_failures"):  # likely the environment: stop
-                    left = names[names.index(name) + 1 :]
-                    skipped = f"; not started: {', '.join(left)}" if left else ""
-                    print(
-                        f"error: study {name}: {why}; launch stopped{skipped} (the same command "
-                        "re-queues them once the cause is fixed)",
-                        file=sys.stderr,
-                    )
-                    return 1
-                stopped = args.max_trials is not None or args.time_budget is not None
-                stopped = stopped or args.replication_only
-                if summary["remaining_after"] and not stopped:  # failed: see the report
-                    status = 1
-        return status
+        with stop_on_signal():  # kill -USR1 PID: end after the running trials
+            return launch(names, opts, counts, args)
     except EXPECTED_ERRORS as exc:
         return error_exit(exc, args.storage, args.out)
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sidrec_core.studies.budget import TimeBudget
+from sidrec_core.studies.budget import TimeBudget, stop_on_signal
 from sidrec_core.studies.cli import EXPECTED_ERRORS, error_exit, parser
 from sidrec_core.studies.spaces import TUNABLES
 from sidrec_core.studies.tune_report import write_tune_report
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = write_tune_report(*open_report(args.model, opts), opts)
             print(json.dumps({"model": args.model, "report": str(paths[0])}))
             return 0
-        summary = run_tuning(args.model, opts)
+        with stop_on_signal():  # kill -USR1 PID: end after the running trial
+            summary = run_tuning(args.model, opts)
     except EXPECTED_ERRORS as exc:
         return error_exit(exc, args.storage, args.out)
     print(json.dumps(summary, indent=2, default=str))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.stages.report import PUBLISHED
 from sidrec_core.studies import dvc_run, runner
 from sidrec_core.studies.budget import (
+    STOP,
     FailureStreak,
     TimeBudget,
     expected_seconds,
@@ -334,6 +336,30 @@ def test_a_time_budget_starts_no_trial_it_cannot_finish(tmp_path):
     assert summary["remaining_after"] == 0 and summary["failed"] == 0
     argv = ["--study", "exclude_seen", "--profile", "smoke", "--time-budget", "0"]
     assert ablate_main(argv) == 2
+
+
+def test_a_stop_signal_ends_the_launch_after_the_running_trial(tmp_path, monkeypatch, capsys):
+    """``kill -USR1 PID`` during a trial: that trial completes, no other starts, the launch's
+    next study starts none (its report untouched), and the same command resumes."""
+
+    def objective(*_args):
+        def run(trial):
+            os.kill(os.getpid(), signal.SIGUSR1)  # as `kill -USR1 PID` from a shell, mid-trial
+            return 0.1
+
+        return run
+
+    monkeypatch.setattr(runner, "Objective", objective)
+    argv = ["--study", "exclude_seen", "--study", "similarity", "--profile", "smoke"]
+    argv += ["--n-seeds", "2", "--out", str(tmp_path / "exp")]
+    assert ablate_main(argv) == 0
+    assert len(complete_points(trials_of(opts(tmp_path), "exclude_seen"))) == 1
+    assert "similarity: no trial started" in capsys.readouterr().out
+    assert not (tmp_path / "exp" / "similarity" / "report.md").exists()
+    assert not STOP.is_set() and signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+    monkeypatch.setattr(runner, "Objective", lambda *args: lambda trial: 0.1)
+    assert ablate_main(argv) == 0  # the same command resumes: every point of both
+    assert len(complete_points(trials_of(opts(tmp_path), "exclude_seen"))) == 4
 
 
 def test_a_section_with_no_finished_trial_expects_the_cost_tables_median(tmp_path, monkeypatch):

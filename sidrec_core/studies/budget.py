@@ -2,14 +2,21 @@
 expected (median of the given durations, :func:`expected_seconds`) to end inside the budget, so
 a launch stops between trials and resumes later. :class:`FailureStreak`: it stops after
 ``FAILS_IN_A_ROW`` of its trials failed in a row, since a broken environment (a virtualenv gone,
-a full disk) fails every queued trial within seconds and each would be recorded as failed."""
+a full disk) fails every queued trial within seconds and each would be recorded as failed.
+:func:`stop_on_signal`: ``kill -USR1 PID`` asks a launch to end after the trials it is running."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import multiprocessing
+import os
+import signal
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import optuna
@@ -23,6 +30,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FAILS_IN_A_ROW = 3
+STOP = threading.Event()  # set by STOP_SIGNAL: no worker of this process starts another trial
+STOP_SIGNAL = signal.SIGUSR1
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[None]:
+    """While open, :data:`STOP_SIGNAL` (``kill -USR1 PID``) sets :data:`STOP`, passed on to the
+    worker processes this one spawned: each ends after its current trial, and a later study of
+    the launch starts none; the same command resumes. Main thread only."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        log.info("stop signal: no trial starts after the running ones; rerun to resume")
+        STOP.set()
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, STOP_SIGNAL)
+
+    STOP.clear()
+    previous = signal.signal(STOP_SIGNAL, handler)
+    try:
+        yield
+    finally:
+        signal.signal(STOP_SIGNAL, previous)
+        STOP.clear()
 
 
 @dataclasses.dataclass(frozen=True)

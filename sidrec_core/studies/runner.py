@@ -33,11 +33,13 @@ from sidrec_core.stages import resolve_params
 from sidrec_core.studies import dvc_run
 from sidrec_core.studies.budget import (
     FAILS_IN_A_ROW,
+    STOP,
     FailureStreak,
     TimeBudget,
     expected_seconds,
     points_seconds,
     ran_here,
+    stop_on_signal,
     trial_seconds,
 )
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults, optuna_name
@@ -183,9 +185,9 @@ def run_stages(
 def optimize_while(
     ostudy: optuna.Study, objective: Callable, go_on: Callable, n_trials=None, callbacks=()
 ) -> str | None:
-    """``optimize`` while ``go_on(study)`` holds (checked before each trial) and the worker's
-    trials have not failed ``FAILS_IN_A_ROW`` times in a row -> why it stopped on failures (one
-    line), else None."""
+    """``optimize`` while ``go_on(study)`` holds (checked before each trial), no stop signal
+    came (:func:`~.budget.stop_on_signal`) and the worker's trials have not failed
+    ``FAILS_IN_A_ROW`` times in a row -> why it stopped on failures (one line), else None."""
     streak = FailureStreak()
 
     def stop(s: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -193,10 +195,10 @@ def optimize_while(
         if streak.tripped:
             log.error("%s: %s; stopping this worker", s.study_name, streak.reason())
             s.stop()
-        elif not go_on(s):
+        elif STOP.is_set() or not go_on(s):
             s.stop()
 
-    if go_on(ostudy):
+    if not STOP.is_set() and go_on(ostudy):
         ostudy.optimize(
             objective, n_trials=n_trials, catch=(Exception,), callbacks=[*callbacks, stop]
         )
@@ -417,9 +419,11 @@ def next_trial_check(
 
 
 def _spawned_work(*args: Any) -> None:
-    """A spawned worker: :func:`_work`, exiting with ``STREAK_EXIT`` when it stopped on
-    failures."""
-    if _work(*args):
+    """A spawned worker: :func:`_work` (ended after its trial by a stop signal the launch passes
+    on), exiting with ``STREAK_EXIT`` when it stopped on failures."""
+    with stop_on_signal():
+        why = _work(*args)
+    if why:
         raise SystemExit(STREAK_EXIT)
 
 
@@ -464,8 +468,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         return summary | done
     # --replication-only: the levels the replication owes (none where it owes none)
     only = frozenset(owed_levels(study, dataset, first) or ()) if opts.replication_only else None
-    if not next_trial_check(study, params, opts, only)(ostudy):
-        # no trial starts (the budget or the replication's first part stops it): the report,
+    if STOP.is_set() or not next_trial_check(study, params, opts, only)(ostudy):
+        # no trial starts (a stop signal, the budget, the replication's levels): the report,
         # the index and MLflow stay as they are; the queued points wait for the next launch
         stop = {"complete": state[TrialState.COMPLETE], "no_trial_started": True}
         return summary | left_after(ostudy, study, seeds) | stop
