@@ -159,8 +159,8 @@ def lead_cell(r: Left) -> str:
     """What a replication owes: its levels, open points and their cost."""
     if not (r.lead or r.whole):
         return ""
-    levels = f"default + {', '.join(f'`{lv}`' for lv in r.lead)}" if r.lead else ""
-    levels = levels or f"every level ({r.whole})"
+    named = ", ".join(f"`{lv}`" for lv in r.lead)
+    levels = f"default + {named}" if r.lead else f"every level ({r.whole})"
     if not r.lead_todo:
         return f"{levels}: done"
     cost = "" if r.lead_seconds is None else f", {r.lead_seconds / 3600:.1f} CPU-h"

@@ -6,6 +6,8 @@ A study owes a second dataset when a level's effect on the headline test metric 
 (:data:`REPLICATE`). On another dataset the runner queues, seed by seed, the default and those
 significant levels before the rest of the grid: a section stopped part-way then answers "did the
 effect hold" on every seed first, and the levels that were no finding on the reference come last.
+A named study with no significant level owes its whole grid; a study neither significant nor named
+owes none (:func:`owed_levels`, what ``--replication-only`` runs).
 """
 
 from __future__ import annotations
