@@ -23,6 +23,7 @@ from smoke_studies import complete_points, opts, trials_of
 
 from sidrec_core.stages.context import TRIAL_ENV
 from sidrec_core.studies.dvc_run import (
+    OUTS,
     UPSTREAM_OUTS,
     StageFailed,
     cached,
@@ -220,6 +221,9 @@ def test_dvc_restores_a_trial_it_ran_and_reruns_what_changed(tmp_path):
     # the upstream stage's outs, which the next trial's budget finds in this machine's cache
     assert first["upstream_seconds"] > 0 and len(first[UPSTREAM_OUTS]) == 1
     assert cached(first[UPSTREAM_OUTS]) and not cached(["0" * 32 + ".dir"])
+    assert first[OUTS] == []  # `baselines` writes metrics only, which DVC does not cache
+    prepare = run_trial(("prepare",), (), up, tmp_path / "p")  # restored: its out is cached
+    assert prepare[OUTS] == first[UPSTREAM_OUTS] and prepare["cached_stages"] == 1
     assert (tmp_path / "b" / "metrics" / "baselines.json").exists()
     other = with_overrides(up, {"eval.exclude_seen": True})
     third = run_trial(("baselines",), ("prepare",), other, tmp_path / "c")

@@ -12,7 +12,7 @@ import pytest
 from smoke_studies import complete_trial, opts
 
 from bench.ablate import main as ablate_main
-from sidrec_core.studies import runner
+from sidrec_core.studies import dvc_run, runner
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
 from sidrec_core.studies.elsewhere import point_key, reused_key, reused_seconds
 from sidrec_core.studies.plan import (
@@ -246,3 +246,23 @@ def test_a_study_the_issue_names_owes_every_level_and_one_it_does_not_owes_none(
     summary = run_study("similarity", only)
     assert summary["no_trial_started"] and summary["complete"] == 0
     assert summary["remaining_after"] == len(other.labels) * 3
+
+
+def test_a_complete_point_is_restorable_only_while_this_machines_cache_holds_its_outs(
+    tmp_path, monkeypatch
+):
+    """Another study's trial run alike is a run-cache restore only where the complete trial's
+    outs are in this machine's DVC cache (a trial from another machine is trained again); a trial
+    from before outs were recorded is assumed restorable."""
+    held = "ab" + "c" * 30
+    (tmp_path / "cache" / "files" / "md5" / "ab").mkdir(parents=True)
+    (tmp_path / "cache" / "files" / "md5" / "ab" / ("c" * 30)).write_text("an out")
+    monkeypatch.setenv("SIDREC_DVC_CACHE", str(tmp_path / "cache"))
+    study, sports = STUDIES["sasrec_loss"], opts(tmp_path, profile="sports", n_seeds=3)
+    params = base_params(sports)
+    ostudy = open_study(study, sports, [0, 1, 2], effective_defaults(study, params), params)
+    for seed, outs in ((0, [held]), (1, ["0" * 32]), (2, None)):
+        attrs = {"grid_point": ["ce", seed], "wall_seconds": 100.0}
+        ostudy.add_trial(complete_trial(100.0, user_attrs=attrs | {dvc_run.OUTS: outs}))
+    ce = point_key(study, "ce", params)
+    assert set(left_to_run(study, sports, 3).ran) == {(ce, 0), (ce, 2)}

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -42,9 +42,13 @@ from sidrec_core.studies.pipeline import (
 )
 from sidrec_core.tracking import tracking_uri
 
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
 RAN = re.compile(r"^Running stage '([^']+)'")
 RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")  # about the run, not measured by it
 UPSTREAM_OUTS = "upstream_outs"  # trial metric: the cache hashes of its upstream stages' outs
+OUTS = "outs"  # trial metric: the cache hashes of the outs of the stages it ran or restored
 UPSTREAM, UPSTREAM_SPENT = "upstream_seconds", "upstream_spent_seconds"  # their cost, part ran
 
 
@@ -266,15 +270,33 @@ def upstream_cost(
     this trial (``upstream_spent_seconds``) and the cache hashes of their outs
     (``upstream_outs``): a worker's time budget reads whether this machine's DVC cache holds them
     (:func:`cached`) before it starts the same seed's next trial."""
-    pipeline, walls, spent, outs = load_pipeline(), 0.0, 0.0, []
+    walls, spent = 0.0, 0.0
     for name in stages:
         path = folder / "metrics" / f"{name}.json"  # a stage that records none costs nothing
         stored = json.loads(path.read_text()) if path.exists() else {}
         wall = float(stored.get("wall_seconds") or 0.0)
         walls, spent = walls + wall, spent + (wall if name in ran else 0.0)
-        mine = pipeline[name].outs
-        outs += [o["md5"] for o in lock[name].get("outs", []) if o["path"] in mine and "md5" in o]
-    return {UPSTREAM: walls, UPSTREAM_SPENT: spent, UPSTREAM_OUTS: outs}
+    return {UPSTREAM: walls, UPSTREAM_SPENT: spent, UPSTREAM_OUTS: outs_of(lock, stages)}
+
+
+def outs_of(lock: dict[str, Any], stages: tuple[str, ...]) -> list[str]:
+    """The cache hashes ``lock`` records for the outs ``dvc.yaml`` declares of ``stages``."""
+    pipeline = load_pipeline()
+    return [
+        o["md5"]
+        for name in stages
+        for o in lock[name].get("outs", [])
+        if o["path"] in pipeline[name].outs and "md5" in o
+    ]
+
+
+def restorable(t: FrozenTrial) -> bool:
+    """Whether DVC's run-cache would restore trial ``t``'s stages here for another study that
+    runs them alike: this machine's DVC cache holds the outs it recorded (a trial from another
+    machine trains again). Assumed so where there is no evidence: a trial from before outs were
+    recorded, or stages whose outs DVC does not cache (metrics only)."""
+    outs = t.user_attrs.get(OUTS)
+    return outs is None or cached(outs)
 
 
 def cached(hashes: list[str]) -> bool:
@@ -361,7 +383,7 @@ def run_trial(
         lock = yaml.safe_load((tree / "dvc.lock").read_text())["stages"]
         key = params_hash({n: {k: v for k, v in lock[n].items() if k != "outs"} for n in targets})
         before = tuple(n for n in ancestors(targets, pipeline) if n in lock)
-        cost = upstream_cost(tree, lock, before, ran)
+        cost = upstream_cost(tree, lock, before, ran) | {OUTS: outs_of(lock, targets)}
         return trial_metrics(tree, targets, ran, key, trial_dir, cost)
     finally:
         remove_worktree(tree)

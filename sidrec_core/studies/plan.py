@@ -21,6 +21,7 @@ import optuna
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import level_seconds, points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
+from sidrec_core.studies.dvc_run import restorable
 from sidrec_core.studies.elsewhere import elsewhere, point_key, reused_key
 from sidrec_core.studies.profiles import with_overrides
 from sidrec_core.studies.replicate import REPLICATE, owed_levels, replicated_levels
@@ -33,7 +34,7 @@ from sidrec_core.studies.runner import (
 )
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import exists, make_storage
-from sidrec_core.studies.study import Study
+from sidrec_core.studies.study import Study, trial_level, trial_seed
 
 OWN = "this section's trials"
 TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any dataset)"
@@ -67,7 +68,7 @@ class Left:
     lead_shares: tuple[tuple[str, int], ...] = ()  # those of the lead points
     # each open point as (point_key, seed, its own seconds in ``seconds``, in the first part)
     trials: tuple[tuple[str, int, float, bool], ...] = ()
-    ran: tuple[tuple[str, int], ...] = ()  # (point_key, seed) of the complete points
+    ran: tuple[tuple[str, int], ...] = ()  # (point_key, seed) of the complete points restorable
 
 
 def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
@@ -90,10 +91,11 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         points, complete = grid(ostudy, study, seeds)
     todo = [p for p in points if p not in complete]
     row = Left(study.name, name, new, len(points), len(todo), None, "no trial, no cost row")
-    if not study.setup:  # a hook's inputs (a local checkpoint) are part of its key
-        row = dataclasses.replace(
-            row, ran=tuple((point_key(study, lv, params), s) for lv, s in sorted(complete))
-        )
+    if not study.setup and ostudy is not None:  # a hook's inputs (a checkpoint) are in its key
+        # what DVC's run-cache restores for another study running a complete point alike
+        here = {(trial_level(t), trial_seed(t)) for t in ran_here(ostudy) if restorable(t)}
+        ran = tuple((point_key(study, lv, params), s) for lv, s in sorted(complete & here))
+        row = dataclasses.replace(row, ran=ran)
     if not todo:  # complete: no cost, nothing to check
         return row
     try:

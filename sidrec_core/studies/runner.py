@@ -367,8 +367,9 @@ class Objective:
         for key in (*study.secondary, *(f"{st}/wall_seconds" for st in study.run)):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
-        if (outs := metrics.pop(dvc_run.UPSTREAM_OUTS, None)) is not None:
-            trial.set_user_attr(dvc_run.UPSTREAM_OUTS, outs)  # hashes, not figures
+        for key in (dvc_run.UPSTREAM_OUTS, dvc_run.OUTS):  # hashes, not figures
+            if (outs := metrics.pop(key, None)) is not None:
+                trial.set_user_attr(key, outs)
         trial.set_user_attr("metrics", metrics)
         return float(metrics[study.objective])
 
