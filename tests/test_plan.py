@@ -159,7 +159,7 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     assert row.endswith("| default + `cosine`: 6 trials, 0.2 CPU-h |")
 
     work = runner._work
-    monkeypatch.setattr(runner, "_work", lambda *args: None)  # queue, run nothing
+    monkeypatch.setattr(runner, "_work", lambda *args, **kw: None)  # queue, run nothing
     run_study("similarity", dataclasses.replace(sports, report=False))
     section = optuna.load_study(
         study_name="similarity-sports", storage=make_storage(sports.storage_url_for(study.name))

@@ -91,9 +91,10 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
         points, complete = grid(ostudy, study, seeds)
     todo = [p for p in points if p not in complete]
     row = Left(study.name, name, new, len(points), len(todo), None, "no trial, no cost row")
-    if not study.setup and ostudy is not None:  # a hook's inputs (a checkpoint) are in its key
+    done = ran_here(ostudy) if ostudy is not None else []
+    if not study.setup:  # a hook's inputs (a checkpoint) are in its key
         # what DVC's run-cache restores for another study running a complete point alike
-        here = {(trial_level(t), trial_seed(t)) for t in ran_here(ostudy) if restorable(t)}
+        here = {(trial_level(t), trial_seed(t)) for t in done if restorable(t)}
         ran = tuple((point_key(study, lv, params), s) for lv, s in sorted(complete & here))
         row = dataclasses.replace(row, ran=ran)
     if not todo:  # complete: no cost, nothing to check
@@ -117,7 +118,7 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     def trials(cost: Callable[[str], float]) -> tuple[tuple[str, int, float, bool], ...]:
         return tuple((keys[lv], s, cost(lv), (lv, s) in ahead) for lv, s in todo)
 
-    if done := ran_here(ostudy) if ostudy is not None else []:
+    if done:
         lead_s = points_seconds(done, ahead, other) if owes else None
         return dataclasses.replace(
             row,

@@ -382,14 +382,16 @@ def _work(
     defaults: dict[str, Any],
     parent_run_id: str | None,
     only: frozenset[str] | None = None,
+    go_on: Callable[[optuna.Study], bool] | None = None,
 ) -> str | None:
     """A worker: ``optimize`` over the queued trials, stopped when none is queued, the next is
     of a level outside ``only``, ``max_trials`` ran, the next one would overrun the time budget
-    (:func:`next_trial_check`) or its trials failed in a row (-> why, else None)."""
+    (``go_on``, else :func:`next_trial_check`) or its trials failed in a row (-> why, else
+    None)."""
     study = get_study(study_name)
     ostudy = open_study(study, opts, seeds, defaults)
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
-    go_on = next_trial_check(study, params, opts, only)
+    go_on = go_on or next_trial_check(study, params, opts, only)
     return optimize_while(ostudy, objective, go_on, opts.max_trials)
 
 
@@ -469,7 +471,8 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         return summary | done
     # --replication-only: the levels the replication owes (none where it owes none)
     only = frozenset(owed_levels(study, dataset, first) or ()) if opts.replication_only else None
-    if STOP.is_set() or not next_trial_check(study, params, opts, only)(ostudy):
+    go_on = next_trial_check(study, params, opts, only)  # this process's worker asks it again
+    if STOP.is_set() or not go_on(ostudy):
         # no trial starts (a stop signal, the budget, the replication's levels): the report,
         # the index and MLflow stay as they are; the queued points wait for the next launch
         stop = {"complete": state[TrialState.COMPLETE], "no_trial_started": True}
@@ -488,7 +491,7 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         procs = [ctx.Process(target=_spawned_work, args=args) for _ in range(opts.workers - 1)]
         for proc in procs:
             proc.start()
-        why = _work(*args)
+        why = _work(*args, go_on=go_on)
         for proc in procs:
             proc.join()
         spawned = sum(proc.exitcode == STREAK_EXIT for proc in procs)
