@@ -128,14 +128,9 @@ def test_a_seeds_first_trial_on_a_new_dataset_pays_the_stages_its_study_reuses(t
     assert reused_seconds(STUDIES["decoding"], 200, tmp_path / "none") == 0.0
 
 
-def test_a_replication_runs_the_default_and_the_levels_significant_on_the_reference_first(
-    tmp_path, monkeypatch
-):
-    """``similarity``'s ``cosine`` is significantly worse than ``dot`` on Beauty, its other levels
-    tie with it: a Sports launch queues dot and cosine on every seed before any other level, and
-    the plan prices that part on its own; Beauty itself, or a study with no significant level,
-    keeps the seed-by-seed order. ``--replication-only`` runs that part and leaves the rest
-    queued."""
+def cosine_worse_on_beauty(tmp_path) -> str:
+    """A Beauty section of ``similarity`` whose ``cosine`` is significantly worse than ``dot``
+    and whose other levels tie with it -> its storage URL."""
     study, seeds = STUDIES["similarity"], [0, 1, 2]
     beauty = opts(tmp_path, profile="beauty", n_seeds=3)
     params = base_params(beauty)
@@ -145,7 +140,19 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
             value = 0.04 + 0.001 * seed - (0.01 + 1e-4 * seed) * (level == "cosine")
             attrs = {"grid_point": [level, seed], "test/ndcg@10": value, "wall_seconds": 100.0}
             ostudy.add_trial(complete_trial(100.0, user_attrs=attrs))
-    url = beauty.storage_url_for(study.name)
+    return beauty.storage_url_for(study.name)
+
+
+def test_a_replication_runs_the_default_and_the_levels_significant_on_the_reference_first(
+    tmp_path, monkeypatch
+):
+    """``similarity``'s ``cosine`` is significantly worse than ``dot`` on Beauty, its other levels
+    tie with it: a Sports launch queues dot and cosine on every seed before any other level, and
+    the plan prices that part on its own; Beauty itself, or a study with no significant level,
+    keeps the seed-by-seed order. ``--replication-only`` runs that part and leaves the rest
+    queued."""
+    study, seeds = STUDIES["similarity"], [0, 1, 2]
+    url = cosine_worse_on_beauty(tmp_path)
     assert replicated_levels(url, study, "sports") == ["cosine"]
     assert replicated_levels(url, study, "beauty") == []
     assert replicated_levels(url, study, "synthetic") == []  # a pipeline check replicates nothing
@@ -175,6 +182,42 @@ def test_a_replication_runs_the_default_and_the_levels_significant_on_the_refere
     assert (summary["complete"], summary["remaining_after"]) == (6, 9)
     states = {grid_point(t): t.state.name for t in section.get_trials(deepcopy=False)}
     assert {p for p, state in states.items() if state == "COMPLETE"} == set(points[:6])
+
+
+def test_replication_only_runs_an_owed_point_queued_again_behind_levels_it_does_not_owe(
+    tmp_path, monkeypatch
+):
+    """A failed ``cosine`` trial on Sports is queued again by the next launch after the levels
+    the replication does not owe; ``--replication-only`` passes over those (each queued again
+    and pruned) to run it, and leaves them queued."""
+    study = STUDIES["similarity"]
+    cosine_worse_on_beauty(tmp_path)
+    sports = dataclasses.replace(
+        opts(tmp_path, profile="sports", n_seeds=3), report=False, replication_only=True
+    )
+
+    def cosine_2_fails(trial):
+        if grid_point(trial) == ("cosine", 2):
+            raise RuntimeError("killed")
+        return 0.1
+
+    monkeypatch.setattr(runner, "Objective", lambda *args: cosine_2_fails)
+    assert run_study("similarity", sports)["complete"] == 5
+    monkeypatch.setattr(runner, "Objective", lambda *args: lambda trial: 0.1)
+    summary = run_study("similarity", sports)
+    assert (summary["complete"], summary["remaining_after"]) == (6, 9)
+    section = optuna.load_study(
+        study_name="similarity-sports", storage=make_storage(sports.storage_url_for(study.name))
+    )
+    trials = section.get_trials(deepcopy=False)
+    complete = {grid_point(t) for t in trials if t.state.name == "COMPLETE"}
+    assert complete == {(lv, s) for lv in ("dot", "cosine") for s in (0, 1, 2)}
+    waiting = [grid_point(t) for t in trials if t.state.name == "WAITING"]
+    assert sorted(waiting) == sorted(
+        (lv, s) for lv in study.labels for s in (0, 1, 2) if lv not in ("dot", "cosine")
+    )
+    passed = [t for t in trials if t.user_attrs.get(runner.DEFERRED)]
+    assert len(passed) == 9 and {t.state.name for t in passed} == {"PRUNED"}
 
 
 def test_reused_stages_two_studies_train_at_one_seed_are_counted_once_in_the_total(tmp_path):

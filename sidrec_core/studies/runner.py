@@ -74,6 +74,7 @@ GRID_SEED = 0
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 STREAK_EXIT = 3  # a spawned worker's exit code when its trials failed in a row
 FAILS_NOTE = f"{FAILS_IN_A_ROW} trials in a row failed (their errors are in the report)"
+DEFERRED = "deferred"  # user attr of a trial pruned to queue its point again (owed_first)
 
 
 @dataclasses.dataclass
@@ -85,7 +86,8 @@ class StudyOptions:
     new_storage: bool = False  # create ``storage`` when it does not exist (--new-storage)
     n_seeds: int = 3
     workers: int = 1
-    max_trials: int | None = None  # per worker and launch (None: until the grid is done)
+    # per worker and launch, points --replication-only passes over included (None: no limit)
+    max_trials: int | None = None
     budget: TimeBudget = dataclasses.field(default_factory=TimeBudget)  # --time-budget
     out_dir: str = str(EXPERIMENTS_DIR)
     params_file: str = "params.yaml"
@@ -303,11 +305,35 @@ def left_after(ostudy: optuna.Study, study: Study, seeds: list[int]) -> dict[str
     }
 
 
-def next_point(ostudy: optuna.Study) -> tuple[str, int] | None:
-    """The (level, seed) of the queued trial Optuna hands out next (the lowest-numbered WAITING
-    one)."""
+def queued_points(ostudy: optuna.Study) -> list[tuple[str, int]]:
+    """The (level, seed) of each queued trial, in the order Optuna hands them out (the
+    lowest-numbered WAITING one first)."""
     waiting = ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return grid_point(min(waiting, key=lambda t: t.number)) if waiting else None
+    return [p for t in sorted(waiting, key=lambda t: t.number) if (p := grid_point(t))]
+
+
+def next_point(ostudy: optuna.Study) -> tuple[str, int] | None:
+    """The (level, seed) of the queued trial Optuna hands out next."""
+    return next(iter(queued_points(ostudy)), None)
+
+
+def owed_first(objective: Callable, only: frozenset[str] | None) -> Callable:
+    """``objective``, except that under ``only`` (the levels a replication owes) a trial of
+    another level is queued again at the queue's end and pruned (``DEFERRED``), so a point the
+    replication owes that waits behind it (a failed one, queued again after the rest) runs:
+    Optuna hands out the lowest-numbered WAITING trial and cannot reorder the queue."""
+    if only is None:
+        return objective
+
+    def run(trial: optuna.Trial) -> float:
+        point = grid_point(trial)
+        if point is not None and point[0] not in only:
+            trial.study.enqueue_trial({}, user_attrs=dict(trial.user_attrs))
+            trial.set_user_attr(DEFERRED, True)
+            raise optuna.TrialPruned(f"{point} is no level the replication owes: queued again")
+        return objective(trial)
+
+    return run
 
 
 class Objective:
@@ -392,17 +418,17 @@ def _work(
     ostudy = open_study(study, opts, seeds, defaults)
     objective = Objective(study_name, params, seeds, opts, parent_run_id)
     go_on = go_on or next_trial_check(study, params, opts, only)
-    return optimize_while(ostudy, objective, go_on, opts.max_trials)
+    return optimize_while(ostudy, owed_first(objective, only), go_on, opts.max_trials)
 
 
 def next_trial_check(
     study: Study, params: dict, opts: StudyOptions, only: frozenset[str] | None = None
 ) -> Callable[[optuna.Study], bool]:
-    """Whether a worker starts the next queued trial: one is queued, its level is in ``only``
-    (when given: the levels a replication owes, :func:`~.replicate.owed_levels`) and it ends
-    before the time budget's deadline (its expected seconds from the study's trials here and on
-    other datasets and machines, :mod:`~.elsewhere`; where none ran anywhere, the committed cost
-    table's median for the study)."""
+    """Whether a worker starts the next queued trial: one is queued (with ``only``, the levels a
+    replication owes, :func:`~.replicate.owed_levels`: one of those, which :func:`owed_first`
+    brings forward) and it ends before the time budget's deadline (its expected seconds from the
+    study's trials here and on other datasets and machines, :mod:`~.elsewhere`; where none ran
+    anywhere, the committed cost table's median for the study)."""
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study.name)
     estimate = [] if minutes is None else [60.0 * minutes]
     data = resolve_params(params)["data"]
@@ -410,11 +436,13 @@ def next_trial_check(
     other = elsewhere(url, study, data) if opts.budget.deadline else None
 
     def go_on(s: optuna.Study) -> bool:
-        point = next_point(s)
+        queued = queued_points(s)
+        point = next((p for p in queued if only is None or p[0] in only), None)
         if point is None:
-            return False
-        if only is not None and point[0] not in only:
-            log.info("%s: %s is no level the replication owes; it waits", study.name, point)
+            if queued:
+                log.info(
+                    "%s: %d queued, none a level the replication owes", study.name, len(queued)
+                )
             return False
         return opts.budget.allows(expected_seconds(s, *point, other) or estimate)
 
