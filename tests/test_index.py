@@ -196,4 +196,5 @@ def test_the_index_lists_every_published_row_with_its_dataset_protocol_and_sourc
     assert by_name["sports", "TIGER"][2:5] == ["all items ranked", "0.0400", "0.0225"]
     ss = by_name["sports", "SASRec + sampled softmax (grid-searched on validation)"]
     assert ss[2:5] == ["history removed", "0.0569", "0.0314"]
+    assert by_name["sports", "RPG (paper)"][2:5] == ["all items ranked", "0.0463", "0.0263"]
     assert all(r[5].strip(" |") for r in body)  # every row names its source
