@@ -39,6 +39,12 @@ from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.runner import StudyOptions, run_study
 from sidrec_core.studies.storage import make_storage
 from sidrec_core.studies.study import grid_point, trial_level
+from sidrec_core.studies.trial_resume import (
+    RESUMED_EPOCHS,
+    RESUMED_SECONDS,
+    resume_root,
+    saved_training,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -234,6 +240,43 @@ def test_dvc_restores_a_trial_it_ran_and_reruns_what_changed(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_trial_killed_mid_training_resumes_on_its_next_attempt_and_ends_as_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    """The stage of a trial is killed (SIGKILL) after its first epochs: the next attempt of the
+    same trial continues after the last epoch its resume state holds, counts that training in its
+    cost, removes the state, and scores exactly what an uninterrupted run scores."""
+    params = with_overrides(load_profile("smoke", {}), {"base.seed": 0, "sasrec.train.epochs": 40})
+    root = resume_root(os.environ["SIDREC_DVC_CACHE"])
+    killed = threading.Event()
+
+    def kill_after_first_epochs() -> None:  # a stopped worker, a session's end
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed.is_set():
+            states = list(root.glob("*/*.pt"))
+            if states and saved_training(states[0])[0] >= 2:
+                for pgid in Path(tempfile.gettempdir()).glob(f"sidrec-trial-{os.getpid()}-*/pgid"):
+                    os.killpg(int(pgid.read_text()), signal.SIGKILL)
+                killed.set()
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_after_first_epochs, daemon=True)
+    watcher.start()
+    with pytest.raises(StageFailed):
+        run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "a")
+    watcher.join()
+    assert killed.is_set() and len(list(root.glob("*/*.pt"))) == 1  # the state outlives it
+    resumed = run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "b")
+    assert 2 <= resumed[RESUMED_EPOCHS] < 40 and resumed[RESUMED_SECONDS] > 0
+    assert not list(root.iterdir())  # a finished trial leaves no resume state
+    monkeypatch.setenv("SIDREC_DVC_CACHE", str(tmp_path / "other-cache"))  # nothing restored
+    whole = run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "c")
+    assert RESUMED_EPOCHS not in whole and whole["cached_stages"] == 0
+    assert resumed["test/ndcg@10"] == whole["test/ndcg@10"]
+    assert resumed["test/hr@10"] == whole["test/hr@10"]
+
+
+@pytest.mark.slow
 def test_two_workers_never_duplicate_grid_points(tmp_path):
     o = opts(tmp_path, n_seeds=2, workers=2, report=False)
     run_study("exclude_seen", o)
@@ -289,6 +332,7 @@ def test_a_tuning_trial_is_pruned_inside_the_stage_dvc_runs(tmp_path):
         run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "t", env)
     assert any("TrialPruned: pruned after epoch 3" in line for line in failed.value.lines)
     assert list(study.trials[-1].intermediate_values) == [1, 2, 3]
+    assert not list(resume_root(os.environ["SIDREC_DVC_CACHE"]).iterdir())  # it never continues
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sidrec_core.studies import dvc_run
 from sidrec_core.studies.study import is_shared, trial_level, trial_seed
+from sidrec_core.studies.trial_resume import RESUMED_SECONDS
 
 if TYPE_CHECKING:
     from sidrec_core.studies.elsewhere import Elsewhere
@@ -182,8 +183,10 @@ def upstream_seconds(done: list[FrozenTrial], seed: int | None) -> float:
 
 
 def trial_seconds(t: FrozenTrial) -> float:
-    """What a finished trial cost: its wall time, or its stages' when DVC restored them."""
-    return max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
+    """What a finished trial cost: its wall time, or its stages' when DVC restored them, plus the
+    training of earlier attempts it resumed (:mod:`~.trial_resume`)."""
+    took = max((t.datetime_complete - t.datetime_start).total_seconds(), stage_seconds(t))
+    return took + float(t.user_attrs.get("metrics", {}).get(RESUMED_SECONDS) or 0.0)
 
 
 def stage_seconds(t: FrozenTrial) -> float:

@@ -32,6 +32,7 @@ from sidrec_core.config import flatten, params_hash
 from sidrec_core.io import write_json, write_text
 from sidrec_core.lifecycle import pid_alive
 from sidrec_core.stages import resolve_params
+from sidrec_core.studies import trial_resume
 from sidrec_core.studies.pipeline import (
     PROJECT_ROOT,
     Stage,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 RAN = re.compile(r"^Running stage '([^']+)'")
+PRUNED = "TrialPruned: "  # a stage's pruner stopped it (its exception in the output)
 RUN_FIELDS = ("dataset", "mlflow_run_id", "profile")  # about the run, not measured by it
 UPSTREAM_OUTS = "upstream_outs"  # trial metric: the cache hashes of its upstream stages' outs
 OUTS = "outs"  # trial metric: the cache hashes of the outs of the stages it ran or restored
@@ -58,6 +60,13 @@ class StageFailed(RuntimeError):
     def __init__(self, message: str, lines: list[str]):
         super().__init__(message)
         self.lines = lines
+
+    @property
+    def pruned(self) -> str | None:
+        """The message of the stage's pruner where it stopped the stage ("pruned after epoch
+        N"), else None."""
+        found = [line for line in self.lines if PRUNED in line]
+        return found[-1].split(PRUNED)[-1] if found else None
 
 
 def dvc_command() -> str:
@@ -313,9 +322,11 @@ def trial_metrics(
     key: str,
     trial_dir: Path,
     upstream: dict[str, Any] | None = None,
+    earlier: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The merged figures of ``folder/metrics/<target>.json`` (see :func:`run_trial`) and the
-    ``upstream`` cost; ``ran``: the stages that ran rather than came from the cache."""
+    ``upstream`` cost; ``ran``: the stages that ran rather than came from the cache;
+    ``earlier``: the training of earlier attempts the stages resumed (:mod:`~.trial_resume`)."""
     merged: dict[str, Any] = {}
     walls, peaks, spent = [], [], 0.0
     for name in targets:
@@ -329,7 +340,7 @@ def trial_metrics(
     merged |= {"wall_seconds": float(sum(walls)), "peak_rss_mb": float(max(peaks))}
     merged |= {"cached_stages": float(len(set(targets) - ran)), "spent_seconds": spent}
     merged["trial_key"] = key
-    merged |= upstream or {}
+    merged |= (upstream or {}) | (earlier or {})
     write_json(trial_dir / "trial_metrics.json", merged)
     return merged
 
@@ -375,15 +386,28 @@ def run_trial(
             **(env or {}),
         }
         targets = ordered(run, pipeline)
+        code_objects = git("ls-tree", "HEAD", "--", *trial_resume.code_deps(targets), cwd=tree)
+        keep = trial_resume.resume_root(cache) / trial_resume.resume_key(
+            code_objects, targets, params, extra
+        )
+        saved = trial_resume.link(tree, keep)
         code, lines = _repro(tree, targets, stage_env)
         if code:
             tail = " | ".join(lines[-5:])
-            raise StageFailed(f"dvc repro {' '.join(targets)} failed (exit {code}): {tail}", lines)
+            failed = StageFailed(
+                f"dvc repro {' '.join(targets)} failed (exit {code}): {tail}", lines
+            )
+            if failed.pruned:
+                trial_resume.discard(keep)
+            raise failed
         ran = {m[1] for line in lines if (m := RAN.match(line))}
         lock = yaml.safe_load((tree / "dvc.lock").read_text())["stages"]
         key = params_hash({n: {k: v for k, v in lock[n].items() if k != "outs"} for n in targets})
         before = tuple(n for n in ancestors(targets, pipeline) if n in lock)
         cost = upstream_cost(tree, lock, before, ran) | {OUTS: outs_of(lock, targets)}
-        return trial_metrics(tree, targets, ran, key, trial_dir, cost)
+        earlier = trial_resume.resumed(saved, lines)
+        metrics = trial_metrics(tree, targets, ran, key, trial_dir, cost, earlier)
+        trial_resume.discard(keep)
+        return metrics
     finally:
         remove_worktree(tree)

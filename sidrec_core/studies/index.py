@@ -54,6 +54,7 @@ from sidrec_core.studies.seeds import (
 )
 from sidrec_core.studies.storage import sections, study_journal
 from sidrec_core.studies.study import Study, is_shared, live_point
+from sidrec_core.studies.trial_resume import RESUMED_SECONDS
 
 # results made outside the study machinery: how each was made (the commit is git's)
 RESULTS_FILES: dict[str, str] = {
@@ -108,10 +109,12 @@ def spent_seconds(trial: optuna.trial.FrozenTrial) -> float:
     """CPU seconds the study spent on a trial (one thread): the time from its start to its end,
     which counts the upstream stages DVC ran for it, or the recorded seconds of the stages DVC
     ran where larger (a trial taken from another study keeps those, not a duration of its own;
-    all of its stages for trials stored before that was recorded)."""
+    all of its stages for trials stored before that was recorded), plus the training of earlier
+    attempts it resumed (:mod:`~.trial_resume`)."""
     metrics = trial.user_attrs.get("metrics") or {}
     stages = float(metrics.get("spent_seconds", trial.user_attrs["wall_seconds"]))
-    return max(stages, (trial.datetime_complete - trial.datetime_start).total_seconds())
+    took = max(stages, (trial.datetime_complete - trial.datetime_start).total_seconds())
+    return took + float(metrics.get(RESUMED_SECONDS) or 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,7 +388,8 @@ def findings(out_dir: Path) -> list[str]:
         "thread) the section's complete trials took, upstream stages DVC ran for them included "
         "and what it restored from its run-cache not (a trial a re-run replaced included: it "
         "was paid for), then the median seconds of the best level's own stages; trials that "
-        "raised (failed) or whose worker was stopped mid-trial are counted, not timed.",
+        "raised (failed) or whose worker was stopped mid-trial are counted, not timed (the epochs "
+        "such a trial finished count in the trial that resumed its training).",
         "",
         *md.table(
             ["study", "dataset", "profile", "factor", "metric", "best level", "effect vs default"]

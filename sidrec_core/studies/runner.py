@@ -164,9 +164,8 @@ def run_stages(
             try:
                 metrics = dvc_run.run_trial(*stages, params, trial_dir, {**(env or {}), **nest})
             except dvc_run.StageFailed as exc:
-                pruned = [line for line in exc.lines if "TrialPruned: " in line]
-                if pruned:  # the stage's own message: "pruned after epoch N"
-                    raise optuna.TrialPruned(pruned[-1].split("TrialPruned: ")[-1]) from None
+                if exc.pruned:  # the stage's own message: "pruned after epoch N"
+                    raise optuna.TrialPruned(exc.pruned) from None
                 raise
             if metrics.get(objective) is None:
                 raise KeyError(
