@@ -17,7 +17,7 @@ from sidrec_core.studies.registry import STUDIES
 from sidrec_core.studies.report import Cell, write_study_report
 from sidrec_core.studies.stats import mean_ci
 from sidrec_core.studies.storage import make_storage
-from sidrec_core.studies.study import Claim
+from sidrec_core.studies.study import Claim, Note
 
 VALID, TEST = "valid/ndcg@10", "test/ndcg@10"
 STUDY = STUDIES["collision"]  # levels knn (default), random, suffix; objective valid/ndcg@10
@@ -138,12 +138,16 @@ def test_note_figures_are_filled_from_the_table():
     assert fill_note(note, study, table) == "valid 0.0400, range 0.0150 to 0.0400, test 30%"
     assert fill_note("{suffix:test/ndcg@10}", study, table) == "n/a"
     noted = dataclasses.replace(study, notes=(note,))
-    assert study_notes(noted, table, TEST) == [fill_note(note, study, table)]
+    assert study_notes(noted, table, TEST, "beauty") == [fill_note(note, study, table)]
     gone = "Suffix {suffix:test/ndcg@10}."  # its every figure unmeasured
     mixed = "Random {random:valid/ndcg@10}, suffix {suffix:test/ndcg@10}."
     noted = dataclasses.replace(study, notes=(f"{note}. {gone} {mixed} No figure here.", gone))
     kept = f"{fill_note(note, study, table)}. Random 0.0150, suffix n/a. No figure here."
-    assert study_notes(noted, table, TEST) == [kept]  # the second note goes whole
+    assert study_notes(noted, table, TEST, "beauty") == [kept]  # the second note goes whole
+    sports = Note("Sports only {knn:valid/ndcg@10}.", datasets=("sports",))
+    noted = dataclasses.replace(study, notes=(sports, note))
+    assert study_notes(noted, table, TEST, "beauty") == [fill_note(note, study, table)]
+    assert study_notes(noted, table, TEST, "sports")[0] == "Sports only 0.0400."
     with pytest.raises(ValueError, match="note figure"):
         dataclasses.replace(study, notes=("{nope:valid/ndcg@10}",))
     with pytest.raises(ValueError, match="note figure"):

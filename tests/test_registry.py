@@ -29,7 +29,10 @@ def write(tmp_path, text):
 
 
 def test_one_key_labels_merge_blocks_and_metric_groups(tmp_path):
-    study = load_studies(write(tmp_path, ONE))["flags"]
+    notes = "    notes: [every dataset, {text: Sports only, datasets: [sports]}]\n"
+    study = load_studies(write(tmp_path, ONE + notes))["flags"]
+    assert [n.about("beauty") for n in study.notes] == [True, False]
+    assert study.notes[1].text == "Sports only" and study.notes[1].about("sports")
     assert study.labels == ["off", "on"]
     assert study.level("on").overrides == {"eval.exclude_seen": True}
     assert (study.run, study.reuse, study.group) == (("train_sasrec",), ("prepare",), "baselines")
@@ -48,6 +51,8 @@ def test_one_key_labels_merge_blocks_and_metric_groups(tmp_path):
         ("    levels: {a: {}, b: {}}\n", "studies.flags: give exactly one of levels, one_key"),
         ("    seeds: five\n", "studies.flags.seeds: expected an integer, got 'five'"),
         ("    fixed: [sasrec.loss]\n", "studies.flags.fixed: expected a mapping"),
+        ("    notes: [{text: x, dataset: [sports]}]\n", "studies.flags.notes[0].dataset"),
+        ("    notes: [3]\n", "studies.flags.notes[0]: expected a string or a mapping"),
     ],
 )
 def test_unknown_or_conflicting_key_names_file_and_key(tmp_path, edit, named):

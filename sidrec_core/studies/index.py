@@ -298,14 +298,14 @@ def finding_row(
                 f" (its default {md.fmt(f.default_value)} against the pipeline default "
                 f"{md.fmt(there)}, `{name}` `{level}`)"
             )
-    notes = study_notes(study, table, f.metric)
+    dataset = str(ostudy.user_attrs.get("dataset", "?"))
+    notes = study_notes(study, table, f.metric, dataset)
     effect += "; see the notes below" if notes else ""
     if "wall_seconds" in cols:
         own = np.median(list(table[f.best]["wall_seconds"].values.values()))
         cost += f"; `{f.best}`'s own stages {own:.0f} s a trial"
     chosen = f"`{f.metric}` (best level chosen on `{f.objective}`)"
     link = f"[`{study.name}`]({study.name}/report.md)"
-    dataset = str(ostudy.user_attrs.get("dataset", "?"))
     cells = [link, dataset, profile, study.factor, chosen, best_cell(study, f), effect, cost]
     return md.row([*cells, direction_cell(study, earlier, ostudy)]), notes
 

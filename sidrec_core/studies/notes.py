@@ -77,15 +77,18 @@ def seeds_are_copies(cells: list[Cell]) -> bool:
     )
 
 
-def study_notes(study: Study, table: dict[str, dict[str, Cell]], metric: str) -> list[str]:
-    """Seeds that are copies (on ``metric``), then the study's notes, figures filled in."""
+def study_notes(
+    study: Study, table: dict[str, dict[str, Cell]], metric: str, dataset: str
+) -> list[str]:
+    """Seeds that are copies (on ``metric``), then the study's notes about ``dataset``, figures
+    filled in."""
     out = []
     if seeds_are_copies([table[lv][metric] for lv in study.labels if metric in table[lv]]):
         out.append(
             f"Every seed gives the same `{metric}` at each level: the seeds are copies of one "
             "run, so each figure is one measurement and no test is possible."
         )
-    notes = (measured_note(n, study, table) for n in study.notes)
+    notes = (measured_note(n.text, study, table) for n in study.notes if n.about(dataset))
     return out + [n for n in notes if n]
 
 
@@ -94,8 +97,10 @@ def headline_metric(cols: list[str]) -> str:
     return next((c for c in cols if c.endswith(HEADLINE[0])), HEADLINE[0])
 
 
-def note_lines(study: Study, cols: list[str], table: dict[str, dict[str, Cell]]) -> list[str]:
-    notes = study_notes(study, table, headline_metric(cols))
+def note_lines(
+    study: Study, cols: list[str], table: dict[str, dict[str, Cell]], dataset: str
+) -> list[str]:
+    notes = study_notes(study, table, headline_metric(cols), dataset)
     if not notes:
         return []
     return ["", "What this study cannot answer:", "", *(f"- {n}" for n in notes)]

@@ -14,7 +14,7 @@ import yaml
 from sidrec_core.config import ConfigError, _check_unique_keys
 from sidrec_core.studies import study as S
 from sidrec_core.studies.pipeline import PROJECT_ROOT
-from sidrec_core.studies.study import Claim, Level, Reference, Study, one_key
+from sidrec_core.studies.study import Claim, Level, Note, Reference, Study, one_key
 
 CATALOGUE = PROJECT_ROOT / "studies.yaml"
 SECTIONS = ("blocks", "studies", "tunables")  # blocks: YAML anchors the entries merge in
@@ -95,6 +95,17 @@ def _levels(raw: dict[str, Any], where: str) -> tuple[Level, ...]:
     return tuple(Level(lb, dict(o), tuple(formerly.get(lb, ()))) for lb, o in levels.items())
 
 
+def _note(raw: Any, where: str) -> Note:
+    """A note: a string (about every dataset) or ``{text: ..., datasets: [...]}``."""
+    if isinstance(raw, str):
+        return Note(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a string or a mapping (text, datasets), got {raw!r:.60}"
+        )
+    return build(Note, raw, where)
+
+
 def _study(name: str, raw: dict[str, Any], file: str) -> Study:
     where = f"{file}: studies.{name}"
     if "name" in raw:
@@ -112,6 +123,9 @@ def _study(name: str, raw: dict[str, Any], file: str) -> Study:
         ref = raw["reference"]
         given["reference"] = build(Reference, ref, f"{where}.reference", match=tuple(ref["match"]))
     given["contrasts"] = tuple(tuple(c) for c in raw.get("contrasts") or ())
+    given["notes"] = tuple(
+        _note(n, f"{where}.notes[{i}]") for i, n in enumerate(raw.get("notes") or ())
+    )
     return build(Study, raw, where, extra, **given)
 
 

@@ -363,7 +363,7 @@ def profile_section(
     on the current defaults, given for a section on earlier ones."""
     trials = ostudy.get_trials(deepcopy=False)
     cols, table = summarize_trials(study, trials)
-    seeds = ostudy.user_attrs.get("seeds", [])
+    seeds, dataset = ostudy.user_attrs.get("seeds", []), str(ostudy.user_attrs.get("dataset", "?"))
     check = is_pipeline_check(ostudy)
     overrides = ostudy.user_attrs.get("profile_overrides") or {}
     title = " — pipeline check on synthetic data, not a finding" if check else ""
@@ -371,7 +371,7 @@ def profile_section(
     lines = [
         f"{SECTION_PREFIX}{profile}`{title}",
         "",
-        f"Dataset `{ostudy.user_attrs.get('dataset', '?')}`; Optuna study `{ostudy.study_name}`; "
+        f"Dataset `{dataset}`; Optuna study `{ostudy.study_name}`; "
         f"seeds {seeds}; trials: {md.state_counts(trials)}.",
         "",
     ]
@@ -419,7 +419,7 @@ def profile_section(
         lines += ["", "No significance test: a synthetic smoke run checks the pipeline only."]
     else:
         lines += significance_lines(study, cols, table, trial_records(study, trials))
-        lines += claim_lines(study, table) + note_lines(study, cols, table)
+        lines += claim_lines(study, table) + note_lines(study, cols, table, dataset)
         where = storage_for or (lambda name: study_journal(out.parent, name))
         lines += reference_lines(study, profile, table, where, trial_records(study, trials))
     lines += failure_lines(study, trials) + provenance_lines(ostudy.study_name, trials, out.parent)

@@ -48,6 +48,19 @@ class Claim:
 
 
 @dataclasses.dataclass(frozen=True)
+class Note:
+    """What a study cannot answer, ``{level:metric}`` filled in from the section; ``datasets``:
+    the datasets whose sections it is about (empty: every dataset's), as a note that sets a
+    dataset's published figures beside the section's."""
+
+    text: str
+    datasets: tuple[str, ...] = ()
+
+    def about(self, dataset: str) -> bool:
+        return not self.datasets or dataset in self.datasets
+
+
+@dataclasses.dataclass(frozen=True)
 class Reference:
     """The starting model as another study's level measured it (e.g. the SID LM before GRPO); a
     seed pairs only where this study's ``match[0]`` equals the reference's ``match[1]``."""
@@ -79,7 +92,7 @@ class Study:
     reference: Reference | None = None
     # paired comparisons besides each level vs the default, Holm-corrected with them
     contrasts: tuple[tuple[str, str], ...] = ()
-    notes: tuple[str, ...] = ()  # what the study cannot answer, {level:metric} filled in
+    notes: tuple[Note, ...] = ()  # a plain string is a Note about every dataset
     # (study, level) that measured the pipeline default, when ``fixed`` moves this default off it
     pipeline_default: tuple[str, str] | None = None
     seeds: int = 3  # a real-data launch's seeds (experiments/trial_costs.md)
@@ -88,6 +101,8 @@ class Study:
     varied_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        notes = tuple(n if isinstance(n, Note) else Note(n) for n in self.notes)
+        object.__setattr__(self, "notes", notes)
         labels, err = self.labels, f"study {self.name}:"
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise ValueError(f"{err} needs >= 2 distinct level labels, got {labels}")
@@ -121,7 +136,7 @@ class Study:
                 )
         measured = (self.objective, *self.secondary)
         for note in self.notes:
-            for level, metric, _ in NOTE_FIGURE.findall(note):
+            for level, metric, _ in NOTE_FIGURE.findall(note.text):
                 if (level != "*" and level not in labels) or metric not in measured:
                     raise ValueError(
                         f"{err} note figure {{{level}:{metric}}} needs a level in "
