@@ -44,10 +44,12 @@ from sidrec_core.studies.budget import (
 )
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults, optuna_name
 from sidrec_core.studies.elsewhere import elsewhere
+from sidrec_core.studies.index import write_index
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, launch_params, profile_path, with_overrides
 from sidrec_core.studies.registry import get_study
 from sidrec_core.studies.replicate import REFERENCE, first_part, owed_levels, replicated_levels
+from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
@@ -531,9 +533,6 @@ def run_study(name: str, opts: StudyOptions) -> dict[str, Any]:
         summary["pruned_duplicates"] = state[TrialState.PRUNED]
         parent.record(**{k: v for k, v in summary.items() if isinstance(v, int)})
         if opts.report:
-            from sidrec_core.studies.index import write_index
-            from sidrec_core.studies.report import write_study_report
-
             paths = write_study_report(
                 study, opts.storage_url_for(study.name), Path(opts.out_dir), opts.storage_url_for
             )
