@@ -1,7 +1,8 @@
 """Trial costs: ``python bench/trial_costs.py`` writes ``experiments/trial_costs.md``, the median
-trial minutes per study (the ``wall_seconds`` of its complete real-data trials on today's
-defaults) behind the seed counts ``studies.yaml`` declares; the rule is
-:mod:`sidrec_core.studies.seeds`.
+trial minutes per study (the ``wall_seconds`` of its complete trials on the reference dataset,
+on today's defaults) behind the seed counts ``studies.yaml`` declares; the rule is
+:mod:`sidrec_core.studies.seeds`. A study's seed count is one design for every dataset, so a
+replication elsewhere has the reference's seeds and its trials there do not move the count.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sidrec_core.io import write_text
 from sidrec_core.studies.elsewhere import real_trials
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.registry import STUDIES
+from sidrec_core.studies.replicate import REFERENCE
 from sidrec_core.studies.runner import EXPERIMENTS_DIR
 from sidrec_core.studies.seeds import (
     CHEAP_MINUTES,
@@ -32,8 +34,8 @@ from sidrec_core.studies.storage import study_journal
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
-    """One study's measured trial cost: ``minutes`` (median) over ``trials`` real-data trials,
-    their range, and where the figure comes from (``basis``: its own trials or named studies
+    """One study's measured trial cost: ``minutes`` (median) over ``trials`` trials on the
+    reference dataset, their range, and where the figure comes from (``basis``: its own trials or named studies
     running the same stages)."""
 
     study: str
@@ -49,10 +51,12 @@ class Cost:
 
 
 def measure_costs(out_dir: Path, metrics_dir: Path = PROJECT_ROOT / "metrics") -> list[Cost]:
-    """Every registered study's :class:`Cost`, from the storages under ``out_dir`` (and the
-    pipeline's ``metrics_dir`` for a study no trial of which, nor of a peer's, ran)."""
+    """Every registered study's :class:`Cost`, from its trials on :data:`REFERENCE` in the
+    storages under ``out_dir`` (and the pipeline's ``metrics_dir`` for a study no trial of
+    which, nor of a peer's, ran there)."""
     walls = {
-        n: [w for _, _, w in real_trials(study_journal(out_dir, n), s)] for n, s in STUDIES.items()
+        n: [w for data, _, w in real_trials(study_journal(out_dir, n), s) if data == REFERENCE]
+        for n, s in STUDIES.items()
     }
     costs = []
     for name, study in STUDIES.items():
@@ -96,7 +100,9 @@ def cost_table(costs: list[Cost], command: str) -> str:
         "# Trial cost per study: the basis of the seeds the registry declares",
         "",
         f"Made by `{command}` from the studies' storage (`experiments/<study>/optuna.jsonl`). A "
-        f"trial's cost is its `wall_seconds` (trials on today's defaults only: a trial on earlier "
+        f"trial's cost is its `wall_seconds` (trials on {REFERENCE} only: the count is one design "
+        f"for every dataset, so a replication has the reference's seeds and its own trials, "
+        f"dearer on a larger dataset, do not change it; and on today's defaults only: a trial on earlier "
         f"ones may have trained another model): the stages it re-runs, on one thread, so its wall "
         f"minutes bound its CPU-minutes from above; the upstream stages a new seed needs are "
         f"built once per seed and not counted. Rule (issue "
@@ -107,7 +113,7 @@ def cost_table(costs: list[Cost], command: str) -> str:
         "`studies.yaml` declares each count; a test checks it against this "
         "table.",
         "",
-        "| study | real-data trials | median trial minutes | [min, max] | seeds | basis |",
+        f"| study | {REFERENCE} trials | median trial minutes | [min, max] | seeds | basis |",
         "|---|---|---|---|---|---|",
     ]
     for c in costs:

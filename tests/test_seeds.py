@@ -76,6 +76,9 @@ def test_costs_are_the_median_of_real_data_trials_and_peers_stand_in(tmp_path):
     )
     now.set_user_attr(DEFAULTS, section_defaults(STUDIES["negatives"], now))  # today's: counted
     _store(out, "negatives", "smoke", "synthetic", [("uniform", 0, 99_999.0)])  # not counted
+    # a replication on Sports (dearer trials there) does not move the reference's seed count
+    sports = _store(out, "negatives", "sports", "sports", [("uniform", 0, 99_999.0)])
+    sports.set_user_attr(DEFAULTS, section_defaults(STUDIES["negatives"], sports))
     # a section on earlier defaults (another SASRec loss then) trained another model: not counted
     then = _store(out, "negatives", "beauty@0ld", "beauty", [("uniform", 0, 99_999.0)])
     then.set_user_attr(DEFAULTS, {**now.user_attrs[DEFAULTS], "sasrec.loss": "earlier"})
