@@ -35,8 +35,8 @@ from sidrec_core.studies.storage import study_journal
 @dataclasses.dataclass(frozen=True)
 class Cost:
     """One study's measured trial cost: ``minutes`` (median) over ``trials`` trials on the
-    reference dataset, their range, and where the figure comes from (``basis``: its own trials or named studies
-    running the same stages)."""
+    reference dataset, their range, and where the figure comes from (``basis``: its own trials
+    or named studies running the same stages)."""
 
     study: str
     trials: int
@@ -100,18 +100,17 @@ def cost_table(costs: list[Cost], command: str) -> str:
         "# Trial cost per study: the basis of the seeds the registry declares",
         "",
         f"Made by `{command}` from the studies' storage (`experiments/<study>/optuna.jsonl`). A "
-        f"trial's cost is its `wall_seconds` (trials on {REFERENCE} only: the count is one design "
-        f"for every dataset, so a replication has the reference's seeds and its own trials, "
-        f"dearer on a larger dataset, do not change it; and on today's defaults only: a trial on earlier "
-        f"ones may have trained another model): the stages it re-runs, on one thread, so its wall "
-        f"minutes bound its CPU-minutes from above; the upstream stages a new seed needs are "
-        f"built once per seed and not counted. Rule (issue "
-        f"33, item 4c): a study whose median trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes "
-        f"runs {CHEAP_SEEDS} seeds, any other {DEFAULT_SEEDS}. A study with no real-data trial "
-        "takes the dearest median of the studies that run the same stages, and without one the "
-        "pipeline's own run of its stages at the defaults. "
-        "`studies.yaml` declares each count; a test checks it against this "
-        "table.",
+        f"trial's cost is its `wall_seconds` (trials on {REFERENCE} only: the count is one "
+        "design for every dataset, so a replication has the reference's seeds and its own "
+        "trials, dearer on a larger dataset, do not change it; and on today's defaults only: a "
+        "trial on earlier ones may have trained another model): the stages it re-runs, on one "
+        "thread, so its wall minutes bound its CPU-minutes from above; the upstream stages a new "
+        "seed needs are built once per seed and not counted. Rule (issue 33, item 4c): a study "
+        f"whose median trial costs at most {CHEAP_MINUTES:.0f} CPU-minutes runs {CHEAP_SEEDS} "
+        f"seeds, any other {DEFAULT_SEEDS}. A study with no {REFERENCE} trial takes the dearest "
+        "median of the studies that run the same stages, and without one the pipeline's own run "
+        "of its stages at the defaults. `studies.yaml` declares each count; a test checks it "
+        "against this table.",
         "",
         f"| study | {REFERENCE} trials | median trial minutes | [min, max] | seeds | basis |",
         "|---|---|---|---|---|---|",

@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 
 from sidrec_core.io import write_text
+from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
 from sidrec_core.studies import markdown as md
 from sidrec_core.studies.defaults import current_labels, departures, profile_of
 from sidrec_core.studies.literature import claim_reading, metric_text
@@ -493,8 +494,6 @@ PUBLISHED_SPORTS_UNSEEN: dict[str, tuple[str, dict[str, float]]] = {
 def published() -> list[str]:
     """The published rows per dataset, with protocol and source: Beauty's are those the pipeline
     report compares with; the Sports rows, those a Sports section reads against."""
-    from sidrec_core.stages.report import PUBLISHED, PUBLISHED_UNSEEN
-
     rpg_released, rpg_own = (PUBLISHED_SPORTS[k][1]["ndcg@10"] for k in (RPG_RELEASED, RPG_OWN))
     rows = [
         [dataset, name, protocol, f"{figs['hr@10']:.4f}", f"{figs['ndcg@10']:.4f}", src]
