@@ -13,6 +13,7 @@ from smoke_studies import complete_trial, opts
 
 from bench.ablate import main as ablate_main
 from sidrec_core.studies import dvc_run, runner
+from sidrec_core.studies.budget import TimeBudget
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults
 from sidrec_core.studies.elsewhere import point_key, reused_key, reused_seconds
 from sidrec_core.studies.plan import (
@@ -309,3 +310,45 @@ def test_a_complete_point_is_restorable_only_while_this_machines_cache_holds_its
         ostudy.add_trial(complete_trial(100.0, user_attrs=attrs | {dvc_run.OUTS: outs}))
     ce = point_key(study, "ce", params)
     assert set(left_to_run(study, sports, 3).ran) == {(ce, 0), (ce, 2)}
+
+
+def test_a_budget_starts_a_point_dvc_restores_whole_where_training_it_would_overrun(
+    tmp_path, monkeypatch
+):
+    """``beam_width``'s default is ``decoding``'s ``constrained`` (same stages, same params): with
+    10 minutes left and the default's training priced at 25, a Sports worker still starts it at
+    a seed where ``decoding`` completed it with its outs in this machine's DVC cache (a
+    restore); not another level, nor another seed, nor the default once the cache lacks the
+    upstream's outs."""
+    held, sidlm = "ab" + "c" * 30, "ab" + "d" * 30 + ".dir"
+    for out in (held, sidlm):
+        path = tmp_path / "cache" / "files" / "md5" / out[:2] / out[2:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("an out")
+    monkeypatch.setenv("SIDREC_DVC_CACHE", str(tmp_path / "cache"))
+    sports = opts(tmp_path, profile="sports", n_seeds=3, budget=TimeBudget.minutes(10))
+    params = base_params(sports)
+    decoding, beam = (
+        open_study(STUDIES[n], sports, [0, 1, 2], effective_defaults(STUDIES[n], params), params)
+        for n in ("decoding", "beam_width")
+    )
+    outs = {dvc_run.OUTS: [held], dvc_run.UPSTREAM_OUTS: [sidlm]}  # each seed trains its SID LM
+    outs["metrics"] = {dvc_run.UPSTREAM: 1200.0, dvc_run.UPSTREAM_SPENT: 1200.0}
+    decoding.add_trial(
+        complete_trial(1500.0, user_attrs={"grid_point": ["constrained", 1], **outs})
+    )
+    beam.add_trial(complete_trial(1500.0, user_attrs={"grid_point": ["20", 0], **outs}))
+    go_on = runner.next_trial_check(STUDIES["beam_width"], params, sports)
+
+    def starts(level: str, seed: int) -> bool:
+        for t in beam.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            beam._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        beam.enqueue_trial({}, user_attrs={"grid_point": [level, seed]})
+        return go_on(beam)
+
+    assert starts("20", 1)  # decoding's constrained at seed 1: restored
+    assert not starts("5", 1)  # a level no study ran
+    assert not starts("20", 2)  # a seed decoding did not run
+    (tmp_path / "cache" / "files" / "md5" / "ab" / sidlm[2:]).unlink()
+    assert not starts("20", 1)  # this machine's cache lacks the SID LM it decodes
+    assert TimeBudget.minutes(30).fits([1500.0]) and not TimeBudget.minutes(20).fits([1500.0])

@@ -68,21 +68,25 @@ class TimeBudget:
             raise ValueError(f"--time-budget must be > 0 minutes, got {minutes}")
         return cls(None if minutes is None else time.time() + 60.0 * minutes)
 
-    def allows(self, durations: list[float], what: str = "trial") -> bool:
-        """Whether a ``what`` of median(``durations``) seconds ends before the deadline."""
+    def fits(self, durations: list[float]) -> bool:
+        """Whether a trial of median(``durations``) seconds ends before the deadline."""
         if self.deadline is None:
             return True
         left = self.deadline - time.time()
-        if not durations:
-            return left > 0
-        expected = statistics.median(durations)
-        if expected > left:
+        return statistics.median(durations) <= left if durations else left > 0
+
+    def allows(self, durations: list[float], what: str = "trial") -> bool:
+        """:meth:`fits`, saying why not in the log."""
+        if self.fits(durations):
+            return True
+        if durations:  # (without any, no time is left)
+            left = max(float(self.deadline or 0.0) - time.time(), 0.0)
             log.info(
                 "time budget: %.0f min left, a %s takes ~%.0f min (median of %d); stopping here, "
                 "rerun the same command to resume",
-                *(max(left, 0.0) / 60, what, expected / 60, len(durations)),
+                *(left / 60, what, statistics.median(durations) / 60, len(durations)),
             )
-        return expected <= left
+        return False
 
 
 @dataclasses.dataclass

@@ -301,11 +301,11 @@ def outs_of(lock: dict[str, Any], stages: tuple[str, ...]) -> list[str]:
 
 def restorable(t: FrozenTrial) -> bool:
     """Whether DVC's run-cache would restore trial ``t``'s stages here for another study that
-    runs them alike: this machine's DVC cache holds the outs it recorded (a trial from another
-    machine trains again). Assumed so where there is no evidence: a trial from before outs were
-    recorded, or stages whose outs DVC does not cache (metrics only)."""
+    runs them alike: this machine's DVC cache holds the outs it recorded, its upstream's too (a
+    trial from another machine trains again). Assumed so where there is no evidence: a trial
+    from before outs were recorded, or stages whose outs DVC does not cache (metrics only)."""
     outs = t.user_attrs.get(OUTS)
-    return outs is None or cached(outs)
+    return outs is None or cached([*outs, *(t.user_attrs.get(UPSTREAM_OUTS) or [])])
 
 
 def cached(hashes: list[str]) -> bool:

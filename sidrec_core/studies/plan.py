@@ -21,10 +21,10 @@ import optuna
 from sidrec_core.stages import resolve_params
 from sidrec_core.studies.budget import level_seconds, points_seconds, ran_here
 from sidrec_core.studies.defaults import effective_defaults, optuna_name
-from sidrec_core.studies.dvc_run import restorable
 from sidrec_core.studies.elsewhere import elsewhere, point_key, reused_key
 from sidrec_core.studies.profiles import with_overrides
 from sidrec_core.studies.replicate import REPLICATE, owed_levels, replicated_levels
+from sidrec_core.studies.restore import complete_points
 from sidrec_core.studies.runner import (
     StudyOptions,
     base_params,
@@ -34,7 +34,7 @@ from sidrec_core.studies.runner import (
 )
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import exists, make_storage
-from sidrec_core.studies.study import Study, trial_level, trial_seed
+from sidrec_core.studies.study import Study
 
 OWN = "this section's trials"
 TABLE = f"the study's median in {COST_TABLE} (over its real-data sections, any dataset)"
@@ -92,11 +92,8 @@ def left_to_run(study: Study, opts: StudyOptions, n_seeds: int) -> Left:
     todo = [p for p in points if p not in complete]
     row = Left(study.name, name, new, len(points), len(todo), None, "no trial, no cost row")
     done = ran_here(ostudy) if ostudy is not None else []
-    if not study.setup:  # a hook's inputs (a checkpoint) are in its key
-        # what DVC's run-cache restores for another study running a complete point alike
-        here = {(trial_level(t), trial_seed(t)) for t in done if restorable(t)}
-        ran = tuple((point_key(study, lv, params), s) for lv, s in sorted(complete & here))
-        row = dataclasses.replace(row, ran=ran)
+    if ostudy is not None:  # what DVC's run-cache restores for another study running it alike
+        row = dataclasses.replace(row, ran=tuple(sorted(complete_points(study, ostudy, params))))
     if not todo:  # complete: no cost, nothing to check
         return row
     try:

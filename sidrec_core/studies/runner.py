@@ -43,7 +43,7 @@ from sidrec_core.studies.budget import (
     trial_seconds,
 )
 from sidrec_core.studies.defaults import DEFAULTS, effective_defaults, optuna_name
-from sidrec_core.studies.elsewhere import elsewhere
+from sidrec_core.studies.elsewhere import elsewhere, point_key
 from sidrec_core.studies.index import write_index
 from sidrec_core.studies.pipeline import PROJECT_ROOT
 from sidrec_core.studies.profiles import get_dotted, launch_params, profile_path, with_overrides
@@ -51,6 +51,7 @@ from sidrec_core.studies.registry import get_study
 from sidrec_core.studies.replicate import REFERENCE, first_part, owed_levels, replicated_levels
 from sidrec_core.studies.report import write_study_report
 from sidrec_core.studies.rerun import RERUN_OF, enqueue_unpaired
+from sidrec_core.studies.restore import RESTORE_SECONDS, restorable_points
 from sidrec_core.studies.seeds import COST_TABLE, estimated_minutes
 from sidrec_core.studies.storage import (
     WORKER,
@@ -429,12 +430,23 @@ def next_trial_check(
     replication owes, :func:`~.replicate.owed_levels`: one of those, which :func:`owed_first`
     brings forward) and it ends before the time budget's deadline (its expected seconds from the
     study's trials here and on other datasets and machines, :mod:`~.elsewhere`; where none ran
-    anywhere, the committed cost table's median for the study)."""
+    anywhere, the committed cost table's median for the study; a point DVC's run-cache would
+    restore whole, :mod:`~.restore`: :data:`~.restore.RESTORE_SECONDS`, looked up only where its
+    training would overrun)."""
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study.name)
     estimate = [] if minutes is None else [60.0 * minutes]
     data = resolve_params(params)["data"]
     url = opts.storage_url_for(study.name)
     other = elsewhere(url, study, data) if opts.budget.deadline else None
+
+    def restored(level: str, seed: int) -> bool:
+        if study.setup:  # its key holds the hook's inputs (a local checkpoint)
+            return False
+        found = restorable_points(params, opts.profile, opts.storage_url_for)
+        if (point_key(study, level, params), seed) not in found:
+            return False
+        log.info("%s: %s at seed %d is a run-cache restore here", study.name, level, seed)
+        return True
 
     def go_on(s: optuna.Study) -> bool:
         queued = queued_points(s)
@@ -445,7 +457,10 @@ def next_trial_check(
                     "%s: %d queued, none a level the replication owes", study.name, len(queued)
                 )
             return False
-        return opts.budget.allows(expected_seconds(s, *point, other) or estimate)
+        expected = expected_seconds(s, *point, other) or estimate
+        if not opts.budget.fits(expected) and restored(*point):
+            expected = [RESTORE_SECONDS]
+        return opts.budget.allows(expected)
 
     return go_on
 
