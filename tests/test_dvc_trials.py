@@ -29,6 +29,7 @@ from sidrec_core.studies.dvc_run import (
     cached,
     extra_deps,
     git,
+    resume_folder,
     run_trial,
     sweep_worktrees,
 )
@@ -43,6 +44,7 @@ from sidrec_core.studies.trial_resume import (
     RESUMED_EPOCHS,
     RESUMED_SECONDS,
     resume_root,
+    saved_seconds,
     saved_training,
 )
 
@@ -266,6 +268,9 @@ def test_a_trial_killed_mid_training_resumes_on_its_next_attempt_and_ends_as_an_
         run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "a")
     watcher.join()
     assert killed.is_set() and len(list(root.glob("*/*.pt"))) == 1  # the state outlives it
+    # where a worker's time budget looks for it, and what it holds
+    (state,) = resume_folder(("train_sasrec",), ("prepare",), params).glob("*.pt")
+    assert saved_seconds(state.parent) == saved_training(state)[1] > 0
     resumed = run_trial(("train_sasrec",), ("prepare",), params, tmp_path / "b")
     assert 2 <= resumed[RESUMED_EPOCHS] < 40 and resumed[RESUMED_SECONDS] > 0
     assert not list(root.iterdir())  # a finished trial leaves no resume state

@@ -6,6 +6,7 @@ launch runs first."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import optuna
 import pytest
@@ -340,15 +341,47 @@ def test_a_budget_starts_a_point_dvc_restores_whole_where_training_it_would_over
     beam.add_trial(complete_trial(1500.0, user_attrs={"grid_point": ["20", 0], **outs}))
     go_on = runner.next_trial_check(STUDIES["beam_width"], params, sports)
 
-    def starts(level: str, seed: int) -> bool:
-        for t in beam.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            beam._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        beam.enqueue_trial({}, user_attrs={"grid_point": [level, seed]})
-        return go_on(beam)
-
+    starts = functools.partial(starts_next, go_on, beam)
     assert starts("20", 1)  # decoding's constrained at seed 1: restored
     assert not starts("5", 1)  # a level no study ran
     assert not starts("20", 2)  # a seed decoding did not run
     (tmp_path / "cache" / "files" / "md5" / "ab" / sidlm[2:]).unlink()
     assert not starts("20", 1)  # this machine's cache lacks the SID LM it decodes
     assert TimeBudget.minutes(30).fits([1500.0]) and not TimeBudget.minutes(20).fits([1500.0])
+
+
+def test_a_budget_expects_a_point_to_cost_less_the_training_its_resume_state_holds(
+    tmp_path, monkeypatch
+):
+    """An earlier attempt of ``ce`` at seed 1 was killed after 20 of its 25 minutes' training (its
+    resume state on this machine): with 10 minutes left, a worker starts it; without that state
+    (another seed, or a fresh machine) it does not."""
+    import torch
+
+    monkeypatch.setenv("SIDREC_DVC_CACHE", str(tmp_path / "cache"))
+    study = STUDIES["sasrec_loss"]
+    sports = opts(tmp_path, profile="sports", n_seeds=3, budget=TimeBudget.minutes(10))
+    params = base_params(sports)
+    ostudy = open_study(study, sports, [0, 1, 2], effective_defaults(study, params), params)
+    ostudy.add_trial(complete_trial(1500.0, user_attrs={"grid_point": ["bce", 0]}))
+    go_on = runner.next_trial_check(study, params, sports)
+    trial = runner.point_params(study, params, "ce", 1)
+    folder = dvc_run.resume_folder(study.run, study.reuse, trial)
+    folder.mkdir(parents=True)
+    torch.save({"loop": {"epoch": 4, "epoch_times": [300.0] * 4}}, folder / "sasrec.pt")
+
+    starts = functools.partial(starts_next, go_on, ostudy)
+    assert starts("ce", 1)  # 25 minutes less 20 trained
+    assert not starts("ce", 2)
+    (folder / "sasrec.pt").unlink()
+    assert not starts("ce", 1)
+
+
+def starts_next(go_on, ostudy: optuna.Study, level: str, seed: int) -> bool:
+    """Whether a worker's check ``go_on`` starts ``ostudy``'s trial at (``level``, ``seed``)
+    queued next (each point queued before it taken out as failed)."""
+    waiting = ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    for t in waiting:
+        ostudy._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    ostudy.enqueue_trial({}, user_attrs={"grid_point": [level, seed]})
+    return go_on(ostudy)

@@ -101,6 +101,11 @@ def code_commit() -> str:
     return git(*anyone, "stash", "create") or git("rev-parse", "HEAD")
 
 
+def cache_dir() -> str:
+    """The DVC cache trials use: ``SIDREC_DVC_CACHE``, else this working copy's."""
+    return os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()
+
+
 @functools.cache
 def _repo_cache_dir() -> str:
     out = subprocess.run([dvc_command(), "cache", "dir"], cwd=PROJECT_ROOT, capture_output=True)
@@ -311,7 +316,7 @@ def restorable(t: FrozenTrial) -> bool:
 def cached(hashes: list[str]) -> bool:
     """Whether this working copy's DVC cache holds every out hash in ``hashes`` (``<md5>`` or
     ``<md5>.dir``, as ``dvc.lock`` writes them)."""
-    root = Path(os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()) / "files" / "md5"
+    root = Path(cache_dir()) / "files" / "md5"
     return all((root / h[:2] / h[2:]).exists() for h in hashes)
 
 
@@ -345,6 +350,17 @@ def trial_metrics(
     return merged
 
 
+def resume_folder(run: tuple[str, ...], reuse: tuple[str, ...], params: dict[str, Any]) -> Path:
+    """Where a trial of the ``run`` stages (after ``reuse``) at ``params`` keeps its training's
+    resume state on this machine, with this working copy's code (:mod:`~.trial_resume`)."""
+    pipeline = load_pipeline()
+    targets = ordered(run, pipeline)
+    code = git("ls-tree", code_commit(), "--", *trial_resume.code_deps(targets))
+    extra = extra_deps(run, reuse, params, pipeline)
+    cache = cache_dir()
+    return trial_resume.resume_root(cache) / trial_resume.resume_key(code, targets, params, extra)
+
+
 def run_trial(
     run: tuple[str, ...],
     reuse: tuple[str, ...],
@@ -365,7 +381,7 @@ def run_trial(
     tree = parent / "repo"
     try:
         add_worktree(tree, code_commit())
-        cache = os.environ.get("SIDREC_DVC_CACHE") or _repo_cache_dir()
+        cache = cache_dir()
         site = tree / ".dvc" / "tmp" / "site"
         config = f"[cache]\n    dir = {cache}\n[core]\n    site_cache_dir = {site}\n"
         write_text(tree / ".dvc" / "config.local", config)
@@ -386,10 +402,7 @@ def run_trial(
             **(env or {}),
         }
         targets = ordered(run, pipeline)
-        code_objects = git("ls-tree", "HEAD", "--", *trial_resume.code_deps(targets), cwd=tree)
-        keep = trial_resume.resume_root(cache) / trial_resume.resume_key(
-            code_objects, targets, params, extra
-        )
+        keep = resume_folder(run, reuse, params)
         saved = trial_resume.link(tree, keep)
         code, lines = _repro(tree, targets, stage_env)
         if code:

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from sidrec_core.config import flatten, load_params
 from sidrec_core.perf import code_state
 from sidrec_core.stages import resolve_params
-from sidrec_core.studies import dvc_run
+from sidrec_core.studies import dvc_run, trial_resume
 from sidrec_core.studies.budget import (
     FAILS_IN_A_ROW,
     STOP,
@@ -379,7 +379,6 @@ class Objective:
         out = Path(self.opts.out_dir) / study.name / section / "trials"
         trial_dir = out / f"{trial.number:04d}-{label}-s{seed}"
         trial.set_user_attr("trial_dir", str(trial_dir))
-        over = {**study.fixed, "base.seed": seed, **study.level(label).overrides}
         tags = {"study": study.name, "level": label, "seed": seed, "trial": trial.number}
         mlflow = {
             "kind": f"trial/{study.name}",
@@ -389,7 +388,7 @@ class Objective:
             "tags": {**tags, "factor": study.factor},
         }
         stages = (study.run, study.reuse)
-        params = with_overrides(self.params, over)
+        params = point_params(study, self.params, label, seed)
         metrics = run_stages(trial, stages, params, trial_dir, study.objective, mlflow)
         # headline figures as their own attrs (optuna-dashboard shows them), all in "metrics"
         for key in (*study.secondary, *(f"{st}/wall_seconds" for st in study.run)):
@@ -400,6 +399,13 @@ class Objective:
                 trial.set_user_attr(key, outs)
         trial.set_user_attr("metrics", metrics)
         return float(metrics[study.objective])
+
+
+def point_params(study: Study, params: dict, label: str, seed: int) -> dict[str, Any]:
+    """The params of ``study``'s trial at grid point (``label``, ``seed``): ``params`` with the
+    study's fixed overrides, the seed and the level's overrides."""
+    over = {**study.fixed, "base.seed": seed, **study.level(label).overrides}
+    return with_overrides(params, over)
 
 
 def _work(
@@ -430,9 +436,10 @@ def next_trial_check(
     replication owes, :func:`~.replicate.owed_levels`: one of those, which :func:`owed_first`
     brings forward) and it ends before the time budget's deadline (its expected seconds from the
     study's trials here and on other datasets and machines, :mod:`~.elsewhere`; where none ran
-    anywhere, the committed cost table's median for the study; a point DVC's run-cache would
-    restore whole, :mod:`~.restore`: :data:`~.restore.RESTORE_SECONDS`, looked up only where its
-    training would overrun)."""
+    anywhere, the committed cost table's median for the study). Looked up only where that would
+    overrun: less the training an earlier attempt of the point left in its resume state
+    (:mod:`~.trial_resume`), else, for a point DVC's run-cache would restore whole
+    (:mod:`~.restore`), :data:`~.restore.RESTORE_SECONDS`."""
     minutes = estimated_minutes(EXPERIMENTS_DIR / COST_TABLE, study.name)
     estimate = [] if minutes is None else [60.0 * minutes]
     data = resolve_params(params)["data"]
@@ -448,6 +455,19 @@ def next_trial_check(
         log.info("%s: %s at seed %d is a run-cache restore here", study.name, level, seed)
         return True
 
+    def resumed(expected: list[float], level: str, seed: int) -> list[float]:
+        trial = point_params(study, params, level, seed)
+        saved = trial_resume.saved_seconds(dvc_run.resume_folder(study.run, study.reuse, trial))
+        if saved:
+            log.info(
+                "%s: %s at seed %d resumes %.0f min of training",
+                study.name,
+                level,
+                seed,
+                saved / 60,
+            )
+        return [max(x - saved, 0.0) for x in expected]
+
     def go_on(s: optuna.Study) -> bool:
         queued = queued_points(s)
         point = next((p for p in queued if only is None or p[0] in only), None)
@@ -458,6 +478,8 @@ def next_trial_check(
                 )
             return False
         expected = expected_seconds(s, *point, other) or estimate
+        if not opts.budget.fits(expected):
+            expected = resumed(expected, *point)
         if not opts.budget.fits(expected) and restored(*point):
             expected = [RESTORE_SECONDS]
         return opts.budget.allows(expected)

@@ -58,6 +58,12 @@ def link(tree: Path, folder: Path) -> dict[str, tuple[int, float]]:
     return {path.name: saved_training(path) for path in sorted(folder.glob("*.pt"))}
 
 
+def saved_seconds(folder: Path) -> float:
+    """The training seconds the resume states in ``folder`` hold (0 where there are none): what
+    a trial's next attempt no longer spends."""
+    return sum(saved_training(path)[1] for path in sorted(folder.glob("*.pt")))
+
+
 def saved_training(path: Path) -> tuple[int, float]:
     """(epochs, their training seconds) of the resume state at ``path``; (0, 0.0) where it
     cannot be read (the stage then starts fresh as well)."""
