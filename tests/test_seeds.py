@@ -68,7 +68,7 @@ def _store(out: Path, study: str, profile: str, dataset: str, trials: list[tuple
     return ostudy
 
 
-def test_costs_are_the_median_of_real_data_trials_and_peers_stand_in(tmp_path):
+def test_costs_are_the_median_of_the_reference_datasets_trials_and_peers_stand_in(tmp_path):
     out = tmp_path / "exp"
     walls = [60.0, 120.0, 900.0]  # median 2 minutes
     now = _store(

@@ -65,8 +65,8 @@ from sidrec_core.studies.report import (
 from sidrec_core.studies.rerun import RERUN_OF
 from sidrec_core.studies.runner import (
     enqueue_missing,
-    next_point,
     progress,
+    queued_points,
     remaining,
     run_study,
 )
@@ -991,12 +991,15 @@ def test_the_budget_expects_the_next_trial_to_cost_what_its_level_cost():
     done = ran_here(ostudy)
     assert points_seconds(done, [("ce", 2), ("bce", 1)]) == 3060.0
     assert points_seconds(done, [("bpr", 0)]) == 60.0  # an ETA: none of its own, the median
-    assert next_point(ostudy) is None
+    assert queued_points(ostudy) == []
     ostudy.enqueue_trial({}, user_attrs={"grid_point": ["bce", 1]})
     ostudy.enqueue_trial({}, user_attrs={"grid_point": ["ce", 2]})
-    assert next_point(ostudy) == ("bce", 1)  # Optuna runs the lowest-numbered WAITING trial first
+    assert queued_points(ostudy)[0] == (
+        "bce",
+        1,
+    )  # Optuna runs the lowest-numbered WAITING trial first
     ten_minutes = TimeBudget(deadline=time.time() + 600)
-    assert not ten_minutes.allows(expected_seconds(ostudy, *next_point(ostudy)))
+    assert not ten_minutes.allows(expected_seconds(ostudy, "bce", 1))
     assert expected_seconds(ostudy, "ce") == [60.0, 60.0]
 
 

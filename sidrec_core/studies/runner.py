@@ -314,11 +314,6 @@ def queued_points(ostudy: optuna.Study) -> list[tuple[str, int]]:
     return [p for t in sorted(waiting, key=lambda t: t.number) if (p := grid_point(t))]
 
 
-def next_point(ostudy: optuna.Study) -> tuple[str, int] | None:
-    """The (level, seed) of the queued trial Optuna hands out next."""
-    return next(iter(queued_points(ostudy)), None)
-
-
 def owed_first(objective: Callable, only: frozenset[str] | None) -> Callable:
     """``objective``, except that under ``only`` (the levels a replication owes) a trial of
     another level is queued again at the queue's end and pruned (``DEFERRED``), so a point the
