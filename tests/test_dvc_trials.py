@@ -43,9 +43,11 @@ from sidrec_core.studies.study import grid_point, trial_level
 from sidrec_core.studies.trial_resume import (
     RESUMED_EPOCHS,
     RESUMED_SECONDS,
+    STALE_DAYS,
     resume_root,
     saved_seconds,
     saved_training,
+    sweep,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,6 +281,24 @@ def test_a_trial_killed_mid_training_resumes_on_its_next_attempt_and_ends_as_an_
     assert RESUMED_EPOCHS not in whole and whole["cached_stages"] == 0
     assert resumed["test/ndcg@10"] == whole["test/ndcg@10"]
     assert resumed["test/hr@10"] == whole["test/hr@10"]
+
+
+def test_a_resume_state_nothing_wrote_to_for_two_weeks_is_swept(tmp_path):
+    """A trial killed mid-training and never run again (its level dropped, its code changed)
+    leaves its resume folder: swept once neither the folder nor a state in it was written for
+    ``STALE_DAYS``; a state written since, or an empty folder just made, stays."""
+    weeks = time.time() - (STALE_DAYS + 1) * 86400.0
+    for name, states in (("gone", 2), ("resumed", 2), ("new", 0)):
+        (tmp_path / name).mkdir()
+        for i in range(states):
+            (tmp_path / name / f"{i}.pt").write_bytes(b"state")
+            os.utime(tmp_path / name / f"{i}.pt", (weeks, weeks))
+        if name != "new":
+            os.utime(tmp_path / name, (weeks, weeks))
+    (tmp_path / "resumed" / "1.pt").write_bytes(b"a later epoch")
+    assert sweep(tmp_path) == [tmp_path / "gone"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "resumed"]
+    assert sweep(tmp_path / "none") == []
 
 
 @pytest.mark.slow

@@ -377,6 +377,7 @@ def run_trial(
     pipeline = load_pipeline()
     resolve_params(params)  # a bad key fails here, naming it, not inside DVC
     sweep_worktrees()
+    trial_resume.sweep(trial_resume.resume_root(cache_dir()))
     parent = Path(tempfile.mkdtemp(prefix=f"sidrec-trial-{os.getpid()}-"))
     tree = parent / "repo"
     try:

@@ -4,19 +4,24 @@ worktree that folder is a link to one kept beside the DVC cache and named by wha
 depends on (the trial's params, seed included, and the git objects of its stages' code), so a
 trial killed mid-training (a stopped worker, a session's end) continues after its last finished
 epoch on its next attempt on this machine, and ends as an uninterrupted run would. The folder is
-removed once the stages finish or a pruner stopped them (a pruned trial never continues)."""
+removed once the stages finish or a pruner stopped them (a pruned trial never continues), and by
+:func:`sweep` once nothing in it was written for :data:`STALE_DAYS`."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from sidrec_core.config import params_hash
 from sidrec_core.studies.pipeline import ancestors, inside, load_pipeline
 
+# a resume state left this long belongs to a trial that did not come back: its level dropped,
+# its code or params changed (its key then names no trial); one that does trains those epochs again
+STALE_DAYS = 14.0
 LINK = Path("models") / ".resume"  # what train_sidlm and fit_ranker resume from, in a worktree
 RESUMED = re.compile(r"resumed from \S*?([^/\s]+\.pt) after epoch (\d+)")  # train.fit's log line
 RESUMED_SECONDS = "resumed_seconds"  # trial metric: earlier attempts' training it continued
@@ -86,6 +91,18 @@ def resumed(saved: dict[str, tuple[int, float]], lines: list[str]) -> dict[str, 
         RESUMED_EPOCHS: float(sum(e for e, _ in found)),
         RESUMED_SECONDS: sum(s for _, s in found),
     }
+
+
+def sweep(root: Path, days: float = STALE_DAYS) -> list[Path]:
+    """Remove the resume folders in ``root`` in which nothing (the folder, a state file) was
+    written for ``days`` -> those removed. A running trial's state is rewritten every epoch."""
+    cutoff, old = time.time() - days * 86400.0, []
+    for folder in sorted(root.glob("*/")):
+        with contextlib.suppress(OSError):  # another worker's trial removed it meanwhile
+            if max(p.stat().st_mtime for p in (folder, *folder.iterdir())) < cutoff:
+                discard(folder)
+                old.append(folder)
+    return old
 
 
 def discard(folder: Path) -> None:
