@@ -60,13 +60,18 @@ def link(tree: Path, folder: Path) -> dict[str, tuple[int, float]]:
     folder.mkdir(parents=True, exist_ok=True)
     (tree / LINK).parent.mkdir(parents=True, exist_ok=True)
     (tree / LINK).symlink_to(folder.resolve(), target_is_directory=True)
+    return saved_states(folder)
+
+
+def saved_states(folder: Path) -> dict[str, tuple[int, float]]:
+    """The epochs and training seconds of each resume state in ``folder`` (by file name)."""
     return {path.name: saved_training(path) for path in sorted(folder.glob("*.pt"))}
 
 
 def saved_seconds(folder: Path) -> float:
     """The training seconds the resume states in ``folder`` hold (0 where there are none): what
     a trial's next attempt no longer spends."""
-    return sum(saved_training(path)[1] for path in sorted(folder.glob("*.pt")))
+    return sum(seconds for _, seconds in saved_states(folder).values())
 
 
 def saved_training(path: Path) -> tuple[int, float]:
